@@ -1,0 +1,62 @@
+"""Registry of daemon exit codes; daemons and CLIs leave through :func:`die`.
+
+Each code carries a help text that tells the operator what to do next.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+from typing import NoReturn
+
+__all__ = ["ExitCode", "die"]
+
+log = logging.getLogger(__name__)
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of medfl programs."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    CONFIG = 3
+    AUTH = 4
+    STATE = 5
+    PORT_IN_USE = 6
+    JOB_FAILED = 7
+    INTERRUPTED = 130
+
+
+HELP: dict[ExitCode, str] = {
+    ExitCode.OK: "finished normally",
+    ExitCode.FAILURE: "unexpected failure; the log above has the traceback, please report it",
+    ExitCode.USAGE: "bad command line; run with --help",
+    ExitCode.CONFIG: "fix the configuration keys listed above and start again",
+    ExitCode.AUTH: "a key is missing or not approved; check the key files and "
+                   "'medfl-coordinator nodes list'",
+    ExitCode.STATE: "the state folder is inconsistent; restore it from backup or point "
+                    "the config at a fresh folder",
+    ExitCode.PORT_IN_USE: "the address is taken; stop the other process or change the bind address",
+    ExitCode.JOB_FAILED: "the job failed; 'medfl-coordinator status' shows why",
+    ExitCode.INTERRUPTED: "stopped by the operator",
+}
+
+
+def die(code: ExitCode, message: str = "") -> NoReturn:
+    """Print ``message`` and the help of ``code`` to stderr and exit with ``code``.
+
+    Parameters
+    ----------
+    code : ExitCode
+        Why the program stops.
+    message : str
+        What happened, with the values seen.
+    """
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+    if code != ExitCode.OK:
+        print(f"[exit {int(code)}: {HELP[code]}]", file=sys.stderr)
+        log.debug("exit %d: %s", int(code), message)
+    sys.exit(int(code))
