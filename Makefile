@@ -1,0 +1,41 @@
+# medfl: `make demo` and `make test` set everything up (through `make install`) and run.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; GPU users pass their own, e.g. make install TORCH="torch==2.13.0"
+# together with PIP_EXTRA_INDEX_URL pointing at the CUDA wheel index of their choice.
+TORCH ?= torch==2.13.0
+PIP := $(BIN)/python -m pip
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint bench clean
+
+install:
+	@if [ ! -x $(BIN)/python ]; then \
+	  $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); \
+	    else echo "error: '$(PYTHON) -m venv' failed; install python3-venv (sudo apt-get install python3-venv)"; exit 1; fi; }; \
+	fi
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q pybind11 cmake ninja
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	@$(BIN)/python -c "import medfl._native as n; print('medfl._native built:', n.build_info())"
+
+demo: install
+	$(BIN)/medfl demo --json demo-out/summary.json
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check medfl agent coordinator tests benchmarks
+	$(BIN)/mypy medfl agent coordinator
+
+bench: install
+	$(BIN)/python benchmarks/fixed_point.py --json benchmarks/results/fixed_point.json
+
+clean:
+	rm -rf build dist *.egg-info demo-out medfl/_native*.so

@@ -1,0 +1,136 @@
+"""``medfl-agent``: the hospital's command line (init, serve, fingerprint, check)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import signal
+
+from medfl.errors import AuthError, ConfigError, DataError, MedflError, StateError
+from medfl.exits import ExitCode, die
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medfl-agent", description="medfl hospital agent")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    init = sub.add_parser("init", help="create this agent's key pair and agent.toml; prints the fingerprint")
+    init.add_argument("--dir", type=pathlib.Path, default=pathlib.Path("."))
+    init.add_argument("--name", required=True, help="this hospital's name, shown to the operator")
+    init.add_argument("--coordinator", required=True, help="coordinator endpoint, e.g. tcp://fl.example.org:7777")
+    init.add_argument("--coordinator-key", type=pathlib.Path, required=True,
+                      help="the coordinator.key file the operator handed over (pinned)")
+    init.add_argument("--data", type=pathlib.Path, required=True,
+                      help="data folder (train/<CLASS>/..., val/<CLASS>/...) or a .npz file")
+    init.add_argument("--min-parties", type=int, default=2, help="refuse aggregates with fewer hospitals")
+    init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
+    for name, text in (("serve", "run the agent daemon"), ("fingerprint", "print this agent's key fingerprint"),
+                       ("check", "validate agent.toml and the data set, then exit")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``medfl-agent``."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "init":
+            _init(args)
+        elif args.cmd == "serve":
+            _serve(args)
+        elif args.cmd == "fingerprint":
+            _fingerprint(args)
+        elif args.cmd == "check":
+            _check(args)
+    except ConfigError as exc:
+        die(ExitCode.CONFIG, str(exc))
+    except DataError as exc:
+        die(ExitCode.CONFIG, f"data: {exc}")
+    except AuthError as exc:
+        die(ExitCode.AUTH, str(exc))
+    except StateError as exc:
+        die(ExitCode.STATE, str(exc))
+    except MedflError as exc:
+        die(ExitCode.FAILURE, str(exc))
+    except KeyboardInterrupt:
+        die(ExitCode.INTERRUPTED)
+
+
+def _init(args: argparse.Namespace) -> None:
+    import tomli_w
+
+    from medfl.wire import fingerprint, generate_keypair, read_public_key, write_keypair
+
+    root: pathlib.Path = args.dir
+    cfg_path = root / "agent.toml"
+    if cfg_path.exists() and not args.force:
+        raise StateError(f"{cfg_path} exists; use --force to overwrite it (this replaces the agent's key, "
+                         "which the operator must then approve again)")
+    read_public_key(args.coordinator_key)  # fail early on a bad key file
+    root.mkdir(parents=True, exist_ok=True)
+    pair = generate_keypair()
+    pub, sec = write_keypair(root / "keys", "agent", pair, overwrite=args.force)
+    pinned = root / "keys" / "coordinator.key"
+    if args.coordinator_key.resolve() != pinned.resolve():
+        shutil.copyfile(args.coordinator_key, pinned)
+    data = args.data.resolve()
+    doc = {
+        "agent": {"name": args.name, "state_dir": "state"},
+        "coordinator": {"endpoint": args.coordinator, "public_key_file": str(pinned.relative_to(root))},
+        "keys": {"secret_key_file": str(sec.relative_to(root))},
+        "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data)},
+        "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties},
+        "training": {"torch_threads": 0, "device": "cpu"},
+        "transport": {"curve": True, "max_message_mb": 256},
+    }
+    cfg_path.write_text("# medfl agent configuration (see README: 'Install an agent')\n" + tomli_w.dumps(doc))
+    print(f"wrote {cfg_path}")
+    print(f"agent public key: {pub}")
+    print(f"fingerprint: {fingerprint(pair.public)}")
+    print("send the public key file (or read the fingerprint) to the coordinator operator, who runs:")
+    print(f"  medfl-coordinator nodes approve {pub.name}")
+
+
+def _load(args: argparse.Namespace):
+    from agent.config import load_config
+
+    return load_config(args.config)
+
+
+def _fingerprint(args: argparse.Namespace) -> None:
+    from medfl.wire import fingerprint, read_keypair
+
+    cfg = _load(args)
+    if cfg.keys.secret_key_file is None:
+        raise ConfigError([("keys.secret_key_file", "not set; run 'medfl-agent init'")], source=str(args.config))
+    print(fingerprint(read_keypair(cfg.keys.secret_key_file).public))
+
+
+def _check(args: argparse.Namespace) -> None:
+    from medfl.data import DataSpec, load_splits
+
+    cfg = _load(args)
+    splits = load_splits(DataSpec(kind=cfg.data.kind, path=cfg.data.path, image_size=64))
+    for name, ds in splits.items():
+        labels = ds.tensors[1]
+        print(f"{name}: {len(ds)} images, {int(labels.sum())} positive")
+    print("configuration OK")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from agent.service import AgentService
+    from medfl.logs import setup_logging
+
+    setup_logging("agent")
+    cfg = _load(args)
+    service = AgentService(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    service.serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""agent.toml, parsed once into frozen dataclasses.
+
+Example::
+
+    [agent]
+    name = "st-mary"
+    state_dir = "state"
+
+    [coordinator]
+    endpoint = "tcp://coordinator.example.org:7777"
+    public_key_file = "keys/coordinator.key"    # handed over by the operator; pinned
+
+    [keys]
+    secret_key_file = "keys/agent.key_secret"
+
+    [data]
+    kind = "folder"                             # or "npz"
+    path = "/data/chest_xray"                   # train/NORMAL, train/PNEUMONIA, val/...
+
+    [policy]
+    allowed_models = ["cnn", "resnet18"]
+    min_parties = 2                             # refuse aggregates with fewer agents
+
+    [training]
+    torch_threads = 0                           # 0: torch's default
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from medfl import config
+
+__all__ = ["AgentConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    """The ``[agent]`` table."""
+
+    name: str
+    state_dir: pathlib.Path
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        if not self.name.strip() or len(self.name) > 64:
+            return [("name", f"must be 1-64 characters, got {self.name!r}")]
+        return []
+
+
+@dataclass(frozen=True)
+class CoordinatorLink:
+    """The ``[coordinator]`` table: where to connect and whose key to pin."""
+
+    endpoint: str
+    public_key_file: pathlib.Path | None = None
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        if not self.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            return [("endpoint", f"must be a ZeroMQ endpoint like tcp://host:7777, got {self.endpoint!r}")]
+        return []
+
+
+@dataclass(frozen=True)
+class KeysSection:
+    """The ``[keys]`` table."""
+
+    secret_key_file: pathlib.Path | None = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The ``[data]`` table."""
+
+    path: pathlib.Path
+    kind: Literal["folder", "npz"] = "folder"
+
+
+@dataclass(frozen=True)
+class PolicySection:
+    """The ``[policy]`` table: local rules the coordinator cannot override."""
+
+    allowed_models: tuple[str, ...] = ("cnn", "resnet18")
+    min_parties: int = 2
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        from medfl.errors import did_you_mean
+        from medfl.models import list_models
+
+        out = []
+        for i, m in enumerate(self.allowed_models):
+            if m not in list_models():
+                out.append((f"allowed_models[{i}]", f"unknown model {m!r}; known: {', '.join(list_models())}"
+                            + did_you_mean(m, list_models())))
+        if self.min_parties < 1:
+            out.append(("min_parties", f"must be at least 1, got {self.min_parties}"))
+        return out
+
+
+@dataclass(frozen=True)
+class TrainingSection:
+    """The ``[training]`` table."""
+
+    torch_threads: int = 0
+    device: str = "cpu"
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        out = []
+        if self.torch_threads < 0:
+            out.append(("torch_threads", f"must be >= 0 (0 = torch's default), got {self.torch_threads}"))
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            out.append(("device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}"))
+        return out
+
+
+@dataclass(frozen=True)
+class TransportSection:
+    """The ``[transport]`` table."""
+
+    curve: bool = True
+    max_message_mb: int = 256
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole agent.toml."""
+
+    agent: AgentSection
+    coordinator: CoordinatorLink
+    data: DataSection
+    keys: KeysSection = field(default_factory=KeysSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    transport: TransportSection = field(default_factory=TransportSection)
+
+    def check(self) -> list[tuple[str, str]]:
+        """Cross-table checks."""
+        out = []
+        if self.transport.curve:
+            if self.keys.secret_key_file is None:
+                out.append(("keys.secret_key_file", "required when transport.curve = true; run 'medfl-agent init'"))
+            if self.coordinator.public_key_file is None:
+                out.append(("coordinator.public_key_file", "required when transport.curve = true: the "
+                            "coordinator operator hands over coordinator.key"))
+        return out
+
+
+def load_config(path: str | pathlib.Path) -> AgentConfig:
+    """Read agent.toml; raises ConfigError listing every bad key by TOML path.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    """
+    return config.parse_file(AgentConfig, path)

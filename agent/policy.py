@@ -1,0 +1,50 @@
+"""The agent's local policy: which jobs and rounds this hospital takes part in.
+
+The coordinator cannot override it: every JOB_OFFER and TRAIN request passes through
+:func:`check_job` / :func:`check_round`, which raise :class:`~medfl.errors.PolicyViolation`
+with the value seen and the fix; the agent sends the message back as JOB_REFUSE.
+"""
+
+from __future__ import annotations
+
+from agent.config import PolicySection
+from medfl.errors import PolicyViolation
+from medfl.jobspec import JobSpec
+
+__all__ = ["check_job", "check_round"]
+
+
+def check_job(policy: PolicySection, job: JobSpec) -> None:
+    """Raise PolicyViolation unless the policy allows taking part in ``job``.
+
+    Parameters
+    ----------
+    policy : PolicySection
+        The ``[policy]`` table of agent.toml.
+    job : JobSpec
+        The offered job.
+    """
+    if job.job.model not in policy.allowed_models:
+        raise PolicyViolation(
+            f"job {job.job.name!r} asks for model {job.job.model!r} but agent.toml policy.allowed_models="
+            f"{list(policy.allowed_models)}; add it to the list or submit the job with an allowed model")
+    if job.job.min_agents < policy.min_parties:
+        raise PolicyViolation(
+            f"job {job.job.name!r} allows aggregates of min_agents={job.job.min_agents} but agent.toml "
+            f"policy.min_parties={policy.min_parties}; raise the job's min_agents or lower the local minimum")
+
+
+def check_round(policy: PolicySection, participants: int) -> None:
+    """Raise PolicyViolation if a round's aggregate would have too few parties.
+
+    Parameters
+    ----------
+    policy : PolicySection
+        The ``[policy]`` table of agent.toml.
+    participants : int
+        Number of agents the coordinator sent this round to.
+    """
+    if participants < policy.min_parties:
+        raise PolicyViolation(
+            f"round has {participants} participant(s) but agent.toml policy.min_parties={policy.min_parties}; "
+            "wait for more hospitals or lower the local minimum")

@@ -1,0 +1,252 @@
+"""The hospital agent daemon: connects out to the coordinator, trains and validates locally.
+
+The agent only ever connects out (a ZeroMQ DEALER; hospital firewalls allow outbound only),
+pins the coordinator's CURVE public key, says HELLO until it is welcomed, heart-beats, and
+re-introduces itself when the coordinator reports it as unknown (the coordinator restarted).
+ZeroMQ reconnects by itself with exponential backoff. Every job offer and every round passes
+the local policy first. Training and validation run in a worker thread so the socket loop
+keeps heart-beating; results from a superseded round are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent import policy
+from agent.config import AgentConfig
+from medfl import __version__, envvars
+from medfl.errors import ConfigError, MedflError, PolicyViolation
+from medfl.jobspec import JobSpec, job_from_dict
+from medfl.wire import ClientChannel, Envelope, MessageType, SocketLimits, read_keypair, read_public_key
+
+__all__ = ["AgentService"]
+
+log = logging.getLogger(__name__)
+
+HELLO_RETRY_S = 2.0
+HEARTBEAT_S = 2.0
+
+
+@dataclass(frozen=True)
+class _Result:
+    key: tuple[str, int, str]           # (job, round, kind)
+    env: Envelope
+
+
+class AgentService:
+    """The agent daemon.
+
+    Parameters
+    ----------
+    cfg : AgentConfig
+        Parsed agent.toml.
+    """
+
+    def __init__(self, cfg: AgentConfig):
+        self.cfg = cfg
+        threads = int(envvars.get("MEDFL_TORCH_THREADS", str(cfg.training.torch_threads)) or 0)
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        self._splits_cache: dict[int, dict[str, Any]] = {}
+        self.splits = self._splits(64)  # validate the data set at start-up: fail early and clearly
+        if cfg.transport.curve:
+            keys = read_keypair(cfg.keys.secret_key_file)
+            server_key = read_public_key(cfg.coordinator.public_key_file)
+        else:
+            log.warning("transport.curve = false: traffic is NOT encrypted or authenticated (tests only)")
+            keys, server_key = None, None
+        limits = SocketLimits(max_message_bytes=cfg.transport.max_message_mb * 2**20)
+        self.channel = ClientChannel(connect=cfg.coordinator.endpoint, keys=keys, server_public_key=server_key,
+                                     limits=limits)
+        self.jobs: dict[str, JobSpec] = {}
+        self.welcomed = False
+        self._last_hello = -math.inf
+        self._last_send = -math.inf
+        self._results: queue.Queue[_Result] = queue.Queue()
+        self._current: tuple[str, int, str] | None = None
+        self._stop = threading.Event()
+
+    def _splits(self, image_size: int) -> dict[str, Any]:
+        from medfl.data import DataSpec, load_splits
+
+        if image_size not in self._splits_cache:
+            spec = DataSpec(kind=self.cfg.data.kind, path=self.cfg.data.path, image_size=image_size)
+            self._splits_cache[image_size] = load_splits(spec)
+        return self._splits_cache[image_size]
+
+    # ---- loop --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to return (thread-safe)."""
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Run until :meth:`stop` is called."""
+        log.info("agent %s connecting to %s", self.cfg.agent.name, self.cfg.coordinator.endpoint)
+        try:
+            while not self._stop.is_set():
+                env = self.channel.recv(timeout_ms=100)
+                if env is not None:
+                    try:
+                        self._handle(env)
+                    except MedflError as exc:
+                        log.warning("could not handle %s: %s", env.type, exc)
+                self._flush_results()
+                self._keepalive()
+        finally:
+            try:
+                if self.welcomed:
+                    self._send(Envelope(type=MessageType.BYE))
+            finally:
+                self.channel.close()
+
+    def _send(self, env: Envelope) -> None:
+        self.channel.send(env)
+        self._last_send = time.monotonic()
+
+    def _keepalive(self) -> None:
+        now = time.monotonic()
+        if not self.welcomed and now - self._last_hello > HELLO_RETRY_S:
+            self._hello()
+        elif self.welcomed and now - self._last_send > HEARTBEAT_S:
+            self._send(Envelope(type=MessageType.HEARTBEAT))
+
+    def _hello(self) -> None:
+        splits = self.splits
+        self._send(Envelope(type=MessageType.HELLO, body={
+            "name": self.cfg.agent.name, "version": __version__,
+            "models": list(self.cfg.policy.allowed_models), "min_parties": self.cfg.policy.min_parties,
+            "train_samples": len(splits["train"]), "val_samples": len(splits["val"])}))
+        self._last_hello = time.monotonic()
+
+    def _flush_results(self) -> None:
+        while True:
+            try:
+                res = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if res.key != self._current:
+                log.info("dropping stale %s result for job %s round %d", res.key[2], res.key[0], res.key[1])
+                continue
+            self._current = None
+            self._send(res.env)
+
+    # ---- messages ----------------------------------------------------------------------
+    def _handle(self, env: Envelope) -> None:
+        mtype = env.type
+        if mtype == MessageType.WELCOME:
+            if not self.welcomed:
+                log.info("welcomed by coordinator %s", env.body.get("coordinator"))
+            self.welcomed = True
+        elif mtype == MessageType.ERROR:
+            code = env.body.get("code")
+            log.warning("coordinator error %s: %s", code, env.body.get("message"))
+            if code == "unknown_peer":
+                self.welcomed = False
+                self._hello()
+        elif mtype == MessageType.JOB_OFFER:
+            self._on_offer(env)
+        elif mtype == MessageType.TRAIN:
+            self._on_train(env)
+        elif mtype == MessageType.EVALUATE:
+            self._on_evaluate(env)
+        else:
+            log.warning("ignoring unexpected %s from the coordinator", mtype)
+
+    def _refuse(self, env: Envelope, reason: str) -> None:
+        log.warning("refusing job %s: %s", env.job, reason)
+        self._send(Envelope(type=MessageType.JOB_REFUSE, job=env.job, round=env.round, body={"reason": reason}))
+
+    def _on_offer(self, env: Envelope) -> None:
+        try:
+            spec = job_from_dict(dict(env.body), source="JOB_OFFER")
+            policy.check_job(self.cfg.policy, spec)
+            self._splits(spec.job.image_size)
+        except (ConfigError, PolicyViolation) as exc:
+            self._refuse(env, str(exc))
+            return
+        self.jobs[str(env.job)] = spec
+        log.info("accepted job %s (%s, model %s, %d rounds)", env.job, spec.job.name, spec.job.model,
+                 spec.job.rounds)
+        self._send(Envelope(type=MessageType.JOB_ACCEPT, job=env.job))
+
+    def _on_train(self, env: Envelope) -> None:
+        spec = self.jobs.get(str(env.job))
+        if spec is None:
+            self._refuse(env, f"job {env.job} was never offered to or accepted by this agent")
+            return
+        try:
+            policy.check_round(self.cfg.policy, int(env.body.get("participants", 0)))
+        except PolicyViolation as exc:
+            self._refuse(env, str(exc))
+            return
+        key = (str(env.job), int(env.round or 0), "train")
+        self._current = key
+        threading.Thread(target=self._train_worker, args=(key, spec, env), daemon=True,
+                         name=f"train-{env.round}").start()
+
+    def _on_evaluate(self, env: Envelope) -> None:
+        spec = self.jobs.get(str(env.job))
+        if spec is None:
+            log.warning("EVALUATE for unknown job %s ignored", env.job)
+            return
+        key = (str(env.job), int(env.round or 0), "evaluate")
+        self._current = key
+        threading.Thread(target=self._evaluate_worker, args=(key, spec, env), daemon=True,
+                         name=f"eval-{env.round}").start()
+
+    # ---- workers -----------------------------------------------------------------------
+    def _model(self, spec: JobSpec, env: Envelope):
+        from medfl.models import create_model
+        from medfl.models.weights import load_state_arrays
+
+        model = create_model(spec.job.model, **spec.job.model_args)
+        load_state_arrays(model, {k: v.copy() for k, v in env.tensors.items()})
+        return model
+
+    def _train_worker(self, key: tuple[str, int, str], spec: JobSpec, env: Envelope) -> None:
+        from agent.trainer import train_local
+        from medfl.models.weights import state_arrays
+
+        try:
+            model = self._model(spec, env)
+            b = env.body
+            started = time.monotonic()
+            result = train_local(
+                model, self._splits(spec.job.image_size)["train"], epochs=int(b["local_epochs"]),
+                batch_size=int(b["batch_size"]), lr=float(b["lr"]), momentum=float(b["momentum"]),
+                weight_decay=float(b["weight_decay"]), fedprox_mu=float(b.get("fedprox_mu", 0.0)),
+                global_arrays={k: v.copy() for k, v in env.tensors.items()},
+                seed=spec.job.seed * 100_003 + int(env.round or 0) * 101 + int(b.get("attempt", 1)))
+            out = Envelope(type=MessageType.UPDATE, job=env.job, round=env.round, body={
+                "num_samples": result.num_samples, "train_loss": result.mean_loss,
+                "seconds": time.monotonic() - started}, tensors=state_arrays(model))
+            log.info("job %s round %s: trained on %d samples, loss %.4f", env.job, env.round,
+                     result.num_samples, result.mean_loss)
+        except Exception as exc:  # a training failure is reported, never kills the daemon
+            log.exception("training failed for job %s round %s", env.job, env.round)
+            out = Envelope(type=MessageType.ERROR, job=env.job, round=env.round,
+                           body={"code": "training_failed", "message": str(exc)[:500], "in_reply_to": env.seq})
+        self._results.put(_Result(key, out))
+
+    def _evaluate_worker(self, key: tuple[str, int, str], spec: JobSpec, env: Envelope) -> None:
+        from agent.trainer import evaluate
+
+        try:
+            model = self._model(spec, env)
+            m = evaluate(model, self._splits(spec.job.image_size)["val"])
+            out = Envelope(type=MessageType.METRICS, job=env.job, round=env.round,
+                           body={k: float(m[k]) for k in ("n", "auc", "accuracy", "loss")})
+            log.info("job %s round %s: val auc %.4f acc %.4f", env.job, env.round, m["auc"], m["accuracy"])
+        except Exception as exc:
+            log.exception("validation failed for job %s round %s", env.job, env.round)
+            out = Envelope(type=MessageType.ERROR, job=env.job, round=env.round,
+                           body={"code": "evaluation_failed", "message": str(exc)[:500], "in_reply_to": env.seq})
+        self._results.put(_Result(key, out))

@@ -1,0 +1,1 @@
+"""The medfl coordinator daemon: enrollment, job and round state, aggregation."""

@@ -1,0 +1,119 @@
+"""coordinator.toml, parsed once into frozen dataclasses.
+
+Example::
+
+    [coordinator]
+    name = "coordinator"
+    bind = "tcp://0.0.0.0:7777"
+    state_dir = "state"                      # SQLite database and checkpoints
+
+    [keys]
+    secret_key_file = "keys/coordinator.key_secret"
+
+    [transport]
+    curve = true                             # false only for tests of the plain path
+    max_message_mb = 256
+
+    [liveness]
+    agent_timeout_s = 20                     # silent this long -> offline
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+
+from medfl import config
+
+__all__ = ["CoordinatorConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class CoordinatorSection:
+    """The ``[coordinator]`` table."""
+
+    bind: str
+    state_dir: pathlib.Path
+    name: str = "coordinator"
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        if not self.bind.startswith(("tcp://", "ipc://", "inproc://")):
+            return [("bind", f"must be a ZeroMQ endpoint like tcp://0.0.0.0:7777, got {self.bind!r}")]
+        return []
+
+
+@dataclass(frozen=True)
+class KeysSection:
+    """The ``[keys]`` table."""
+
+    secret_key_file: pathlib.Path | None = None
+
+
+@dataclass(frozen=True)
+class TransportSection:
+    """The ``[transport]`` table."""
+
+    curve: bool = True
+    max_message_mb: int = 256
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        if not 1 <= self.max_message_mb <= 4096:
+            return [("max_message_mb", f"must be between 1 and 4096, got {self.max_message_mb}")]
+        return []
+
+
+@dataclass(frozen=True)
+class LivenessSection:
+    """The ``[liveness]`` table."""
+
+    agent_timeout_s: float = 20.0
+    eval_deadline_s: float = 120.0
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        out = []
+        if self.agent_timeout_s <= 0:
+            out.append(("agent_timeout_s", f"must be positive, got {self.agent_timeout_s}"))
+        if self.eval_deadline_s <= 0:
+            out.append(("eval_deadline_s", f"must be positive, got {self.eval_deadline_s}"))
+        return out
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """The whole coordinator.toml."""
+
+    coordinator: CoordinatorSection
+    keys: KeysSection = field(default_factory=KeysSection)
+    transport: TransportSection = field(default_factory=TransportSection)
+    liveness: LivenessSection = field(default_factory=LivenessSection)
+
+    def check(self) -> list[tuple[str, str]]:
+        """Cross-table checks."""
+        if self.transport.curve and self.keys.secret_key_file is None:
+            return [("keys.secret_key_file", "required when transport.curve = true; run "
+                     "'medfl-coordinator init' to create a key pair")]
+        return []
+
+    @property
+    def db_path(self) -> pathlib.Path:
+        """The SQLite database."""
+        return self.coordinator.state_dir / "coordinator.sqlite"
+
+    @property
+    def checkpoint_dir(self) -> pathlib.Path:
+        """Where the global model of every round is kept."""
+        return self.coordinator.state_dir / "checkpoints"
+
+
+def load_config(path: str | pathlib.Path) -> CoordinatorConfig:
+    """Read coordinator.toml; raises ConfigError listing every bad key by TOML path.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    """
+    return config.parse_file(CoordinatorConfig, path)

@@ -1,0 +1,340 @@
+"""The federated-round state machine of one job at the coordinator.
+
+One :class:`JobRun` drives a job through synchronous rounds: wait until ``min_agents``
+accepted agents are online, send them the global weights (TRAIN), collect their trained
+weights (UPDATE) until all answered or the round deadline passed, aggregate (FedAvg weighted
+by sample count, or FedProx), send the new global model for validation (EVALUATE), collect the
+metrics, then persist the checkpoint (safetensors) and the round row (SQLite) before moving on.
+A round whose deadline passes with fewer than ``min_agents`` updates is retried, up to
+``max_round_retries`` times. The object is pure logic: it returns the messages to send and
+never touches a socket, so it is tested without a network.
+
+Stages and transitions (checked before any state changes)::
+
+    waiting  -> fit | failed
+    fit      -> evaluate | waiting (retry) | failed
+    evaluate -> waiting (next round) | done | failed
+
+Crash safety: a round's checkpoint is written atomically before its row is committed, and the
+row commit is what advances ``rounds_done``; a restarted coordinator resumes from the last
+committed round's checkpoint, so at most the round in flight is redone.
+
+References
+----------
+.. [1] McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized
+   Data", AISTATS 2017.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from coordinator.store import RoundRow, Store
+from medfl.aggregation import aggregate
+from medfl.errors import OutOfOrder, StateError
+from medfl.jobspec import JobSpec
+from medfl.wire import Envelope, MessageType
+
+__all__ = ["JobRun", "Outgoing", "Stage"]
+
+log = logging.getLogger(__name__)
+
+#: (agent fingerprint, message) pairs the daemon must send
+Outgoing = tuple[str, Envelope]
+
+
+class Stage(enum.StrEnum):
+    """Where a job's current round stands."""
+
+    WAITING = "waiting"
+    FIT = "fit"
+    EVALUATE = "evaluate"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[Stage, frozenset[Stage]] = {
+    Stage.WAITING: frozenset({Stage.FIT, Stage.FAILED}),
+    Stage.FIT: frozenset({Stage.EVALUATE, Stage.WAITING, Stage.FAILED}),
+    Stage.EVALUATE: frozenset({Stage.WAITING, Stage.DONE, Stage.FAILED}),
+    Stage.DONE: frozenset(),
+    Stage.FAILED: frozenset(),
+}
+
+
+@dataclass
+class RunState:
+    """Mutable state of a job run (owned by :class:`JobRun`)."""
+
+    stage: Stage = Stage.WAITING
+    round: int = 1
+    attempt: int = 1
+    accepted: dict[str, str] = field(default_factory=dict)       # fingerprint -> agent name
+    refused: dict[str, str] = field(default_factory=dict)        # fingerprint -> reason
+    participants: dict[str, str] = field(default_factory=dict)
+    updates: dict[str, tuple[dict[str, np.ndarray], int, float]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    deadline: float = math.inf
+    round_started: float = 0.0
+    candidate: dict[str, np.ndarray] | None = None
+    message: str = ""
+
+
+class JobRun:
+    """Drive one job through its rounds.
+
+    Parameters
+    ----------
+    job_id : str
+        The job's id in the store.
+    spec : JobSpec
+        The parsed job file.
+    store : Store
+        Persistent state.
+    checkpoint_dir : Path
+        Root folder for checkpoints (one sub-folder per job).
+    eval_deadline_s : float
+        How long to wait for validation metrics after aggregation.
+    clock : callable
+        Monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, *, job_id: str, spec: JobSpec, store: Store, checkpoint_dir: pathlib.Path,
+                 eval_deadline_s: float = 120.0, clock: Callable[[], float] = time.monotonic):
+        self.job_id = job_id
+        self.spec = spec
+        self.store = store
+        self.dir = checkpoint_dir / job_id
+        self.eval_deadline_s = eval_deadline_s
+        self.clock = clock
+        self.state = RunState()
+        self.global_arrays: dict[str, np.ndarray] = {}
+
+    # ---- helpers -----------------------------------------------------------------------
+    def _goto(self, stage: Stage) -> None:
+        if stage not in TRANSITIONS[self.state.stage]:
+            raise StateError(f"job {self.job_id}: illegal transition {self.state.stage} -> {stage}")
+        log.debug("job %s round %d: %s -> %s", self.job_id, self.state.round, self.state.stage, stage)
+        self.state.stage = stage
+
+    def _checkpoint_path(self, rnd: int) -> pathlib.Path:
+        return self.dir / f"round-{rnd:04d}.safetensors"
+
+    def _env(self, mtype: MessageType, body: Mapping[str, Any] | None = None,
+             tensors: Mapping[str, np.ndarray] | None = None) -> Envelope:
+        return Envelope(type=mtype, job=self.job_id, round=self.state.round, body=dict(body or {}),
+                        tensors=dict(tensors or {}))
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is done or failed."""
+        return self.state.stage in (Stage.DONE, Stage.FAILED)
+
+    def describe(self) -> str:
+        """One line for ``status``."""
+        s = self.state
+        return (f"job {self.job_id} round {s.round}/{self.spec.job.rounds} attempt {s.attempt} {s.stage}: "
+                f"{len(s.accepted)} accepted, {len(s.participants)} in round, {len(s.updates)} updates")
+
+    # ---- start / resume ----------------------------------------------------------------
+    def start(self) -> None:
+        """Load the last committed round's checkpoint (resume) or create the initial model."""
+        from medfl.models import create_model
+        from medfl.models.weights import load_checkpoint, save_checkpoint, state_arrays
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        done = self.store.rounds(self.job_id)
+        if done:
+            last = done[-1]
+            arrays, meta = load_checkpoint(last.checkpoint)
+            if meta.get("job_id") != self.job_id or int(meta.get("round", -1)) != last.round:
+                raise StateError(f"checkpoint {last.checkpoint} does not belong to job {self.job_id} round "
+                                 f"{last.round} (metadata {meta})")
+            self.global_arrays = dict(arrays)
+            self.state.round = last.round + 1
+            log.info("job %s: resuming after round %d from %s", self.job_id, last.round, last.checkpoint)
+            self.store.event(self.job_id, "resumed", f"resuming after round {last.round}")
+        else:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.spec.job.seed)  # model init only; not a secret
+                model = create_model(self.spec.job.model, **self.spec.job.model_args)
+            self.global_arrays = state_arrays(model)
+            save_checkpoint(self._checkpoint_path(0), self.global_arrays,
+                            {"job_id": self.job_id, "round": "0", "model": self.spec.job.model})
+        if self.state.round > self.spec.job.rounds:
+            self._goto(Stage.DONE)
+
+    # ---- agents come and go ------------------------------------------------------------
+    def offer(self, fingerprint: str) -> list[Outgoing]:
+        """Offer the job to an agent that just said hello (again)."""
+        if self.finished:
+            return []
+        self.state.refused.pop(fingerprint, None)
+        return [(fingerprint, self._env(MessageType.JOB_OFFER, self.spec.to_dict()))]
+
+    def on_accept(self, fingerprint: str, name: str) -> None:
+        """An agent accepted the job under its policy."""
+        self.state.accepted[fingerprint] = name
+
+    def on_refuse(self, fingerprint: str, reason: str) -> None:
+        """An agent refused the job (or a round) under its policy."""
+        self.state.accepted.pop(fingerprint, None)
+        self.state.refused[fingerprint] = reason
+        log.warning("job %s: agent %s refused: %s", self.job_id, fingerprint[:16], reason)
+        self.store.event(self.job_id, "refused", f"{fingerprint[:16]}: {reason}")
+        if self.state.stage == Stage.FIT:
+            self.state.participants.pop(fingerprint, None)
+
+    def on_offline(self, fingerprint: str) -> None:
+        """An agent disconnected or stopped heart-beating; it stays a participant until the deadline."""
+        self.state.accepted.pop(fingerprint, None)
+
+    # ---- the round ---------------------------------------------------------------------
+    def tick(self, online: set[str]) -> list[Outgoing]:
+        """Advance on time: start a round when enough agents are ready, close stages at deadlines."""
+        s = self.state
+        now = self.clock()
+        if s.stage == Stage.WAITING:
+            ready = [fp for fp in s.accepted if fp in online]
+            if len(ready) >= self.spec.job.min_agents:
+                return self._start_fit(ready)
+            s.message = f"waiting for agents: {len(ready)}/{self.spec.job.min_agents} ready"
+        elif s.stage == Stage.FIT and now >= s.deadline:
+            return self._close_fit()
+        elif s.stage == Stage.EVALUATE and now >= s.deadline:
+            return self._close_evaluate()
+        return []
+
+    def _start_fit(self, ready: list[str]) -> list[Outgoing]:
+        s = self.state
+        if self.spec.job.max_agents:
+            ready = sorted(ready)[: self.spec.job.max_agents]
+        self._goto(Stage.FIT)
+        s.participants = {fp: s.accepted[fp] for fp in ready}
+        s.updates = {}
+        s.metrics = {}
+        s.candidate = None
+        s.round_started = self.clock()
+        s.deadline = s.round_started + self.spec.job.round_deadline_s
+        t = self.spec.training
+        body = {"participants": len(ready), "local_epochs": t.local_epochs, "batch_size": t.batch_size,
+                "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay,
+                "fedprox_mu": self.spec.prox_mu, "attempt": s.attempt}
+        log.info("job %s round %d attempt %d: training on %d agents", self.job_id, s.round, s.attempt, len(ready))
+        env = self._env(MessageType.TRAIN, body, self.global_arrays)
+        return [(fp, env) for fp in ready]
+
+    def _check_stage(self, env: Envelope, stage: Stage) -> None:
+        if env.job != self.job_id or env.round != self.state.round or self.state.stage != stage:
+            raise OutOfOrder(f"{env.type} for job {env.job} round {env.round} but job {self.job_id} is in round "
+                             f"{self.state.round} stage {self.state.stage}")
+
+    def on_update(self, fingerprint: str, env: Envelope) -> list[Outgoing]:
+        """An agent's trained weights for the open round."""
+        self._check_stage(env, Stage.FIT)
+        s = self.state
+        if fingerprint not in s.participants:
+            raise OutOfOrder(f"agent {fingerprint[:16]} is not a participant of round {s.round}")
+        arrays = {k: np.asarray(v) for k, v in env.tensors.items()}
+        bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
+        if bad:
+            log.warning("job %s round %d: dropping update of %s with non-finite values in %s",
+                        self.job_id, s.round, fingerprint[:16], bad[:3])
+            s.participants.pop(fingerprint)
+        else:
+            n = int(env.body.get("num_samples", 0))
+            s.updates[fingerprint] = (arrays, n, float(env.body.get("train_loss", math.nan)))
+        if set(s.updates) >= set(s.participants):
+            return self._close_fit()
+        return []
+
+    def _close_fit(self) -> list[Outgoing]:
+        s = self.state
+        if len(s.updates) < self.spec.job.min_agents:
+            missing = sorted(set(s.participants) - set(s.updates))
+            msg = (f"round {s.round} attempt {s.attempt}: {len(s.updates)} update(s) by the deadline, "
+                   f"min_agents={self.spec.job.min_agents}; missing {[m[:16] for m in missing]}")
+            log.warning("job %s: %s", self.job_id, msg)
+            self.store.event(self.job_id, "retry", msg)
+            if s.attempt > self.spec.job.max_round_retries:
+                self._goto(Stage.FAILED)
+                s.message = msg + "; out of retries"
+                return []
+            self._goto(Stage.WAITING)
+            s.attempt += 1
+            s.participants = {}
+            return []
+        try:
+            s.candidate = aggregate(self.spec.aggregation.strategy, self.global_arrays,
+                                    [(a, n) for a, n, _ in s.updates.values()],
+                                    server_lr=self.spec.aggregation.server_lr)
+        except ValueError as exc:
+            self._goto(Stage.FAILED)
+            s.message = f"aggregation failed in round {s.round}: {exc}"
+            return []
+        self._goto(Stage.EVALUATE)
+        s.deadline = self.clock() + self.eval_deadline_s
+        targets = [fp for fp in s.updates]
+        env = self._env(MessageType.EVALUATE, {}, s.candidate)
+        return [(fp, env) for fp in targets]
+
+    def on_metrics(self, fingerprint: str, env: Envelope) -> list[Outgoing]:
+        """An agent's validation metrics of the new global model."""
+        self._check_stage(env, Stage.EVALUATE)
+        s = self.state
+        if fingerprint not in s.updates:
+            raise OutOfOrder(f"agent {fingerprint[:16]} was not asked to evaluate round {s.round}")
+        s.metrics[fingerprint] = {k: float(env.body.get(k, math.nan)) for k in ("n", "auc", "accuracy", "loss")}
+        if set(s.metrics) >= set(s.updates):
+            return self._close_evaluate()
+        return []
+
+    def _close_evaluate(self) -> list[Outgoing]:
+        from medfl.models.weights import save_checkpoint
+
+        s = self.state
+        assert s.candidate is not None  # noqa: S101 - invariant of the EVALUATE stage
+        path = self._checkpoint_path(s.round)
+        save_checkpoint(path, s.candidate, {"job_id": self.job_id, "round": str(s.round),
+                                            "model": self.spec.job.model})
+        n_train = sum(n for _, n, _ in s.updates.values())
+        row = RoundRow(
+            job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.updates),
+            agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.updates)),
+            num_samples=n_train,
+            train_loss=_weighted([(n, loss) for _, n, loss in s.updates.values()]),
+            val_auc=_weighted([(m["n"], m["auc"]) for m in s.metrics.values()]),
+            val_accuracy=_weighted([(m["n"], m["accuracy"]) for m in s.metrics.values()]),
+            val_loss=_weighted([(m["n"], m["loss"]) for m in s.metrics.values()]),
+            val_samples=int(sum(m["n"] for m in s.metrics.values() if math.isfinite(m["n"]))),
+            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path))
+        self.store.record_round(row)
+        log.info("job %s round %d done: %d agents, val_auc=%s", self.job_id, s.round, row.agents,
+                 f"{row.val_auc:.4f}" if row.val_auc is not None else "n/a")
+        self.global_arrays = s.candidate
+        s.candidate = None
+        if s.round >= self.spec.job.rounds:
+            self._goto(Stage.DONE)
+            return []
+        self._goto(Stage.WAITING)
+        s.round += 1
+        s.attempt = 1
+        s.participants = {}
+        return []
+
+
+def _weighted(pairs: list[tuple[float, float]]) -> float | None:
+    good = [(w, v) for w, v in pairs if math.isfinite(w) and w > 0 and math.isfinite(v)]
+    total = sum(w for w, _ in good)
+    return sum(w * v for w, v in good) / total if total > 0 else None

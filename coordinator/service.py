@@ -1,0 +1,251 @@
+"""The coordinator daemon's socket loop: sessions, liveness, and the job in progress.
+
+The loop owns one ROUTER :class:`~medfl.wire.ServerChannel` (CurveZMQ with the ZAP allow-list
+backed by the node table), the sessions of the agents that said hello, and at most one
+:class:`~coordinator.rounds.JobRun`. Protocol errors from a peer are answered with a typed
+ERROR envelope and one log line, never an exception out of the loop. The operator's CLI
+talks to the daemon only through the SQLite store (jobs submitted, nodes approved, the live
+status line the daemon writes every second).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.config import CoordinatorConfig
+from coordinator.rounds import JobRun, Outgoing
+from coordinator.store import Store
+from medfl.errors import ConfigError, MedflError, StateError, WireError
+from medfl.jobspec import job_from_dict
+from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
+
+__all__ = ["CoordinatorService"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    """An agent that said hello on this daemon's lifetime."""
+
+    fingerprint: str
+    peer: bytes
+    name: str
+    hello: dict[str, Any]
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class CoordinatorService:
+    """The coordinator daemon.
+
+    Parameters
+    ----------
+    cfg : CoordinatorConfig
+        Parsed coordinator.toml.
+    """
+
+    def __init__(self, cfg: CoordinatorConfig):
+        self.cfg = cfg
+        self.store = Store(cfg.db_path)
+        cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        keys = read_keypair(cfg.keys.secret_key_file) if cfg.transport.curve else None
+        if not cfg.transport.curve:
+            log.warning("transport.curve = false: traffic is NOT encrypted or authenticated (tests only)")
+        limits = SocketLimits(max_message_bytes=cfg.transport.max_message_mb * 2**20)
+        self.channel = ServerChannel(bind=cfg.coordinator.bind, keys=keys,
+                                     is_allowed=self._is_allowed if keys else None, limits=limits)
+        self.sessions: dict[str, Session] = {}
+        self.by_peer: dict[bytes, str] = {}
+        self.run: JobRun | None = None
+        self._stop = threading.Event()
+        self._last_housekeeping = 0.0
+        log.info("coordinator %s listening on %s (curve=%s)", cfg.coordinator.name, self.channel.endpoint,
+                 cfg.transport.curve)
+        self.store.set_meta("endpoint", self.channel.endpoint)
+
+    # ---- authentication (runs in the ZAP thread) ---------------------------------------
+    def _is_allowed(self, public_key: bytes) -> bool:
+        key = public_key.decode("ascii") if isinstance(public_key, bytes) else str(public_key)
+        fp = fingerprint(public_key)
+        self.store.see_node(fp, key)
+        ok = self.store.is_approved(key)
+        if not ok:
+            log.warning("refused handshake from unapproved key %s; approve it with "
+                        "'medfl-coordinator nodes approve %s'", fp, fp)
+        return ok
+
+    # ---- main loop ---------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to return (thread-safe)."""
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Run until :meth:`stop` is called."""
+        try:
+            while not self._stop.is_set():
+                if self.channel.poll(100):
+                    for _ in range(64):  # drain a burst, but keep housekeeping going
+                        incoming = self.channel.recv()
+                        if incoming is not None:
+                            self._dispatch(incoming.peer, incoming.user_id, incoming.envelope)
+                        if not self.channel.poll(0):
+                            break
+                self._housekeeping()
+        finally:
+            self.channel.close()
+            self.store.set_meta("daemon", json.dumps({"pid": os.getpid(), "state": "stopped", "t": time.time()}))
+            self.store.close()
+
+    def _send(self, out: list[Outgoing]) -> None:
+        for fp, env in out:
+            sess = self.sessions.get(fp)
+            if sess is None:
+                log.info("not sending %s to %s: not connected", env.type, fp[:16])
+                continue
+            self.channel.send(sess.peer, env)
+
+    def _error(self, peer: bytes, env: Envelope | None, exc: WireError) -> None:
+        log.warning("protocol error from %s: %s %s", self.by_peer.get(peer, peer.hex()[:16]), exc.code, exc)
+        self.channel.send(peer, Envelope(type=MessageType.ERROR, body={
+            "code": exc.code, "message": str(exc), "in_reply_to": env.seq if env else None}))
+
+    def _dispatch(self, peer: bytes, user_id: str, env: Envelope) -> None:
+        try:
+            self._handle(peer, user_id, env)
+        except WireError as exc:
+            self._error(peer, env, exc)
+        except MedflError as exc:
+            log.warning("rejected %s from %s: %s", env.type, self.by_peer.get(peer, "?"), exc)
+            self._error(peer, env, _wrap(exc))
+
+    def _handle(self, peer: bytes, user_id: str, env: Envelope) -> None:
+        from medfl.errors import OutOfOrder, UnknownPeer
+
+        mtype = env.type
+        if mtype == MessageType.HELLO:
+            self._on_hello(peer, user_id, env)
+            return
+        fp = self.by_peer.get(peer)
+        if fp is None or fp not in self.sessions:
+            raise UnknownPeer(f"{mtype} before hello (the coordinator may have restarted); say hello first")
+        sess = self.sessions[fp]
+        sess.last_seen = time.monotonic()
+        if mtype == MessageType.HEARTBEAT:
+            return
+        if mtype == MessageType.BYE:
+            self._drop(fp, "said bye")
+            return
+        if mtype == MessageType.ERROR:
+            log.warning("agent %s reported error %s: %s", sess.name, env.body.get("code"), env.body.get("message"))
+            return
+        run = self.run
+        if mtype in (MessageType.JOB_ACCEPT, MessageType.JOB_REFUSE, MessageType.UPDATE, MessageType.METRICS):
+            if run is None or env.job != run.job_id:
+                raise OutOfOrder(f"{mtype} for job {env.job!r} but the running job is "
+                                 f"{run.job_id if run else 'none'}")
+            if mtype == MessageType.JOB_ACCEPT:
+                run.on_accept(fp, sess.name)
+            elif mtype == MessageType.JOB_REFUSE:
+                run.on_refuse(fp, str(env.body.get("reason", "no reason given")))
+            elif mtype == MessageType.UPDATE:
+                self._send(run.on_update(fp, env))
+            else:
+                self._send(run.on_metrics(fp, env))
+            return
+        raise OutOfOrder(f"agents do not send {mtype} to the coordinator")
+
+    def _on_hello(self, peer: bytes, user_id: str, env: Envelope) -> None:
+        name = str(env.body.get("name", ""))[:64] or "unnamed"
+        fp = user_id or f"plain:{name}"
+        old = self.sessions.get(fp)
+        if old is not None and old.peer != peer:
+            self.by_peer.pop(old.peer, None)
+            self.channel.forget(old.peer)
+        self.sessions[fp] = Session(fingerprint=fp, peer=peer, name=name, hello=dict(env.body))
+        self.by_peer[peer] = fp
+        if user_id:
+            self.store.set_node_name(fp, name)
+        log.info("agent %s (%s) connected: %s train / %s val samples", name, fp[:23],
+                 env.body.get("train_samples"), env.body.get("val_samples"))
+        self.channel.send(peer, Envelope(type=MessageType.WELCOME, body={"coordinator": self.cfg.coordinator.name}))
+        if self.run is not None:
+            self._send(self.run.offer(fp))
+
+    def _drop(self, fp: str, why: str) -> None:
+        sess = self.sessions.pop(fp, None)
+        if sess is None:
+            return
+        self.by_peer.pop(sess.peer, None)
+        self.channel.forget(sess.peer)
+        if self.run is not None:
+            self.run.on_offline(fp)
+        log.info("agent %s offline: %s", sess.name, why)
+
+    # ---- housekeeping ------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        timeout = self.cfg.liveness.agent_timeout_s
+        for fp, sess in list(self.sessions.items()):
+            if now - sess.last_seen > timeout:
+                self._drop(fp, f"silent for {now - sess.last_seen:.0f} s")
+        if self.run is not None:
+            self._send(self.run.tick(set(self.sessions)))
+        if now - self._last_housekeeping < 0.5:
+            return
+        self._last_housekeeping = now
+        self._check_jobs()
+        self.store.set_meta("daemon", json.dumps({
+            "pid": os.getpid(), "state": "serving", "t": time.time(), "endpoint": self.channel.endpoint,
+            "online": sorted(s.name for s in self.sessions.values()),
+            "run": self.run.describe() if self.run else None,
+            "waiting": self.run.state.message if self.run else "",
+        }))
+
+    def _check_jobs(self) -> None:
+        run = self.run
+        if run is not None:
+            status = self.store.job(run.job_id).status
+            if status == "cancelled":
+                log.info("job %s cancelled by the operator", run.job_id)
+                self.run = None
+            elif run.finished:
+                ok = run.state.stage == "done"
+                self.store.set_job_status(run.job_id, "done" if ok else "failed",
+                                          "completed" if ok else run.state.message)
+                log.info("job %s %s", run.job_id, "done" if ok else f"failed: {run.state.message}")
+                self.run = None
+        if self.run is None:
+            pending = self.store.jobs(status="running") + self.store.jobs(status="queued")
+            if pending:
+                self._start(pending[0].id)
+
+    def _start(self, job_id: str) -> None:
+        row = self.store.job(job_id)
+        try:
+            spec = job_from_dict(row.spec, source=f"job {job_id}")
+            run = JobRun(job_id=job_id, spec=spec, store=self.store, checkpoint_dir=self.cfg.checkpoint_dir,
+                         eval_deadline_s=self.cfg.liveness.eval_deadline_s)
+            run.start()
+        except (ConfigError, StateError, OSError, ValueError) as exc:
+            log.error("job %s cannot start: %s", job_id, exc)
+            self.store.set_job_status(job_id, "failed", f"cannot start: {exc}")
+            return
+        self.store.set_job_status(job_id, "running")
+        self.run = run
+        log.info("job %s (%s) started at round %d", job_id, spec.job.name, run.state.round)
+        for fp in list(self.sessions):
+            self._send(run.offer(fp))
+
+
+def _wrap(exc: MedflError) -> WireError:
+    from medfl.errors import OutOfOrder
+
+    err = OutOfOrder(str(exc))
+    err.code = "rejected"
+    return err

@@ -1,0 +1,332 @@
+"""The coordinator's persistent state in SQLite: nodes, jobs and rounds.
+
+The daemon and the operator's CLI (``nodes approve``, ``jobs submit``, ``status``) open the
+same database file; SQLite's WAL mode lets the CLI write while the daemon runs, and the daemon
+picks changes up by polling. ``Store(":memory:")`` is the in-memory twin used by unit tests.
+
+Compatibility: columns are only ever added (with defaults); ``SCHEMA_VERSION`` counts changes.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from medfl.errors import AuthError, NotFound, StateError
+
+__all__ = ["JobRow", "NodeRow", "RoundRow", "Store"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    fingerprint TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'revoked')),
+    first_seen REAL NOT NULL,
+    approved_at REAL,
+    last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    rounds_done INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    round INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    agents INTEGER NOT NULL,
+    agent_names TEXT NOT NULL,
+    num_samples INTEGER NOT NULL,
+    train_loss REAL,
+    val_auc REAL,
+    val_accuracy REAL,
+    val_loss REAL,
+    val_samples INTEGER,
+    seconds REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    checkpoint TEXT NOT NULL,
+    PRIMARY KEY (job_id, round)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    t REAL NOT NULL,
+    job_id TEXT,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """An agent known to the coordinator."""
+
+    fingerprint: str
+    public_key: str
+    name: str
+    status: str
+    first_seen: float
+    approved_at: float | None
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A submitted job and where it stands."""
+
+    id: str
+    name: str
+    spec: dict[str, Any]
+    status: str
+    submitted_at: float
+    started_at: float | None
+    finished_at: float | None
+    rounds_done: int
+    message: str
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    """A completed round: who took part, the metrics of the new global model, its checkpoint."""
+
+    job_id: str
+    round: int
+    attempts: int
+    agents: int
+    agent_names: tuple[str, ...]
+    num_samples: int
+    train_loss: float | None
+    val_auc: float | None
+    val_accuracy: float | None
+    val_loss: float | None
+    val_samples: int | None
+    seconds: float
+    finished_at: float
+    checkpoint: str
+
+
+class Store:
+    """SQLite-backed state, safe to share between the daemon's threads.
+
+    Parameters
+    ----------
+    path : str or Path
+        Database file, or ``":memory:"`` for the in-memory twin.
+    """
+
+    def __init__(self, path: str | pathlib.Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot open coordinator database {self.path}: {exc}; move the file aside "
+                             "or point state_dir at a fresh folder") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # ---- nodes -------------------------------------------------------------------------
+    def see_node(self, fingerprint: str, public_key: str) -> NodeRow:
+        """Record a handshake from ``public_key``: new keys become 'pending'."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO nodes (fingerprint, public_key, status, first_seen, last_seen) "
+                "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(fingerprint) DO UPDATE SET last_seen=excluded.last_seen",
+                (fingerprint, public_key, now, now),
+            )
+        return self.node(fingerprint)
+
+    def approve_node(self, fingerprint: str, public_key: str | None = None, *, name: str = "") -> NodeRow:
+        """Approve a node by fingerprint (it must have tried to connect) or by its public key."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM nodes WHERE fingerprint=?", (fingerprint,)).fetchone()
+            if row is None and public_key is None:
+                known = [r["fingerprint"] for r in db.execute("SELECT fingerprint FROM nodes")]
+                raise AuthError(
+                    f"no agent with fingerprint {fingerprint} has tried to connect yet; approve it by its "
+                    f"public key file instead (medfl-coordinator nodes approve agent.key), or start the agent "
+                    f"first. Known fingerprints: {', '.join(known) or 'none'}")
+            if row is None:
+                db.execute("INSERT INTO nodes (fingerprint, public_key, name, status, first_seen, approved_at) "
+                           "VALUES (?, ?, ?, 'approved', ?, ?)", (fingerprint, public_key, name, now, now))
+            else:
+                db.execute("UPDATE nodes SET status='approved', approved_at=?, name=CASE WHEN ?='' THEN name "
+                           "ELSE ? END WHERE fingerprint=?", (now, name, name, fingerprint))
+        return self.node(fingerprint)
+
+    def revoke_node(self, fingerprint: str) -> NodeRow:
+        """Revoke a node: its next handshake is refused."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE nodes SET status='revoked' WHERE fingerprint=?", (fingerprint,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no node with fingerprint {fingerprint}; see 'medfl-coordinator nodes list'")
+        return self.node(fingerprint)
+
+    def set_node_name(self, fingerprint: str, name: str) -> None:
+        """Remember the name an approved agent gave in HELLO (if the operator gave none)."""
+        with self._tx() as db:
+            db.execute("UPDATE nodes SET name=?, last_seen=? WHERE fingerprint=? AND name=''",
+                       (name, time.time(), fingerprint))
+
+    def is_approved(self, public_key: str) -> bool:
+        """True if the key belongs to an approved node."""
+        rows = self._query("SELECT status FROM nodes WHERE public_key=?", (public_key,))
+        return bool(rows) and rows[0]["status"] == "approved"
+
+    def node(self, fingerprint: str) -> NodeRow:
+        """One node by fingerprint."""
+        rows = self._query("SELECT * FROM nodes WHERE fingerprint=?", (fingerprint,))
+        if not rows:
+            raise NotFound(f"no node with fingerprint {fingerprint}")
+        return NodeRow(**dict(rows[0]))
+
+    def nodes(self) -> list[NodeRow]:
+        """Every known node."""
+        return [NodeRow(**dict(r)) for r in self._query("SELECT * FROM nodes ORDER BY first_seen")]
+
+    # ---- jobs --------------------------------------------------------------------------
+    def submit_job(self, spec: dict[str, Any]) -> JobRow:
+        """Queue a job; returns its row with a fresh id."""
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        with self._tx() as db:
+            db.execute("INSERT INTO jobs (id, name, spec_json, status, submitted_at) VALUES (?, ?, ?, 'queued', ?)",
+                       (job_id, spec["job"]["name"], json.dumps(spec, sort_keys=True), time.time()))
+            self._event(db, job_id, "submitted", spec["job"]["name"])
+        return self.job(job_id)
+
+    def job(self, job_id: str) -> JobRow:
+        """One job by id."""
+        rows = self._query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        if not rows:
+            raise NotFound(f"no job {job_id!r}; see 'medfl-coordinator jobs list'")
+        return self._job_row(rows[0])
+
+    @staticmethod
+    def _job_row(r: sqlite3.Row) -> JobRow:
+        d = dict(r)
+        d["spec"] = json.loads(d.pop("spec_json"))
+        return JobRow(**d)
+
+    def jobs(self, *, status: str | None = None) -> list[JobRow]:
+        """Jobs in submission order, optionally only those with ``status``."""
+        if status:
+            rows = self._query("SELECT * FROM jobs WHERE status=? ORDER BY submitted_at", (status,))
+        else:
+            rows = self._query("SELECT * FROM jobs ORDER BY submitted_at")
+        return [self._job_row(r) for r in rows]
+
+    def set_job_status(self, job_id: str, status: str, message: str = "") -> None:
+        """Move a job to ``status`` (running, done, failed, cancelled)."""
+        now = time.time()
+        with self._tx() as db:
+            if status == "running":
+                db.execute("UPDATE jobs SET status=?, message=?, started_at=COALESCE(started_at, ?) WHERE id=?",
+                           (status, message, now, job_id))
+            else:
+                db.execute("UPDATE jobs SET status=?, message=?, finished_at=? WHERE id=?",
+                           (status, message, now, job_id))
+            self._event(db, job_id, status, message)
+
+    def cancel_job(self, job_id: str) -> JobRow:
+        """Cancel a queued or running job."""
+        job = self.job(job_id)
+        if job.status not in ("queued", "running"):
+            raise StateError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+        self.set_job_status(job_id, "cancelled", "cancelled by the operator")
+        return self.job(job_id)
+
+    # ---- rounds ------------------------------------------------------------------------
+    def record_round(self, row: RoundRow) -> None:
+        """Persist a completed round and advance the job's ``rounds_done`` in one transaction."""
+        d = row.__dict__.copy()
+        d["agent_names"] = json.dumps(list(row.agent_names))
+        cols = ", ".join(d)
+        marks = ", ".join("?" for _ in d)
+        with self._tx() as db:
+            db.execute(f"INSERT OR REPLACE INTO rounds ({cols}) VALUES ({marks})", tuple(d.values()))
+            db.execute("UPDATE jobs SET rounds_done=? WHERE id=?", (row.round, row.job_id))
+            self._event(db, row.job_id, "round", f"round {row.round} done with {row.agents} agents")
+
+    def rounds(self, job_id: str) -> list[RoundRow]:
+        """Completed rounds of a job, in order."""
+        out = []
+        for r in self._query("SELECT * FROM rounds WHERE job_id=? ORDER BY round", (job_id,)):
+            d = dict(r)
+            d["agent_names"] = tuple(json.loads(d["agent_names"]))
+            out.append(RoundRow(**d))
+        return out
+
+    # ---- events ------------------------------------------------------------------------
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str | None, kind: str, detail: str) -> None:
+        db.execute("INSERT INTO events (t, job_id, kind, detail) VALUES (?, ?, ?, ?)",
+                   (time.time(), job_id, kind, detail))
+
+    def event(self, job_id: str | None, kind: str, detail: str) -> None:
+        """Append a line to the event log (shown by ``status``)."""
+        with self._tx() as db:
+            self._event(db, job_id, kind, detail)
+
+    def events(self, job_id: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest events, newest last."""
+        if job_id:
+            rows = self._query("SELECT * FROM events WHERE job_id=? ORDER BY id DESC LIMIT ?", (job_id, limit))
+        else:
+            rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(r) for r in reversed(rows)]
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a small key/value (e.g. the daemon's live status line)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        """Read a value stored by :meth:`set_meta`."""
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0]["value"] if rows else None

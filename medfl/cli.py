@@ -1,0 +1,76 @@
+"""``medfl``: the demo federation and small utilities (version, models)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+from medfl.exits import ExitCode, die
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medfl", description="medfl: federated learning for medical imaging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="run a coordinator and N hospital agents on loopback (CurveZMQ) and train")
+    d.add_argument("--agents", type=int, default=3, help="number of hospitals (default 3)")
+    d.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    d.add_argument("--json", type=pathlib.Path, default=None, help="write the JSON summary here")
+    d.add_argument("--out", type=pathlib.Path, default=pathlib.Path("demo-out"),
+                   help="working folder (default ./demo-out; replaced if made by an earlier demo)")
+    d.add_argument("--model", default="cnn", help="model from the registry (default cnn)")
+    d.add_argument("--train-per-agent", type=int, default=360)
+    d.add_argument("--val-per-agent", type=int, default=120)
+    d.add_argument("--image-size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub.add_parser("version", help="print the version")
+    sub.add_parser("models", help="list the models in the registry")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``medfl``."""
+    args = _parser().parse_args(argv)
+    if args.cmd == "version":
+        from medfl import __version__
+
+        print(__version__)
+    elif args.cmd == "models":
+        from medfl.models import list_models
+
+        print("\n".join(list_models()))
+    elif args.cmd == "demo":
+        _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from medfl.demo import DemoOptions, format_table, run_demo
+
+    if args.agents < 1 or args.rounds < 1:
+        die(ExitCode.USAGE, f"--agents and --rounds must be at least 1, got {args.agents} and {args.rounds}")
+    opts = DemoOptions(agents=args.agents, rounds=args.rounds, out=args.out, json_path=args.json, model=args.model,
+                       train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
+                       image_size=args.image_size, seed=args.seed, progress=not args.no_progress)
+    try:
+        summary = run_demo(opts)
+    except (RuntimeError, TimeoutError, FileExistsError) as exc:
+        die(ExitCode.JOB_FAILED, str(exc))
+    except KeyboardInterrupt:
+        die(ExitCode.INTERRUPTED)
+    print()
+    print(format_table(summary))
+    print()
+    auc = summary["final_val_auc"]
+    print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
+          f"{summary['transport']}; final validation AUC {auc:.4f}" if auc is not None else "no AUC")
+    print(f"curves: {summary['plot']}")
+    print(f"summary: {summary['json']}")
+    print(f"final global model: {summary['checkpoint']}")
+    if summary["status"] != "done":
+        die(ExitCode.JOB_FAILED, f"job ended {summary['status']}: {summary['message']}")
+
+
+if __name__ == "__main__":
+    main()
