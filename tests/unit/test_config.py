@@ -1,0 +1,147 @@
+"""Configuration files report every bad key at once, by its TOML path."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from agent.config import load_config as load_agent
+from coordinator.config import load_config as load_coordinator
+from medfl.errors import ConfigError
+from medfl.jobspec import load_job
+
+
+def _write(tmp_path: pathlib.Path, name: str, text: str) -> pathlib.Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_job_reports_every_problem_by_path(tmp_path):
+    p = _write(tmp_path, "job.toml", """
+[job]
+name = "x"
+model = "resnet81"
+rounds = 0
+min_agents = "three"
+image_size = 8
+colour = "blue"
+
+[training]
+lr = -1.0
+batchsize = 32
+
+[aggregation]
+strategy = "fedavgg"
+""")
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    paths = {path for path, _ in info.value.problems}
+    assert {"job.colour", "job.min_agents", "training.batchsize", "training.lr",
+            "aggregation.strategy"} <= paths
+    text = str(info.value)
+    assert "did you mean 'batch_size'" in text
+    assert "did you mean 'fedavg'" in text
+    assert str(p) in text
+
+
+def test_job_range_checks_after_types(tmp_path):
+    p = _write(tmp_path, "job.toml", '[job]\nname = "x"\nmodel = "resnet81"\nrounds = 0\nimage_size = 8\n')
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    paths = {path for path, _ in info.value.problems}
+    assert paths == {"job.model", "job.rounds", "job.image_size"}
+    assert "did you mean 'resnet18'" in str(info.value)
+
+
+def test_valid_job_round_trips_through_dict(tmp_path):
+    from medfl.jobspec import job_from_dict
+
+    p = _write(tmp_path, "job.toml", '[job]\nname = "ok"\nrounds = 3\n[aggregation]\nstrategy = "fedprox"\n')
+    spec = load_job(p)
+    assert spec.job.rounds == 3 and spec.prox_mu == pytest.approx(0.01)
+    assert job_from_dict(spec.to_dict()) == spec
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_job(tmp_path / "nope.toml")
+    p = _write(tmp_path, "bad.toml", "[job\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_job(p)
+
+
+def test_agent_config_every_problem(tmp_path):
+    p = _write(tmp_path, "agent.toml", """
+[agent]
+name = ""
+state_dir = 5
+
+[coordinator]
+endpoint = "http://example"
+
+[data]
+kind = "zip"
+
+[policy]
+allowed_models = ["cnn", "vgg"]
+min_parties = 0
+
+[training]
+torch_threads = -1
+""")
+    with pytest.raises(ConfigError) as info:
+        load_agent(p)
+    paths = {path for path, _ in info.value.problems}
+    assert {"agent.state_dir", "coordinator.endpoint", "data.kind", "data.path", "policy.allowed_models[1]",
+            "policy.min_parties", "training.torch_threads"} <= paths
+
+
+def test_agent_config_curve_needs_keys(tmp_path):
+    p = _write(tmp_path, "agent.toml", """
+[agent]
+name = "a"
+state_dir = "s"
+[coordinator]
+endpoint = "tcp://127.0.0.1:1"
+[data]
+path = "d"
+""")
+    with pytest.raises(ConfigError) as info:
+        load_agent(p)
+    paths = {path for path, _ in info.value.problems}
+    assert paths == {"keys.secret_key_file", "coordinator.public_key_file"}
+
+
+def test_agent_relative_paths_resolve_against_the_file(tmp_path):
+    p = _write(tmp_path, "agent.toml", """
+[agent]
+name = "a"
+state_dir = "state"
+[coordinator]
+endpoint = "tcp://127.0.0.1:1"
+[data]
+path = "data"
+[transport]
+curve = false
+""")
+    cfg = load_agent(p)
+    assert cfg.data.path == tmp_path.resolve() / "data"
+    assert cfg.agent.state_dir == tmp_path.resolve() / "state"
+
+
+def test_coordinator_config_problems(tmp_path):
+    p = _write(tmp_path, "c.toml", """
+[coordinator]
+bind = "0.0.0.0:7777"
+state_dir = "s"
+[transport]
+max_message_mb = 0
+[liveness]
+agent_timeout_s = -1
+""")
+    with pytest.raises(ConfigError) as info:
+        load_coordinator(p)
+    paths = {path for path, _ in info.value.problems}
+    assert {"coordinator.bind", "transport.max_message_mb", "liveness.agent_timeout_s"} <= paths
