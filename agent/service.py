@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HELLO_RETRY_S = 2.0
 HEARTBEAT_S = 2.0
+MAX_BACKOFF_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class AgentService:
         self._results: queue.Queue[_Result] = queue.Queue()
         self._current: tuple[str, int, str] | None = None
         self._stop = threading.Event()
+        self._backoff = 1.0
+        self._retry_at = 0.0
 
     def _splits(self, image_size: int) -> dict[str, Any]:
         from medfl.data import DataSpec, load_splits
@@ -113,7 +116,15 @@ class AgentService:
 
     def _keepalive(self) -> None:
         now = time.monotonic()
-        if not self.welcomed and now - self._last_hello > HELLO_RETRY_S:
+        if self.channel.auth_failed and now >= self._retry_at:
+            # libzmq does not retry a connection whose key was refused: reconnect ourselves, with backoff
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+            self._retry_at = now + self._backoff
+            log.info("reconnecting to %s (next try in %.0f s)", self.cfg.coordinator.endpoint, self._backoff)
+            self.channel.reconnect()
+            self.welcomed = False
+            self._hello()
+        elif not self.welcomed and now - self._last_hello > HELLO_RETRY_S:
             self._hello()
         elif self.welcomed and now - self._last_send > HEARTBEAT_S:
             self._send(Envelope(type=MessageType.HEARTBEAT))
@@ -145,6 +156,7 @@ class AgentService:
             if not self.welcomed:
                 log.info("welcomed by coordinator %s", env.body.get("coordinator"))
             self.welcomed = True
+            self._backoff = 1.0
         elif mtype == MessageType.ERROR:
             code = env.body.get("code")
             log.warning("coordinator error %s: %s", code, env.body.get("message"))

@@ -1,0 +1,193 @@
+"""The envelope: a msgpack header plus one raw frame per tensor (zero-copy both ways).
+
+Frame 0 is a msgpack map ``{v, type, job, round, seq, body, tensors}`` where ``tensors`` lists
+``[name, dtype, shape]`` for each following frame. Decoding never trusts the peer: every field
+is type-checked, sizes are bounded before anything is allocated, and every failure is a
+:class:`~medfl.errors.WireError` subclass whose ``code`` goes back in the ERROR reply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from medfl.errors import MalformedMessage, MessageTooLarge, OutOfOrder, UnsupportedVersion
+from medfl.wire.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, MessageType
+
+__all__ = ["DTYPES", "Envelope", "SequenceGuard", "decode", "encode"]
+
+#: dtypes allowed in tensor frames (always little-endian on the wire)
+DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
+          ("float32", "float64", "int32", "int64", "uint8", "uint32", "uint64")}
+_HEADER_LIMIT = 1 << 20          # bytes of msgpack header
+_MAX_TENSORS = 4096
+_MAX_DIMS = 8
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One protocol message.
+
+    Parameters
+    ----------
+    type : MessageType
+        What the message is.
+    job, round : optional
+        The job id and round number it belongs to.
+    seq : int
+        Sender's sequence number (assigned by the channel on send).
+    body : mapping
+        Small msgpack-able metadata.
+    tensors : mapping of str to ndarray
+        Arrays sent as raw frames, in order.
+    version : int
+        Protocol version.
+    """
+
+    type: MessageType
+    job: str | None = None
+    round: int | None = None
+    seq: int = 0
+    body: Mapping[str, Any] = field(default_factory=dict)
+    tensors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+
+
+def encode(env: Envelope) -> list[Any]:
+    """Frames for ``env``: the msgpack header, then each tensor's buffer without copying.
+
+    Parameters
+    ----------
+    env : Envelope
+        The message.
+    """
+    specs = []
+    frames: list[Any] = []
+    for name, arr in env.tensors.items():
+        a = np.asarray(arr)
+        key = a.dtype.name
+        if key not in DTYPES:
+            raise ValueError(f"tensor {name!r} has dtype {a.dtype}; allowed: {', '.join(DTYPES)}")
+        if a.dtype.byteorder == ">":
+            a = a.astype(DTYPES[key])
+        a = np.ascontiguousarray(a)
+        specs.append([str(name), key, list(a.shape)])
+        frames.append(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
+    header = {"v": env.version, "type": str(env.type), "job": env.job, "round": env.round, "seq": env.seq,
+              "body": dict(env.body), "tensors": specs}
+    return [msgpack.packb(header, use_bin_type=True), *frames]
+
+
+def _buffer(frame: Any) -> memoryview:
+    buf = getattr(frame, "buffer", None)
+    return memoryview(buf if buf is not None else frame).cast("B")
+
+
+def decode(frames: Sequence[Any], *, max_bytes: int) -> Envelope:
+    """Parse frames from the wire into an :class:`Envelope`, or raise a WireError.
+
+    Parameters
+    ----------
+    frames : sequence of bytes or zmq.Frame
+        The multipart message (without the ROUTER identity).
+    max_bytes : int
+        Largest total size accepted (application limit).
+    """
+    if not frames:
+        raise MalformedMessage("empty message")
+    views = [_buffer(f) for f in frames]
+    total = sum(v.nbytes for v in views)
+    if total > max_bytes:
+        raise MessageTooLarge(f"message of {total} bytes exceeds this socket's limit of {max_bytes} bytes")
+    if views[0].nbytes > _HEADER_LIMIT:
+        raise MalformedMessage(f"header of {views[0].nbytes} bytes exceeds {_HEADER_LIMIT}")
+    try:
+        header = msgpack.unpackb(views[0], raw=False, strict_map_key=True,
+                                 max_array_len=100_000, max_map_len=10_000, max_str_len=_HEADER_LIMIT,
+                                 max_bin_len=_HEADER_LIMIT)
+    except Exception as exc:  # msgpack raises many types on garbage
+        raise MalformedMessage(f"header is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise MalformedMessage(f"header must be a map, got {type(header).__name__}")
+    version = header.get("v")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MalformedMessage(f"header field v must be an integer, got {version!r}"[:200])
+    if version not in SUPPORTED_VERSIONS:
+        raise UnsupportedVersion(f"protocol version {version} is not spoken here; supported: "
+                                 f"{sorted(SUPPORTED_VERSIONS)}; upgrade the older side")
+    return _parse_header(header, views[1:])
+
+
+def _field(header: dict, key: str, types: tuple[type, ...], optional: bool = False) -> Any:
+    value = header.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise MalformedMessage(f"header field {key} has type {type(value).__name__}")
+    return value
+
+
+def _parse_header(header: dict, frames: list[memoryview]) -> Envelope:
+    try:
+        mtype = MessageType(_field(header, "type", (str,)))
+    except ValueError:
+        raise MalformedMessage(f"unknown message type {str(header.get('type'))[:40]!r}") from None
+    job = _field(header, "job", (str,), optional=True)
+    rnd = _field(header, "round", (int,), optional=True)
+    seq = _field(header, "seq", (int,))
+    body = _field(header, "body", (dict,))
+    specs = _field(header, "tensors", (list,))
+    if len(specs) > _MAX_TENSORS or len(specs) != len(frames):
+        raise MalformedMessage(f"header lists {len(specs)} tensors but {len(frames)} frames follow")
+    tensors: dict[str, np.ndarray] = {}
+    for spec, frame in zip(specs, frames, strict=True):
+        name, arr = _tensor(spec, frame)
+        if name in tensors:
+            raise MalformedMessage(f"tensor {name!r} appears twice")
+        tensors[name] = arr
+    return Envelope(type=mtype, job=job, round=rnd, seq=seq, body=body, tensors=tensors,
+                    version=int(header["v"]))
+
+
+def _tensor(spec: Any, frame: memoryview) -> tuple[str, np.ndarray]:
+    if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], str)
+            and isinstance(spec[2], list)):
+        raise MalformedMessage("tensor spec must be [name, dtype, shape]")
+    name, dtype_name, shape = spec
+    if dtype_name not in DTYPES:
+        raise MalformedMessage(f"tensor {name[:40]!r} has unsupported dtype {dtype_name[:20]!r}")
+    if len(shape) > _MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                                         for d in shape):
+        raise MalformedMessage(f"tensor {name[:40]!r} has a bad shape")
+    dtype = DTYPES[dtype_name]
+    count = math.prod(shape)
+    if count * dtype.itemsize != frame.nbytes:
+        raise MalformedMessage(f"tensor {name[:40]!r}: shape {shape} of {dtype_name} needs "
+                               f"{count * dtype.itemsize} bytes, frame has {frame.nbytes}")
+    arr = np.frombuffer(frame, dtype=dtype, count=count).reshape(shape) if count else np.zeros(shape, dtype)
+    arr.flags.writeable = False
+    return name, arr
+
+
+class SequenceGuard:
+    """Reject replayed or reordered messages from one peer: sequence numbers must increase."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def check(self, seq: int) -> None:
+        """Accept ``seq`` or raise OutOfOrder.
+
+        Parameters
+        ----------
+        seq : int
+            The sequence number of the incoming message.
+        """
+        if seq < 0 or (self.last is not None and seq <= self.last):
+            raise OutOfOrder(f"seq {seq} after {self.last}; replayed or reordered message")
+        self.last = seq

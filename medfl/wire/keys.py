@@ -1,0 +1,170 @@
+"""CurveZMQ key pairs on disk, and SSH-style fingerprints for enrollment.
+
+A public key file (``<name>.key``) holds one line ``public-key = "<Z85>"``; the secret file
+(``<name>.key_secret``, mode 0600 from creation) holds both keys. Fingerprints are
+``SHA256:<unpadded base64 of SHA-256 of the 32 raw key bytes>``, as OpenSSH prints them.
+
+References
+----------
+.. [1] ZeroMQ RFC 26/CURVEZMQ and RFC 32/Z85.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import pathlib
+import re
+import stat
+from dataclasses import dataclass
+
+import zmq
+from zmq.utils import z85
+
+from medfl.errors import AuthError
+
+__all__ = ["KeyPair", "fingerprint", "generate_keypair", "read_keypair", "read_public_key", "write_keypair"]
+
+_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40})"\s*$')
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A CURVE key pair (Z85 text, 40 bytes each); ``secret`` is None for a public key alone."""
+
+    public: bytes
+    secret: bytes | None = None
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"KeyPair(public={self.public!r}, secret={'<hidden>' if self.secret else None})"
+
+
+def generate_keypair() -> KeyPair:
+    """A fresh CURVE key pair from libzmq (libsodium's CSPRNG)."""
+    public, secret = zmq.curve_keypair()
+    return KeyPair(public=public, secret=secret)
+
+
+def fingerprint(public: bytes | str) -> str:
+    """SSH-style fingerprint of a Z85 public key.
+
+    Parameters
+    ----------
+    public : bytes or str
+        The 40-character Z85 public key.
+    """
+    raw = z85.decode(public.encode("ascii") if isinstance(public, str) else public)
+    return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
+
+
+def _valid_z85(text: str) -> bool:
+    if len(text) != 40:
+        return False
+    try:
+        return len(z85.decode(text.encode("ascii"))) == 32
+    except (ValueError, KeyError, UnicodeEncodeError, TypeError):
+        return False
+
+
+def write_keypair(folder: str | pathlib.Path, name: str, pair: KeyPair, *, overwrite: bool = False
+                  ) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write ``<name>.key`` (public) and ``<name>.key_secret`` (0600) into ``folder``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Created if missing (mode 0700).
+    name : str
+        File stem.
+    pair : KeyPair
+        Must include the secret.
+    overwrite : bool
+        Replace existing files; refused by default.
+    """
+    if pair.secret is None:
+        raise AuthError("cannot write a key pair without its secret key")
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pub_path, sec_path = folder / f"{name}.key", folder / f"{name}.key_secret"
+    for p in (pub_path, sec_path):
+        if p.exists() and not overwrite:
+            raise AuthError(f"{p} exists; refusing to overwrite a key (pass --force to replace it; the peer "
+                            "must then be approved or pinned again)")
+    head = f"# medfl CURVE key '{name}', fingerprint {fingerprint(pair.public)}\n"
+    pub_text = head + f'public-key = "{pair.public.decode()}"\n'
+    sec_text = head + "# SECRET: never share this file\n" + pub_text.split("\n", 1)[1] + \
+        f'secret-key = "{pair.secret.decode()}"\n'
+    _write(pub_path, pub_text, 0o644)
+    _write(sec_path, sec_text, 0o600)
+    return pub_path, sec_path
+
+
+def _write(path: pathlib.Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, text.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _parse(path: pathlib.Path) -> dict[str, bytes]:
+    try:
+        text = path.read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthError(f"cannot read key file {path}: {exc}") from None
+    keys = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m and _valid_z85(m.group(2)):
+            keys[m.group(1)] = m.group(2).encode("ascii")
+    return keys
+
+
+def read_public_key(source: str | pathlib.Path) -> bytes:
+    """A Z85 public key from a .key or .key_secret file, or a bare 40-character Z85 string.
+
+    Parameters
+    ----------
+    source : str or Path
+        File path or key text.
+    """
+    text = str(source)
+    if isinstance(source, str) and _valid_z85(text):
+        return text.encode("ascii")
+    path = pathlib.Path(source)
+    if not path.exists():
+        raise AuthError(f"{text!r} is neither a key file nor a 40-character Z85 public key; give the path of "
+                        "the .key file the other side created")
+    keys = _parse(path)
+    if "public" not in keys:
+        raise AuthError(f"{path} has no valid 'public-key = \"...\"' line; was it made by medfl init?")
+    return keys["public"]
+
+
+def read_keypair(secret_path: str | pathlib.Path) -> KeyPair:
+    """Load a key pair from a ``.key_secret`` file, refusing files others can read.
+
+    Parameters
+    ----------
+    secret_path : str or Path
+        The secret key file.
+    """
+    path = pathlib.Path(secret_path)
+    if not path.exists():
+        raise AuthError(f"secret key file {path} not found; run 'init' to create a key pair")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise AuthError(f"secret key file {path} has mode {oct(mode)}; others can read it. Run: chmod 600 {path}")
+    keys = _parse(path)
+    if "public" not in keys or "secret" not in keys:
+        raise AuthError(f"{path} lacks a public-key or secret-key line; it is not a medfl secret key file")
+    if zmq.curve_public(keys["secret"]) != keys["public"]:
+        raise AuthError(f"{path}: the public key does not belong to the secret key; the file is damaged")
+    return KeyPair(public=keys["public"], secret=keys["secret"])

@@ -1,0 +1,50 @@
+"""Message types of the agent <-> coordinator protocol and their bodies.
+
+Direction and body keys (``body`` is the msgpack map in the envelope header; weights travel
+as raw tensor frames, never pickled):
+
+- HELLO (agent -> coordinator): name, version, models (list), min_parties, train_samples,
+  val_samples. Sent until WELCOME arrives, and again after an ``unknown_peer`` error.
+- WELCOME (coordinator -> agent): coordinator (its name).
+- HEARTBEAT (agent -> coordinator): empty; keeps the session alive between rounds.
+- JOB_OFFER (coordinator -> agent): the job spec (see :mod:`medfl.jobspec`).
+- JOB_ACCEPT / JOB_REFUSE (agent -> coordinator): {} / reason. A refusal quotes the local
+  policy that forbids the job or round.
+- TRAIN (coordinator -> agent): participants, local_epochs, batch_size, lr, momentum,
+  weight_decay, fedprox_mu, attempt; tensors = the global weights.
+- UPDATE (agent -> coordinator): num_samples, train_loss, seconds; tensors = trained weights.
+- EVALUATE (coordinator -> agent): {}; tensors = the new global weights.
+- METRICS (agent -> coordinator): n, auc, accuracy, loss (on the agent's validation split).
+- ERROR (either way): code, message, in_reply_to (the offending seq, or None).
+- BYE (agent -> coordinator): {}; the agent is shutting down.
+
+Compatibility rules: message types and body fields are never removed or re-purposed; new
+fields are optional and ignored by older peers; a change that breaks these rules bumps
+:data:`PROTOCOL_VERSION`, which each side checks on every message.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "MessageType"]
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+
+
+class MessageType(enum.StrEnum):
+    """The kinds of envelope on the wire."""
+
+    HELLO = "hello"
+    WELCOME = "welcome"
+    HEARTBEAT = "heartbeat"
+    JOB_OFFER = "job_offer"
+    JOB_ACCEPT = "job_accept"
+    JOB_REFUSE = "job_refuse"
+    TRAIN = "train"
+    UPDATE = "update"
+    EVALUATE = "evaluate"
+    METRICS = "metrics"
+    ERROR = "error"
+    BYE = "bye"
