@@ -122,7 +122,7 @@ image_size = {opts.image_size}
 [training]
 local_epochs = 1
 batch_size = 32
-lr = 0.05
+lr = 0.01
 momentum = 0.9
 
 [aggregation]

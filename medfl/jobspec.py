@@ -18,7 +18,7 @@ Example::
     [training]
     local_epochs = 1
     batch_size = 32
-    lr = 0.05
+    lr = 0.01
 
     [aggregation]
     strategy = "fedavg"      # or "fedprox"
@@ -85,7 +85,7 @@ class TrainingSpec:
 
     local_epochs: int = 1
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
 

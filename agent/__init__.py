@@ -1,0 +1,1 @@
+"""The medfl hospital agent: local training, policy, the daemon and its command line."""

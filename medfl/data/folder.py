@@ -1,0 +1,125 @@
+"""Image folders: one folder per class per split (the pediatric pneumonia data set's layout).
+
+``root/train/NORMAL/*.png``, ``root/train/PNEUMONIA/*.jpeg``, ``root/val/...``,
+``root/test/...``; PNG, JPEG and DICOM (``.dcm``, or any file with the DICM preamble).
+Class indices follow sorted class names (NORMAL = 0, PNEUMONIA = 1). Every file is read; one
+that cannot be is an error naming the file, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from medfl.errors import DataError
+
+__all__ = ["load_folder_splits", "read_image"]
+
+SPLITS = ("train", "val", "test")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _is_dicom(path: pathlib.Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image(path: pathlib.Path, image_size: int) -> np.ndarray:
+    """Read one image as float32 (image_size, image_size) in [0, 1].
+
+    Parameters
+    ----------
+    path : Path
+        PNG, JPEG or DICOM file.
+    image_size : int
+        Output side in pixels.
+    """
+    from PIL import Image
+
+    if _is_dicom(path):
+        arr = _read_dicom(path)
+        img = Image.fromarray(arr.astype(np.float32), mode="F")
+    else:
+        try:
+            with Image.open(path) as im:
+                img = im.convert("L").copy()
+        except Exception as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from None
+        img = img.convert("F")
+    img = img.resize((image_size, image_size), Image.BILINEAR)
+    out = np.asarray(img, dtype=np.float32)
+    if not _is_dicom(path):
+        out = out / 255.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def _read_dicom(path: pathlib.Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise DataError(f"cannot read DICOM pixels from {path}: {exc}") from None
+    if pixels.ndim != 2:
+        raise DataError(f"{path}: expected one grayscale frame, got pixel array of shape {pixels.shape}")
+    arr = apply_modality_lut(pixels, ds).astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr
+
+
+def _files(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and (p.suffix.lower() in _IMAGE_SUFFIXES or _is_dicom(p)))
+
+
+def load_folder_splits(root: pathlib.Path, image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read every split under ``root`` into (images (N,1,S,S) float32, labels (N,) int64).
+
+    Parameters
+    ----------
+    root : Path
+        The data set folder.
+    image_size : int
+        Side in pixels after resizing.
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; set [data] path in agent.toml")
+    splits = [s for s in SPLITS if (root / s).is_dir()]
+    if "train" not in splits:
+        raise DataError(f"{root} has no train/ folder; expected train/<CLASS>/<images> "
+                        "(e.g. train/NORMAL, train/PNEUMONIA)")
+    classes = None
+    out = {}
+    for split in splits:
+        names = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes is None:
+            classes = names
+            if len(classes) != 2:
+                raise DataError(f"{root / split} has classes {classes}; medfl trains binary classifiers: "
+                                "give exactly two class folders (e.g. NORMAL and PNEUMONIA)")
+        elif names != classes:
+            raise DataError(f"{root / split} has classes {names} but train/ has {classes}; use the same class "
+                            "folders in every split")
+        images, labels = [], []
+        for idx, cname in enumerate(classes):
+            files = _files(root / split / cname)
+            if not files:
+                raise DataError(f"{root / split / cname} has no PNG, JPEG or DICOM images")
+            for f in files:
+                images.append(read_image(f, image_size))
+                labels.append(idx)
+        out[split] = (np.stack(images)[:, None].astype(np.float32), np.asarray(labels, np.int64))
+    return out

@@ -1,0 +1,61 @@
+"""MedMNIST-style .npz files: train/val/test images (uint8) and labels in one archive."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from medfl.errors import DataError
+
+__all__ = ["load_npz_splits"]
+
+
+def _to_gray(images: np.ndarray, path: pathlib.Path) -> np.ndarray:
+    if images.ndim == 4 and images.shape[-1] in (1, 3):
+        images = images.astype(np.float32).mean(axis=-1) if images.shape[-1] == 3 else images[..., 0]
+    if images.ndim != 3:
+        raise DataError(f"{path}: images must be (N,H,W) or (N,H,W,C), got shape {images.shape}")
+    return images.astype(np.float32) / 255.0
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:] == (size, size):
+        return images
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(images[:, None])
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def load_npz_splits(path: pathlib.Path, image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read ``{split}_images`` / ``{split}_labels`` for train, val and test (train required).
+
+    Parameters
+    ----------
+    path : Path
+        The .npz file.
+    image_size : int
+        Side in pixels after resizing.
+    """
+    path = pathlib.Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} as .npz: {exc}") from None
+    out = {}
+    with archive:
+        if "train_images" not in archive or "train_labels" not in archive:
+            raise DataError(f"{path} lacks train_images/train_labels (has {sorted(archive.files)})")
+        for split in ("train", "val", "test"):
+            if f"{split}_images" not in archive:
+                continue
+            images = _to_gray(archive[f"{split}_images"], path)
+            labels = np.asarray(archive[f"{split}_labels"]).reshape(-1).astype(np.int64)
+            if labels.shape[0] != images.shape[0]:
+                raise DataError(f"{path}: {split} has {images.shape[0]} images but {labels.shape[0]} labels")
+            if not set(np.unique(labels)) <= {0, 1}:
+                raise DataError(f"{path}: {split} labels must be binary 0/1, got values {np.unique(labels)[:10]}")
+            out[split] = (_resize(images, image_size)[:, None].astype(np.float32), labels)
+    return out

@@ -1,0 +1,57 @@
+"""The model registry: models are chosen by name (job files) with "did you mean" errors."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from medfl.errors import NotFound, did_you_mean
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+_MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
+    """Decorator registering a model factory under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The name job files use.
+    """
+    def deco(factory: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = factory
+        return factory
+    return deco
+
+
+def list_models() -> list[str]:
+    """Names of the registered models."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs: Any) -> torch.nn.Module:
+    """Build a registered model.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_models`.
+    **kwargs
+        Keyword arguments of the model (e.g. ``num_classes``, ``in_channels``).
+    """
+    if name not in _MODELS:
+        raise NotFound(f"unknown model {name!r}; known: {', '.join(list_models())}"
+                       + did_you_mean(name, _MODELS))
+    factory = _MODELS[name]
+    params = inspect.signature(factory).parameters
+    bad = sorted(k for k in kwargs if k not in params)
+    if bad:
+        raise TypeError(f"model {name!r} has no argument(s) {bad}; it takes {sorted(params)}")
+    return factory(**kwargs)
