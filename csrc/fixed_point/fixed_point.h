@@ -1,0 +1,66 @@
+// Fixed-point encoding of float32 into the ring Z_2^k (k = 32 or 64) and ring sums.
+// The exact semantics (shared with the NumPy reference in medfl/fixed_point.py):
+//   y = (double)x * 2^f;  nearest: r = rint(y) (half to even);
+//   stochastic: r = floor(y) + (u_i < y - floor(y)), u_i = (mix64(seed + (offset+i+1)*G) >> 11) * 2^-53
+//   r must lie in [-2^(k-1), 2^(k-1)); stored as (uint_k)(int64)r (two's complement).
+//   decode: (float)((double)(int_k)v * 2^-f).
+#pragma once
+#include <cstdint>
+
+namespace medfl {
+namespace fixed_point {
+
+enum Code : int64_t { kOk = 0, kNonFinite = 1, kOverflow = 2 };
+
+struct Status {
+  int64_t code;   // Code
+  int64_t index;  // first offending flat index (or -1)
+};
+
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+
+#if defined(__CUDACC__)
+#define MEDFL_HD __host__ __device__ __forceinline__
+#else
+#define MEDFL_HD inline
+#endif
+
+MEDFL_HD uint64_t mix64(uint64_t z) {
+  z ^= z >> 30;
+  z *= 0xBF58476D1CE4E5B9ULL;
+  z ^= z >> 27;
+  z *= 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return z;
+}
+
+MEDFL_HD double uniform53(uint64_t seed, uint64_t offset, uint64_t i) {
+  uint64_t h = mix64(seed + (offset + i + 1) * kGolden);
+  return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+// CPU kernels (OpenMP). Outputs may be partly written when the status is not kOk.
+Status encode_cpu32(const float* x, uint32_t* out, int64_t n, int frac_bits, bool stochastic, uint64_t seed,
+                    uint64_t offset);
+Status encode_cpu64(const float* x, uint64_t* out, int64_t n, int frac_bits, bool stochastic, uint64_t seed,
+                    uint64_t offset);
+void decode_cpu32(const uint32_t* v, float* out, int64_t n, int frac_bits);
+void decode_cpu64(const uint64_t* v, float* out, int64_t n, int frac_bits);
+void ring_sum_cpu32(const uint32_t* rows, uint32_t* out, int64_t m, int64_t n);
+void ring_sum_cpu64(const uint64_t* rows, uint64_t* out, int64_t m, int64_t n);
+void ring_add_cpu32(uint32_t* acc, const uint32_t* v, int64_t n);
+void ring_add_cpu64(uint64_t* acc, const uint64_t* v, int64_t n);
+
+#ifdef MEDFL_WITH_CUDA
+// CUDA kernels on the caller's stream (pointers are device pointers). encode synchronises the
+// stream to report errors; the others are asynchronous.
+Status encode_cuda(const float* x, void* out, int ring_bits, int64_t n, int frac_bits, bool stochastic,
+                   uint64_t seed, uint64_t offset, void* stream);
+void decode_cuda(const void* v, int ring_bits, float* out, int64_t n, int frac_bits, void* stream);
+void ring_sum_cuda(const void* rows, void* out, int ring_bits, int64_t m, int64_t n, void* stream);
+void ring_add_cuda(void* acc, const void* v, int ring_bits, int64_t n, void* stream);
+int cuda_device_count();
+#endif
+
+}  // namespace fixed_point
+}  // namespace medfl

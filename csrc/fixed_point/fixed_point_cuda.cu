@@ -1,0 +1,146 @@
+// CUDA fixed-point kernels, run on the caller's stream. Bit-identical to the CPU kernels:
+// the same double-precision operations, no fused multiply-add (--fmad=false).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "fixed_point/fixed_point.h"
+
+namespace medfl {
+namespace fixed_point {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+template <typename U>
+__global__ void encode_kernel(const float* x, U* out, int64_t n, double scale, double lim, bool stochastic,
+                              uint64_t seed, uint64_t offset, unsigned long long* first_bad) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const double y = __dmul_rn(static_cast<double>(x[i]), scale);
+    double r;
+    if (stochastic) {
+      r = floor(y);
+      r += (uniform53(seed, offset, static_cast<uint64_t>(i)) < __dsub_rn(y, r)) ? 1.0 : 0.0;
+    } else {
+      r = rint(y);
+    }
+    if (!(r >= -lim && r < lim)) {
+      atomicMin(first_bad, static_cast<unsigned long long>(i));
+      out[i] = 0;
+    } else {
+      out[i] = static_cast<U>(static_cast<uint64_t>(static_cast<int64_t>(r)));
+    }
+  }
+}
+
+template <typename U, typename S>
+__global__ void decode_kernel(const U* v, float* out, int64_t n, double inv) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    out[i] = static_cast<float>(__dmul_rn(static_cast<double>(static_cast<int64_t>(static_cast<S>(v[i]))), inv));
+  }
+}
+
+template <typename U>
+__global__ void ring_sum_kernel(const U* rows, U* out, int64_t m, int64_t n) {
+  for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < n; j += (int64_t)gridDim.x * blockDim.x) {
+    U acc = 0;
+    for (int64_t r = 0; r < m; ++r) acc = static_cast<U>(acc + rows[r * n + j]);
+    out[j] = acc;
+  }
+}
+
+template <typename U>
+__global__ void ring_add_kernel(U* acc, const U* v, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    acc[i] = static_cast<U>(acc[i] + v[i]);
+  }
+}
+
+unsigned grid_for(int64_t n) {
+  int64_t blocks = (n + 255) / 256;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 8 ? 65535 * 8 : blocks));
+}
+
+}  // namespace
+
+Status encode_cuda(const float* x, void* out, int ring_bits, int64_t n, int frac_bits, bool stochastic,
+                   uint64_t seed, uint64_t offset, void* stream_ptr) {
+  if (n == 0) return Status{kOk, -1};
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  unsigned long long* bad = nullptr;
+  check(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(unsigned long long), stream), "cudaMallocAsync");
+  const unsigned long long init = static_cast<unsigned long long>(n);
+  check(cudaMemcpyAsync(bad, &init, sizeof(init), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+  const double scale = ldexp(1.0, frac_bits);
+  const double lim = ldexp(1.0, ring_bits - 1);
+  if (ring_bits == 32) {
+    encode_kernel<uint32_t><<<grid_for(n), 256, 0, stream>>>(x, static_cast<uint32_t*>(out), n, scale, lim,
+                                                             stochastic, seed, offset, bad);
+  } else {
+    encode_kernel<uint64_t><<<grid_for(n), 256, 0, stream>>>(x, static_cast<uint64_t*>(out), n, scale, lim,
+                                                             stochastic, seed, offset, bad);
+  }
+  check(cudaGetLastError(), "encode kernel launch");
+  unsigned long long host_bad = 0;
+  check(cudaMemcpyAsync(&host_bad, bad, sizeof(host_bad), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  check(cudaFreeAsync(bad, stream), "cudaFreeAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  if (host_bad >= static_cast<unsigned long long>(n)) return Status{kOk, -1};
+  float v = 0.0f;
+  check(cudaMemcpy(&v, x + host_bad, sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  return Status{std::isfinite(v) ? kOverflow : kNonFinite, static_cast<int64_t>(host_bad)};
+}
+
+void decode_cuda(const void* v, int ring_bits, float* out, int64_t n, int frac_bits, void* stream_ptr) {
+  if (n == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const double inv = ldexp(1.0, -frac_bits);
+  if (ring_bits == 32) {
+    decode_kernel<uint32_t, int32_t><<<grid_for(n), 256, 0, stream>>>(static_cast<const uint32_t*>(v), out, n, inv);
+  } else {
+    decode_kernel<uint64_t, int64_t><<<grid_for(n), 256, 0, stream>>>(static_cast<const uint64_t*>(v), out, n, inv);
+  }
+  check(cudaGetLastError(), "decode kernel launch");
+}
+
+void ring_sum_cuda(const void* rows, void* out, int ring_bits, int64_t m, int64_t n, void* stream_ptr) {
+  if (n == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  if (ring_bits == 32) {
+    ring_sum_kernel<uint32_t><<<grid_for(n), 256, 0, stream>>>(static_cast<const uint32_t*>(rows),
+                                                               static_cast<uint32_t*>(out), m, n);
+  } else {
+    ring_sum_kernel<uint64_t><<<grid_for(n), 256, 0, stream>>>(static_cast<const uint64_t*>(rows),
+                                                               static_cast<uint64_t*>(out), m, n);
+  }
+  check(cudaGetLastError(), "ring_sum kernel launch");
+}
+
+void ring_add_cuda(void* acc, const void* v, int ring_bits, int64_t n, void* stream_ptr) {
+  if (n == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  if (ring_bits == 32) {
+    ring_add_kernel<uint32_t><<<grid_for(n), 256, 0, stream>>>(static_cast<uint32_t*>(acc),
+                                                               static_cast<const uint32_t*>(v), n);
+  } else {
+    ring_add_kernel<uint64_t><<<grid_for(n), 256, 0, stream>>>(static_cast<uint64_t*>(acc),
+                                                               static_cast<const uint64_t*>(v), n);
+  }
+  check(cudaGetLastError(), "ring_add kernel launch");
+}
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace fixed_point
+}  // namespace medfl

@@ -1,0 +1,239 @@
+"""Kernel dispatch: CUDA for device arrays, the C++ module for host arrays, NumPy otherwise.
+
+The choice is made once per process. ``MEDFL_NATIVE=cuda|cpu|reference`` forces it (see
+:mod:`medfl.envvars`). Every call checks dtype, shape, contiguity and device before it reaches
+native code; host inputs that are not C-contiguous are copied (the result is the same as the
+reference's), device inputs must be contiguous. Kernel error codes become the typed errors of
+:mod:`medfl.fixed_point`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+
+from medfl import envvars
+from medfl import fixed_point as fxp
+
+__all__ = ["active_backend", "backend_for", "native_module"]
+
+log = logging.getLogger(__name__)
+_CHOICES = ("cuda", "cpu", "reference")
+
+
+@functools.cache
+def native_module() -> Any | None:
+    """The compiled ``medfl._native`` module, or None if it is not built."""
+    try:
+        from medfl import _native
+    except ImportError as exc:
+        log.warning("medfl._native is not built (%s); using the NumPy reference kernels. Run 'make install'.", exc)
+        return None
+    return _native
+
+
+@functools.cache
+def _forced() -> str | None:
+    value = envvars.get("MEDFL_NATIVE")
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if value not in _CHOICES:
+        raise ValueError(f"MEDFL_NATIVE={value!r}; use one of {', '.join(_CHOICES)} or unset it")
+    return value
+
+
+def _is_device_array(x: Any) -> bool:
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    return bool(getattr(x, "is_cuda", False))
+
+
+def active_backend(*, device: bool = False) -> str:
+    """Name of the backend used for host (or, with ``device=True``, device) arrays."""
+    forced = _forced()
+    if device:
+        if forced in ("cpu", "reference"):
+            raise ValueError(f"MEDFL_NATIVE={forced} but a GPU array was given; move it to the host or unset "
+                             "MEDFL_NATIVE")
+        mod = native_module()
+        if mod is None or not mod.build_info()["cuda"]:
+            raise RuntimeError("a GPU array was given but medfl._native was built without CUDA; rebuild with "
+                               "nvcc on PATH (MEDFL_CUDA=1 make install)")
+        return "cuda"
+    if forced == "cuda":
+        raise ValueError("MEDFL_NATIVE=cuda but a host (NumPy) array was given; pass a CUDA tensor or unset it")
+    if forced == "reference" or native_module() is None:
+        if forced == "cpu":
+            raise RuntimeError("MEDFL_NATIVE=cpu but medfl._native is not built; run 'make install'")
+        return "reference"
+    return "cpu"
+
+
+def backend_for(x: Any) -> Any:
+    """The backend object for ``x`` (NumPy -> cpu or reference; torch CUDA / CuPy -> cuda)."""
+    name = active_backend(device=_is_device_array(x))
+    return {"cuda": _Cuda, "cpu": _Cpu, "reference": _Reference}[name]
+
+
+def _check_rounding(rounding: str) -> bool:
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic', got {rounding!r}")
+    return rounding == "stochastic"
+
+
+def _host_float32(x: Any) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"expected a NumPy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be float32, got {x.dtype}; convert with x.astype(np.float32)")
+    return np.ascontiguousarray(x)
+
+
+def _host_ring(v: Any, name: str) -> np.ndarray:
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(v).__name__}")
+    if v.dtype not in (np.uint32, np.uint64):
+        raise TypeError(f"{name} must be uint32 or uint64, got {v.dtype}")
+    return np.ascontiguousarray(v)
+
+
+class _Reference:
+    @staticmethod
+    def encode(x, *, frac_bits, ring_bits, rounding, seed, offset):
+        return fxp.encode_reference(_host_float32(x), frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding,
+                                    seed=seed, offset=offset)
+
+    @staticmethod
+    def decode(v, *, frac_bits):
+        return fxp.decode_reference(_host_ring(v, "v"), frac_bits=frac_bits)
+
+    @staticmethod
+    def ring_sum(rows):
+        return fxp.ring_sum_reference(_host_ring(rows, "rows"))
+
+    @staticmethod
+    def ring_add_(acc, v):
+        _Cpu.check_add(acc, v)
+        fxp.ring_add_reference(acc, np.ascontiguousarray(v))
+
+
+class _Cpu:
+    @staticmethod
+    def encode(x, *, frac_bits, ring_bits, rounding, seed, offset):
+        stochastic = _check_rounding(rounding)
+        fxp._check_bits(frac_bits, ring_bits)
+        xc = _host_float32(x)
+        out = np.empty(xc.shape, dtype=np.uint32 if ring_bits == 32 else np.uint64)
+        code, index = native_module().encode(xc, out, frac_bits, stochastic, seed % 2**64, offset % 2**64)
+        fxp.raise_for_status(code, index, xc, frac_bits, ring_bits)
+        return out
+
+    @staticmethod
+    def decode(v, *, frac_bits):
+        vc = _host_ring(v, "v")
+        fxp._check_bits(frac_bits, 32 if vc.dtype == np.uint32 else 64)
+        out = np.empty(vc.shape, dtype=np.float32)
+        native_module().decode(vc, out, frac_bits)
+        return out
+
+    @staticmethod
+    def ring_sum(rows):
+        rc = _host_ring(rows, "rows")
+        if rc.ndim != 2:
+            raise ValueError(f"rows must be 2-D (m, n), got shape {rc.shape}")
+        out = np.empty(rc.shape[1], dtype=rc.dtype)
+        native_module().ring_sum(rc, out)
+        return out
+
+    @staticmethod
+    def check_add(acc, v):
+        if not isinstance(acc, np.ndarray) or not acc.flags.c_contiguous or not acc.flags.writeable:
+            raise ValueError("acc must be a writable C-contiguous NumPy array (it is updated in place)")
+        _host_ring(acc, "acc")
+        if not isinstance(v, np.ndarray) or v.dtype != acc.dtype or v.size != acc.size:
+            raise ValueError(f"v must be a NumPy array of dtype {acc.dtype} and size {acc.size}, got "
+                             f"{getattr(v, 'dtype', type(v).__name__)} of size {getattr(v, 'size', '?')}")
+
+    @staticmethod
+    def ring_add_(acc, v):
+        _Cpu.check_add(acc, v)
+        native_module().ring_add(acc, np.ascontiguousarray(v))
+
+
+class _Cuda:
+    """Device arrays: torch CUDA tensors or CuPy arrays, on the caller's current stream."""
+
+    @staticmethod
+    def _info(a: Any) -> tuple[int, str, tuple[int, ...], int]:
+        if hasattr(a, "data_ptr") and hasattr(a, "is_cuda"):  # torch
+            import torch
+
+            if not a.is_contiguous():
+                raise ValueError("CUDA tensors must be contiguous; call .contiguous() first")
+            stream = torch.cuda.current_stream(a.device).cuda_stream
+            return a.data_ptr(), str(a.dtype).replace("torch.", ""), tuple(a.shape), int(stream)
+        import cupy
+
+        if not a.flags.c_contiguous:
+            raise ValueError("CuPy arrays must be C-contiguous; call cupy.ascontiguousarray first")
+        return a.data.ptr, a.dtype.name, tuple(a.shape), int(cupy.cuda.get_current_stream().ptr)
+
+    @staticmethod
+    def _empty_like(a: Any, dtype: str) -> Any:
+        if hasattr(a, "is_cuda"):
+            import torch
+
+            return torch.empty(tuple(a.shape), dtype=getattr(torch, dtype), device=a.device)
+        import cupy
+
+        return cupy.empty(a.shape, dtype=dtype)
+
+    @classmethod
+    def encode(cls, x, *, frac_bits, ring_bits, rounding, seed, offset):
+        stochastic = _check_rounding(rounding)
+        fxp._check_bits(frac_bits, ring_bits)
+        ptr, dtype, shape, stream = cls._info(x)
+        if dtype != "float32":
+            raise TypeError(f"x must be float32, got {dtype}")
+        out = cls._empty_like(x, "uint32" if ring_bits == 32 else "uint64")
+        n = int(np.prod(shape))
+        code, index = native_module().encode_cuda(ptr, cls._info(out)[0], ring_bits, n, frac_bits, stochastic,
+                                                  seed % 2**64, offset % 2**64, stream)
+        if code:
+            host = x.cpu().numpy() if hasattr(x, "cpu") else x.get()
+            fxp.raise_for_status(code, index, host, frac_bits, ring_bits)
+        return out
+
+    @classmethod
+    def decode(cls, v, *, frac_bits):
+        ptr, dtype, shape, stream = cls._info(v)
+        if dtype not in ("uint32", "uint64"):
+            raise TypeError(f"v must be uint32 or uint64, got {dtype}")
+        bits = 32 if dtype == "uint32" else 64
+        fxp._check_bits(frac_bits, bits)
+        out = cls._empty_like(v, "float32")
+        native_module().decode_cuda(ptr, bits, cls._info(out)[0], int(np.prod(shape)), frac_bits, stream)
+        return out
+
+    @classmethod
+    def ring_sum(cls, rows):
+        ptr, dtype, shape, stream = cls._info(rows)
+        if dtype not in ("uint32", "uint64") or len(shape) != 2:
+            raise ValueError(f"rows must be a 2-D uint32/uint64 array, got {dtype} of shape {shape}")
+        out = cls._empty_like(rows[0], dtype)
+        native_module().ring_sum_cuda(ptr, cls._info(out)[0], 32 if dtype == "uint32" else 64, shape[0], shape[1],
+                                      stream)
+        return out
+
+    @classmethod
+    def ring_add_(cls, acc, v):
+        aptr, adtype, ashape, stream = cls._info(acc)
+        vptr, vdtype, vshape, _ = cls._info(v)
+        if adtype not in ("uint32", "uint64") or vdtype != adtype or int(np.prod(ashape)) != int(np.prod(vshape)):
+            raise ValueError(f"acc and v must be uint32/uint64 of the same dtype and size, got {adtype}{ashape} "
+                             f"and {vdtype}{vshape}")
+        native_module().ring_add_cuda(aptr, vptr, 32 if adtype == "uint32" else 64, int(np.prod(ashape)), stream)
