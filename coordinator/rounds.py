@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: (agent fingerprint, message) pairs the daemon must send
 Outgoing = tuple[str, Envelope]
+#: how long a waiting round waits for online agents that have not answered the job offer yet
+OFFER_GRACE_S = 5.0
 
 
 class Stage(enum.StrEnum):
@@ -87,6 +89,7 @@ class RunState:
     round_started: float = 0.0
     candidate: dict[str, np.ndarray] | None = None
     message: str = ""
+    waiting_since: float | None = None
 
 
 class JobRun:
@@ -207,7 +210,14 @@ class JobRun:
         now = self.clock()
         if s.stage == Stage.WAITING:
             ready = [fp for fp in s.accepted if fp in online]
-            if len(ready) >= self.spec.job.min_agents:
+            undecided = [fp for fp in online if fp not in s.accepted and fp not in s.refused]
+            if s.waiting_since is None:
+                s.waiting_since = now
+            # start once enough agents are ready and every online agent has answered the offer
+            # (or OFFER_GRACE_S has passed), so a round includes every hospital that is there
+            enough = len(ready) >= self.spec.job.min_agents
+            if enough and (not undecided or now - s.waiting_since >= OFFER_GRACE_S):
+                s.waiting_since = None
                 return self._start_fit(ready)
             s.message = f"waiting for agents: {len(ready)}/{self.spec.job.min_agents} ready"
         elif s.stage == Stage.FIT and now >= s.deadline:

@@ -159,6 +159,16 @@ lr = 0.05
         logs = "\n".join(f"--- {n}\n{self.log(n)[-2500:]}" for n in self.logs)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
 
+    def wait_online(self, n: int, timeout: float = 60.0) -> None:
+        store = self.store()
+        try:
+            def online():
+                daemon = json.loads(store.get_meta("daemon") or "null")
+                return daemon is not None and len(daemon.get("online") or []) >= n
+            self.wait_for(f"{n} agents online", online, timeout)
+        finally:
+            store.close()
+
     def wait_job(self, job_id: str, timeout: float = 180.0) -> Any:
         store = self.store()
         try:

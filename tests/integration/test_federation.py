@@ -58,12 +58,13 @@ def test_agent_killed_mid_round_round_completes_with_survivors(federation):
     fed.start_coordinator()
     for n in ("h-a", "h-b", "slow"):
         fed.start_agent(n)
+    fed.wait_online(3)
     job_id = fed.submit(rounds=2, min_agents=2, deadline_s=20)
     store = fed.store()
     try:
         fed.wait_for("round 1 to start with 3 agents",
                      lambda: "round 1/2 attempt 1 fit" in (store.get_meta("daemon") or "")
-                     and "3 in round" in (store.get_meta("daemon") or ""), timeout=120, every=0.05)
+                     and "3 in round" in (store.get_meta("daemon") or ""), timeout=60, every=0.05)
     finally:
         store.close()
     fed.kill("slow", signal.SIGKILL)
