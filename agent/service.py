@@ -235,6 +235,7 @@ class AgentService:
                 model, self._splits(spec.job.image_size)["train"], epochs=int(b["local_epochs"]),
                 batch_size=int(b["batch_size"]), lr=float(b["lr"]), momentum=float(b["momentum"]),
                 weight_decay=float(b["weight_decay"]), fedprox_mu=float(b.get("fedprox_mu", 0.0)),
+                optimizer=str(b.get("optimizer", "sgd")),
                 global_arrays={k: v.copy() for k, v in env.tensors.items()},
                 seed=spec.job.seed * 100_003 + int(env.round or 0) * 101 + int(b.get("attempt", 1)))
             out = Envelope(type=MessageType.UPDATE, job=env.job, round=env.round, body={

@@ -32,7 +32,7 @@ class TrainResult:
 
 
 def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, batch_size: int, lr: float,
-                momentum: float = 0.9, weight_decay: float = 0.0, fedprox_mu: float = 0.0,
+                momentum: float = 0.9, weight_decay: float = 0.0, fedprox_mu: float = 0.0, optimizer: str = "sgd",
                 global_arrays: dict[str, np.ndarray] | None = None, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None, device: str = "cpu") -> TrainResult:
     """Train ``model`` in place on ``dataset`` with SGD and cross-entropy.
@@ -44,9 +44,11 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
     dataset : TensorDataset
         (images, labels).
     epochs, batch_size, lr, momentum, weight_decay
-        SGD settings.
+        Optimiser settings (momentum is SGD's).
     fedprox_mu : float
         FedProx proximal coefficient; adds (mu/2)*||w - w_global||^2.
+    optimizer : {"sgd", "adam"}
+        Local optimiser; its state starts fresh every round.
     global_arrays : dict, optional
         The global weights (required when fedprox_mu > 0).
     seed : int
@@ -62,7 +64,13 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
     model.to(device).train()
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                                     weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     anchors = None
     if fedprox_mu > 0:
         if global_arrays is None:

@@ -239,6 +239,7 @@ class JobRun:
         s.deadline = s.round_started + self.spec.job.round_deadline_s
         t = self.spec.training
         body = {"participants": len(ready), "local_epochs": t.local_epochs, "batch_size": t.batch_size,
+                "optimizer": t.optimizer,
                 "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay,
                 "fedprox_mu": self.spec.prox_mu, "attempt": s.attempt}
         log.info("job %s round %d attempt %d: training on %d agents", self.job_id, s.round, s.attempt, len(ready))

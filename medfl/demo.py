@@ -120,10 +120,10 @@ seed = {opts.seed}
 image_size = {opts.image_size}
 
 [training]
-local_epochs = 1
+local_epochs = 2
 batch_size = 32
-lr = 0.01
-momentum = 0.9
+optimizer = "adam"
+lr = 0.001
 
 [aggregation]
 strategy = "fedavg"

@@ -30,7 +30,7 @@ import dataclasses
 import json
 import pathlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from medfl import config
 
@@ -85,6 +85,7 @@ class TrainingSpec:
 
     local_epochs: int = 1
     batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
