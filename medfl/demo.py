@@ -222,6 +222,8 @@ def _plot(rounds: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
     ax1.plot(xs, [r["val_auc"] for r in rounds], "o-", label="validation AUC")
     ax1.plot(xs, [r["val_accuracy"] for r in rounds], "s--", label="validation accuracy")
     ax1.set_ylim(0.4, 1.0)
+    for ax in (ax1, ax2):
+        ax.set_xticks(xs)
     ax1.set_xlabel("round")
     ax1.set_title("Global model on the hospitals' validation sets")
     ax1.legend(loc="lower right")

@@ -1,0 +1,68 @@
+"""CURVE key files and fingerprints, including the ways they go wrong."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+
+import pytest
+from zmq.utils import z85
+
+from medfl.errors import AuthError
+from medfl.wire import fingerprint, generate_keypair, read_keypair, read_public_key, write_keypair
+
+
+def test_write_and_read(tmp_path):
+    pair = generate_keypair()
+    pub, sec = write_keypair(tmp_path / "keys", "agent", pair)
+    assert stat.S_IMODE(sec.stat().st_mode) == 0o600
+    assert read_public_key(pub) == pair.public
+    assert read_public_key(sec) == pair.public
+    assert read_public_key(pair.public.decode()) == pair.public
+    assert read_keypair(sec) == pair
+    assert "secret" not in pub.read_text().replace("SECRET", "")
+    assert pair.secret.decode() not in repr(pair)
+
+
+def test_fingerprint_is_sshlike():
+    pair = generate_keypair()
+    raw = z85.decode(pair.public)
+    expected = "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
+    assert fingerprint(pair.public) == expected == fingerprint(pair.public.decode())
+
+
+def test_refuses_to_overwrite(tmp_path):
+    write_keypair(tmp_path, "a", generate_keypair())
+    with pytest.raises(AuthError, match="--force"):
+        write_keypair(tmp_path, "a", generate_keypair())
+    write_keypair(tmp_path, "a", generate_keypair(), overwrite=True)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(AuthError, match="neither a key file"):
+        read_public_key("not-a-key")
+    junk = tmp_path / "junk.key"
+    junk.write_text("hello\n")
+    with pytest.raises(AuthError, match="public-key"):
+        read_public_key(junk)
+    with pytest.raises(AuthError, match="not found"):
+        read_keypair(tmp_path / "missing.key_secret")
+    pub, sec = write_keypair(tmp_path, "b", generate_keypair())
+    with pytest.raises(AuthError, match="secret-key"):
+        os.chmod(pub, 0o600)
+        read_keypair(pub)
+    os.chmod(sec, 0o644)
+    with pytest.raises(AuthError, match="chmod 600"):
+        read_keypair(sec)
+
+
+def test_mismatched_pair_is_detected(tmp_path):
+    a, b = generate_keypair(), generate_keypair()
+    _, sec = write_keypair(tmp_path, "x", a)
+    text = sec.read_text().replace(a.public.decode(), b.public.decode())
+    sec.write_text(text)
+    os.chmod(sec, 0o600)
+    with pytest.raises(AuthError, match="does not belong"):
+        read_keypair(sec)
