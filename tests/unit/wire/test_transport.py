@@ -1,0 +1,265 @@
+"""ROUTER/DEALER channels over CurveZMQ on loopback, tested from the attacker's side too.
+
+The contract tests run against both the tcp+CURVE transport and the in-process twin
+(inproc, plaintext, shared context).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from medfl.wire import (ClientChannel, Envelope, MessageType, ServerChannel, SocketLimits, fingerprint,
+                        generate_keypair)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def recv_server(srv: ServerChannel, timeout_ms: int = 3000):
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        if srv.poll(50):
+            got = srv.recv()
+            if got is not None:
+                return got
+    return None
+
+
+def drain(srv: ServerChannel, ms: int = 1500) -> list:
+    """Let the server handle everything that arrives within ``ms`` (answering bad input)."""
+    out = []
+    deadline = time.monotonic() + ms / 1000
+    while time.monotonic() < deadline:
+        if srv.poll(20):
+            got = srv.recv()
+            if got is not None:
+                out.append(got)
+    return out
+
+
+class Pair:
+    def __init__(self, kind: str, limits: SocketLimits = SocketLimits()):
+        self.kind = kind
+        self.allowed: set[bytes] = set()
+        self.limits = limits
+        if kind == "curve":
+            self.server_keys = generate_keypair()
+            self.server = ServerChannel(bind="tcp://127.0.0.1:0", keys=self.server_keys,
+                                        is_allowed=lambda k: k in self.allowed, limits=limits)
+            self.ctx = None
+        else:
+            self.ctx = zmq.Context()
+            self.server_keys = None
+            self.server = ServerChannel(bind=f"inproc://medfl-{id(self)}", keys=None, limits=limits, context=self.ctx)
+        self.clients: list[ClientChannel] = []
+
+    def client(self, *, approved: bool = True, server_key: bytes | None = None) -> ClientChannel:
+        if self.kind == "curve":
+            keys = generate_keypair()
+            if approved:
+                self.allowed.add(keys.public)
+            c = ClientChannel(connect=self.server.endpoint, keys=keys,
+                              server_public_key=server_key or self.server_keys.public, limits=self.limits)
+            c.keys = keys
+        else:
+            c = ClientChannel(connect=self.server.endpoint, keys=None, server_public_key=None, limits=self.limits,
+                              context=self.ctx)
+            c.keys = None
+        self.clients.append(c)
+        return c
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+        self.server.close()
+        if self.ctx is not None:
+            self.ctx.term()
+
+
+@pytest.fixture(params=["curve", "inproc"])
+def pair(request):
+    p = Pair(request.param)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def curve():
+    p = Pair("curve", SocketLimits(max_message_bytes=1 << 20, hard_limit_bytes=4 << 20))
+    yield p
+    p.close()
+
+
+# ---- contract: both transports -----------------------------------------------------------
+def test_request_reply_with_tensors(pair):
+    c = pair.client()
+    w = np.random.default_rng(0).standard_normal((64, 33)).astype(np.float32)
+    c.send(Envelope(type=MessageType.HELLO, body={"name": "h1"}, tensors={"w": w}))
+    got = recv_server(pair.server)
+    assert got is not None and got.envelope.type == MessageType.HELLO and got.envelope.body == {"name": "h1"}
+    np.testing.assert_array_equal(got.envelope.tensors["w"], w)
+    if pair.kind == "curve":
+        assert got.user_id == fingerprint(c.keys.public)
+    else:
+        assert got.user_id == ""
+    assert pair.server.send(got.peer, Envelope(type=MessageType.WELCOME, body={"coordinator": "c"}))
+    reply = c.recv(timeout_ms=3000)
+    assert reply is not None and reply.type == MessageType.WELCOME
+
+
+def test_replay_is_answered_out_of_order(pair):
+    c = pair.client()
+    frames = None
+    env = Envelope(type=MessageType.HEARTBEAT, seq=1000)
+    from medfl.wire import encode
+
+    frames = encode(env)
+    c.send_raw(list(frames))
+    assert recv_server(pair.server) is not None
+    c.send_raw(list(encode(env)))  # the same message again
+    assert recv_server(pair.server, 500) is None
+    err = c.recv(timeout_ms=3000)
+    assert err.type == MessageType.ERROR and err.body["code"] == "out_of_order" and err.body["in_reply_to"] == 1000
+
+
+def test_garbage_and_versions_answered_while_others_served(pair):
+    bad, good = pair.client(), pair.client()
+    bad.send_raw([b"\x00\x01\x02 definitely not msgpack"])
+    bad.send_raw([msgpack.packb({"v": 7, "type": "hello", "job": None, "round": None, "seq": 1, "body": {},
+                                 "tensors": []})])
+    good.send(Envelope(type=MessageType.HELLO, body={"name": "good"}))
+    got = drain(pair.server)
+    assert [g.envelope.body["name"] for g in got] == ["good"]
+    codes = [bad.recv(timeout_ms=3000).body["code"] for _ in range(2)]
+    assert codes == ["malformed", "unsupported_version"]
+
+
+def test_send_to_vanished_peer_returns_false(pair):
+    c = pair.client()
+    c.send(Envelope(type=MessageType.HEARTBEAT))
+    got = recv_server(pair.server)
+    assert pair.server.send(b"\x00nobody", Envelope(type=MessageType.WELCOME)) is False
+    assert got is not None
+
+
+# ---- CURVE only: the attacker's side -----------------------------------------------------
+def test_unapproved_key_gets_nothing_through_until_approved(curve):
+    intruder = curve.client(approved=False)
+    intruder.send(Envelope(type=MessageType.HELLO, body={"name": "intruder"}))
+    assert recv_server(curve.server, 1500) is None
+    deadline = time.monotonic() + 5
+    while not intruder.auth_failed and time.monotonic() < deadline:
+        intruder.recv(timeout_ms=100)
+    assert intruder.auth_failed, "the client should learn that its key was refused"
+    curve.allowed.add(intruder.keys.public)  # the operator approves it
+    intruder.reconnect()
+    intruder.send(Envelope(type=MessageType.HELLO, body={"name": "now-approved"}))
+    got = recv_server(curve.server, 5000)
+    assert got is not None and got.user_id == fingerprint(intruder.keys.public)
+
+
+def test_wrong_server_key_never_reaches_the_server(curve):
+    impostor_key = generate_keypair().public
+    c = curve.client(server_key=impostor_key)
+    c.send(Envelope(type=MessageType.HELLO, body={"name": "misled"}))
+    assert recv_server(curve.server, 1500) is None
+    assert c.recv(timeout_ms=300) is None
+
+
+def test_too_large_answered_and_hard_limit_drops_only_that_peer(curve):
+    a, b = curve.client(), curve.client()
+    a.send(Envelope(type=MessageType.UPDATE, tensors={"w": np.zeros((2 << 20) // 4, np.float32)}))  # 2 MiB > 1 MiB
+    assert drain(curve.server) == []
+    err = a.recv(timeout_ms=5000)
+    assert err is not None and err.body["code"] == "too_large"
+    a.send(Envelope(type=MessageType.UPDATE, tensors={"w": np.zeros((6 << 20) // 4, np.float32)}))  # > hard 4 MiB
+    assert drain(curve.server) == []
+    assert a.recv(timeout_ms=500) is None  # the connection was dropped, no reply
+    b.send(Envelope(type=MessageType.HELLO, body={"name": "b"}))
+    got = recv_server(curve.server)
+    assert got is not None and got.envelope.body["name"] == "b"
+
+
+class TamperingRelay:
+    """A TCP man in the middle on loopback that flips one byte of client->server traffic after
+    ``after`` bytes (past the CURVE handshake). Bounded: it serves one connection and stops."""
+
+    def __init__(self, target_port: int, after: int):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(4)
+        self.lsock.settimeout(10)
+        self.port = self.lsock.getsockname()[1]
+        self.target_port, self.after = target_port, after
+        self.flipped = False
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _pipe(self, src, dst, tamper):
+        seen = 0
+        src.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            if tamper and not self.flipped and seen + len(data) > self.after:
+                i = max(0, self.after - seen)
+                data = data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1:]
+                self.flipped = True
+            seen += len(data)
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+
+    def _run(self):
+        try:
+            client, _ = self.lsock.accept()
+        except OSError:
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        t = threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True)
+        t.start()
+        self._pipe(client, upstream, True)
+        for s in (client, upstream):
+            s.close()
+
+    def close(self):
+        self.stop.set()
+        self.lsock.close()
+        self.thread.join(timeout=5)
+
+
+def test_tampered_frame_is_never_delivered(curve):
+    port = int(curve.server.endpoint.rsplit(":", 1)[1])
+    keys = generate_keypair()
+    curve.allowed.add(keys.public)
+    # the CURVE handshake (greeting + HELLO/WELCOME/INITIATE/READY) is a few hundred bytes; flip later
+    relay = TamperingRelay(port, after=1200)
+    try:
+        c = ClientChannel(connect=f"tcp://127.0.0.1:{relay.port}", keys=keys,
+                          server_public_key=curve.server_keys.public)
+        curve.clients.append(c)
+        payload = np.arange(4096, dtype=np.float32)
+        c.send(Envelope(type=MessageType.UPDATE, body={"n": 1}, tensors={"w": payload}))
+        got = recv_server(curve.server, 2000)
+        assert relay.flipped, "the relay never saw enough traffic to tamper with"
+        assert got is None, "a tampered message must not be delivered"
+        honest = curve.client()
+        honest.send(Envelope(type=MessageType.HELLO, body={"name": "honest"}))
+        got = recv_server(curve.server)
+        assert got is not None and got.envelope.body["name"] == "honest"
+    finally:
+        relay.close()
