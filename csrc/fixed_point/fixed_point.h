@@ -34,6 +34,21 @@ MEDFL_HD uint64_t mix64(uint64_t z) {
   return z;
 }
 
+// Round half to even without libm (vectorisable): for |y| < 2^52, (y + 1.5*2^52) - 1.5*2^52
+// rounds y to an integer in the default rounding mode; larger |y| are integers already.
+// Requires strict IEEE evaluation (no -ffast-math, no FMA contraction).
+MEDFL_HD double round_even(double y) {
+  const double magic = 6755399441055744.0;  // 1.5 * 2^52
+  const double a = y < 0 ? -y : y;
+  const double r = (y + magic) - magic;
+  return a < 4503599627370496.0 ? r : y;  // 2^52
+}
+
+MEDFL_HD double floor_exact(double y) {
+  const double r = round_even(y);
+  return r > y ? r - 1.0 : r;
+}
+
 MEDFL_HD double uniform53(uint64_t seed, uint64_t offset, uint64_t i) {
   uint64_t h = mix64(seed + (offset + i + 1) * kGolden);
   return static_cast<double>(h >> 11) * 0x1.0p-53;

@@ -21,10 +21,10 @@ Status encode_impl(const float* x, U* out, int64_t n, int frac_bits, bool stocha
     const double y = static_cast<double>(x[i]) * scale;
     double r;
     if (stochastic) {
-      r = std::floor(y);
+      r = floor_exact(y);
       r += (uniform53(seed, offset, static_cast<uint64_t>(i)) < (y - r)) ? 1.0 : 0.0;
     } else {
-      r = std::nearbyint(y);
+      r = round_even(y);
     }
     // NaN fails both comparisons below only when negated, so test "inside" explicitly.
     if (!(r >= -lim && r < lim)) {
