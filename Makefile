@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test bench clean
 
 install:
 	@if [ ! -x $(BIN)/python ]; then \
@@ -28,11 +28,9 @@ demo: install
 	$(BIN)/medfl demo --json demo-out/summary.json
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-lint: install
 	$(BIN)/ruff check medfl agent coordinator tests benchmarks
 	$(BIN)/mypy medfl agent coordinator
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/fixed_point.py --json benchmarks/results/fixed_point.json

@@ -72,7 +72,7 @@ setup(
         "tomli-w>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mypy"],
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1"],
         "bench": [],
     },
     entry_points={

@@ -59,6 +59,9 @@ class AgentService:
         self._splits_cache: dict[int, dict[str, Any]] = {}
         self.splits = self._splits(64)  # validate the data set at start-up: fail early and clearly
         if cfg.transport.curve:
+            if cfg.keys.secret_key_file is None or cfg.coordinator.public_key_file is None:
+                raise ConfigError([("keys", "transport.curve = true needs keys.secret_key_file and "
+                                    "coordinator.public_key_file")])
             keys = read_keypair(cfg.keys.secret_key_file)
             server_key = read_public_key(cfg.coordinator.public_key_file)
         else:

@@ -43,12 +43,12 @@ def run(sizes: list[int], repeats: int) -> list[dict]:
             out_bytes = enc.nbytes
             ops = {
                 "encode nearest": (x.nbytes + out_bytes,
-                                   lambda k=k: fxp.encode(x, frac_bits=16, ring_bits=k),
-                                   lambda k=k: fxp.encode_reference(x, frac_bits=16, ring_bits=k)),
+                                   lambda k=k, x=x: fxp.encode(x, frac_bits=16, ring_bits=k),
+                                   lambda k=k, x=x: fxp.encode_reference(x, frac_bits=16, ring_bits=k)),
                 "encode stochastic": (x.nbytes + out_bytes,
-                                      lambda k=k: fxp.encode(x, frac_bits=16, ring_bits=k, rounding="stochastic",
+                                      lambda k=k, x=x: fxp.encode(x, frac_bits=16, ring_bits=k, rounding="stochastic",
                                                              seed=1),
-                                      lambda k=k: fxp.encode_reference(x, frac_bits=16, ring_bits=k,
+                                      lambda k=k, x=x: fxp.encode_reference(x, frac_bits=16, ring_bits=k,
                                                                        rounding="stochastic", seed=1)),
                 "decode": (out_bytes + x.nbytes, lambda enc=enc: fxp.decode(enc, frac_bits=16),
                            lambda enc=enc: fxp.decode_reference(enc, frac_bits=16)),

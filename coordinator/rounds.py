@@ -315,7 +315,8 @@ class JobRun:
         from medfl.models.weights import save_checkpoint
 
         s = self.state
-        assert s.candidate is not None  # noqa: S101 - invariant of the EVALUATE stage
+        if s.candidate is None:
+            raise StateError(f"job {self.job_id}: evaluate stage without an aggregated model")
         path = self._checkpoint_path(s.round)
         save_checkpoint(path, s.candidate, {"job_id": self.job_id, "round": str(s.round),
                                             "model": self.spec.job.model})

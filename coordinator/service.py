@@ -54,7 +54,7 @@ class CoordinatorService:
         self.cfg = cfg
         self.store = Store(cfg.db_path)
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        keys = read_keypair(cfg.keys.secret_key_file) if cfg.transport.curve else None
+        keys = read_keypair(cfg.keys.secret_key_file) if cfg.transport.curve and cfg.keys.secret_key_file else None
         if not cfg.transport.curve:
             log.warning("transport.curve = false: traffic is NOT encrypted or authenticated (tests only)")
         limits = SocketLimits(max_message_bytes=cfg.transport.max_message_mb * 2**20)

@@ -62,7 +62,8 @@ def _fedavg(global_arrays: Arrays, updates: Sequence[Update], server_lr: float) 
 _register("fedprox")(_fedavg)
 
 
-def aggregate(strategy: str, global_arrays: Arrays, updates: Sequence[Update], *, server_lr: float = 1.0) -> dict[str, np.ndarray]:
+def aggregate(strategy: str, global_arrays: Arrays, updates: Sequence[Update], *,
+              server_lr: float = 1.0) -> dict[str, np.ndarray]:
     """Combine the agents' trained weights into the next global model.
 
     Parameters

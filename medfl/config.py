@@ -94,7 +94,8 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _parse_table(cls: Any, data: Any, prefix: str, problems: list[tuple[str, str]], base_dir: pathlib.Path | None) -> Any:
+def _parse_table(cls: Any, data: Any, prefix: str, problems: list[tuple[str, str]],
+                 base_dir: pathlib.Path | None) -> Any:
     if not isinstance(data, Mapping):
         problems.append((prefix, f"expected a table, got {type(data).__name__} {data!r}"))
         return None
@@ -128,7 +129,8 @@ def _parse_table(cls: Any, data: Any, prefix: str, problems: list[tuple[str, str
     return obj
 
 
-def _convert(tp: Any, value: Any, path: str, problems: list[tuple[str, str]], base_dir: pathlib.Path | None) -> Any:
+def _convert(tp: Any, value: Any, path: str, problems: list[tuple[str, str]],
+             base_dir: pathlib.Path | None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):

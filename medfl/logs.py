@@ -39,8 +39,8 @@ def setup_logging(name: str, *, level: str | None = None, fmt: str | None = None
     stream : file, optional
         Where to write (default stderr).
     """
-    level = level or envvars.get("MEDFL_LOG_LEVEL", "INFO")
-    fmt = fmt or envvars.get("MEDFL_LOG_FORMAT", "text")
+    level = level or envvars.get("MEDFL_LOG_LEVEL") or "INFO"
+    fmt = fmt or envvars.get("MEDFL_LOG_FORMAT") or "text"
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())

@@ -53,7 +53,7 @@ def read_image(path: pathlib.Path, image_size: int) -> np.ndarray:
         except Exception as exc:
             raise DataError(f"cannot read image {path}: {exc}") from None
         img = img.convert("F")
-    img = img.resize((image_size, image_size), Image.BILINEAR)
+    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     out = np.asarray(img, dtype=np.float32)
     if not _is_dicom(path):
         out = out / 255.0

@@ -77,7 +77,7 @@ def encode(env: Envelope) -> list[Any]:
             a = a.astype(DTYPES[key])
         a = np.ascontiguousarray(a)
         specs.append([str(name), key, list(a.shape)])
-        frames.append(memoryview(a.reshape(-1)).cast("B") if a.size else b"")
+        frames.append(memoryview(a.reshape(-1)).cast("B") if a.size else b"")  # type: ignore[arg-type]
     header = {"v": env.version, "type": str(env.type), "job": env.job, "round": env.round, "seq": env.seq,
               "body": dict(env.body), "tensors": specs}
     return [msgpack.packb(header, use_bin_type=True), *frames]

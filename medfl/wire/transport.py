@@ -138,7 +138,7 @@ class ServerChannel:
         user_id = ""
         if len(frames) > 1:
             try:
-                user_id = frames[1].get("User-Id") or ""
+                user_id = str(frames[1].get("User-Id") or "")
             except zmq.ZMQError:
                 user_id = ""
         seq = None

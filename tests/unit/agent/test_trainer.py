@@ -68,7 +68,8 @@ def test_training_is_deterministic_by_seed_and_reports():
         torch.manual_seed(0)
         model = create_model("cnn")
         calls = []
-        res = train_local(model, data, epochs=1, batch_size=16, lr=0.01, seed=3, progress=lambda d, t: calls.append(d))
+        res = train_local(model, data, epochs=1, batch_size=16, lr=0.01, seed=3,
+                          progress=lambda d, t, calls=calls: calls.append(d))
         results.append(state_arrays(model))
         assert res.num_samples == 40 and np.isfinite(res.mean_loss) and calls == [1, 2, 3]
     for k in results[0]:

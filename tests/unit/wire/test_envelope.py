@@ -15,9 +15,9 @@ from medfl.wire import Envelope, MessageType, SequenceGuard, decode, encode
 LIMIT = 1 << 24
 DTYPES = ["float32", "float64", "int32", "int64", "uint8", "uint32", "uint64"]
 
-bodies = st.dictionaries(st.text(max_size=10), st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False),
-                                                         st.text(max_size=20), st.none(), st.booleans()),
-                         max_size=5)
+_scalars = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=20), st.none(),
+                    st.booleans())
+bodies = st.dictionaries(st.text(max_size=10), _scalars, max_size=5)
 
 
 @settings(max_examples=80, deadline=None)
@@ -91,7 +91,8 @@ def test_fuzz_random_frames_only_raise_wire_errors(frames):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.one_of(st.none(), st.integers(-2**63, 2**64 - 1), st.text(max_size=5), st.binary(max_size=5), st.floats()),
+@given(st.recursive(st.one_of(st.none(), st.integers(-2**63, 2**64 - 1), st.text(max_size=5), st.binary(max_size=5),
+                                 st.floats()),
                     lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=4), c, max_size=4)),
                     max_leaves=20))
 def test_fuzz_structured_headers(obj):

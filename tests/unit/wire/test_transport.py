@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
-from medfl.wire import (ClientChannel, Envelope, MessageType, ServerChannel, SocketLimits, fingerprint,
-                        generate_keypair)
+from medfl.wire import ClientChannel, Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, generate_keypair
 
 pytestmark = pytest.mark.timeout(120)
 
