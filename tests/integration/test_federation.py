@@ -129,3 +129,24 @@ def test_unapproved_agent_is_refused_and_learns_nothing(federation):
     log = fed.log("intruder")
     assert "welcomed" not in log and "accepted job" not in log and "trained" not in log
     assert f"refused handshake from unapproved key {fp}" in fed.log("coordinator")
+
+
+def test_agent_policy_refuses_a_job_and_the_operator_sees_why(federation):
+    fed = federation
+    for i, n in enumerate(["h-a", "h-b", "picky"]):
+        fed.add_agent(n, seed=i)
+    cfg = fed.root / "picky" / "agent.toml"
+    cfg.write_text(cfg.read_text().replace('allowed_models = [\n    "cnn",\n    "resnet18",\n]',
+                                           'allowed_models = ["resnet18"]'))
+    assert 'allowed_models = ["resnet18"]' in cfg.read_text()
+    fed.start_coordinator()
+    for n in ("h-a", "h-b", "picky"):
+        fed.start_agent(n)
+    fed.wait_online(3)
+    job_id = fed.submit(rounds=1, min_agents=2)
+    job = fed.wait_job(job_id)
+    assert job.status == "done"
+    assert _rounds(fed, job_id)[0].agent_names == ("h-a", "h-b")
+    status = fed.coordinator("status")
+    assert "refused" in status and "allowed_models" in status
+    assert "refusing job" in fed.log("picky")
