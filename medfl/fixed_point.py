@@ -8,8 +8,8 @@ implements bit for bit:
 - ``y = float64(x) * 2^f`` (exact), with ``f`` fractional bits, ``0 <= f <= k - 2``.
 - nearest: ``r = rint(y)``, round half to even.
 - stochastic: ``r = floor(y) + [u_i < y - floor(y)]`` with
-  ``u_i = (mix64(seed + (offset + i + 1) * 0x9E3779B97F4A7C15) >> 11) * 2^-53``, where ``mix64``
-  is the SplitMix64 finaliser and ``i`` the flat C-order index. Unbiased to within 2^-53;
+  ``u_i = (mix64(seed + (offset + i + 1) * 0x9E3779B97F4A7C15) >> 12) * 2^-52``, where ``mix64``
+  is the SplitMix64 finaliser and ``i`` the flat C-order index. Unbiased to within 2^-52;
   ``offset`` lets a long vector be encoded in chunks with the result of one piece.
 - ``r`` must satisfy ``-2^(k-1) <= r < 2^(k-1)``: otherwise :class:`RingOverflowError` (the
   first offending index, its value, the largest |x| that fits); NaN or infinity anywhere is a
@@ -92,7 +92,7 @@ def uniforms_reference(seed: int, offset: int, n: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         i = np.arange(n, dtype=np.uint64) + np.uint64(offset % 2**64) + np.uint64(1)
         h = _mix64(np.uint64(seed % 2**64) + i * GOLDEN)
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (h >> np.uint64(12)).astype(np.float64) * 2.0 ** -52
 
 
 def raise_for_status(code: int, index: int, x: np.ndarray, frac_bits: int, ring_bits: int) -> None:

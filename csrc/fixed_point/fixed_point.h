@@ -1,11 +1,12 @@
 // Fixed-point encoding of float32 into the ring Z_2^k (k = 32 or 64) and ring sums.
 // The exact semantics (shared with the NumPy reference in medfl/fixed_point.py):
 //   y = (double)x * 2^f;  nearest: r = rint(y) (half to even);
-//   stochastic: r = floor(y) + (u_i < y - floor(y)), u_i = (mix64(seed + (offset+i+1)*G) >> 11) * 2^-53
+//   stochastic: r = floor(y) + (u_i < y - floor(y)), u_i = (mix64(seed + (offset+i+1)*G) >> 12) * 2^-52
 //   r must lie in [-2^(k-1), 2^(k-1)); stored as (uint_k)(int64)r (two's complement).
 //   decode: (float)((double)(int_k)v * 2^-f).
 #pragma once
 #include <cstdint>
+#include <cstring>
 
 namespace medfl {
 namespace fixed_point {
@@ -49,9 +50,14 @@ MEDFL_HD double floor_exact(double y) {
   return r > y ? r - 1.0 : r;
 }
 
-MEDFL_HD double uniform53(uint64_t seed, uint64_t offset, uint64_t i) {
-  uint64_t h = mix64(seed + (offset + i + 1) * kGolden);
-  return static_cast<double>(h >> 11) * 0x1.0p-53;
+// u_i in [0, 1) with 52 random bits. The integer -> double conversion goes through the bit
+// pattern of 2^52 + m (exact for m < 2^52), which vectorises on any x86-64, unlike cvtsi2sd.
+MEDFL_HD double uniform52(uint64_t seed, uint64_t offset, uint64_t i) {
+  const uint64_t h = mix64(seed + (offset + i + 1) * kGolden);
+  const uint64_t bits = (h >> 12) | 0x4330000000000000ULL;
+  double d;
+  memcpy(&d, &bits, sizeof d);
+  return (d - 4503599627370496.0) * 0x1.0p-52;
 }
 
 // CPU kernels (OpenMP). Outputs may be partly written when the status is not kOk.

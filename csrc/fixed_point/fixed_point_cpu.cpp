@@ -22,7 +22,7 @@ Status encode_impl(const float* x, U* out, int64_t n, int frac_bits, bool stocha
     double r;
     if (stochastic) {
       r = floor_exact(y);
-      r += (uniform53(seed, offset, static_cast<uint64_t>(i)) < (y - r)) ? 1.0 : 0.0;
+      r += (uniform52(seed, offset, static_cast<uint64_t>(i)) < (y - r)) ? 1.0 : 0.0;
     } else {
       r = round_even(y);
     }

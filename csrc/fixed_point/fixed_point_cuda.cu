@@ -24,7 +24,7 @@ __global__ void encode_kernel(const float* x, U* out, int64_t n, double scale, d
     double r;
     if (stochastic) {
       r = floor(y);
-      r += (uniform53(seed, offset, static_cast<uint64_t>(i)) < __dsub_rn(y, r)) ? 1.0 : 0.0;
+      r += (uniform52(seed, offset, static_cast<uint64_t>(i)) < __dsub_rn(y, r)) ? 1.0 : 0.0;
     } else {
       r = rint(y);
     }
