@@ -9,7 +9,15 @@ TORCH ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install system-deps demo test bench clean
+
+# System packages the PACS tests need (Orthanc and DCMTK); installed when running as root.
+system-deps:
+	@if ! command -v Orthanc >/dev/null || [ ! -x /usr/bin/storescu ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc dcmtk >/dev/null; \
+	  else echo "note: install Debian's orthanc and dcmtk (sudo apt-get install orthanc dcmtk) to run the PACS tests"; fi; \
+	fi
 
 install:
 	@if [ ! -x $(BIN)/python ]; then \
@@ -27,7 +35,7 @@ install:
 demo: install
 	$(BIN)/medfl demo --json demo-out/summary.json
 
-test: install
+test: install system-deps
 	$(BIN)/ruff check medfl agent coordinator tests benchmarks
 	$(BIN)/mypy medfl agent coordinator
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -70,6 +70,12 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tomli-w>=1.0",
+        "pynetdicom>=2.1",
+        "highdicom>=0.23",
+        "pylibjpeg>=2.0",
+        "pylibjpeg-libjpeg>=2.1",
+        "pylibjpeg-openjpeg>=2.3",
+        "pylibjpeg-rle>=2.0",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1"],

@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="data folder (train/<CLASS>/..., val/<CLASS>/...) or a .npz file")
     init.add_argument("--min-parties", type=int, default=2, help="refuse aggregates with fewer hospitals")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
+    pacs = sub.add_parser("pacs", help="the agent as a DICOM node (PACS hooks)")
+    psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
+    ps = psub.add_parser("serve", help="run only the DICOM node: receive, score, send SRs back")
+    ps.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
     for name, text in (("serve", "run the agent daemon"), ("fingerprint", "print this agent's key fingerprint"),
                        ("check", "validate agent.toml and the data set, then exit")):
         sp = sub.add_parser(name, help=text)
@@ -45,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
             _fingerprint(args)
         elif args.cmd == "check":
             _check(args)
+        elif args.cmd == "pacs":
+            _pacs_serve(args)
     except ConfigError as exc:
         die(ExitCode.CONFIG, str(exc))
     except DataError as exc:
@@ -127,9 +133,39 @@ def _serve(args: argparse.Namespace) -> None:
     setup_logging("agent")
     cfg = _load(args)
     service = AgentService(cfg)
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    signal.signal(signal.SIGINT, lambda *_: service.stop())
-    service.serve()
+    pacs = None
+    if cfg.pacs.enabled:
+        from agent.pacs.service import PacsService
+
+        pacs = PacsService(cfg)
+        pacs.start()
+
+    def stop(*_: object) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        service.serve()
+    finally:
+        if pacs is not None:
+            pacs.stop()
+
+
+def _pacs_serve(args: argparse.Namespace) -> None:
+    from agent.pacs.service import PacsService
+    from medfl.logs import setup_logging
+
+    setup_logging("agent-pacs")
+    cfg = _load(args)
+    service = PacsService(cfg)
+    service.start()
+    signal.signal(signal.SIGTERM, lambda *_: service._stop.set())
+    signal.signal(signal.SIGINT, lambda *_: service._stop.set())
+    try:
+        service.wait()
+    finally:
+        service.stop()
 
 
 if __name__ == "__main__":

@@ -127,6 +127,50 @@ class TransportSection:
 
 
 @dataclass(frozen=True)
+class PacsDestination:
+    """Where Structured Reports go: the PACS's DICOM node."""
+
+    ae_title: str = "ORTHANC"
+    host: str = "127.0.0.1"
+    port: int = 4242
+
+
+@dataclass(frozen=True)
+class PacsSection:
+    """The ``[pacs]`` table: the agent as a DICOM node that scores incoming chest X-rays."""
+
+    enabled: bool = False
+    ae_title: str = "MEDFL"
+    bind: str = "0.0.0.0"
+    port: int = 11112
+    allowed_calling_aets: tuple[str, ...] = ()
+    destination: PacsDestination = field(default_factory=PacsDestination)
+    threshold: float = 0.5
+    model_file: pathlib.Path | None = None
+    workers: int = 2
+    watch_folder: pathlib.Path | None = None
+    send_retries: int = 5
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        out = []
+        for key, aet in [("ae_title", self.ae_title), ("destination.ae_title", self.destination.ae_title)] + [
+                (f"allowed_calling_aets[{i}]", a) for i, a in enumerate(self.allowed_calling_aets)]:
+            if not 1 <= len(aet) <= 16 or not aet.isascii() or "\\" in aet:
+                out.append((key, f"must be a DICOM AE title (1-16 ASCII characters), got {aet!r}"))
+        for key, port in (("port", self.port), ("destination.port", self.destination.port)):
+            if not 1 <= port <= 65535:
+                out.append((key, f"must be a TCP port 1-65535, got {port}"))
+        if not 0.0 <= self.threshold <= 1.0:
+            out.append(("threshold", f"must be in [0, 1], got {self.threshold}"))
+        if not 1 <= self.workers <= 64:
+            out.append(("workers", f"must be 1-64, got {self.workers}"))
+        if self.send_retries < 0:
+            out.append(("send_retries", f"must be >= 0, got {self.send_retries}"))
+        return out
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole agent.toml."""
 
@@ -137,6 +181,7 @@ class AgentConfig:
     policy: PolicySection = field(default_factory=PolicySection)
     training: TrainingSection = field(default_factory=TrainingSection)
     transport: TransportSection = field(default_factory=TransportSection)
+    pacs: PacsSection = field(default_factory=PacsSection)
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-table checks."""

@@ -252,12 +252,22 @@ class AgentService:
                            body={"code": "training_failed", "message": str(exc)[:500], "in_reply_to": env.seq})
         self._results.put(_Result(key, out))
 
+    def _keep_model(self, spec: JobSpec, env: Envelope) -> None:
+        """Save the new global model of a round; the PACS scorer uses the newest one."""
+        from medfl.models.weights import save_checkpoint
+
+        path = self.cfg.agent.state_dir / "models" / str(env.job) / f"round-{int(env.round or 0):04d}.safetensors"
+        save_checkpoint(path, {k: v.copy() for k, v in env.tensors.items()},
+                        {"job_id": str(env.job), "round": str(env.round), "model": spec.job.model,
+                         "image_size": str(spec.job.image_size)})
+
     def _evaluate_worker(self, key: tuple[str, int, str], spec: JobSpec, env: Envelope) -> None:
         from agent.trainer import evaluate
 
         try:
             model = self._model(spec, env)
             m = evaluate(model, self._splits(spec.job.image_size)["val"])
+            self._keep_model(spec, env)
             out = Envelope(type=MessageType.METRICS, job=env.job, round=env.round,
                            body={k: float(m[k]) for k in ("n", "auc", "accuracy", "loss")})
             log.info("job %s round %s: val auc %.4f acc %.4f", env.job, env.round, m["auc"], m["accuracy"])

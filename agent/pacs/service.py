@@ -1,0 +1,281 @@
+"""The PACS service: a DICOM Storage SCP, a durable inbox, scoring workers, and an SR sender.
+
+Flow of one radiograph: C-STORE arrives -> validated (bad input: quarantine, audit row, refusal
+status) -> written durably to the inbox -> acknowledged 0x0000 -> a worker scores it, writes
+the SR into the durable outbox and a JSON line, commits the audit row -> the sender C-STOREs
+the SR to the PACS with retries. Killed at any point and restarted, the inbox and outbox are
+recovered and every acknowledged instance is scored exactly once (the audit row is the
+commit point; SR UIDs are deterministic, so a re-sent SR replaces itself).
+
+References
+----------
+.. [1] DICOM PS3.4 Annex B (Storage Service Class), PS3.7 9.1.1 (C-STORE).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pathlib
+import threading
+import time
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from agent.config import AgentConfig
+from agent.pacs.audit import AuditLog
+from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
+from agent.pacs.report import build_sr
+from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, Scorer, check_dataset
+
+__all__ = ["PacsService"]
+
+log = logging.getLogger(__name__)
+
+#: libraries that log data-set contents (UIDs, patient attributes) at INFO/DEBUG; the PACS
+#: service caps them at WARNING so the agent's logs never carry patient identifiers
+_CHATTY_LOGGERS = ("highdicom", "pynetdicom", "pydicom")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+
+class PacsService:
+    """Everything the agent does as a DICOM node.
+
+    Parameters
+    ----------
+    cfg : AgentConfig
+        Parsed agent.toml (its ``[pacs]`` table).
+    """
+
+    def __init__(self, cfg: AgentConfig):
+        self.cfg = cfg
+        self.pcfg = cfg.pacs
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        root = cfg.agent.state_dir / "pacs"
+        self.inbox = DurableQueue(root / "inbox")
+        self.outbox = DurableQueue(root / "outbox")
+        self.quarantine = Quarantine(root / "quarantine")
+        self.results_dir = root / "results"
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.audit = AuditLog(root / "audit.sqlite")
+        self.scorer = Scorer(model_file=self.pcfg.model_file, models_dir=cfg.agent.state_dir / "models")
+        self._stop = threading.Event()
+        self._results_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+
+    # ---- intake (SCP handler and watch folder) ------------------------------------------
+    def accept(self, data: bytes, *, source: str) -> tuple[int, str]:
+        """Validate and durably enqueue one encoded instance; the DICOM status and a comment."""
+        try:
+            ds = dcmread(io.BytesIO(data))
+            uid = str(ds.SOPInstanceUID)
+        except Exception as exc:
+            key = uid_hash(f"unparsed:{time.time_ns()}")
+            reason = f"cannot parse the DICOM data set: {type(exc).__name__}"
+            self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source=source)
+            self.audit.failed(key, "quarantined", reason)
+            log.warning("quarantined %s from %s: %s", key[:16], source, reason)
+            return STATUS_CANNOT_UNDERSTAND, reason
+        key = uid_hash(uid)
+        sop_class = str(getattr(ds, "SOPClassUID", ""))
+        rejection = check_dataset(ds)
+        if rejection is not None:
+            self.quarantine.put(key, data, rejection.reason, rejection.status, source=source, sop_class=sop_class)
+            self.audit.failed(key, "quarantined", rejection.reason, sop_class)
+            log.warning("quarantined %s from %s: %s (status 0x%04X)", key[:16], source, rejection.reason,
+                        rejection.status)
+            return rejection.status, rejection.reason
+        if self.audit.is_scored(key):
+            log.info("instance %s from %s was scored before; not scoring it again", key[:16], source)
+            return STATUS_SUCCESS, "already scored"
+        self.inbox.put(key, data)
+        self.audit.received(key, sop_class)
+        log.info("received %s from %s", key[:16], source)
+        return STATUS_SUCCESS, ""
+
+    def _handle_store(self, event: Any) -> Any:
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:
+            log.warning("could not read the C-STORE data set: %s", type(exc).__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            status, comment = self.accept(data, source=f"C-STORE from {event.assoc.requestor.ae_title}")
+        except OSError as exc:
+            log.error("cannot store the instance durably: %s", exc)
+            status, comment = STATUS_OUT_OF_RESOURCES, "the agent cannot write to its inbox"
+        if status == STATUS_SUCCESS:
+            return status
+        reply = Dataset()
+        reply.Status = status
+        reply.ErrorComment = comment[:64]
+        return reply
+
+    # ---- workers -----------------------------------------------------------------------
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            path = self.inbox.claim()
+            if path is None:
+                self._stop.wait(0.05)
+                continue
+            try:
+                self._process(path)
+            except Exception:
+                log.exception("unexpected failure on %s; it stays in the inbox", path.name[:16])
+                self.inbox.release(path)
+                self._stop.wait(1.0)
+
+    def _process(self, path: pathlib.Path) -> None:
+        from medfl import __version__
+
+        key = path.stem
+        if self.audit.is_scored(key):
+            self.inbox.done(path)
+            return
+        data = path.read_bytes()
+        try:
+            ds = dcmread(io.BytesIO(data))
+            score, model = self.scorer.score(ds)
+        except FileNotFoundError as exc:  # no model yet: keep the scan, try again later
+            log.warning("%s; %s waits in the inbox", exc, key[:16])
+            self.inbox.release(path)
+            self._stop.wait(5.0)
+            return
+        except Exception as exc:
+            reason = f"cannot decode or score the image: {type(exc).__name__}: {str(exc)[:200]}"
+            self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source="worker")
+            self.audit.failed(key, "failed", reason)
+            log.warning("quarantined %s after acknowledging it: %s", key[:16], reason)
+            self.inbox.done(path)
+            return
+        decision = "pneumonia" if score >= self.pcfg.threshold else "normal"
+        sr = build_sr(ds, score=score, threshold=self.pcfg.threshold, model_id=model.model_id, version=__version__)
+        buf = io.BytesIO()
+        sr.save_as(buf, enforce_file_format=True)
+        sr_key = uid_hash(str(sr.SOPInstanceUID))
+        self.outbox.put(sr_key, buf.getvalue())
+        self._append_result({"uid_sha256": key, "score": score, "decision": decision, "threshold": self.pcfg.threshold,
+                             "model_id": model.model_id, "model_round": model.model_round, "time": time.time(),
+                             "sr_sha256": sr_key, "ai_result": True})
+        if self.audit.scored(key, score=score, decision=decision, model_id=model.model_id,
+                             model_round=model.model_round, sr_sha256=sr_key):
+            log.info("scored %s: %.4f (%s) with %s", key[:16], score, decision, model.model_id)
+        self.inbox.done(path)
+
+    def _append_result(self, doc: dict[str, Any]) -> None:
+        import os
+
+        line = json.dumps(doc) + "\n"
+        path = self.results_dir / f"results-{time.strftime('%Y%m%d')}.jsonl"
+        with self._results_lock, open(path, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # ---- sender ------------------------------------------------------------------------
+    def _sender(self) -> None:
+        from pynetdicom import AE
+        from pynetdicom.sop_class import ComprehensiveSRStorage
+
+        dest = self.pcfg.destination
+        ae = AE(ae_title=self.pcfg.ae_title)
+        ae.add_requested_context(ComprehensiveSRStorage)
+        failures = 0
+        while not self._stop.is_set():
+            path = self.outbox.claim()
+            if path is None:
+                self._stop.wait(0.05)
+                continue
+            ok, why = self._send_one(ae, path, dest)
+            if ok:
+                self.audit.sent(path.stem)
+                self.outbox.done(path)
+                failures = 0
+                continue
+            failures += 1
+            self.outbox.release(path)  # back to new/: nothing is dropped
+            delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+            if failures > self.pcfg.send_retries:
+                self.audit.send_failed(path.stem, why)
+                log.error("cannot deliver SRs to %s@%s:%d after %d tries (%s); still retrying every %.0f s",
+                          dest.ae_title, dest.host, dest.port, failures, why, delay)
+            else:
+                log.warning("SR delivery failed (%s); retry %d in %.1f s", why, failures, delay)
+            self._stop.wait(delay)
+
+    @staticmethod
+    def _send_one(ae: Any, path: pathlib.Path, dest: Any) -> tuple[bool, str]:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        if not assoc.is_established:
+            return False, "association rejected or PACS unreachable"
+        try:
+            status = assoc.send_c_store(dcmread(path))
+            code = int(getattr(status, "Status", 0xFFFF)) if status else 0xFFFF
+            return (code in (0x0000, 0xB000, 0xB007, 0xB006)), f"C-STORE status 0x{code:04X}"
+        finally:
+            assoc.release()
+
+    # ---- watch folder ------------------------------------------------------------------
+    def _watch(self, folder: pathlib.Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        while not self._stop.is_set():
+            for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+                if time.time() - path.stat().st_mtime < 0.5:
+                    continue  # still being written
+                try:
+                    data = path.read_bytes()
+                    self.accept(data, source="watch folder")
+                    path.unlink()
+                except OSError as exc:
+                    log.warning("watch folder: cannot take %s: %s", path.name, exc)
+            self._stop.wait(0.5)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Recover the queues and start the SCP, the workers, the sender and the watch folder."""
+        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        back = self.inbox.recover() + self.outbox.recover()
+        if back:
+            log.info("recovered %d unfinished item(s) after a restart", back)
+        ae = AE(ae_title=self.pcfg.ae_title)
+        ae.require_called_aet = True
+        if self.pcfg.allowed_calling_aets:
+            ae.require_calling_aet = list(self.pcfg.allowed_calling_aets)
+        ae.maximum_pdu_size = 0
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_C_STORE, self._handle_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        self._server = ae.start_server((self.pcfg.bind, self.pcfg.port), block=False, evt_handlers=handlers)
+        log.info("DICOM node %s listening on %s:%d", self.pcfg.ae_title, self.pcfg.bind, self.pcfg.port)
+        targets: list[tuple[str, Any, tuple]] = [(f"score-{i}", self._worker, ()) for i in range(self.pcfg.workers)]
+        targets.append(("sr-sender", self._sender, ()))
+        if self.pcfg.watch_folder is not None:
+            targets.append(("watch", self._watch, (self.pcfg.watch_folder,)))
+        for name, fn, args in targets:
+            t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop accepting, let the threads finish their current item, close."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for t in self._threads:
+            t.join(timeout=10)
+        self.audit.close()
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called from a signal handler."""
+        while not self._stop.is_set():
+            self._stop.wait(0.5)

@@ -1,0 +1,351 @@
+"""PACS hooks against a real Orthanc and real DCMTK tools on loopback.
+
+Orthanc runs with the shipped configuration and Lua routing (agent/pacs/orthanc/), ports and
+folders swapped for temp ones; images go in with DCMTK's storescu; results are read back through
+Orthanc's REST API.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+ORTHANC_DIR = REPO / "agent" / "pacs" / "orthanc"
+
+pytestmark = [pytest.mark.integration, pytest.mark.orthanc, pytest.mark.slow]
+
+# DCMTK's tools, by absolute path: pynetdicom installs Python apps with the same names
+STORESCU = shutil.which("storescu", path="/usr/bin:/usr/local/bin")
+ECHOSCU = shutil.which("echoscu", path="/usr/bin:/usr/local/bin")
+
+if shutil.which("Orthanc") is None or STORESCU is None or ECHOSCU is None:
+    pytestmark.append(pytest.mark.skip(reason="needs Debian's orthanc and dcmtk packages"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(what, pred, timeout=60.0, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Orthanc:
+    def __init__(self, root: pathlib.Path, agent_port: int):
+        self.root = root
+        self.dicom_port, self.http_port = free_port(), free_port()
+        cfg = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
+        cfg.update({"StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+                    "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+                    "LuaScripts": [str(ORTHANC_DIR / "medfl-route.lua")]})
+        cfg["DicomModalities"]["medfl"] = ["MEDFL", "127.0.0.1", agent_port]
+        (root / "orthanc.json").write_text(json.dumps(cfg))
+        self.log = open(root / "orthanc.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_until("Orthanc's REST API", self._up, timeout=30)
+
+    def _up(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            body = r.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def sr_reports(self) -> list:
+        out = []
+        for inst in self.get("/instances?expand"):
+            tags = self.get(f"/instances/{inst['ID']}/simplified-tags")
+            if tags.get("Modality") == "SR":
+                out.append(dcmread(io.BytesIO(self.get(f"/instances/{inst['ID']}/file"))))
+        return out
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class PacsAgent:
+    def __init__(self, root: pathlib.Path, model_file: pathlib.Path):
+        self.root = root
+        self.port = free_port()
+        self.model_file = model_file
+        self.proc: subprocess.Popen | None = None
+
+    def configure(self, dest_port: int, **extra: str) -> None:
+        lines = [
+            "[agent]", 'name = "pacs-test"', 'state_dir = "state"',
+            "[coordinator]", 'endpoint = "tcp://127.0.0.1:1"',
+            "[data]", 'path = "data"',
+            "[transport]", "curve = false",
+            "[pacs]", "enabled = true", 'ae_title = "MEDFL"', 'bind = "127.0.0.1"', f"port = {self.port}",
+            f'model_file = "{self.model_file}"', "workers = 2", "threshold = 0.5",
+            *[f"{k} = {v}" for k, v in extra.items()],
+            "[pacs.destination]", 'ae_title = "ORTHANC"', 'host = "127.0.0.1"', f"port = {dest_port}",
+        ]
+        (self.root / "agent.toml").write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO), MEDFL_TORCH_THREADS="1")
+        log = open(self.root / "agent.log", "a")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "pacs", "serve", "--config",
+                                      str(self.root / "agent.toml")], stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=self.root)
+        log.close()
+        wait_until("the agent's DICOM port", lambda: subprocess.run(
+            [ECHOSCU, "-aec", "MEDFL", "127.0.0.1", str(self.port)], capture_output=True).returncode == 0,
+            timeout=60)
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def audit(self) -> list[dict]:
+        db = sqlite3.connect(self.root / "state" / "pacs" / "audit.sqlite")
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute("SELECT * FROM scans")]
+        finally:
+            db.close()
+
+    def log(self) -> str:
+        return (self.root / "agent.log").read_text()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    import torch
+
+    from medfl.models import create_model
+    from medfl.models.weights import save_checkpoint, state_arrays
+
+    torch.manual_seed(3)
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, state_arrays(create_model("cnn")), {"model": "cnn", "image_size": "64"})
+    return path
+
+
+@pytest.fixture
+def site(tmp_path, model_file):
+    agent = PacsAgent(tmp_path, model_file)
+    orthanc = Orthanc(tmp_path, agent.port)
+    agent.configure(orthanc.dicom_port)
+    yield orthanc, agent
+    agent.close()
+    orthanc.close()
+
+
+def make_images(folder: pathlib.Path, n: int, *, seed: int = 0, study_uid: str | None = None,
+                monochrome1_every: int = 0) -> list[pathlib.Path]:
+    from medfl.data.dicom import synthetic_cr
+    from medfl.data.synthetic import generate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    images, _ = generate(n, seed=seed, image_size=128)
+    paths = []
+    for i in range(n):
+        ds = synthetic_cr(images[i, 0], patient_id=f"P{seed}-{i}", study_uid=study_uid,
+                          monochrome1=bool(monochrome1_every and i % monochrome1_every == 0))
+        path = folder / f"cr-{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def storescu(port: int, aet: str, files: list[pathlib.Path], *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([STORESCU, "-v", "-aec", aet, *extra, "127.0.0.1", str(port), *map(str, files)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
+#: storescu's flag proposing a file's own transfer syntax (so it is sent as it is, not converted)
+PROPOSE = {"1.2.840.10008.1.2": "-xi", "1.2.840.10008.1.2.1": "-xe", "1.2.840.10008.1.2.1.99": "-xd",
+           "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx", "1.2.840.10008.1.2.4.70": "-xs",
+           "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw", "1.2.840.10008.1.2.5": "-xr",
+           "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu"}
+
+
+def propose(path: pathlib.Path) -> str:
+    return PROPOSE[str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)]
+
+
+#: how DCMTK's storescu names the C-STORE statuses the agent answers with
+DCMTK_STATUS = {0x0122: "SOPClassNotSupported", 0xA900: "DataSetDoesNotMatchSOPClass", 0xC000: "CannotUnderstand"}
+
+
+def sr_facts(sr) -> tuple[str, float, str]:
+    """(referenced SOP Instance UID, score, finding) from one of our SRs."""
+    ref, score, finding = None, None, None
+    stack = list(sr.ContentSequence)
+    while stack:
+        item = stack.pop()
+        stack.extend(getattr(item, "ContentSequence", []))
+        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+        if item.ValueType == "NUM" and name == "Pneumonia AI score":
+            score = float(item.MeasuredValueSequence[0].NumericValue)
+        if item.ValueType == "IMAGE":
+            ref = str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        if item.ValueType == "CODE" and name == "Finding":
+            finding = item.ConceptCodeSequence[0].CodeMeaning
+    return ref, score, finding
+
+
+def local_scores(model_file: pathlib.Path, paths: list[pathlib.Path]) -> dict[str, float]:
+    from agent.pacs.scoring import Scorer
+
+    scorer = Scorer(model_file=model_file, models_dir=model_file.parent)
+    out = {}
+    for p in paths:
+        ds = dcmread(p)
+        out[str(ds.SOPInstanceUID)] = scorer.score(ds)[0]
+    return out
+
+
+def test_orthanc_routes_scans_and_gets_one_sr_each(site, tmp_path, model_file):
+    orthanc, agent = site
+    agent.start()
+    study = "1.2.826.0.1.3680043.8.498.1"
+    paths = make_images(tmp_path / "in", 6, seed=1, study_uid=study, monochrome1_every=3)
+    proc = storescu(orthanc.dicom_port, "ORTHANC", paths)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reports = wait_until("6 SRs in Orthanc", lambda: (r := orthanc.sr_reports()) and len(r) >= 6 and r,
+                         timeout=120, every=0.5)
+    expected = local_scores(model_file, paths)
+    assert len(reports) == 6
+    for sr in reports:
+        ref, score, finding = sr_facts(sr)
+        assert sr.StudyInstanceUID == study  # same study as the image
+        assert ref in expected
+        assert score == pytest.approx(expected[ref], abs=1e-6)
+        assert finding == ("Pneumonia" if score >= 0.5 else "Normal")
+        assert "AI RESULT" in sr.SeriesDescription
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    rows = agent.audit()
+    assert len(rows) == 6 and all(r["status"] == "sent" and r["score_count"] == 1 for r in rows)
+    results = list((tmp_path / "state" / "pacs" / "results").glob("*.jsonl"))[0].read_text().splitlines()
+    assert len(results) == 6 and all(json.loads(line)["ai_result"] for line in results)
+    log = agent.log()
+    for p in paths:  # no patient identifiers in the logs
+        ds = dcmread(p)
+        assert ds.PatientID not in log and str(ds.PatientName) not in log and ds.SOPInstanceUID not in log
+
+
+ACK = "Received Store Response (Success)"
+
+
+def test_sigkill_mid_burst_scores_every_acknowledged_instance_once(site, tmp_path):
+    orthanc, agent = site
+    agent.start()
+    paths = make_images(tmp_path / "burst", 120, seed=2)
+    proc = subprocess.Popen([STORESCU, "-v", "-aec", "MEDFL", "127.0.0.1", str(agent.port), *map(str, paths)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    acked_so_far = 0
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if ACK in line:
+            acked_so_far += 1
+            if acked_so_far == 20:
+                agent.kill(signal.SIGKILL)  # mid-burst: some scored, some only in the inbox
+                break
+    rest, _ = proc.communicate(timeout=60)
+    lines += rest.splitlines()
+    acked = sum(ACK in line for line in lines)
+    assert 20 <= acked < len(paths), "".join(lines[-30:])
+    acked_uids = [str(dcmread(p).SOPInstanceUID) for p in paths[:acked]]
+    agent.start()
+    from agent.pacs.inbox import uid_hash
+
+    keys = {uid_hash(u) for u in acked_uids}
+    wait_until("every acknowledged instance scored and sent", lambda: keys <= {
+        r["uid_sha256"] for r in agent.audit() if r["status"] == "sent"}, timeout=120, every=0.5)
+    rows = {r["uid_sha256"]: r for r in agent.audit()}
+    assert all(rows[k]["score_count"] == 1 for k in keys)
+    reports = wait_until("SRs in Orthanc", lambda: (r := orthanc.sr_reports()) and len(r) >= len(keys) and r,
+                         timeout=60, every=0.5)
+    refs = [sr_facts(sr)[0] for sr in reports]
+    assert sorted(set(refs)) == sorted(set(refs) & set(acked_uids + [str(dcmread(p).SOPInstanceUID) for p in paths]))
+    for uid in acked_uids:
+        assert refs.count(uid) == 1, "exactly one SR per acknowledged image"
+
+
+BAD_FILES = {
+    "reportsi.dcm": (0x0122, "SOP class"),                  # an SR: not an image
+    "rtplan.dcm": (0x0122, "SOP class"),                    # RT Plan: not an image
+    "SC_rgb_rle_2frame.dcm": (0xA900, "multi-frame"),       # multi-frame
+    "SC_rgb_dcmtk_+eb+cr.dcm": (0xA900, "photometric"),    # colour secondary capture (JPEG)
+}
+
+
+def test_bad_input_is_quarantined_with_the_right_status(site, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    orthanc, agent = site
+    agent.start()
+    sent = []
+    for name, (status, reason) in BAD_FILES.items():
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            continue
+        proc = storescu(agent.port, "MEDFL", [pathlib.Path(path)], propose(pathlib.Path(path)))
+        assert DCMTK_STATUS[status] in proc.stdout, proc.stdout
+        sent.append((name, status, reason))
+    # a CR without pixel data
+    from medfl.data.dicom import synthetic_cr
+
+    ds = synthetic_cr(np.zeros((16, 16)), patient_id="NOPIX")
+    del ds.PixelData
+    nopix = tmp_path / "nopix.dcm"
+    ds.save_as(nopix, enforce_file_format=True)
+    proc = storescu(agent.port, "MEDFL", [nopix])
+    assert DCMTK_STATUS[0xA900] in proc.stdout, proc.stdout
+    sent.append(("nopix", 0xA900, "no Pixel Data"))
+    reasons = [json.loads(p.read_text()) for p in (tmp_path / "state" / "pacs" / "quarantine").glob("*.reason.json")]
+    assert len(reasons) == len(sent)
+    for _, status, reason in sent:
+        assert any(r["dicom_status"] == f"0x{status:04X}" and reason.lower() in r["reason"].lower() for r in reasons)
+    rows = agent.audit()
+    assert len(rows) == len(sent) and all(r["status"] == "quarantined" for r in rows)
+    assert agent.proc.poll() is None  # still serving
+    assert orthanc.sr_reports() == []
