@@ -349,3 +349,74 @@ def test_bad_input_is_quarantined_with_the_right_status(site, tmp_path):
     assert len(rows) == len(sent) and all(r["status"] == "quarantined" for r in rows)
     assert agent.proc.poll() is None  # still serving
     assert orthanc.sr_reports() == []
+
+
+def _variants(folder: pathlib.Path) -> dict[str, tuple[pathlib.Path, bool]]:
+    """The same 8-bit radiograph in every common transfer syntax (DCMTK and pydicom encoders)."""
+    from pydicom.uid import JPEG2000Lossless, generate_uid
+
+    from medfl.data.dicom import synthetic_cr
+    from medfl.data.synthetic import generate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = generate(1, seed=9, image_size=128)[0][0, 0]
+    tools = {"implicit": (["dcmconv", "+ti"], True), "explicit": (None, True), "deflate": (["dcmconv", "+td"], True),
+             "jpeg-baseline": (["dcmcjpeg", "+eb"], False), "jpeg-lossless": (["dcmcjpeg", "+e1"], True),
+             "rle": (["dcmcrle"], True), "j2k-lossless": ("pydicom", True)}
+    out = {}
+    for name, (tool, lossless) in tools.items():
+        ds = synthetic_cr(image, patient_id=f"TS-{name}", bits=8)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        src = folder / f"{name}-src.dcm"
+        dst = folder / f"{name}.dcm"
+        ds.save_as(src, enforce_file_format=True)
+        if tool is None:
+            src.rename(dst)
+        elif tool == "pydicom":
+            ds.compress(JPEG2000Lossless)
+            ds.save_as(dst, enforce_file_format=True)
+        else:
+            subprocess.run([shutil.which(tool[0], path="/usr/bin:/usr/local/bin"), *tool[1:], str(src), str(dst)],
+                           check=True, capture_output=True)
+        out[name] = (dst, lossless)
+    return out
+
+
+def test_common_transfer_syntaxes_are_decoded_and_scored(site, tmp_path, model_file):
+    from agent.pacs.inbox import uid_hash
+
+    orthanc, agent = site
+    agent.start()
+    variants = _variants(tmp_path / "ts")
+    reference = local_scores(model_file, [variants["explicit"][0]])
+    ref_score = next(iter(reference.values()))
+    for name, (path, _) in variants.items():
+        proc = storescu(agent.port, "MEDFL", [path], propose(path))
+        assert "Received Store Response (Success)" in proc.stdout, f"{name}: {proc.stdout}"
+    keys = {name: uid_hash(str(dcmread(p).SOPInstanceUID)) for name, (p, _) in variants.items()}
+    wait_until("every variant scored", lambda: set(keys.values()) <= {
+        r["uid_sha256"] for r in agent.audit() if r["status"] in ("scored", "sent")}, timeout=60)
+    rows = {r["uid_sha256"]: r for r in agent.audit()}
+    for name, (_, lossless) in variants.items():
+        got = rows[keys[name]]["score"]
+        assert got == pytest.approx(ref_score, abs=1e-5 if lossless else 0.05), name
+
+
+def test_watch_folder(tmp_path, model_file):
+    agent = PacsAgent(tmp_path, model_file)
+    orthanc = Orthanc(tmp_path, agent.port)
+    try:
+        agent.configure(orthanc.dicom_port, watch_folder=f'"{tmp_path / "drop"}"')
+        agent.start()
+        paths = make_images(tmp_path / "staging", 3, seed=4)
+        (tmp_path / "drop").mkdir(exist_ok=True)
+        (tmp_path / "drop" / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x00")
+        for p in paths:
+            shutil.copy(p, tmp_path / "drop" / p.name)
+        wait_until("3 SRs from the watch folder", lambda: len(orthanc.sr_reports()) == 3, timeout=60, every=0.5)
+        wait_until("the drop folder emptied", lambda: not list((tmp_path / "drop").iterdir()), timeout=10)
+        rows = agent.audit()
+        assert sorted(r["status"] for r in rows) == ["quarantined", "sent", "sent", "sent"]
+    finally:
+        agent.close()
+        orthanc.close()
