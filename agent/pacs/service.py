@@ -187,40 +187,51 @@ class PacsService:
         dest = self.pcfg.destination
         ae = AE(ae_title=self.pcfg.ae_title)
         ae.add_requested_context(ComprehensiveSRStorage)
+        assoc = None
+        idle_since = time.monotonic()
         failures = 0
-        while not self._stop.is_set():
-            path = self.outbox.claim()
-            if path is None:
-                self._stop.wait(0.05)
-                continue
-            ok, why = self._send_one(ae, path, dest)
-            if ok:
-                self.audit.sent(path.stem)
-                self.outbox.done(path)
-                failures = 0
-                continue
-            failures += 1
-            self.outbox.release(path)  # back to new/: nothing is dropped
-            delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-            if failures > self.pcfg.send_retries:
-                self.audit.send_failed(path.stem, why)
-                log.error("cannot deliver SRs to %s@%s:%d after %d tries (%s); still retrying every %.0f s",
-                          dest.ae_title, dest.host, dest.port, failures, why, delay)
-            else:
-                log.warning("SR delivery failed (%s); retry %d in %.1f s", why, failures, delay)
-            self._stop.wait(delay)
+        try:
+            while not self._stop.is_set():
+                path = self.outbox.claim()
+                if path is None:
+                    if assoc is not None and time.monotonic() - idle_since > 2.0:
+                        assoc.release()  # keep the association only while SRs keep coming
+                        assoc = None
+                    self._stop.wait(0.02)
+                    continue
+                if assoc is None or not assoc.is_established:
+                    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+                ok, why = self._send_one(assoc, path)
+                idle_since = time.monotonic()
+                if ok:
+                    self.audit.sent(path.stem)
+                    self.outbox.done(path)
+                    failures = 0
+                    continue
+                if assoc.is_established:
+                    assoc.abort()
+                assoc = None
+                failures += 1
+                self.outbox.release(path)  # back to new/: nothing is dropped
+                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                if failures > self.pcfg.send_retries:
+                    self.audit.send_failed(path.stem, why)
+                    log.error("cannot deliver SRs to %s@%s:%d after %d tries (%s); still retrying every %.0f s",
+                              dest.ae_title, dest.host, dest.port, failures, why, delay)
+                else:
+                    log.warning("SR delivery failed (%s); retry %d in %.1f s", why, failures, delay)
+                self._stop.wait(delay)
+        finally:
+            if assoc is not None and assoc.is_established:
+                assoc.release()
 
     @staticmethod
-    def _send_one(ae: Any, path: pathlib.Path, dest: Any) -> tuple[bool, str]:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    def _send_one(assoc: Any, path: pathlib.Path) -> tuple[bool, str]:
         if not assoc.is_established:
             return False, "association rejected or PACS unreachable"
-        try:
-            status = assoc.send_c_store(dcmread(path))
-            code = int(getattr(status, "Status", 0xFFFF)) if status else 0xFFFF
-            return (code in (0x0000, 0xB000, 0xB007, 0xB006)), f"C-STORE status 0x{code:04X}"
-        finally:
-            assoc.release()
+        status = assoc.send_c_store(dcmread(path))
+        code = int(getattr(status, "Status", 0xFFFF)) if status else 0xFFFF
+        return (code in (0x0000, 0xB000, 0xB007, 0xB006)), f"C-STORE status 0x{code:04X}"
 
     # ---- watch folder ------------------------------------------------------------------
     def _watch(self, folder: pathlib.Path) -> None:
