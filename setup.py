@@ -1,13 +1,27 @@
 """Build medfl: Python packages plus the native module ``medfl._native`` through CMake.
 
-``MEDFL_CUDA=1`` requires the CUDA kernels (fails without nvcc), ``MEDFL_CUDA=0`` skips them,
-unset builds them whenever CMake finds a CUDA compiler.
+The extension is built by ``CMakeBuild``: CMake configure + build (Release, Ninja when
+available, two parallel jobs by default) into ``build/cmake-<python>-<hash>``, with the module
+written straight to the path setuptools expects, so ``pip install .`` puts it in the wheel and
+``pip install -e .`` puts it next to ``medfl/__init__.py``.
+
+Environment:
+
+- ``MEDFL_CUDA``: ``1`` requires the CUDA kernels (fails without nvcc), ``0`` skips them; unset
+  (or ``auto``) builds them whenever CMake finds a CUDA compiler (``CUDACXX``, ``PATH``,
+  ``CUDA_HOME``/``CUDA_PATH``, ``/usr/local/cuda``).
+- ``MEDFL_BUILD_TYPE``: CMake build type (default ``Release``).
+- ``CMAKE_BUILD_PARALLEL_LEVEL``: parallel compile jobs (default 2).
+- ``CMAKE_ARGS``: extra arguments for the configure step, e.g.
+  ``-DCMAKE_CUDA_ARCHITECTURES=86``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,43 +30,62 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = pathlib.Path(__file__).resolve().parent
+VERSION = "0.1.0"
+_CUDA_MODES = {"1": "ON", "on": "ON", "true": "ON", "0": "OFF", "off": "OFF", "false": "OFF", "": "AUTO",
+               "auto": "AUTO"}
 
 
 class CMakeExtension(Extension):
+    """An extension whose sources CMake (CMakeLists.txt at the root) compiles."""
+
     def __init__(self, name: str):
         super().__init__(name, sources=[])
 
 
+def _cuda_mode() -> str:
+    value = os.environ.get("MEDFL_CUDA", "").strip().lower()
+    if value not in _CUDA_MODES:
+        raise SystemExit(f"MEDFL_CUDA={value!r}: use 1 (require CUDA), 0 (no CUDA) or leave it unset (auto)")
+    return _CUDA_MODES[value]
+
+
 class CMakeBuild(build_ext):
+    """Configure and build with CMake; one build directory per toolchain so caches never clash."""
+
     def build_extension(self, ext: Extension) -> None:
         import pybind11
 
         out = pathlib.Path(self.get_ext_fullpath(ext.name)).resolve()
-        build_dir = ROOT / "build" / f"cmake-{sys.implementation.cache_tag}"
+        cmake = shutil.which("cmake") or "cmake"
+        ninja = shutil.which("ninja")
+        # Editable and regular installs, isolated or not, reuse a build directory only when the
+        # interpreter and the tools are the same ones (a stale CMakeCache pointing at a deleted
+        # isolated environment would break the build).
+        key = hashlib.sha256("|".join([sys.executable, cmake, ninja or "make", pybind11.get_cmake_dir()]).encode())
+        build_dir = ROOT / "build" / f"cmake-{sys.implementation.cache_tag}-{key.hexdigest()[:10]}"
         build_dir.mkdir(parents=True, exist_ok=True)
-        cuda = os.environ.get("MEDFL_CUDA", "").strip()
-        cuda_mode = {"1": "ON", "0": "OFF"}.get(cuda, "AUTO")
         args = [
             f"-DCMAKE_BUILD_TYPE={os.environ.get('MEDFL_BUILD_TYPE', 'Release')}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DPython_EXECUTABLE={sys.executable}",
-            f"-DMEDFL_CUDA={cuda_mode}",
+            f"-DMEDFL_CUDA={_cuda_mode()}",
+            f"-DMEDFL_VERSION={VERSION}",
             f"-DMEDFL_OUTPUT_DIR={out.parent}",
             f"-DMEDFL_OUTPUT_NAME={out.name}",
         ]
-        if shutil.which("ninja"):
-            args.append("-GNinja")
-        cmake = shutil.which("cmake") or "cmake"
-        subprocess.run([cmake, str(ROOT), *args], cwd=build_dir, check=True)
-        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(min(4, os.cpu_count() or 2)))
-        subprocess.run([cmake, "--build", ".", "-j", jobs], cwd=build_dir, check=True)
+        if ninja:
+            args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
+        subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True)
+        jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", "2")
+        subprocess.run([cmake, "--build", str(build_dir), "-j", jobs], check=True)
         if not out.exists():
             raise RuntimeError(f"CMake did not produce {out}")
 
 
 setup(
     name="medfl",
-    version="0.1.0",
+    version=VERSION,
     description="Privacy-preserving federated learning for medical imaging",
     python_requires=">=3.11",
     packages=find_packages(include=["medfl", "medfl.*", "agent", "agent.*", "coordinator", "coordinator.*"]),

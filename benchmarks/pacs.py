@@ -101,8 +101,8 @@ port = {dicom_port}
     env = dict(os.environ, PYTHONPATH=str(REPO), MEDFL_TORCH_THREADS="1")
     logs = [open(work / "orthanc.log", "w"), open(work / "agent.log", "w")]  # noqa: SIM115
     procs = [subprocess.Popen(["Orthanc", str(work / "orthanc.json")], stdout=logs[0], stderr=subprocess.STDOUT),
-             subprocess.Popen([sys.executable, "-m", "agent.cli", "pacs", "serve", "--config", str(work / "agent.toml")],
-                              stdout=logs[1], stderr=subprocess.STDOUT, env=env, cwd=work)]
+             subprocess.Popen([sys.executable, "-m", "agent.cli", "pacs", "serve", "--config",
+                               str(work / "agent.toml")], stdout=logs[1], stderr=subprocess.STDOUT, env=env, cwd=work)]
     echoscu = shutil.which("echoscu", path="/usr/bin:/usr/local/bin")
     storescu = shutil.which("storescu", path="/usr/bin:/usr/local/bin")
     try:
@@ -181,7 +181,8 @@ def main() -> None:
         for model in args.models:
             row = run_one(model, paths, root / model, args.workers)
             rows.append(row)
-            print(f"{model:9s} {row['images']} images {args.size}px: p50 {row['p50_s']:.2f} s  p95 {row['p95_s']:.2f} s  "
+            print(f"{model:9s} {row['images']} images {args.size}px: p50 {row['p50_s']:.2f} s  "
+                  f"p95 {row['p95_s']:.2f} s  "
                   f"max {row['max_s']:.2f} s  {row['images_per_s']:.1f} images/s  lost {row['lost']}", flush=True)
     if args.json:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)

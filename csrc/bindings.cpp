@@ -9,6 +9,10 @@
 
 #include "fixed_point/fixed_point.h"
 
+#ifndef MEDFL_VERSION
+#define MEDFL_VERSION "0.0.0+unknown"
+#endif
+
 namespace py = pybind11;
 namespace fp = medfl::fixed_point;
 
@@ -20,7 +24,11 @@ T* data_of(py::array& a, const char* what, bool writable) {
     throw py::value_error(std::string(what) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                           ", got " + std::string(py::str(a.dtype())));
   }
-  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(what) + ": array must be C-contiguous");
+  if (!(a.flags() & py::array::c_style)) {
+    std::string strides;
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) strides += (d ? ", " : "") + std::to_string(a.strides(d));
+    throw py::value_error(std::string(what) + ": array must be C-contiguous, got strides (" + strides + ")");
+  }
   if (writable && !a.writeable()) throw py::value_error(std::string(what) + ": array is read-only");
   return static_cast<T*>(writable ? a.mutable_data() : const_cast<void*>(a.data()));
 }
@@ -79,7 +87,9 @@ void decode(py::array v, py::array out, int frac_bits) {
 void ring_sum(py::array rows, py::array out) {
   if (rows.ndim() != 2) throw py::value_error("rows must be 2-D (m, n), got ndim " + std::to_string(rows.ndim()));
   const int64_t m = rows.shape(0), n = rows.shape(1);
-  if (out.size() != n) throw py::value_error("out must have n = " + std::to_string(n) + " elements");
+  if (out.size() != n) {
+    throw py::value_error("out must have n = " + std::to_string(n) + " elements, got " + std::to_string(out.size()));
+  }
   if (rows.dtype().is(py::dtype::of<uint32_t>())) {
     const uint32_t* rp = data_of<uint32_t>(rows, "rows", false);
     uint32_t* op = data_of<uint32_t>(out, "out", true);
@@ -134,7 +144,7 @@ PYBIND11_MODULE(_native, m) {
 #else
     d["openmp"] = false;
 #endif
-    d["version"] = std::string("0.1.0");
+    d["version"] = std::string(MEDFL_VERSION);
     return d;
   });
 #ifdef MEDFL_WITH_CUDA

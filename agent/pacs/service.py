@@ -182,7 +182,7 @@ class PacsService:
     # ---- sender ------------------------------------------------------------------------
     def _sender(self) -> None:
         from pynetdicom import AE
-        from pynetdicom.sop_class import ComprehensiveSRStorage
+        from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
 
         dest = self.pcfg.destination
         ae = AE(ae_title=self.pcfg.ae_title)
@@ -251,8 +251,8 @@ class PacsService:
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         """Recover the queues and start the SCP, the workers, the sender and the watch folder."""
-        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import Verification
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         back = self.inbox.recover() + self.outbox.recover()
         if back:
@@ -263,9 +263,9 @@ class PacsService:
             ae.require_calling_aet = list(self.pcfg.allowed_calling_aets)
         ae.maximum_pdu_size = 0
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._handle_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._handle_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
         self._server = ae.start_server((self.pcfg.bind, self.pcfg.port), block=False, evt_handlers=handlers)
         log.info("DICOM node %s listening on %s:%d", self.pcfg.ae_title, self.pcfg.bind, self.pcfg.port)
         targets: list[tuple[str, Any, tuple]] = [(f"score-{i}", self._worker, ()) for i in range(self.pcfg.workers)]

@@ -3,40 +3,49 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace medfl {
 namespace fixed_point {
 namespace {
 
-template <typename U>
-Status encode_impl(const float* x, U* out, int64_t n, int frac_bits, bool stochastic, uint64_t seed,
-                   uint64_t offset) {
+inline bool is_finite_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return (b & 0x7F800000u) != 0x7F800000u;
+}
+
+// One pass: round, range-check, store. The two "first bad index" reductions keep the loop free
+// of early exits so it vectorises; `out` is garbage when the status is not kOk.
+template <typename U, bool Stochastic>
+Status encode_impl(const float* x, U* out, int64_t n, int frac_bits, uint64_t seed, uint64_t offset) {
   constexpr int k = sizeof(U) * 8;
   const double scale = std::ldexp(1.0, frac_bits);
   const double lim = std::ldexp(1.0, k - 1);
-  int64_t first_bad = n;
-#pragma omp parallel for schedule(static) reduction(min : first_bad)
+  int64_t first_nonfinite = n, first_overflow = n;
+#pragma omp parallel for simd schedule(static) reduction(min : first_nonfinite, first_overflow)
   for (int64_t i = 0; i < n; ++i) {
     const double y = static_cast<double>(x[i]) * scale;
     double r;
-    if (stochastic) {
+    if constexpr (Stochastic) {
       r = floor_exact(y);
-      r += (uniform52(seed, offset, static_cast<uint64_t>(i)) < (y - r)) ? 1.0 : 0.0;
+      r += (uniform53(seed, offset, static_cast<uint64_t>(i)) < (y - r)) ? 1.0 : 0.0;
     } else {
       r = round_even(y);
     }
-    // NaN fails both comparisons below only when negated, so test "inside" explicitly.
-    if (!(r >= -lim && r < lim)) {
-      first_bad = std::min(first_bad, i);
-      out[i] = 0;
+    const bool finite = is_finite_bits(x[i]);
+    const bool inside = r >= -lim && r < lim;  // false for NaN
+    first_nonfinite = finite ? first_nonfinite : std::min(first_nonfinite, i);
+    first_overflow = (inside || !finite) ? first_overflow : std::min(first_overflow, i);
+    const double rc = inside ? r : 0.0;
+    if constexpr (k == 32) {
+      out[i] = static_cast<U>(static_cast<int32_t>(rc));  // in [-2^31, 2^31): exact
     } else {
-      out[i] = static_cast<U>(static_cast<uint64_t>(static_cast<int64_t>(r)));
+      out[i] = static_cast<U>(static_cast<int64_t>(rc));
     }
   }
-  if (first_bad == n) return Status{kOk, -1};
-  const float v = x[first_bad];
-  return Status{std::isfinite(v) ? kOverflow : kNonFinite, first_bad};
+  return make_status(first_nonfinite, first_overflow, n);
 }
 
 template <typename U, typename S>
@@ -74,10 +83,10 @@ void ring_add_impl(U* acc, const U* v, int64_t n) {
 }  // namespace
 
 Status encode_cpu32(const float* x, uint32_t* out, int64_t n, int f, bool st, uint64_t seed, uint64_t off) {
-  return encode_impl<uint32_t>(x, out, n, f, st, seed, off);
+  return st ? encode_impl<uint32_t, true>(x, out, n, f, seed, off) : encode_impl<uint32_t, false>(x, out, n, f, seed, off);
 }
 Status encode_cpu64(const float* x, uint64_t* out, int64_t n, int f, bool st, uint64_t seed, uint64_t off) {
-  return encode_impl<uint64_t>(x, out, n, f, st, seed, off);
+  return st ? encode_impl<uint64_t, true>(x, out, n, f, seed, off) : encode_impl<uint64_t, false>(x, out, n, f, seed, off);
 }
 void decode_cpu32(const uint32_t* v, float* out, int64_t n, int f) { decode_impl<uint32_t, int32_t>(v, out, n, f); }
 void decode_cpu64(const uint64_t* v, float* out, int64_t n, int f) { decode_impl<uint64_t, int64_t>(v, out, n, f); }

@@ -16,24 +16,27 @@ void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
+// first_bad[0]: first non-finite index, first_bad[1]: first out-of-range index (n = none).
 template <typename U>
 __global__ void encode_kernel(const float* x, U* out, int64_t n, double scale, double lim, bool stochastic,
                               uint64_t seed, uint64_t offset, unsigned long long* first_bad) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const double y = __dmul_rn(static_cast<double>(x[i]), scale);
+    const float xi = x[i];
+    const double y = __dmul_rn(static_cast<double>(xi), scale);
     double r;
     if (stochastic) {
       r = floor(y);
-      r += (uniform52(seed, offset, static_cast<uint64_t>(i)) < __dsub_rn(y, r)) ? 1.0 : 0.0;
+      r += (uniform53(seed, offset, static_cast<uint64_t>(i)) < __dsub_rn(y, r)) ? 1.0 : 0.0;
     } else {
       r = rint(y);
     }
-    if (!(r >= -lim && r < lim)) {
+    const bool inside = r >= -lim && r < lim;  // false for NaN
+    if (!isfinite(xi)) {
       atomicMin(first_bad, static_cast<unsigned long long>(i));
-      out[i] = 0;
-    } else {
-      out[i] = static_cast<U>(static_cast<uint64_t>(static_cast<int64_t>(r)));
+    } else if (!inside) {
+      atomicMin(first_bad + 1, static_cast<unsigned long long>(i));
     }
+    out[i] = inside ? static_cast<U>(static_cast<uint64_t>(static_cast<int64_t>(r))) : U(0);
   }
 }
 
@@ -72,9 +75,9 @@ Status encode_cuda(const float* x, void* out, int ring_bits, int64_t n, int frac
   if (n == 0) return Status{kOk, -1};
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   unsigned long long* bad = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(unsigned long long), stream), "cudaMallocAsync");
-  const unsigned long long init = static_cast<unsigned long long>(n);
-  check(cudaMemcpyAsync(bad, &init, sizeof(init), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+  check(cudaMallocAsync(reinterpret_cast<void**>(&bad), 2 * sizeof(unsigned long long), stream), "cudaMallocAsync");
+  unsigned long long host_bad[2] = {static_cast<unsigned long long>(n), static_cast<unsigned long long>(n)};
+  check(cudaMemcpyAsync(bad, host_bad, sizeof(host_bad), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
   const double scale = ldexp(1.0, frac_bits);
   const double lim = ldexp(1.0, ring_bits - 1);
   if (ring_bits == 32) {
@@ -84,15 +87,12 @@ Status encode_cuda(const float* x, void* out, int ring_bits, int64_t n, int frac
     encode_kernel<uint64_t><<<grid_for(n), 256, 0, stream>>>(x, static_cast<uint64_t*>(out), n, scale, lim,
                                                              stochastic, seed, offset, bad);
   }
-  check(cudaGetLastError(), "encode kernel launch");
-  unsigned long long host_bad = 0;
-  check(cudaMemcpyAsync(&host_bad, bad, sizeof(host_bad), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  const cudaError_t launch = cudaGetLastError();
+  check(cudaMemcpyAsync(host_bad, bad, sizeof(host_bad), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
   check(cudaFreeAsync(bad, stream), "cudaFreeAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  if (host_bad >= static_cast<unsigned long long>(n)) return Status{kOk, -1};
-  float v = 0.0f;
-  check(cudaMemcpy(&v, x + host_bad, sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
-  return Status{std::isfinite(v) ? kOverflow : kNonFinite, static_cast<int64_t>(host_bad)};
+  check(launch, "encode kernel launch");
+  return make_status(static_cast<int64_t>(host_bad[0]), static_cast<int64_t>(host_bad[1]), n);
 }
 
 void decode_cuda(const void* v, int ring_bits, float* out, int64_t n, int frac_bits, void* stream_ptr) {

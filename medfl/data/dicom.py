@@ -34,7 +34,7 @@ def synthetic_cr(image: np.ndarray, *, patient_id: str, study_uid: str | None = 
     meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset("synthetic-cr", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = ComputedRadiographyImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = study_uid or generate_uid()

@@ -1,0 +1,105 @@
+"""PACS building blocks without a network: durable queue, audit, validation, preprocessing, SR."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from agent.pacs.audit import AuditLog
+from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
+from agent.pacs.report import build_sr
+from agent.pacs.scoring import check_dataset, preprocess
+from medfl.data.dicom import synthetic_cr
+
+
+def test_queue_claim_release_recover(tmp_path):
+    q = DurableQueue(tmp_path / "q")
+    a = q.put("a" * 64, b"one")
+    q.put("b" * 64, b"two")
+    assert a.read_bytes() == b"one" and q.pending() == 2
+    first = q.claim()
+    second = q.claim()
+    assert {first.name, second.name} == {"a" * 64 + ".dcm", "b" * 64 + ".dcm"} and q.claim() is None
+    q.release(first)
+    assert q.claim() is not None
+    assert q.recover() == 2  # a crash: everything claimed goes back
+    assert len(list(q.new.glob("*.dcm"))) == 2
+    q.done(q.claim())
+    assert q.pending() == 1
+    assert not list(q.root.rglob("*.tmp"))
+
+
+def test_quarantine_reason_file(tmp_path):
+    base = Quarantine(tmp_path).put("c" * 64, b"bytes", "bad thing", 0xA900, source="test")
+    doc = base.with_suffix(".reason.json").read_text()
+    assert "0xA900" in doc and "bad thing" in doc and base.with_suffix(".dcm").read_bytes() == b"bytes"
+
+
+def test_audit_scores_exactly_once():
+    log = AuditLog(":memory:")
+    key = uid_hash("1.2.3")
+    assert len(key) == 64 and "1.2.3" not in key
+    log.received(key, "CR")
+    assert not log.is_scored(key)
+    assert log.scored(key, score=0.7, decision="pneumonia", model_id="m", model_round=1, sr_sha256="s")
+    assert not log.scored(key, score=0.1, decision="normal", model_id="m", model_round=1, sr_sha256="s")
+    row = log.row(key)
+    assert row["score"] == 0.7 and row["score_count"] == 1 and log.is_scored(key)
+    log.sent("s")
+    assert log.row(key)["status"] == "sent"
+    log.failed(key, "quarantined", "late failure")  # never overrides a committed result
+    assert log.row(key)["status"] == "sent"
+
+
+def _cr(**kw):
+    return synthetic_cr(np.linspace(0, 1, 64 * 48).reshape(64, 48), patient_id="U1", **kw)
+
+
+def test_validation_classes():
+    assert check_dataset(_cr()) is None
+    ds = _cr()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    assert check_dataset(ds).status == 0x0122
+    ds = _cr()
+    del ds.PixelData
+    assert check_dataset(ds).status == 0xA900
+    ds = _cr()
+    ds.NumberOfFrames = 2
+    assert "multi-frame" in check_dataset(ds).reason
+    ds = _cr()
+    ds.PhotometricInterpretation = "RGB"
+    assert "photometric" in check_dataset(ds).reason
+
+
+def test_monochrome1_and_voi_preprocessing():
+    m2 = preprocess(_cr(), 32)
+    m1 = preprocess(_cr(monochrome1=True), 32)
+    np.testing.assert_allclose(m1, m2, atol=2e-3)  # MONOCHROME1 is inverted back
+    assert m2.shape == (32, 32) and m2.min() >= 0 and m2.max() <= 1
+    ds = _cr()
+    ds.WindowCenter, ds.WindowWidth = 1000, 500
+    windowed = preprocess(ds, 32)
+    assert (windowed == 0).mean() > 0.1 and (windowed == 1).mean() > 0.1  # clipped by the window
+
+
+def test_sr_is_deterministic_and_references_the_image():
+    src = _cr()
+    src.SOPInstanceUID = src.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.42"
+    a = build_sr(src, score=0.8, threshold=0.5, model_id="cnn:j:round-3", version="0.1.0")
+    b = build_sr(src, score=0.8, threshold=0.5, model_id="cnn:j:round-3", version="0.1.0")
+    assert a.SOPInstanceUID == b.SOPInstanceUID and a.StudyInstanceUID == src.StudyInstanceUID
+    buf = io.BytesIO()
+    a.save_as(buf, enforce_file_format=True)
+    text = str(dcmread(io.BytesIO(buf.getvalue())))
+    assert "Pneumonia AI score" in text and "0.8" in text and src.SOPInstanceUID in text
+    assert build_sr(src, score=0.8, threshold=0.5, model_id="other", version="0.1.0").SOPInstanceUID != a.SOPInstanceUID
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "1.2.3/../x"])
+def test_uids_never_reach_paths(key, tmp_path):
+    q = DurableQueue(tmp_path)
+    path = q.put(uid_hash(key), b"x")
+    assert path.parent == q.new and ".." not in path.name
