@@ -119,6 +119,13 @@ void ring_add(py::array acc, py::array v) {
   }
 }
 
+void uniforms(py::array out, uint64_t seed, uint64_t offset) {
+  double* op = data_of<double>(out, "out", true);
+  const int64_t n = out.size();
+  py::gil_scoped_release nogil;
+  fp::uniforms_cpu(op, n, seed, offset);
+}
+
 void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 
 }  // namespace
@@ -130,6 +137,8 @@ PYBIND11_MODULE(_native, m) {
   m.def("decode", &decode, py::arg("v"), py::arg("out"), py::arg("frac_bits"));
   m.def("ring_sum", &ring_sum, py::arg("rows"), py::arg("out"));
   m.def("ring_add", &ring_add, py::arg("acc"), py::arg("v"));
+  m.def("uniforms", &uniforms, py::arg("out"), py::arg("seed"), py::arg("offset"),
+        "The stochastic-rounding uniforms u_offset.. (float64) into out");
   m.def("build_info", []() {
     py::dict d;
 #ifdef MEDFL_WITH_CUDA

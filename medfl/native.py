@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -85,9 +87,16 @@ def _check_rounding(rounding: str) -> bool:
     return rounding == "stochastic"
 
 
+def _u64(value: Any, name: str) -> int:
+    try:
+        return operator.index(value) % 2**64
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+
+
 def _host_float32(x: Any) -> np.ndarray:
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"expected a NumPy array, got {type(x).__name__}")
+        raise TypeError(f"x must be a NumPy array (or a CUDA tensor / CuPy array), got {type(x).__name__}")
     if x.dtype != np.float32:
         raise TypeError(f"x must be float32, got {x.dtype}; convert with x.astype(np.float32)")
     return np.ascontiguousarray(x)
@@ -105,7 +114,7 @@ class _Reference:
     @staticmethod
     def encode(x, *, frac_bits, ring_bits, rounding, seed, offset):
         return fxp.encode_reference(_host_float32(x), frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding,
-                                    seed=seed, offset=offset)
+                                    seed=_u64(seed, "seed"), offset=_u64(offset, "offset"))
 
     @staticmethod
     def decode(v, *, frac_bits):
@@ -118,7 +127,7 @@ class _Reference:
     @staticmethod
     def ring_add_(acc, v):
         _Cpu.check_add(acc, v)
-        fxp.ring_add_reference(acc, np.ascontiguousarray(v))
+        fxp.ring_add_reference(acc, np.asarray(v).reshape(acc.shape))
 
 
 class _Cpu:
@@ -128,7 +137,8 @@ class _Cpu:
         fxp._check_bits(frac_bits, ring_bits)
         xc = _host_float32(x)
         out = np.empty(xc.shape, dtype=np.uint32 if ring_bits == 32 else np.uint64)
-        code, index = native_module().encode(xc, out, frac_bits, stochastic, seed % 2**64, offset % 2**64)
+        code, index = native_module().encode(xc, out, frac_bits, stochastic, _u64(seed, "seed"),
+                                             _u64(offset, "offset"))
         fxp.raise_for_status(code, index, xc, frac_bits, ring_bits)
         return out
 
@@ -152,7 +162,8 @@ class _Cpu:
     @staticmethod
     def check_add(acc, v):
         if not isinstance(acc, np.ndarray) or not acc.flags.c_contiguous or not acc.flags.writeable:
-            raise ValueError("acc must be a writable C-contiguous NumPy array (it is updated in place)")
+            raise ValueError("acc must be a writable C-contiguous NumPy array (it is updated in place), got "
+                             f"{type(acc).__name__} with flags {getattr(acc, 'flags', None)!s}".replace("\n", " "))
         _host_ring(acc, "acc")
         if not isinstance(v, np.ndarray) or v.dtype != acc.dtype or v.size != acc.size:
             raise ValueError(f"v must be a NumPy array of dtype {acc.dtype} and size {acc.size}, got "
@@ -168,41 +179,54 @@ class _Cuda:
     """Device arrays: torch CUDA tensors or CuPy arrays, on the caller's current stream."""
 
     @staticmethod
-    def _info(a: Any) -> tuple[int, str, tuple[int, ...], int]:
+    def _info(a: Any, name: str) -> tuple[int, str, tuple[int, ...], int, Any]:
+        """Return (pointer, dtype name, shape, current stream handle, device context) of ``a``."""
         if hasattr(a, "data_ptr") and hasattr(a, "is_cuda"):  # torch
             import torch
 
+            if not a.is_cuda:
+                raise ValueError(f"{name} is a torch tensor on {a.device}, expected a CUDA tensor")
             if not a.is_contiguous():
-                raise ValueError("CUDA tensors must be contiguous; call .contiguous() first")
+                raise ValueError(f"{name}: CUDA tensors must be contiguous (got strides {tuple(a.stride())}); call "
+                                 ".contiguous() first")
             stream = torch.cuda.current_stream(a.device).cuda_stream
-            return a.data_ptr(), str(a.dtype).replace("torch.", ""), tuple(a.shape), int(stream)
+            return (a.data_ptr(), str(a.dtype).replace("torch.", ""), tuple(a.shape), int(stream),
+                    torch.cuda.device(a.device))
         import cupy
 
         if not a.flags.c_contiguous:
-            raise ValueError("CuPy arrays must be C-contiguous; call cupy.ascontiguousarray first")
-        return a.data.ptr, a.dtype.name, tuple(a.shape), int(cupy.cuda.get_current_stream().ptr)
+            raise ValueError(f"{name}: CuPy arrays must be C-contiguous (got strides {a.strides}); call "
+                             "cupy.ascontiguousarray first")
+        return a.data.ptr, a.dtype.name, tuple(a.shape), int(cupy.cuda.get_current_stream().ptr), a.device
 
     @staticmethod
-    def _empty_like(a: Any, dtype: str) -> Any:
-        if hasattr(a, "is_cuda"):
+    def _empty(like: Any, shape: tuple[int, ...], dtype: str) -> Any:
+        if hasattr(like, "is_cuda"):
             import torch
 
-            return torch.empty(tuple(a.shape), dtype=getattr(torch, dtype), device=a.device)
+            return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
         import cupy
 
-        return cupy.empty(a.shape, dtype=dtype)
+        with like.device:
+            return cupy.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def _same_device(a: Any, b: Any) -> None:
+        if str(getattr(a, "device", "")) != str(getattr(b, "device", "")):
+            raise ValueError(f"arrays are on different devices: {a.device} and {b.device}")
 
     @classmethod
     def encode(cls, x, *, frac_bits, ring_bits, rounding, seed, offset):
         stochastic = _check_rounding(rounding)
         fxp._check_bits(frac_bits, ring_bits)
-        ptr, dtype, shape, stream = cls._info(x)
+        seed, offset = _u64(seed, "seed"), _u64(offset, "offset")
+        ptr, dtype, shape, stream, ctx = cls._info(x, "x")
         if dtype != "float32":
             raise TypeError(f"x must be float32, got {dtype}")
-        out = cls._empty_like(x, "uint32" if ring_bits == 32 else "uint64")
-        n = int(np.prod(shape))
-        code, index = native_module().encode_cuda(ptr, cls._info(out)[0], ring_bits, n, frac_bits, stochastic,
-                                                  seed % 2**64, offset % 2**64, stream)
+        out = cls._empty(x, shape, "uint32" if ring_bits == 32 else "uint64")
+        with ctx:
+            code, index = native_module().encode_cuda(ptr, cls._info(out, "out")[0], ring_bits, math.prod(shape),
+                                                      frac_bits, stochastic, seed, offset, stream)
         if code:
             host = x.cpu().numpy() if hasattr(x, "cpu") else x.get()
             fxp.raise_for_status(code, index, host, frac_bits, ring_bits)
@@ -210,30 +234,38 @@ class _Cuda:
 
     @classmethod
     def decode(cls, v, *, frac_bits):
-        ptr, dtype, shape, stream = cls._info(v)
+        ptr, dtype, shape, stream, ctx = cls._info(v, "v")
         if dtype not in ("uint32", "uint64"):
             raise TypeError(f"v must be uint32 or uint64, got {dtype}")
         bits = 32 if dtype == "uint32" else 64
         fxp._check_bits(frac_bits, bits)
-        out = cls._empty_like(v, "float32")
-        native_module().decode_cuda(ptr, bits, cls._info(out)[0], int(np.prod(shape)), frac_bits, stream)
+        out = cls._empty(v, shape, "float32")
+        with ctx:
+            native_module().decode_cuda(ptr, bits, cls._info(out, "out")[0], math.prod(shape), frac_bits, stream)
         return out
 
     @classmethod
     def ring_sum(cls, rows):
-        ptr, dtype, shape, stream = cls._info(rows)
-        if dtype not in ("uint32", "uint64") or len(shape) != 2:
-            raise ValueError(f"rows must be a 2-D uint32/uint64 array, got {dtype} of shape {shape}")
-        out = cls._empty_like(rows[0], dtype)
-        native_module().ring_sum_cuda(ptr, cls._info(out)[0], 32 if dtype == "uint32" else 64, shape[0], shape[1],
-                                      stream)
+        ptr, dtype, shape, stream, ctx = cls._info(rows, "rows")
+        if dtype not in ("uint32", "uint64"):
+            raise TypeError(f"rows must be uint32 or uint64, got {dtype}")
+        if len(shape) != 2:
+            raise ValueError(f"rows must be 2-D (m, n), got shape {shape}")
+        out = cls._empty(rows, (shape[1],), dtype)
+        with ctx:
+            native_module().ring_sum_cuda(ptr, cls._info(out, "out")[0], 32 if dtype == "uint32" else 64, shape[0],
+                                          shape[1], stream)
         return out
 
     @classmethod
     def ring_add_(cls, acc, v):
-        aptr, adtype, ashape, stream = cls._info(acc)
-        vptr, vdtype, vshape, _ = cls._info(v)
-        if adtype not in ("uint32", "uint64") or vdtype != adtype or int(np.prod(ashape)) != int(np.prod(vshape)):
+        aptr, adtype, ashape, stream, ctx = cls._info(acc, "acc")
+        if not _is_device_array(v):
+            raise TypeError(f"acc is a GPU array but v is {type(v).__name__}; put both on the same device")
+        vptr, vdtype, vshape, _, _ = cls._info(v, "v")
+        cls._same_device(acc, v)
+        if adtype not in ("uint32", "uint64") or vdtype != adtype or math.prod(ashape) != math.prod(vshape):
             raise ValueError(f"acc and v must be uint32/uint64 of the same dtype and size, got {adtype}{ashape} "
                              f"and {vdtype}{vshape}")
-        native_module().ring_add_cuda(aptr, vptr, 32 if adtype == "uint32" else 64, int(np.prod(ashape)), stream)
+        with ctx:
+            native_module().ring_add_cuda(aptr, vptr, 32 if adtype == "uint32" else 64, math.prod(ashape), stream)

@@ -48,8 +48,8 @@ MEDFL_HD uint64_t mix64(uint64_t z) {
 // [2^52, 2^53) where the spacing of doubles is exactly 1, so (a + 2^52) - 2^52 is a rounded to
 // an integer in the default rounding mode (half to even, symmetric, so the sign is put back
 // afterwards); |y| >= 2^52 are integers already. Requires strict IEEE evaluation (no
-// -ffast-math, no FMA contraction). (The well-known 1.5 * 2^52 variant is wrong for
-// 2^51 <= |y| < 2^52, where the sum crosses 2^53.)
+// -ffast-math, no FMA contraction). (The well-known 1.5 * 2^52 variant is exact only for
+// |y| < 2^51; this one holds for every double, not just for float32 inputs times 2^f.)
 MEDFL_HD double round_even(double y) {
   const double two52 = 4503599627370496.0;  // 2^52
   const double a = y < 0 ? -y : y;
@@ -93,6 +93,9 @@ void ring_sum_cpu32(const uint32_t* rows, uint32_t* out, int64_t m, int64_t n);
 void ring_sum_cpu64(const uint64_t* rows, uint64_t* out, int64_t m, int64_t n);
 void ring_add_cpu32(uint32_t* acc, const uint32_t* v, int64_t n);
 void ring_add_cpu64(uint64_t* acc, const uint64_t* v, int64_t n);
+// The stochastic-rounding uniforms u_offset .. u_(offset+n-1) (for tests and for callers that
+// reproduce the rounding elsewhere).
+void uniforms_cpu(double* out, int64_t n, uint64_t seed, uint64_t offset);
 
 #ifdef MEDFL_WITH_CUDA
 // CUDA kernels on the caller's stream (pointers are device pointers). encode synchronises the

@@ -95,5 +95,10 @@ void ring_sum_cpu64(const uint64_t* rows, uint64_t* out, int64_t m, int64_t n) {
 void ring_add_cpu32(uint32_t* acc, const uint32_t* v, int64_t n) { ring_add_impl(acc, v, n); }
 void ring_add_cpu64(uint64_t* acc, const uint64_t* v, int64_t n) { ring_add_impl(acc, v, n); }
 
+void uniforms_cpu(double* out, int64_t n, uint64_t seed, uint64_t offset) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = uniform53(seed, offset, static_cast<uint64_t>(i));
+}
+
 }  // namespace fixed_point
 }  // namespace medfl
