@@ -53,6 +53,7 @@ class CMakeBuild(build_ext):
     """Configure and build with CMake; one build directory per toolchain so caches never clash."""
 
     def build_extension(self, ext: Extension) -> None:
+        """Configure (if needed) and build the module straight into setuptools' target path."""
         import pybind11
 
         out = pathlib.Path(self.get_ext_fullpath(ext.name)).resolve()

@@ -94,12 +94,17 @@ def _u64(value: Any, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
 
 
+def _c_order(a: np.ndarray) -> np.ndarray:
+    """``a`` itself if C-contiguous, else a C-ordered copy (keeps 0-d arrays 0-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def _host_float32(x: Any) -> np.ndarray:
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a NumPy array (or a CUDA tensor / CuPy array), got {type(x).__name__}")
     if x.dtype != np.float32:
         raise TypeError(f"x must be float32, got {x.dtype}; convert with x.astype(np.float32)")
-    return np.ascontiguousarray(x)
+    return _c_order(x)
 
 
 def _host_ring(v: Any, name: str) -> np.ndarray:
@@ -107,7 +112,7 @@ def _host_ring(v: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a NumPy array, got {type(v).__name__}")
     if v.dtype not in (np.uint32, np.uint64):
         raise TypeError(f"{name} must be uint32 or uint64, got {v.dtype}")
-    return np.ascontiguousarray(v)
+    return _c_order(v)
 
 
 class _Reference:
@@ -172,7 +177,7 @@ class _Cpu:
     @staticmethod
     def ring_add_(acc, v):
         _Cpu.check_add(acc, v)
-        native_module().ring_add(acc, np.ascontiguousarray(v))
+        native_module().ring_add(acc, _c_order(v))
 
 
 class _Cuda:
