@@ -147,8 +147,6 @@ class Scorer:
 
     def current(self) -> LoadedModel:
         """The model to use now (loading a newer checkpoint if there is one)."""
-        import torch
-
         from medfl.models import create_model
         from medfl.models.weights import load_checkpoint, load_state_arrays
 
@@ -164,7 +162,6 @@ class Scorer:
             model = create_model(name)
             load_state_arrays(model, arrays)
             model.eval()
-            torch.set_grad_enabled(False)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
             model_id = f"{name}:{meta['job_id']}:round-{meta.get('round', '0')}" if "job_id" in meta else \
                 f"{name}:{path.stem}:{digest}"

@@ -54,9 +54,9 @@ def wait_until(what, pred, timeout=60.0, every=0.2):
 
 
 class Orthanc:
-    def __init__(self, root: pathlib.Path, agent_port: int):
+    def __init__(self, root: pathlib.Path, agent_port: int, dicom_port: int | None = None):
         self.root = root
-        self.dicom_port, self.http_port = free_port(), free_port()
+        self.dicom_port, self.http_port = dicom_port or free_port(), free_port()
         cfg = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
         cfg.update({"StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
                     "DicomPort": self.dicom_port, "HttpPort": self.http_port,
@@ -419,4 +419,65 @@ def test_watch_folder(tmp_path, model_file):
         assert sorted(r["status"] for r in rows) == ["quarantined", "sent", "sent", "sent"]
     finally:
         agent.close()
+        orthanc.close()
+
+
+def test_srs_wait_in_the_outbox_until_the_pacs_is_back(tmp_path, model_file):
+    agent = PacsAgent(tmp_path, model_file)
+    pacs_port = free_port()
+    agent.configure(pacs_port, send_retries="2")  # nothing listens there yet
+    orthanc = None
+    try:
+        agent.start()
+        paths = make_images(tmp_path / "in", 2, seed=5)
+        proc = storescu(agent.port, "MEDFL", paths)
+        assert proc.stdout.count("Received Store Response (Success)") == 2, proc.stdout
+        wait_until("both scored", lambda: sum(r["status"] == "scored" for r in agent.audit()) == 2, timeout=60)
+        time.sleep(3)  # several failed deliveries
+        assert all(r["status"] == "scored" for r in agent.audit())
+        assert len(list((tmp_path / "state" / "pacs" / "outbox").rglob("*.dcm"))) == 2
+        orthanc = Orthanc(tmp_path / "late-pacs", agent.port, dicom_port=pacs_port)
+        wait_until("delivery once the PACS is up", lambda: len(orthanc.sr_reports()) == 2, timeout=90, every=1.0)
+        wait_until("audit says sent", lambda: all(r["status"] == "sent" for r in agent.audit()), timeout=10)
+        assert "SR delivery failed" in agent.log()
+    finally:
+        agent.close()
+        if orthanc is not None:
+            orthanc.close()
+
+
+def test_agent_serve_scores_with_the_newest_federated_model(federation, tmp_path):
+    fed = federation
+    fed.add_agent("h-a", seed=0)
+    fed.add_agent("h-b", seed=1)
+    pacs_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", pacs_port)
+    try:
+        cfg = fed.root / "h-a" / "agent.toml"
+        cfg.write_text(cfg.read_text() + f"""
+[pacs]
+enabled = true
+bind = "127.0.0.1"
+port = {pacs_port}
+
+[pacs.destination]
+ae_title = "ORTHANC"
+host = "127.0.0.1"
+port = {orthanc.dicom_port}
+""")
+        fed.start_coordinator()
+        fed.start_agent("h-a")
+        fed.start_agent("h-b")
+        fed.wait_online(2)
+        job_id = fed.submit(rounds=2, min_agents=2)
+        assert fed.wait_job(job_id).status == "done"
+        paths = make_images(tmp_path / "in", 2, seed=6)
+        proc = storescu(orthanc.dicom_port, "ORTHANC", paths)
+        assert proc.returncode == 0, proc.stdout
+        wait_until("2 SRs", lambda: len(orthanc.sr_reports()) == 2, timeout=90)
+        db = sqlite3.connect(fed.root / "h-a" / "state" / "pacs" / "audit.sqlite")
+        rows = db.execute("SELECT model_id, model_round, status FROM scans").fetchall()
+        db.close()
+        assert rows and all(r == (f"cnn:{job_id}:round-2", 2, "sent") for r in rows), rows
+    finally:
         orthanc.close()

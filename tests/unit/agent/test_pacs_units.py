@@ -103,3 +103,36 @@ def test_uids_never_reach_paths(key, tmp_path):
     q = DurableQueue(tmp_path)
     path = q.put(uid_hash(key), b"x")
     assert path.parent == q.new and ".." not in path.name
+
+
+def test_unsupported_transfer_syntax_is_refused_and_quarantined(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    from agent.config import AgentConfig
+    from agent.pacs.service import PacsService
+    from medfl import config
+
+    cfg = config.parse(AgentConfig, {
+        "agent": {"name": "u", "state_dir": str(tmp_path / "state")},
+        "coordinator": {"endpoint": "tcp://127.0.0.1:1"}, "data": {"path": str(tmp_path)},
+        "transport": {"curve": False}, "pacs": {"enabled": True}})
+    service = PacsService(cfg)
+    try:
+        ds = _cr()
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder for radiographs
+        ds.PixelData = encapsulate([b"\x00" * 64])
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        status, reason = service.accept(buf.getvalue(), source="test")
+        assert status == 0xC000 and "no decoder" in reason
+        status, reason = service.accept(b"\x00" * 200 + b"garbage", source="test")
+        assert status == 0xC000 and "cannot parse" in reason
+        assert len(list((tmp_path / "state" / "pacs" / "quarantine").glob("*.reason.json"))) == 2
+        assert [r["status"] for r in service.audit.rows()] == ["quarantined", "quarantined"]
+        assert service.inbox.pending() == 0
+        good = io.BytesIO()
+        _cr().save_as(good, enforce_file_format=True)
+        assert service.accept(good.getvalue(), source="test") == (0, "")
+        assert service.inbox.pending() == 1
+    finally:
+        service.audit.close()
