@@ -436,6 +436,7 @@ def test_srs_wait_in_the_outbox_until_the_pacs_is_back(tmp_path, model_file):
         time.sleep(3)  # several failed deliveries
         assert all(r["status"] == "scored" for r in agent.audit())
         assert len(list((tmp_path / "state" / "pacs" / "outbox").rglob("*.dcm"))) == 2
+        (tmp_path / "late-pacs").mkdir()
         orthanc = Orthanc(tmp_path / "late-pacs", agent.port, dicom_port=pacs_port)
         wait_until("delivery once the PACS is up", lambda: len(orthanc.sr_reports()) == 2, timeout=90, every=1.0)
         wait_until("audit says sent", lambda: all(r["status"] == "sent" for r in agent.audit()), timeout=10)
@@ -451,6 +452,7 @@ def test_agent_serve_scores_with_the_newest_federated_model(federation, tmp_path
     fed.add_agent("h-a", seed=0)
     fed.add_agent("h-b", seed=1)
     pacs_port = free_port()
+    (tmp_path / "orthanc").mkdir()
     orthanc = Orthanc(tmp_path / "orthanc", pacs_port)
     try:
         cfg = fed.root / "h-a" / "agent.toml"
