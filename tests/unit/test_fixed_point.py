@@ -316,3 +316,23 @@ def test_round_trip_property(x, f, seed, offset, k, rounding):
     np.testing.assert_array_equal(dec, fxp.decode_reference(enc, frac_bits=f))
     bound = 2.0**-f if rounding == "stochastic" else 2.0 ** (-f - 1)
     assert np.all(np.abs(dec.astype(np.float64) - x) <= bound + np.abs(x) * 2.0**-23)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+@pytest.mark.parametrize("frac_bits", [0, 13, 30])
+def test_decode_full_range_matches_reference(device, dtype, frac_bits):
+    info = np.iinfo(dtype)
+    v = np.random.default_rng(frac_bits).integers(0, info.max, size=200_003, dtype=dtype, endpoint=True)
+    v[:6] = [0, 1, info.max, info.max // 2, info.max // 2 + 1, 2**31]  # 0, 1, -1, max, min, 2^31
+    got = to_host(fxp.decode(to_dev(v, device), frac_bits=frac_bits))
+    np.testing.assert_array_equal(got, fxp.decode_reference(v, frac_bits=frac_bits))
+
+
+def test_large_and_small_values_mixed_in_one_block(device):
+    x = rand(70_000, 11, 1.0)
+    x[::1000] = 3.5e3  # |y| above 2^51 at f = 40: the exact path, mixed with the vectorised one
+    x[7::1000] = -3.9e3
+    for rounding in ("nearest", "stochastic"):
+        got = to_host(fxp.encode(to_dev(x, device), frac_bits=40, ring_bits=64, rounding=rounding, seed=2))
+        np.testing.assert_array_equal(got, fxp.encode_reference(x, frac_bits=40, ring_bits=64, rounding=rounding,
+                                                                seed=2))
