@@ -6,6 +6,12 @@ before any message is delivered. Accepted connections get the key's fingerprint 
 ZAP User-Id, which the server reads from each received frame (``frame.get("User-Id")``), so
 the identity of a sender comes from the transport, never from what it claims.
 
+pyzmq's ZAP handler (:class:`zmq.auth.thread.ThreadAuthenticator`) passes the callback the
+client's Z85 key and sets the reply's User-Id from :meth:`curve_user_id`, which receives the
+raw 32-byte key; this class overrides it to return the fingerprint. One authenticator per
+context (it binds ``inproc://zeromq.zap.01``). ``is_allowed`` runs in the ZAP thread: a
+SQLite-backed check must open its own connection there (or use ``check_same_thread=False``).
+
 References
 ----------
 .. [1] ZeroMQ RFC 27/ZAP (ZeroMQ Authentication Protocol).
@@ -22,7 +28,10 @@ from zmq.utils import z85
 
 from medfl.wire.keys import fingerprint
 
-__all__ = ["AllowListAuthenticator"]
+__all__ = ["ZAP_DOMAIN", "AllowListAuthenticator"]
+
+#: ZAP domain of medfl's server sockets (set with ZMQ_ZAP_DOMAIN so ZAP can be enforced)
+ZAP_DOMAIN = "medfl"
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +47,8 @@ class _Provider:
             log.exception("allow-list check failed for %s; denying", fingerprint(key))
             return False
         if not ok:
-            log.info("CURVE handshake denied for %s", fingerprint(key))
+            log.warning("CURVE handshake denied for %s: key not on the allow-list (approve it to admit it)",
+                        fingerprint(key))
         return ok
 
 
@@ -50,7 +60,12 @@ class AllowListAuthenticator(ThreadAuthenticator):
     context : zmq.Context
         The context whose sockets it guards.
     is_allowed : callable(bytes) -> bool
-        Called with the client's Z85 public key on every handshake (in the auth thread).
+        Called with the client's Z85 public key on every handshake (in the auth thread), so
+        approvals and revocations take effect on the next handshake. An exception denies.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 27/ZAP; RFC 26/CURVEZMQ.
     """
 
     def __init__(self, context: zmq.Context, *, is_allowed: Callable[[bytes], bool]):
@@ -58,9 +73,14 @@ class AllowListAuthenticator(ThreadAuthenticator):
         self._provider = _Provider(is_allowed)
 
     def start(self) -> None:
-        """Start the ZAP thread and install the allow-list."""
+        """Install the allow-list, then bind ``inproc://zeromq.zap.01`` and start the ZAP thread."""
+        for domain in ("*", ZAP_DOMAIN):
+            self.configure_curve_callback(domain=domain, credentials_provider=self._provider)
         super().start()
-        self.configure_curve_callback(domain="*", credentials_provider=self._provider)
+
+    def stop(self) -> None:
+        """Stop the ZAP thread; sockets that enforce ZAP then refuse every new handshake."""
+        super().stop()
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         """User-Id of an accepted connection: the key's fingerprint (pyzmq passes the raw 32 bytes)."""

@@ -27,6 +27,9 @@ DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
 _HEADER_LIMIT = 1 << 20          # bytes of msgpack header
 _MAX_TENSORS = 4096
 _MAX_DIMS = 8
+_MAX_ELEMENTS = 2**40            # bound on a tensor's element count, even an empty one's
+_MAX_DEPTH = 32                  # nesting of lists/maps inside the header
+_PLAIN = (type(None), bool, int, float, str, bytes)
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,28 @@ class Envelope:
 def encode(env: Envelope) -> list[Any]:
     """Frames for ``env``: the msgpack header, then each tensor's buffer without copying.
 
+    C-contiguous little-endian arrays are passed as memoryviews of their own memory (zero
+    copy); others are copied once into that layout. The caller must not modify an array
+    until the frames have been sent (ZeroMQ reads large frames from the caller's memory).
+
     Parameters
     ----------
     env : Envelope
         The message.
+
+    Returns
+    -------
+    list
+        Frame 0 is the msgpack header, then one buffer per tensor.
+
+    Raises
+    ------
+    ValueError
+        A tensor's dtype is not one of :data:`DTYPES`.
+
+    References
+    ----------
+    .. [1] MessagePack specification, https://github.com/msgpack/msgpack/blob/master/spec.md
     """
     specs = []
     frames: list[Any] = []
@@ -85,11 +106,35 @@ def encode(env: Envelope) -> list[Any]:
 
 def _buffer(frame: Any) -> memoryview:
     buf = getattr(frame, "buffer", None)
-    return memoryview(buf if buf is not None else frame).cast("B")
+    try:
+        return memoryview(buf if buf is not None else frame).cast("B")
+    except (TypeError, ValueError):
+        raise MalformedMessage(f"a frame of type {type(frame).__name__} is not a byte buffer") from None
+
+
+def _check_plain(obj: Any) -> None:
+    """Reject anything but nil/bool/int/float/str/bin/array/map (str keys), nested at most _MAX_DEPTH."""
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise MalformedMessage(f"header nests deeper than {_MAX_DEPTH} levels")
+        if isinstance(item, list):
+            stack.extend((x, depth + 1) for x in item)
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise MalformedMessage(f"header map key of type {type(k).__name__}; keys must be strings")
+                stack.append((v, depth + 1))
+        elif not isinstance(item, _PLAIN):
+            raise MalformedMessage(f"header holds a {type(item).__name__}; extension types are not allowed")
 
 
 def decode(frames: Sequence[Any], *, max_bytes: int) -> Envelope:
     """Parse frames from the wire into an :class:`Envelope`, or raise a WireError.
+
+    Tensors are read-only views of the frames' memory (no copy). Nothing but a
+    :class:`~medfl.errors.WireError` subclass is ever raised, whatever the bytes.
 
     Parameters
     ----------
@@ -97,9 +142,29 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Envelope:
         The multipart message (without the ROUTER identity).
     max_bytes : int
         Largest total size accepted (application limit).
+
+    Returns
+    -------
+    Envelope
+        The parsed message.
+
+    Raises
+    ------
+    MessageTooLarge
+        The frames add up to more than ``max_bytes``.
+    UnsupportedVersion
+        The header's ``v`` is not a version this side speaks.
+    MalformedMessage
+        Anything else that is not a well-formed envelope.
+
+    References
+    ----------
+    .. [1] MessagePack specification, https://github.com/msgpack/msgpack/blob/master/spec.md
     """
     if not frames:
         raise MalformedMessage("empty message")
+    if len(frames) > _MAX_TENSORS + 1:
+        raise MalformedMessage(f"message has {len(frames)} frames; at most {_MAX_TENSORS + 1} are allowed")
     views = [_buffer(f) for f in frames]
     total = sum(v.nbytes for v in views)
     if total > max_bytes:
@@ -109,11 +174,12 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Envelope:
     try:
         header = msgpack.unpackb(views[0], raw=False, strict_map_key=True,
                                  max_array_len=100_000, max_map_len=10_000, max_str_len=_HEADER_LIMIT,
-                                 max_bin_len=_HEADER_LIMIT)
+                                 max_bin_len=_HEADER_LIMIT, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types on garbage
         raise MalformedMessage(f"header is not msgpack: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise MalformedMessage(f"header must be a map, got {type(header).__name__}")
+    _check_plain(header)
     version = header.get("v")
     if not isinstance(version, int) or isinstance(version, bool):
         raise MalformedMessage(f"header field v must be an integer, got {version!r}"[:200])
@@ -162,7 +228,7 @@ def _tensor(spec: Any, frame: memoryview) -> tuple[str, np.ndarray]:
     if dtype_name not in DTYPES:
         raise MalformedMessage(f"tensor {name[:40]!r} has unsupported dtype {dtype_name[:20]!r}")
     if len(shape) > _MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
-                                         for d in shape):
+                                         for d in shape) or math.prod(max(d, 1) for d in shape) > _MAX_ELEMENTS:
         raise MalformedMessage(f"tensor {name[:40]!r} has a bad shape")
     dtype = DTYPES[dtype_name]
     count = math.prod(shape)
@@ -175,7 +241,16 @@ def _tensor(spec: Any, frame: memoryview) -> tuple[str, np.ndarray]:
 
 
 class SequenceGuard:
-    """Reject replayed or reordered messages from one peer: sequence numbers must increase."""
+    """Reject replayed or reordered messages from one peer: sequence numbers must increase.
+
+    The first sequence number seen (any value >= 0) is accepted; after it only strictly
+    larger ones are. Senders start their counter at the clock in microseconds, so a restarted
+    sender still moves forward.
+
+    References
+    ----------
+    .. [1] RFC 4303 section 3.4.3 (the sequence-number check of a replay window, here of size 1).
+    """
 
     def __init__(self) -> None:
         self.last: int | None = None
@@ -187,6 +262,11 @@ class SequenceGuard:
         ----------
         seq : int
             The sequence number of the incoming message.
+
+        Raises
+        ------
+        OutOfOrder
+            ``seq`` is negative or not larger than the last accepted one.
         """
         if seq < 0 or (self.last is not None and seq <= self.last):
             raise OutOfOrder(f"seq {seq} after {self.last}; replayed or reordered message")

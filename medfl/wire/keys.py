@@ -26,12 +26,26 @@ from medfl.errors import AuthError
 
 __all__ = ["KeyPair", "fingerprint", "generate_keypair", "read_keypair", "read_public_key", "write_keypair"]
 
+_Z85 = re.compile(rb"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40})"\s*$')
 
 
 @dataclass(frozen=True)
 class KeyPair:
-    """A CURVE key pair (Z85 text, 40 bytes each); ``secret`` is None for a public key alone."""
+    """A CURVE key pair (Z85 text, 40 bytes each); ``secret`` is None for a public key alone.
+
+    Parameters
+    ----------
+    public : bytes
+        The Z85-encoded public key (40 bytes).
+    secret : bytes or None
+        The Z85-encoded secret key, never printed by ``repr``.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 26/CURVEZMQ and RFC 32/Z85.
+    """
 
     public: bytes
     secret: bytes | None = None
@@ -41,30 +55,67 @@ class KeyPair:
 
 
 def generate_keypair() -> KeyPair:
-    """A fresh CURVE key pair from libzmq (libsodium's CSPRNG)."""
+    """A fresh CURVE key pair from libzmq (libsodium's CSPRNG).
+
+    Returns
+    -------
+    KeyPair
+        Public and secret key, Z85-encoded.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 26/CURVEZMQ; D. J. Bernstein, "Curve25519: new Diffie-Hellman speed records", 2006.
+    """
     public, secret = zmq.curve_keypair()
     return KeyPair(public=public, secret=secret)
 
 
 def fingerprint(public: bytes | str) -> str:
-    """SSH-style fingerprint of a Z85 public key.
+    """SSH-style fingerprint of a CURVE public key.
 
     Parameters
     ----------
     public : bytes or str
-        The 40-character Z85 public key.
+        The 40-character Z85 public key (or its 32 raw bytes).
+
+    Returns
+    -------
+    str
+        ``"SHA256:"`` followed by the unpadded base64 of SHA-256 of the 32 raw key bytes.
+
+    Raises
+    ------
+    AuthError
+        ``public`` is not a Z85 key.
+
+    References
+    ----------
+    .. [1] OpenSSH ssh-keygen(1), ``-l``: SHA256 fingerprints in unpadded base64.
     """
-    raw = z85.decode(public.encode("ascii") if isinstance(public, str) else public)
+    if isinstance(public, (bytes, bytearray)) and len(public) == 32:
+        raw = bytes(public)
+    else:
+        raw = _z85_raw(public)
+        if raw is None:
+            raise AuthError(f"{str(public)[:60]!r} is not a 40-character Z85 public key")
     return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
 
 
-def _valid_z85(text: str) -> bool:
-    if len(text) != 40:
-        return False
+def _z85_raw(text: bytes | str) -> bytes | None:
+    """The 32 raw bytes of a canonical 40-character Z85 key, or None."""
+    if isinstance(text, str):
+        text = text.encode("ascii", "replace")
+    if not isinstance(text, (bytes, bytearray)) or len(text) != 40 or not _Z85.fullmatch(bytes(text)):
+        return None
     try:
-        return len(z85.decode(text.encode("ascii"))) == 32
-    except (ValueError, KeyError, UnicodeEncodeError, TypeError):
-        return False
+        raw = z85.decode(bytes(text))
+    except Exception:  # noqa: BLE001 - values above 2**32 per 5 characters raise struct.error
+        return None
+    return raw if len(raw) == 32 and z85.encode(raw) == bytes(text) else None
+
+
+def _valid_z85(text: bytes | str) -> bool:
+    return _z85_raw(text) is not None
 
 
 def write_keypair(folder: str | pathlib.Path, name: str, pair: KeyPair, *, overwrite: bool = False
@@ -81,9 +132,26 @@ def write_keypair(folder: str | pathlib.Path, name: str, pair: KeyPair, *, overw
         Must include the secret.
     overwrite : bool
         Replace existing files; refused by default.
+
+    Returns
+    -------
+    (Path, Path)
+        The public and the secret key file.
+
+    Raises
+    ------
+    AuthError
+        A file exists (and ``overwrite`` is false), the name is unsafe, or the secret is missing.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 32/Z85.
     """
     if pair.secret is None:
         raise AuthError("cannot write a key pair without its secret key")
+    if not _NAME.fullmatch(name):
+        raise AuthError(f"key name {name[:40]!r} is not allowed; use letters, digits, '.', '_' or '-' "
+                        "(no path separators)")
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     pub_path, sec_path = folder / f"{name}.key", folder / f"{name}.key_secret"
@@ -95,22 +163,35 @@ def write_keypair(folder: str | pathlib.Path, name: str, pair: KeyPair, *, overw
     pub_text = head + f'public-key = "{pair.public.decode()}"\n'
     sec_text = head + "# SECRET: never share this file\n" + pub_text.split("\n", 1)[1] + \
         f'secret-key = "{pair.secret.decode()}"\n'
-    _write(pub_path, pub_text, 0o644)
-    _write(sec_path, sec_text, 0o600)
+    _write(sec_path, sec_text, 0o600, overwrite)
+    _write(pub_path, pub_text, 0o644, overwrite)
     return pub_path, sec_path
 
 
-def _write(path: pathlib.Path, text: str, mode: int) -> None:
+def _write(path: pathlib.Path, text: str, mode: int, overwrite: bool) -> None:
+    """Write with ``mode`` from creation on; without ``overwrite`` an existing file is never replaced."""
+    if not overwrite:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            raise AuthError(f"{path} appeared while writing keys; refusing to overwrite it") from None
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, text.encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        os.fchmod(fd, mode)
         os.write(fd, text.encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 
@@ -127,19 +208,36 @@ def _parse(path: pathlib.Path) -> dict[str, bytes]:
     return keys
 
 
-def read_public_key(source: str | pathlib.Path) -> bytes:
+def read_public_key(source: str | bytes | pathlib.Path) -> bytes:
     """A Z85 public key from a .key or .key_secret file, or a bare 40-character Z85 string.
 
     Parameters
     ----------
-    source : str or Path
+    source : str, bytes or Path
         File path or key text.
+
+    Returns
+    -------
+    bytes
+        The 40-character Z85 public key.
+
+    Raises
+    ------
+    AuthError
+        Neither a readable key file nor a Z85 key; the message says what to give instead.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 32/Z85.
     """
     text = str(source)
-    if isinstance(source, str) and _valid_z85(text):
-        return text.encode("ascii")
+    if isinstance(source, (str, bytes)) and _valid_z85(source):
+        return source.encode("ascii") if isinstance(source, str) else bytes(source)
+    if isinstance(source, bytes):
+        raise AuthError(f"{source[:60]!r} is not a 40-character Z85 public key; copy the key from the other "
+                        "side's .key file")
     path = pathlib.Path(source)
-    if not path.exists():
+    if not path.is_file():
         raise AuthError(f"{text!r} is neither a key file nor a 40-character Z85 public key; give the path of "
                         "the .key file the other side created")
     keys = _parse(path)
@@ -155,9 +253,24 @@ def read_keypair(secret_path: str | pathlib.Path) -> KeyPair:
     ----------
     secret_path : str or Path
         The secret key file.
+
+    Returns
+    -------
+    KeyPair
+        Both keys, checked to belong together.
+
+    Raises
+    ------
+    AuthError
+        Missing file, readable by group or others (``chmod 600`` fixes it), no secret key,
+        or keys that do not match.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 26/CURVEZMQ.
     """
     path = pathlib.Path(secret_path)
-    if not path.exists():
+    if not path.is_file():
         raise AuthError(f"secret key file {path} not found; run 'init' to create a key pair")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:

@@ -10,6 +10,15 @@ a larger frame) and an application limit below it, enforced by :func:`decode`, w
 with a ``too_large`` ERROR. Bad input never raises out of :meth:`ServerChannel.recv`: it is
 answered with a typed ERROR envelope and one log line.
 
+The server fails closed: its socket enforces ZAP (ZMQ_ZAP_ENFORCE_DOMAIN), so if the
+allow-list thread is gone no client is admitted. libzmq does not reconnect a client whose
+key was refused; :attr:`ClientChannel.auth_failed` reports it and
+:meth:`ClientChannel.reconnect` tries again (after the operator approved the key).
+
+In-process twin: with ``inproc://`` endpoints, ``keys=None`` and one shared context the same
+classes run without the network (no CURVE, no ZMQ_MAXMSGSIZE: libzmq applies neither to
+inproc; the application limit, replay guard and error replies still hold).
+
 References
 ----------
 .. [1] ZeroMQ RFC 23/ZMTP (heartbeats), RFC 26/CURVEZMQ.
@@ -26,7 +35,7 @@ from typing import Any
 import zmq
 
 from medfl.errors import WireError
-from medfl.wire.auth import AllowListAuthenticator
+from medfl.wire.auth import ZAP_DOMAIN, AllowListAuthenticator
 from medfl.wire.envelope import Envelope, SequenceGuard, decode, encode
 from medfl.wire.keys import KeyPair, fingerprint
 from medfl.wire.messages import MessageType
@@ -38,13 +47,40 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SocketLimits:
-    """Size and liveness settings of a socket."""
+    """Size and liveness settings of a socket.
+
+    Parameters
+    ----------
+    max_message_bytes : int
+        Application limit on a message's total size; larger ones get a ``too_large`` ERROR.
+    hard_limit_bytes : int or None
+        ZMQ_MAXMSGSIZE (per frame): libzmq drops a connection that sends a larger frame.
+        Default: twice ``max_message_bytes``.
+    heartbeat_ivl_ms, heartbeat_timeout_ms : int
+        ZMTP PING interval and how long without traffic before the connection is dropped.
+    linger_ms : int
+        How long close() waits for unsent messages.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 37/ZMTP 3.1 (PING/PONG heartbeats); zmq_setsockopt(3).
+    """
 
     max_message_bytes: int = 256 * 2**20
     hard_limit_bytes: int | None = None
     heartbeat_ivl_ms: int = 2000
     heartbeat_timeout_ms: int = 10000
     linger_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes={self.max_message_bytes}; it must be positive")
+        if self.hard_limit_bytes is not None and self.hard_limit_bytes < self.max_message_bytes:
+            raise ValueError(f"hard_limit_bytes={self.hard_limit_bytes} is below max_message_bytes="
+                             f"{self.max_message_bytes}; oversized messages would drop the connection instead "
+                             "of getting an error reply. Raise it or leave it unset")
+        if self.heartbeat_ivl_ms < 0 or self.heartbeat_timeout_ms < 0 or self.linger_ms < -1:
+            raise ValueError("heartbeat_ivl_ms and heartbeat_timeout_ms must be >= 0 and linger_ms >= -1")
 
     @property
     def hard(self) -> int:
@@ -54,7 +90,21 @@ class SocketLimits:
 
 @dataclass(frozen=True)
 class Incoming:
-    """A message received by the server, with who sent it."""
+    """A message received by the server, with who sent it.
+
+    Parameters
+    ----------
+    peer : bytes
+        The ROUTER routing id of the connection (reply with it).
+    user_id : str
+        The ZAP User-Id: the fingerprint of the client's CURVE key; "" without CURVE.
+    envelope : Envelope
+        The decoded message.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 27/ZAP (User-Id) and zmq_msg_gets(3).
+    """
 
     peer: bytes
     user_id: str
@@ -98,7 +148,13 @@ class ServerChannel:
         Sizes and heartbeats.
     context : zmq.Context, optional
         Shared context (needed for inproc); a private one by default.
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 26/CURVEZMQ, RFC 27/ZAP; zmq_socket(3) (ROUTER, ZMQ_ROUTER_MANDATORY).
     """
+
+    _MAX_PEERS = 65536  # replay guards kept; the oldest is dropped beyond it
 
     def __init__(self, *, bind: str, keys: KeyPair | None, is_allowed: Callable[[bytes], bool] | None = None,
                  limits: SocketLimits = SocketLimits(), context: zmq.Context | None = None):
@@ -116,6 +172,8 @@ class ServerChannel:
                     raise ValueError("a CURVE server needs its secret key and an is_allowed allow-list")
                 self.auth = AllowListAuthenticator(self.context, is_allowed=is_allowed)
                 self.auth.start()
+                self.sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+                self.sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler -> nobody gets in
                 self.sock.curve_server = True
                 self.sock.curve_secretkey = keys.secret
                 self.sock.curve_publickey = keys.public
@@ -128,12 +186,26 @@ class ServerChannel:
         self._seq = _Sequencer()
 
     def poll(self, timeout_ms: int) -> bool:
-        """True if a message is waiting."""
+        """True if a message is waiting.
+
+        Parameters
+        ----------
+        timeout_ms : int
+            How long to wait.
+        """
         return bool(self.sock.poll(timeout_ms, zmq.POLLIN))
 
     def recv(self) -> Incoming | None:
-        """One message, or None if it was rejected (and already answered with an ERROR)."""
-        frames = self.sock.recv_multipart(copy=False)
+        """One message, or None if none is waiting or it was rejected (and answered with an ERROR).
+
+        Never blocks and never raises on bad input: a WireError from decoding or the replay
+        guard is answered with an ERROR envelope ``{code, message, in_reply_to}`` and one
+        WARNING line naming the peer and the code.
+        """
+        try:
+            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
         peer = bytes(frames[0].bytes)
         user_id = ""
         if len(frames) > 1:
@@ -145,7 +217,7 @@ class ServerChannel:
         try:
             env = decode(frames[1:], max_bytes=self.limits.max_message_bytes)
             seq = env.seq
-            self._guards.setdefault(peer, SequenceGuard()).check(env.seq)
+            self._guard(peer).check(env.seq)
         except WireError as exc:
             log.warning("rejected message from %s: %s (%s)", user_id or peer.hex()[:16], exc.code, exc)
             self.send(peer, Envelope(type=MessageType.ERROR,
@@ -153,8 +225,29 @@ class ServerChannel:
             return None
         return Incoming(peer=peer, user_id=user_id, envelope=env)
 
+    def _guard(self, peer: bytes) -> SequenceGuard:
+        guard = self._guards.get(peer)
+        if guard is None:
+            if len(self._guards) >= self._MAX_PEERS:
+                self._guards.pop(next(iter(self._guards)))
+            guard = self._guards[peer] = SequenceGuard()
+        return guard
+
     def send(self, peer: bytes, env: Envelope) -> bool:
-        """Send to a peer; False (and a log line) if it is gone."""
+        """Send to a peer, stamping this channel's sequence number.
+
+        Parameters
+        ----------
+        peer : bytes
+            Routing id from :attr:`Incoming.peer`.
+        env : Envelope
+            The message (its ``seq`` is replaced).
+
+        Returns
+        -------
+        bool
+            False (and a log line) if the peer is gone or its queue stayed full for a second.
+        """
         try:
             self.sock.send_multipart([peer, *encode(self._seq.stamp(env))], copy=False)
             return True
@@ -165,7 +258,13 @@ class ServerChannel:
             raise
 
     def forget(self, peer: bytes) -> None:
-        """Drop the replay guard of a peer that went away."""
+        """Drop the replay guard of a peer that went away.
+
+        Parameters
+        ----------
+        peer : bytes
+            Its routing id.
+        """
         self._guards.pop(peer, None)
 
     def close(self) -> None:
@@ -201,6 +300,10 @@ class ClientChannel:
         Sizes and heartbeats.
     context : zmq.Context, optional
         Shared context (needed for inproc).
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 26/CURVEZMQ (server key pinning); zmq_socket(3) (DEALER); zmq_socket_monitor(3).
     """
 
     def __init__(self, *, connect: str, keys: KeyPair | None, server_public_key: bytes | None,
@@ -259,11 +362,28 @@ class ClientChannel:
                 self.auth_failed = False
 
     def send(self, env: Envelope) -> bool:
-        """Queue a message; False if no connection is up (the caller retries later)."""
+        """Queue a message, stamping this channel's sequence number.
+
+        Parameters
+        ----------
+        env : Envelope
+            The message (its ``seq`` is replaced).
+
+        Returns
+        -------
+        bool
+            False if it could not be queued (no connection and a full queue); retry later.
+        """
         return self.send_raw(encode(self._seq.stamp(env)))
 
     def send_raw(self, frames: list[Any]) -> bool:
-        """Send frames as they are (tests use it to send garbage)."""
+        """Send frames as they are, without encoding or a sequence number (tests send garbage).
+
+        Parameters
+        ----------
+        frames : list of bytes
+            The multipart message.
+        """
         if self.sock is None:
             return False
         try:
@@ -273,11 +393,20 @@ class ClientChannel:
             return False
 
     def recv(self, timeout_ms: int) -> Envelope | None:
-        """The next valid message, or None on timeout or if the message was bad (logged)."""
+        """The next valid message, or None on timeout or if the message was bad (logged, dropped).
+
+        Parameters
+        ----------
+        timeout_ms : int
+            How long to wait.
+        """
         self._drain_monitor()
         if self.sock is None or not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
-        frames = self.sock.recv_multipart(copy=False)
+        try:
+            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
         try:
             env = decode(frames, max_bytes=self.limits.max_message_bytes)
             self._guard.check(env.seq)
