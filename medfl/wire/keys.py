@@ -104,7 +104,9 @@ def fingerprint(public: bytes | str) -> str:
 def _z85_raw(text: bytes | str) -> bytes | None:
     """The 32 raw bytes of a canonical 40-character Z85 key, or None."""
     if isinstance(text, str):
-        text = text.encode("ascii", "replace")
+        if not text.isascii():
+            return None
+        text = text.encode("ascii")
     if not isinstance(text, (bytes, bytearray)) or len(text) != 40 or not _Z85.fullmatch(bytes(text)):
         return None
     try:

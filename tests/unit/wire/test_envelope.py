@@ -112,3 +112,76 @@ def test_sequence_guard():
         g.check(5)
     with pytest.raises(OutOfOrder):
         SequenceGuard().check(-1)
+
+
+@pytest.mark.parametrize("header", [
+    {"body": {"t": msgpack.Timestamp(1)}},
+    {"body": {"x": msgpack.ExtType(3, b"x")}},
+    {"body": {b"bytes-key": 1}},
+    {"body": {"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}},
+    {"tensors": [["w", "float64", [0, 2**39, 2**39, 2**39, 2**39]]]},
+    {"tensors": [["w", "float32", [True]]]},
+    {"tensors": [["w", "float32"]]},
+    {"round": "one"},
+    {"job": 5},
+    {"body": []},
+])
+def test_hostile_header_fields(header):
+    frames = [_header(**header)] + [b""] * len(header.get("tensors", []))
+    with pytest.raises(MalformedMessage):
+        decode(frames, max_bytes=LIMIT)
+
+
+def test_non_buffer_frames_and_frame_floods_are_malformed():
+    with pytest.raises(MalformedMessage, match="not a byte buffer"):
+        decode([_header(), "text"], max_bytes=LIMIT)
+    with pytest.raises(MalformedMessage, match="frames"):
+        decode([_header()] + [b""] * 100_000, max_bytes=LIMIT)
+
+
+def test_unknown_version_says_which_are_spoken():
+    with pytest.raises(UnsupportedVersion, match=r"version 2 .*supported: \[1\]"):
+        decode([_header(v=2)], max_bytes=LIMIT)
+
+
+def test_extra_header_fields_are_ignored():
+    """Compatibility: a newer peer may add optional fields."""
+    out = decode([_header(trace_id="abc", seq=7)], max_bytes=LIMIT)
+    assert out.seq == 7 and out.type == MessageType.HELLO
+
+
+def test_encode_is_zero_copy_for_contiguous_arrays():
+    arr = np.arange(4096, dtype=np.int64)
+    frames = encode(Envelope(type=MessageType.UPDATE, tensors={"w": arr}))
+    assert np.shares_memory(np.frombuffer(frames[1], np.uint8), arr)
+
+
+def test_non_contiguous_and_big_endian_arrays_round_trip():
+    base = np.arange(60, dtype=">f8").reshape(3, 4, 5)
+    view = base[:, ::2, 1:]
+    out = decode(encode(Envelope(type=MessageType.TRAIN, tensors={"v": view, "b": base})), max_bytes=LIMIT)
+    np.testing.assert_array_equal(out.tensors["v"], view)
+    np.testing.assert_array_equal(out.tensors["b"], base)
+    assert out.tensors["b"].dtype == np.dtype("<f8")
+
+
+def test_tensor_order_is_kept():
+    names = [f"layer{i}" for i in (3, 1, 2, 0)]
+    env = Envelope(type=MessageType.TRAIN, tensors={n: np.zeros(1, np.uint8) for n in names})
+    assert list(decode(encode(env), max_bytes=LIMIT).tensors) == names
+
+
+_specs = st.lists(st.tuples(st.text(max_size=3), st.sampled_from(DTYPES + ["float16", "object", ""]),
+                            st.lists(st.integers(-2, 2**41), max_size=9)), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(specs=_specs, payloads=st.lists(st.binary(max_size=64), max_size=5), v=st.sampled_from([1, 1, 1, 0, 2]))
+def test_fuzz_tensor_specs_only_raise_wire_errors(specs, payloads, v):
+    header = _header(v=v, tensors=[list(s) for s in specs])
+    try:
+        out = decode([header, *payloads], max_bytes=LIMIT)
+    except WireError:
+        return
+    for arr in out.tensors.values():
+        assert not arr.flags.writeable

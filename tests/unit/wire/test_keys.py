@@ -66,3 +66,64 @@ def test_mismatched_pair_is_detected(tmp_path):
     os.chmod(sec, 0o600)
     with pytest.raises(AuthError, match="does not belong"):
         read_keypair(sec)
+
+
+@pytest.mark.parametrize("text", ["#" * 40, "~" * 40, "a" * 39, "a b" * 20, "\u00e9" * 40, ""])
+def test_invalid_z85_is_an_auth_error(text):
+    with pytest.raises(AuthError):
+        read_public_key(text)
+    with pytest.raises(AuthError, match="Z85"):
+        fingerprint(text)
+
+
+def test_fingerprint_of_raw_bytes_matches_z85():
+    pair = generate_keypair()
+    assert fingerprint(z85.decode(pair.public)) == fingerprint(pair.public)
+
+
+def test_bytes_key_and_directories(tmp_path):
+    pair = generate_keypair()
+    assert read_public_key(pair.public) == pair.public
+    with pytest.raises(AuthError, match="Z85"):
+        read_public_key(b"short")
+    with pytest.raises(AuthError, match="neither a key file"):
+        read_public_key(tmp_path)
+    with pytest.raises(AuthError, match="not found"):
+        read_keypair(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 100])
+def test_unsafe_key_names_are_refused(tmp_path, name):
+    with pytest.raises(AuthError, match="letters, digits"):
+        write_keypair(tmp_path, name, generate_keypair())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_secret_file_is_private_even_with_a_permissive_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        _, sec = write_keypair(tmp_path, "u", generate_keypair())
+        _, sec2 = write_keypair(tmp_path, "u", generate_keypair(), overwrite=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(sec.stat().st_mode) == 0o600 == stat.S_IMODE(sec2.stat().st_mode)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_refusal_leaves_existing_keys_untouched(tmp_path):
+    first = generate_keypair()
+    pub, sec = write_keypair(tmp_path, "n", first)
+    pub.unlink()  # only the secret remains: still refused, nothing written
+    with pytest.raises(AuthError, match="exists"):
+        write_keypair(tmp_path, "n", generate_keypair())
+    assert read_keypair(sec) == first and not pub.exists()
+
+
+def test_public_file_never_holds_the_secret(tmp_path):
+    pair = generate_keypair()
+    pub, _ = write_keypair(tmp_path, "p", pair)
+    text = pub.read_text()
+    assert pair.secret.decode() not in text and fingerprint(pair.public) in text
+    with pytest.raises(AuthError, match="secret-key"):
+        os.chmod(pub, 0o600)
+        read_keypair(pub)

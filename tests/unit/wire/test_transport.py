@@ -262,3 +262,118 @@ def test_tampered_frame_is_never_delivered(curve):
         assert got is not None and got.envelope.body["name"] == "honest"
     finally:
         relay.close()
+
+
+# ---- more contract and attacker-side tests -----------------------------------------------
+def test_recv_without_a_message_returns_none_at_once(pair):
+    t0 = time.monotonic()
+    assert pair.server.recv() is None
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_decoded_tensors_are_views_of_the_zmq_frame(pair):
+    c = pair.client()
+    c.send(Envelope(type=MessageType.UPDATE, tensors={"w": np.arange(100_000, dtype=np.float32)}))
+    got = recv_server(pair.server)
+    arr = got.envelope.tensors["w"]
+    while isinstance(arr.base, np.ndarray):
+        arr = arr.base
+    assert isinstance(arr.base, memoryview) and isinstance(arr.base.obj, zmq.Frame)
+    assert not got.envelope.tensors["w"].flags.writeable
+
+
+def test_sequence_numbers_increase_and_start_at_the_clock(pair):
+    before = time.time_ns() // 1000
+    c = pair.client()
+    for _ in range(3):
+        c.send(Envelope(type=MessageType.HEARTBEAT))
+    seqs = [recv_server(pair.server).envelope.seq for _ in range(3)]
+    assert seqs == sorted(set(seqs)) and seqs[0] >= before
+
+
+def test_bad_frames_from_the_server_are_dropped_by_the_client(pair):
+    c = pair.client()
+    c.send(Envelope(type=MessageType.HELLO, body={"name": "x"}))
+    peer = recv_server(pair.server).peer
+    pair.server.sock.send_multipart([peer, b"\xc1 junk"])
+    assert pair.server.send(peer, Envelope(type=MessageType.WELCOME, body={"coordinator": "c"}))
+    assert c.recv(timeout_ms=3000) is None  # the junk: logged and dropped
+    ok = c.recv(timeout_ms=3000)
+    assert ok is not None and ok.type == MessageType.WELCOME
+
+
+def test_rejection_is_one_warning_without_payload(pair, caplog):
+    c = pair.client()
+    secret_payload = "PATIENT-1234-NAME"
+    c.send_raw([msgpack.packb({"v": 1, "type": "hello", "job": None, "round": None, "seq": "x",
+                               "body": {"name": secret_payload}, "tensors": []})])
+    with caplog.at_level("WARNING", logger="medfl.wire"):
+        assert drain(pair.server, 800) == []
+    lines = [r.getMessage() for r in caplog.records if r.name == "medfl.wire.transport"]
+    assert len(lines) == 1 and "malformed" in lines[0] and secret_payload not in lines[0]
+    err = c.recv(timeout_ms=3000)
+    assert err.body["code"] == "malformed" and err.body["in_reply_to"] is None
+
+
+def test_socket_limits_are_validated():
+    with pytest.raises(ValueError, match="hard_limit_bytes"):
+        SocketLimits(max_message_bytes=100, hard_limit_bytes=10)
+    with pytest.raises(ValueError, match="positive"):
+        SocketLimits(max_message_bytes=0)
+    assert SocketLimits(max_message_bytes=10).hard == 20
+
+
+def test_curve_needs_keys_on_both_sides():
+    keys = generate_keypair()
+    with pytest.raises(ValueError, match="allow-list"):
+        ServerChannel(bind="tcp://127.0.0.1:0", keys=keys)
+    with pytest.raises(ValueError, match="server's public key"):
+        ClientChannel(connect="tcp://127.0.0.1:1", keys=keys, server_public_key=None)
+
+
+def test_is_allowed_is_asked_on_every_handshake_and_errors_deny(curve, caplog):
+    asked = []
+
+    def broken(key):
+        asked.append(key)
+        raise RuntimeError("database is locked")
+
+    curve.server.auth._provider.is_allowed = broken
+    c = curve.client()
+    with caplog.at_level("INFO", logger="medfl.wire.auth"):
+        c.send(Envelope(type=MessageType.HELLO, body={"name": "x"}))
+        assert recv_server(curve.server, 1500) is None
+    assert asked == [c.keys.public]
+    text = caplog.text
+    assert fingerprint(c.keys.public) in text and "denying" in text
+    assert c.keys.secret.decode() not in text
+
+
+def test_denial_is_logged_with_the_fingerprint(curve, caplog):
+    intruder = curve.client(approved=False)
+    with caplog.at_level("WARNING", logger="medfl.wire.auth"):
+        intruder.send(Envelope(type=MessageType.HELLO))
+        assert recv_server(curve.server, 1500) is None
+    denials = [r.getMessage() for r in caplog.records if "denied" in r.getMessage()]
+    assert denials and fingerprint(intruder.keys.public) in denials[0]
+    assert intruder.keys.secret.decode() not in caplog.text
+
+
+def test_server_fails_closed_without_its_zap_handler(curve):
+    good = curve.client()
+    good.send(Envelope(type=MessageType.HELLO, body={"name": "before"}))
+    assert recv_server(curve.server) is not None
+    curve.server.auth.stop()  # the allow-list thread is gone
+    late = curve.client()  # its key is approved, but nobody can check it now
+    late.send(Envelope(type=MessageType.HELLO, body={"name": "late"}))
+    assert recv_server(curve.server, 1500) is None
+    good.send(Envelope(type=MessageType.HEARTBEAT))  # established sessions keep working
+    got = recv_server(curve.server)
+    assert got is not None and got.envelope.type == MessageType.HEARTBEAT
+
+
+def test_plaintext_client_cannot_talk_to_a_curve_server(curve):
+    c = ClientChannel(connect=curve.server.endpoint, keys=None, server_public_key=None)
+    curve.clients.append(c)
+    c.send(Envelope(type=MessageType.HELLO, body={"name": "plain"}))
+    assert recv_server(curve.server, 1500) is None
