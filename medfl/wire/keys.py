@@ -92,12 +92,10 @@ def fingerprint(public: bytes | str) -> str:
     ----------
     .. [1] OpenSSH ssh-keygen(1), ``-l``: SHA256 fingerprints in unpadded base64.
     """
-    if isinstance(public, (bytes, bytearray)) and len(public) == 32:
-        raw = bytes(public)
-    else:
-        raw = _z85_raw(public)
-        if raw is None:
-            raise AuthError(f"{str(public)[:60]!r} is not a 40-character Z85 public key")
+    raw: bytes | None = bytes(public) if isinstance(public, (bytes, bytearray)) and len(public) == 32 \
+        else _z85_raw(public)
+    if raw is None:
+        raise AuthError(f"{str(public)[:60]!r} is not a 40-character Z85 public key")
     return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
 
 
