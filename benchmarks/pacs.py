@@ -173,9 +173,10 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["cnn", "resnet18"])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--keep", type=pathlib.Path, default=None, help="keep logs and state in this new folder")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="medfl-pacs-bench-") as tmp:
-        root = pathlib.Path(tmp)
+        root = args.keep or pathlib.Path(tmp)
         paths = make_burst(root / "burst", args.images, args.size)
         rows = []
         for model in args.models:

@@ -257,6 +257,7 @@ class PacsService:
         back = self.inbox.recover() + self.outbox.recover()
         if back:
             log.info("recovered %d unfinished item(s) after a restart", back)
+        self._warm_up()
         ae = AE(ae_title=self.pcfg.ae_title)
         ae.require_called_aet = True
         if self.pcfg.allowed_calling_aets:
@@ -276,6 +277,20 @@ class PacsService:
             t = threading.Thread(target=fn, args=args, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def _warm_up(self) -> None:
+        """Load the model and the SR machinery before the node answers, so the first scan is not slow."""
+        import numpy as np
+
+        from medfl import __version__
+        from medfl.data.dicom import synthetic_cr
+
+        try:
+            probe = synthetic_cr(np.zeros((64, 64)), patient_id="WARMUP")
+            score, model = self.scorer.score(probe)
+            build_sr(probe, score=score, threshold=self.pcfg.threshold, model_id=model.model_id, version=__version__)
+        except FileNotFoundError as exc:
+            log.warning("%s; scans will wait in the inbox until a model arrives", exc)
 
     def stop(self) -> None:
         """Stop accepting, let the threads finish their current item, close."""
