@@ -50,6 +50,15 @@ class Envelope:
         Arrays sent as raw frames, in order.
     version : int
         Protocol version.
+
+    Notes
+    -----
+    Values crossing the wire: fields are never removed, new fields are optional and their
+    absence keeps the old meaning (see :mod:`medfl.wire.messages`).
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 23/ZMTP (multipart messages); MessagePack specification.
     """
 
     type: MessageType

@@ -34,7 +34,12 @@ SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 
 
 class MessageType(enum.StrEnum):
-    """The kinds of envelope on the wire."""
+    """The kinds of envelope on the wire (values are the lower-case names sent in ``type``).
+
+    References
+    ----------
+    .. [1] The message table in this module's docstring; ZeroMQ RFC 23/ZMTP for framing.
+    """
 
     HELLO = "hello"
     WELCOME = "welcome"
