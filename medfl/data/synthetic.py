@@ -95,13 +95,13 @@ def _one(rng: np.random.Generator, positive: bool, s: int, shift: SiteShift) -> 
                 cx, cy, rx, ry = centers[rng.integers(2)]
                 bx, by = cx + rng.uniform(-0.55, 0.55) * rx, cy + rng.uniform(-0.5, 0.6) * ry
                 rad = rng.uniform(0.08, 0.17)
-                img += rng.uniform(0.16, 0.32) * np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * rad ** 2)) * lungs
+                img += rng.uniform(0.07, 0.30) * np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * rad ** 2)) * lungs
         else:  # diffuse lower-lobe haze
             cx, cy, rx, ry = centers[rng.integers(2)]
             lower = 1 / (1 + np.exp(-(y - (cy + 0.1 * ry)) / 0.12))
             side = 1 / (1 + np.exp(-np.sign(cx) * (x - 0.0) / 0.05))
             haze = _blur(rng.normal(0, 1, x.shape), 2.0 * s / 64)
-            img += (rng.uniform(0.14, 0.26) + 0.05 * haze) * lungs * lower * side
+            img += (rng.uniform(0.06, 0.24) + 0.05 * haze) * lungs * lower * side
     low = _blur(rng.normal(0, 1, x.shape), 4.0 * s / 64)
     img += 0.03 * low
     img = _blur(img, shift.blur * s / 64)
