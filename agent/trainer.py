@@ -60,6 +60,12 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
     """
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty data set")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not lr > 0 or fedprox_mu < 0 or weight_decay < 0 or not 0 <= momentum < 1:
+        raise ValueError(f"need lr > 0, fedprox_mu >= 0, weight_decay >= 0 and 0 <= momentum < 1; got lr={lr}, "
+                         f"fedprox_mu={fedprox_mu}, weight_decay={weight_decay}, momentum={momentum}")
     started = time.monotonic()
     model.to(device).train()
     gen = torch.Generator().manual_seed(seed)
@@ -76,6 +82,9 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
         if global_arrays is None:
             raise ValueError("fedprox_mu > 0 needs global_arrays")
         names = dict(model.named_parameters())
+        missing = sorted(set(names) - set(global_arrays))
+        if missing:
+            raise ValueError(f"global_arrays lacks parameter(s) {missing[:5]} of the model")
         anchors = {k: torch.as_tensor(global_arrays[k]).to(device) for k in names}
     total = epochs * len(loader)
     losses, done = [], 0

@@ -9,6 +9,19 @@ import numpy as np
 __all__ = ["accuracy", "binary_log_loss", "roc_auc"]
 
 
+def _pair(labels: np.ndarray, values: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat (bool labels, float64 values) after checking lengths, 0/1 labels and finite values."""
+    y = np.asarray(labels).ravel()
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if y.shape != v.shape:
+        raise ValueError(f"labels and {what} differ in length: {y.shape[0]} vs {v.shape[0]}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1, got values {np.unique(y)[:10].tolist()}")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{what} hold {int((~np.isfinite(v)).sum())} NaN or infinite value(s)")
+    return y.astype(bool), v
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve by the Mann-Whitney U statistic, ties counted half.
 
@@ -29,10 +42,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     .. [1] Hanley and McNeil, "The meaning and use of the area under a ROC curve",
        Radiology 143(1), 1982.
     """
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.shape != s.shape:
-        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    y, s = _pair(labels, scores, "scores")
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -57,11 +67,21 @@ def accuracy(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> 
     labels : array of {0, 1}
     scores : array of float
     threshold : float
+        Scores at or above it are called positive.
+
+    Returns
+    -------
+    float
+        In [0, 1], or NaN for no samples.
+
+    References
+    ----------
+    .. [1] Fawcett, "An introduction to ROC analysis", Pattern Recognition Letters 27(8), 2006.
     """
-    y = np.asarray(labels).astype(bool).ravel()
+    y, s = _pair(labels, scores, "scores")
     if y.size == 0:
         return math.nan
-    return float(np.mean((np.asarray(scores).ravel() >= threshold) == y))
+    return float(np.mean((s >= threshold) == y))
 
 
 def binary_log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
@@ -73,9 +93,19 @@ def binary_log_loss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) ->
     probs : array of float in [0, 1]
     eps : float
         Clipping of the probabilities.
+
+    Returns
+    -------
+    float
+        Mean negative log-likelihood in nats, or NaN for no samples.
+
+    References
+    ----------
+    .. [1] Bishop, "Pattern Recognition and Machine Learning", Springer 2006, section 4.3.2.
     """
-    y = np.asarray(labels, dtype=np.float64).ravel()
-    if y.size == 0:
+    yb, p = _pair(labels, probs, "probs")
+    if yb.size == 0:
         return math.nan
-    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), eps, 1 - eps)
+    y = yb.astype(np.float64)
+    p = np.clip(p, eps, 1 - eps)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -18,6 +18,8 @@ __all__ = ["load_folder_splits", "read_image"]
 
 SPLITS = ("train", "val", "test")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+_IGNORED = {"thumbs.db", "desktop.ini"}  # operating-system litter, never images
+_SHOWN = 5  # unreadable files named in an error message
 
 
 def _is_dicom(path: pathlib.Path) -> bool:
@@ -69,6 +71,9 @@ def _read_dicom(path: pathlib.Path) -> np.ndarray:
         pixels = ds.pixel_array
     except Exception as exc:
         raise DataError(f"cannot read DICOM pixels from {path}: {exc}") from None
+    if pixels.ndim == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 3:  # colour: to grayscale
+        return pixels.astype(np.float64).mean(axis=-1) / float(np.iinfo(pixels.dtype).max
+                                                             if pixels.dtype.kind in "ui" else 1.0)
     if pixels.ndim != 2:
         raise DataError(f"{path}: expected one grayscale frame, got pixel array of shape {pixels.shape}")
     arr = apply_modality_lut(pixels, ds).astype(np.float64)
@@ -81,7 +86,21 @@ def _read_dicom(path: pathlib.Path) -> np.ndarray:
 
 def _files(folder: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and (p.suffix.lower() in _IMAGE_SUFFIXES or _is_dicom(p)))
+                  and p.name.lower() not in _IGNORED)
+
+
+def _read_class(folder: pathlib.Path, image_size: int) -> tuple[list[np.ndarray], list[str]]:
+    """Every image of one class folder, and a 'file: why' line for each file that cannot be read."""
+    images, problems = [], []
+    for f in _files(folder):
+        if f.suffix.lower() not in _IMAGE_SUFFIXES and not _is_dicom(f):
+            problems.append(f"{f}: not a PNG, JPEG or DICOM file (suffix {f.suffix or 'none'!r}, no DICM preamble)")
+            continue
+        try:
+            images.append(read_image(f, image_size))
+        except DataError as exc:
+            problems.append(str(exc))
+    return images, problems
 
 
 def load_folder_splits(root: pathlib.Path, image_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -113,13 +132,20 @@ def load_folder_splits(root: pathlib.Path, image_size: int) -> dict[str, tuple[n
         elif names != classes:
             raise DataError(f"{root / split} has classes {names} but train/ has {classes}; use the same class "
                             "folders in every split")
-        images, labels = [], []
+        images: list[np.ndarray] = []
+        labels: list[int] = []
+        problems: list[str] = []
         for idx, cname in enumerate(classes):
-            files = _files(root / split / cname)
-            if not files:
+            got, bad = _read_class(root / split / cname, image_size)
+            problems += bad
+            if not got and not bad:
                 raise DataError(f"{root / split / cname} has no PNG, JPEG or DICOM images")
-            for f in files:
-                images.append(read_image(f, image_size))
-                labels.append(idx)
+            images += got
+            labels += [idx] * len(got)
+        if problems:
+            more = f"\n  ... and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+            raise DataError(f"{len(problems)} file(s) under {root / split} cannot be read (none was skipped; "
+                            "fix or move them out of the class folders):\n  " + "\n  ".join(problems[:_SHOWN])
+                            + more)
         out[split] = (np.stack(images)[:, None].astype(np.float32), np.asarray(labels, np.int64))
     return out

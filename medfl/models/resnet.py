@@ -55,6 +55,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 2, in_channels: int = 1):
         super().__init__()
+        for name, value, least in (("num_classes", num_classes, 2), ("in_channels", in_channels, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"resnet18: {name} must be an integer >= {least}, got {value!r}")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), _norm(64),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
         layers = []

@@ -55,13 +55,20 @@ def save_checkpoint(path: str | pathlib.Path, arrays: dict[str, np.ndarray], met
     metadata : dict of str to str
         Stored in the safetensors header (job id, round, model name).
     """
+    bad = sorted(repr(k) for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str))
+    if bad:
+        raise TypeError(f"checkpoint metadata must map str to str; bad entries for keys {bad}")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=dict(metadata))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=dict(metadata))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
