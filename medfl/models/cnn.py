@@ -56,10 +56,11 @@ class SmallCNN(nn.Module):
         # a 4x4 map, not a global average: after per-sample GroupNorm a global mean is almost the
         # same for every image, so where the opacities are must reach the head
         self.pool = nn.AdaptiveAvgPool2d(4)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * w * 16, num_classes))
+        last = nn.Linear(4 * w * 16, num_classes)
         # logits start at 0 (loss ln 2): SGD with momentum then trains stably from the first step
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, num_classes)."""
