@@ -43,3 +43,39 @@ def test_accuracy_and_loss():
     assert binary_log_loss([1, 0], [0.5, 0.5]) == pytest.approx(math.log(2))
     assert math.isnan(accuracy([], []))
     assert binary_log_loss([1], [1.0]) < 1e-6
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(-1e6, 1e6, allow_nan=False)), min_size=2, max_size=80))
+def test_auc_matches_pairwise_on_continuous_scores(pairs):
+    y = np.array([p[0] for p in pairs])
+    s = np.array([p[1] for p in pairs], float)
+    if y.all() or not y.any():
+        assert math.isnan(roc_auc(y, s))
+    else:
+        assert roc_auc(y, s) == pytest.approx(brute_auc(y, s))
+        assert roc_auc(y, -s) == pytest.approx(1 - brute_auc(y, s))  # reversing scores mirrors the AUC
+
+
+def test_auc_one_class_and_empty_are_nan():
+    assert math.isnan(roc_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    assert math.isnan(roc_auc([0, 0], [0.1, 0.2]))
+    assert math.isnan(roc_auc([], []))
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError, match="0 or 1"):
+        roc_auc([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        roc_auc([0, 1], [0.1, float("nan")])
+    with pytest.raises(ValueError, match="differ in length"):
+        accuracy([0, 1], [0.5])
+    with pytest.raises(ValueError, match="differ in length"):
+        binary_log_loss([0, 1, 1], [0.5])
+
+
+def test_accuracy_threshold_and_loss_clipping():
+    assert accuracy([0, 1], [0.5, 0.5]) == 0.5  # a score at the threshold is positive
+    assert accuracy([0, 1], [0.3, 0.6], threshold=0.7) == 0.5
+    assert math.isfinite(binary_log_loss([1, 0], [0.0, 1.0]))  # clipped, not infinite
+    assert math.isnan(binary_log_loss([], []))
