@@ -10,6 +10,7 @@ keeps heart-beating; results from a superseded round are dropped.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import queue
@@ -259,6 +260,7 @@ class AgentService:
         path = self.cfg.agent.state_dir / "models" / str(env.job) / f"round-{int(env.round or 0):04d}.safetensors"
         save_checkpoint(path, {k: v.copy() for k, v in env.tensors.items()},
                         {"job_id": str(env.job), "round": str(env.round), "model": spec.job.model,
+                         "model_args": json.dumps(spec.job.model_args, sort_keys=True),
                          "image_size": str(spec.job.image_size)})
 
     def _evaluate_worker(self, key: tuple[str, int, str], spec: JobSpec, env: Envelope) -> None:

@@ -28,6 +28,7 @@ References
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import math
 import pathlib
@@ -174,7 +175,8 @@ class JobRun:
                 model = create_model(self.spec.job.model, **self.spec.job.model_args)
             self.global_arrays = state_arrays(model)
             save_checkpoint(self._checkpoint_path(0), self.global_arrays,
-                            {"job_id": self.job_id, "round": "0", "model": self.spec.job.model})
+                            {"job_id": self.job_id, "round": "0", "model": self.spec.job.model,
+                                            "model_args": json.dumps(self.spec.job.model_args, sort_keys=True)})
         if self.state.round > self.spec.job.rounds:
             self._goto(Stage.DONE)
 
@@ -319,7 +321,8 @@ class JobRun:
             raise StateError(f"job {self.job_id}: evaluate stage without an aggregated model")
         path = self._checkpoint_path(s.round)
         save_checkpoint(path, s.candidate, {"job_id": self.job_id, "round": str(s.round),
-                                            "model": self.spec.job.model})
+                                            "model": self.spec.job.model,
+                                            "model_args": json.dumps(self.spec.job.model_args, sort_keys=True)})
         n_train = sum(n for _, n, _ in s.updates.values())
         row = RoundRow(
             job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.updates),

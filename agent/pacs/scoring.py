@@ -15,6 +15,7 @@ References
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pathlib
 import threading
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
+
+from medfl.errors import StateError
 
 __all__ = ["SCORABLE_SOP_CLASSES", "Rejection", "Scorer", "check_dataset", "preprocess"]
 
@@ -159,8 +162,12 @@ class Scorer:
                 return self._loaded
             arrays, meta = load_checkpoint(path)
             name = meta.get("model", "cnn")
-            model = create_model(name)
-            load_state_arrays(model, arrays)
+            model = create_model(name, **json.loads(meta.get("model_args", "{}")))
+            try:
+                load_state_arrays(model, arrays)
+            except ValueError as exc:
+                raise StateError(f"checkpoint {path} does not fit model {name!r} with arguments "
+                                 f"{meta.get('model_args', '{}')}: {exc}") from None
             model.eval()
             digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
             model_id = f"{name}:{meta['job_id']}:round-{meta.get('round', '0')}" if "job_id" in meta else \

@@ -30,6 +30,7 @@ from agent.pacs.audit import AuditLog
 from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
 from agent.pacs.report import build_sr
 from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, Scorer, check_dataset
+from medfl.errors import StateError
 
 __all__ = ["PacsService"]
 
@@ -143,7 +144,7 @@ class PacsService:
         try:
             ds = dcmread(io.BytesIO(data))
             score, model = self.scorer.score(ds)
-        except FileNotFoundError as exc:  # no model yet: keep the scan, try again later
+        except (FileNotFoundError, StateError) as exc:  # no usable model yet: keep the scan, retry later
             log.warning("%s; %s waits in the inbox", exc, key[:16])
             self.inbox.release(path)
             self._stop.wait(5.0)
@@ -289,8 +290,8 @@ class PacsService:
             probe = synthetic_cr(np.zeros((64, 64)), patient_id="WARMUP")
             score, model = self.scorer.score(probe)
             build_sr(probe, score=score, threshold=self.pcfg.threshold, model_id=model.model_id, version=__version__)
-        except FileNotFoundError as exc:
-            log.warning("%s; scans will wait in the inbox until a model arrives", exc)
+        except (FileNotFoundError, StateError) as exc:
+            log.error("%s; scans will wait in the inbox until a usable model arrives", exc)
 
     def stop(self) -> None:
         """Stop accepting, let the threads finish their current item, close."""

@@ -136,3 +136,23 @@ def test_unsupported_transfer_syntax_is_refused_and_quarantined(tmp_path):
         assert service.inbox.pending() == 1
     finally:
         service.audit.close()
+
+
+def test_scorer_rebuilds_the_model_with_its_job_arguments(tmp_path):
+    import json
+
+    from agent.pacs.scoring import Scorer
+    from medfl.errors import StateError
+    from medfl.models import create_model
+    from medfl.models.weights import save_checkpoint, state_arrays
+
+    narrow = tmp_path / "models" / "job" / "round-0001.safetensors"
+    save_checkpoint(narrow, state_arrays(create_model("cnn", width=8)),
+                    {"job_id": "job", "round": "1", "model": "cnn", "model_args": json.dumps({"width": 8}),
+                     "image_size": "32"})
+    score, model = Scorer(model_file=None, models_dir=tmp_path / "models").score(_cr())
+    assert 0.0 <= score <= 1.0 and model.model_id == "cnn:job:round-1" and model.image_size == 32
+    wrong = tmp_path / "wrong.safetensors"
+    save_checkpoint(wrong, state_arrays(create_model("cnn", width=8)), {"model": "cnn"})
+    with pytest.raises(StateError, match="does not fit model 'cnn'"):
+        Scorer(model_file=wrong, models_dir=tmp_path).score(_cr())
