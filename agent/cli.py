@@ -7,8 +7,8 @@ import pathlib
 import shutil
 import signal
 
-from medfl.errors import AuthError, ConfigError, DataError, MedflError, StateError
-from medfl.exits import ExitCode, die
+from medfl.errors import ConfigError, StateError
+from medfl.exits import run_command
 
 __all__ = ["main"]
 
@@ -40,29 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-agent``."""
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "init":
-            _init(args)
-        elif args.cmd == "serve":
-            _serve(args)
-        elif args.cmd == "fingerprint":
-            _fingerprint(args)
-        elif args.cmd == "check":
-            _check(args)
-        elif args.cmd == "pacs":
-            _pacs_serve(args)
-    except ConfigError as exc:
-        die(ExitCode.CONFIG, str(exc))
-    except DataError as exc:
-        die(ExitCode.CONFIG, f"data: {exc}")
-    except AuthError as exc:
-        die(ExitCode.AUTH, str(exc))
-    except StateError as exc:
-        die(ExitCode.STATE, str(exc))
-    except MedflError as exc:
-        die(ExitCode.FAILURE, str(exc))
-    except KeyboardInterrupt:
-        die(ExitCode.INTERRUPTED)
+    commands = {"init": _init, "serve": _serve, "fingerprint": _fingerprint, "check": _check, "pacs": _pacs_serve}
+    run_command(commands[args.cmd], args)
 
 
 def _init(args: argparse.Namespace) -> None:

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Any
 
-from medfl.errors import AuthError, ConfigError, MedflError, NotFound, StateError
-from medfl.exits import ExitCode, die
+from medfl.errors import StateError
+from medfl.exits import ExitCode, die, run_command
 
 __all__ = ["main"]
 
@@ -57,27 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-coordinator``."""
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "init":
-            _init(args)
-        elif args.cmd == "serve":
-            _serve(args)
-        elif args.cmd == "nodes":
-            _nodes(args)
-        elif args.cmd == "jobs":
-            _jobs(args)
-        elif args.cmd == "status":
-            _status(args)
-    except ConfigError as exc:
-        die(ExitCode.CONFIG, str(exc))
-    except AuthError as exc:
-        die(ExitCode.AUTH, str(exc))
-    except (StateError, NotFound) as exc:
-        die(ExitCode.STATE, str(exc))
-    except MedflError as exc:
-        die(ExitCode.FAILURE, str(exc))
-    except KeyboardInterrupt:
-        die(ExitCode.INTERRUPTED)
+    commands = {"init": _init, "serve": _serve, "nodes": _nodes, "jobs": _jobs, "status": _status}
+    run_command(commands[args.cmd], args)
 
 
 def _load(args: argparse.Namespace):

@@ -8,9 +8,10 @@ from __future__ import annotations
 import enum
 import logging
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-__all__ = ["ExitCode", "die"]
+__all__ = ["ExitCode", "die", "run_command"]
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +61,31 @@ def die(code: ExitCode, message: str = "") -> NoReturn:
         print(f"[exit {int(code)}: {HELP[code]}]", file=sys.stderr)
         log.debug("exit %d: %s", int(code), message)
     sys.exit(int(code))
+
+
+def run_command(command: Callable[..., Any], *args: Any) -> None:
+    """Run a CLI command, leaving through :func:`die` with the exit code of any medfl error.
+
+    Parameters
+    ----------
+    command : callable
+        The sub-command's function.
+    *args
+        Its arguments.
+    """
+    from medfl.errors import AuthError, ConfigError, DataError, MedflError, NotFound, StateError
+
+    try:
+        command(*args)
+    except ConfigError as exc:
+        die(ExitCode.CONFIG, str(exc))
+    except DataError as exc:
+        die(ExitCode.CONFIG, f"data: {exc}")
+    except AuthError as exc:
+        die(ExitCode.AUTH, str(exc))
+    except (StateError, NotFound) as exc:
+        die(ExitCode.STATE, str(exc))
+    except MedflError as exc:
+        die(ExitCode.FAILURE, str(exc))
+    except KeyboardInterrupt:
+        die(ExitCode.INTERRUPTED)
