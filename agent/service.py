@@ -219,12 +219,13 @@ class AgentService:
                          name=f"eval-{env.round}").start()
 
     # ---- workers -----------------------------------------------------------------------
-    def _model(self, spec: JobSpec, env: Envelope):
+    @staticmethod
+    def _model(spec: JobSpec, arrays: dict[str, Any]):
         from medfl.models import create_model
         from medfl.models.weights import load_state_arrays
 
         model = create_model(spec.job.model, **spec.job.model_args)
-        load_state_arrays(model, {k: v.copy() for k, v in env.tensors.items()})
+        load_state_arrays(model, arrays)
         return model
 
     def _train_worker(self, key: tuple[str, int, str], spec: JobSpec, env: Envelope) -> None:
@@ -232,7 +233,9 @@ class AgentService:
         from medfl.models.weights import state_arrays
 
         try:
-            model = self._model(spec, env)
+            # the frames are read-only views of the message: one writable copy serves both uses
+            global_arrays = {k: v.copy() for k, v in env.tensors.items()}
+            model = self._model(spec, global_arrays)
             b = env.body
             started = time.monotonic()
             result = train_local(
@@ -240,7 +243,7 @@ class AgentService:
                 batch_size=int(b["batch_size"]), lr=float(b["lr"]), momentum=float(b["momentum"]),
                 weight_decay=float(b["weight_decay"]), fedprox_mu=float(b.get("fedprox_mu", 0.0)),
                 optimizer=str(b.get("optimizer", "sgd")),
-                global_arrays={k: v.copy() for k, v in env.tensors.items()},
+                global_arrays=global_arrays,
                 seed=spec.job.seed * 100_003 + int(env.round or 0) * 101 + int(b.get("attempt", 1)))
             out = Envelope(type=MessageType.UPDATE, job=env.job, round=env.round, body={
                 "num_samples": result.num_samples, "train_loss": result.mean_loss,
@@ -267,7 +270,7 @@ class AgentService:
         from agent.trainer import evaluate
 
         try:
-            model = self._model(spec, env)
+            model = self._model(spec, {k: v.copy() for k, v in env.tensors.items()})
             m = evaluate(model, self._splits(spec.job.image_size)["val"])
             self._keep_model(spec, env)
             out = Envelope(type=MessageType.METRICS, job=env.job, round=env.round,

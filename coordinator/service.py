@@ -21,7 +21,7 @@ from typing import Any
 from coordinator.config import CoordinatorConfig
 from coordinator.rounds import JobRun, Outgoing
 from coordinator.store import Store
-from medfl.errors import ConfigError, MedflError, StateError, WireError
+from medfl.errors import ConfigError, MedflError, Rejected, StateError, WireError
 from medfl.jobspec import job_from_dict
 from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
 
@@ -122,7 +122,7 @@ class CoordinatorService:
             self._error(peer, env, exc)
         except MedflError as exc:
             log.warning("rejected %s from %s: %s", env.type, self.by_peer.get(peer, "?"), exc)
-            self._error(peer, env, _wrap(exc))
+            self._error(peer, env, Rejected(str(exc)))
 
     def _handle(self, peer: bytes, user_id: str, env: Envelope) -> None:
         from medfl.errors import OutOfOrder, UnknownPeer
@@ -242,10 +242,3 @@ class CoordinatorService:
         for fp in list(self.sessions):
             self._send(run.offer(fp))
 
-
-def _wrap(exc: MedflError) -> WireError:
-    from medfl.errors import OutOfOrder
-
-    err = OutOfOrder(str(exc))
-    err.code = "rejected"
-    return err

@@ -21,6 +21,7 @@ __all__ = [
     "NotFound",
     "OutOfOrder",
     "PolicyViolation",
+    "Rejected",
     "RingOverflowError",
     "StateError",
     "UnknownPeer",
@@ -114,6 +115,12 @@ class OutOfOrder(WireError, ValueError):
     """A replayed sequence number, or a message for a stage that is not open."""
 
     code = "out_of_order"
+
+
+class Rejected(WireError, ValueError):
+    """A well-formed message the receiver refuses (a policy, state or data check failed)."""
+
+    code = "rejected"
 
 
 class UnknownPeer(WireError, PermissionError):

@@ -172,27 +172,26 @@ def _write(path: pathlib.Path, text: str, mode: int, overwrite: bool) -> None:
     """Write with ``mode`` from creation on; without ``overwrite`` an existing file is never replaced."""
     if not overwrite:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            _create(path, text, mode)
         except FileExistsError:
             raise AuthError(f"{path} appeared while writing keys; refusing to overwrite it") from None
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, text.encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         return
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    _create(tmp, text, mode)
+    os.replace(tmp, path)
+
+
+def _create(path: pathlib.Path, text: str, mode: int) -> None:
+    """Create ``path`` (never an existing file) with ``mode`` from the start, write, fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)
         os.write(fd, text.encode("ascii"))
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 def _parse(path: pathlib.Path) -> dict[str, bytes]:
