@@ -100,15 +100,10 @@ def preprocess(ds: Dataset, image_size: int) -> np.ndarray:
         The model's input side.
     """
     from PIL import Image
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        arr = apply_voi_lut(arr, ds).astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        arr = 1.0 - arr
+    from medfl.data.dicom import to_unit_gray
+
+    arr = to_unit_gray(ds)
     img = Image.fromarray(arr.astype(np.float32), mode="F").resize((image_size, image_size),
                                                                    Image.Resampling.BILINEAR)
     return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)

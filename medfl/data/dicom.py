@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["synthetic_cr"]
+__all__ = ["synthetic_cr", "to_unit_gray"]
 
 
 def synthetic_cr(image: np.ndarray, *, patient_id: str, study_uid: str | None = None,
@@ -63,3 +63,31 @@ def synthetic_cr(image: np.ndarray, *, patient_id: str, study_uid: str | None = 
     ds.RescaleIntercept = 0
     ds.PixelData = pixels.tobytes()
     return ds
+
+
+def to_unit_gray(ds: Dataset) -> np.ndarray:
+    """Grayscale pixels of one frame as float64 in [0, 1], as a reader would see them.
+
+    Applies the Modality LUT (rescale), the VOI LUT or window when the data set has one, scales
+    to [0, 1] and inverts MONOCHROME1 so that bright is always dense. Training data (image folders)
+    and scans scored from the PACS go through this same function.
+
+    Parameters
+    ----------
+    ds : pydicom Dataset
+        A single-frame grayscale image.
+
+    References
+    ----------
+    .. [1] DICOM PS3.3 C.11.1 (Modality LUT), C.11.2 (VOI LUT), C.7.6.3.1.2 (MONOCHROME1).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        arr = apply_voi_lut(arr, ds).astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
+        arr = 1.0 - arr
+    return arr

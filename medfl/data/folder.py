@@ -64,7 +64,8 @@ def read_image(path: pathlib.Path, image_size: int) -> np.ndarray:
 
 def _read_dicom(path: pathlib.Path) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut
+
+    from medfl.data.dicom import to_unit_gray
 
     try:
         ds = pydicom.dcmread(path)
@@ -76,12 +77,7 @@ def _read_dicom(path: pathlib.Path) -> np.ndarray:
                                                              if pixels.dtype.kind in "ui" else 1.0)
     if pixels.ndim != 2:
         raise DataError(f"{path}: expected one grayscale frame, got pixel array of shape {pixels.shape}")
-    arr = apply_modality_lut(pixels, ds).astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")) == "MONOCHROME1":
-        arr = 1.0 - arr
-    return arr
+    return to_unit_gray(ds)
 
 
 def _files(folder: pathlib.Path) -> list[pathlib.Path]:
