@@ -260,6 +260,8 @@ def test_orthanc_routes_scans_and_gets_one_sr_each(site, tmp_path, model_file):
         assert finding == ("Pneumonia" if score >= 0.5 else "Normal")
         assert "AI RESULT" in sr.SeriesDescription
         assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    # the SR lands in Orthanc a moment before the agent records the delivery
+    wait_until("deliveries recorded", lambda: [r["status"] for r in agent.audit()] == ["sent"] * 6, timeout=30)
     rows = agent.audit()
     assert len(rows) == 6 and all(r["status"] == "sent" and r["score_count"] == 1 for r in rows)
     results = list((tmp_path / "state" / "pacs" / "results").glob("*.jsonl"))[0].read_text().splitlines()
@@ -415,8 +417,8 @@ def test_watch_folder(tmp_path, model_file):
             shutil.copy(p, tmp_path / "drop" / p.name)
         wait_until("3 SRs from the watch folder", lambda: len(orthanc.sr_reports()) == 3, timeout=60, every=0.5)
         wait_until("the drop folder emptied", lambda: not list((tmp_path / "drop").iterdir()), timeout=10)
-        rows = agent.audit()
-        assert sorted(r["status"] for r in rows) == ["quarantined", "sent", "sent", "sent"]
+        wait_until("deliveries recorded", lambda: sorted(r["status"] for r in agent.audit()) == [
+            "quarantined", "sent", "sent", "sent"], timeout=30)
     finally:
         agent.close()
         orthanc.close()
@@ -477,9 +479,16 @@ port = {orthanc.dicom_port}
         proc = storescu(orthanc.dicom_port, "ORTHANC", paths)
         assert proc.returncode == 0, proc.stdout
         wait_until("2 SRs", lambda: len(orthanc.sr_reports()) == 2, timeout=90)
-        db = sqlite3.connect(fed.root / "h-a" / "state" / "pacs" / "audit.sqlite")
-        rows = db.execute("SELECT model_id, model_round, status FROM scans").fetchall()
-        db.close()
-        assert rows and all(r == (f"cnn:{job_id}:round-2", 2, "sent") for r in rows), rows
+        def audit_rows():
+            db = sqlite3.connect(fed.root / "h-a" / "state" / "pacs" / "audit.sqlite")
+            try:
+                return db.execute("SELECT model_id, model_round, status FROM scans").fetchall()
+            finally:
+                db.close()
+
+        # the SR lands in Orthanc a moment before the agent records the delivery
+        wait_until("both deliveries recorded", lambda: all(r[2] == "sent" for r in audit_rows()), timeout=30)
+        rows = audit_rows()
+        assert len(rows) == 2 and all(r == (f"cnn:{job_id}:round-2", 2, "sent") for r in rows), rows
     finally:
         orthanc.close()
