@@ -1,13 +1,16 @@
-// The one pybind11 module, medfl._native. Takes plain NumPy buffers (CPU) or raw device
+// The one pybind11 module, medfl._native (fixed-point functions here; other families register
+// themselves through module.h). Takes plain NumPy buffers (CPU) or raw device
 // pointers and a stream handle (CUDA); never links libtorch. Python wrappers in medfl/native.py
 // check arguments first; the checks here are the last line and raise ValueError with the values.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
 #include "fixed_point/fixed_point.h"
+#include "module.h"
 
 #ifndef MEDFL_VERSION
 #define MEDFL_VERSION "0.0.0+unknown"
@@ -15,23 +18,10 @@
 
 namespace py = pybind11;
 namespace fp = medfl::fixed_point;
+using medfl::native::data_of;
+using medfl::native::ptr;
 
 namespace {
-
-template <typename T>
-T* data_of(py::array& a, const char* what, bool writable) {
-  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>())) {
-    throw py::value_error(std::string(what) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
-                          ", got " + std::string(py::str(a.dtype())));
-  }
-  if (!(a.flags() & py::array::c_style)) {
-    std::string strides;
-    for (py::ssize_t d = 0; d < a.ndim(); ++d) strides += (d ? ", " : "") + std::to_string(a.strides(d));
-    throw py::value_error(std::string(what) + ": array must be C-contiguous, got strides (" + strides + ")");
-  }
-  if (writable && !a.writeable()) throw py::value_error(std::string(what) + ": array is read-only");
-  return static_cast<T*>(writable ? a.mutable_data() : const_cast<void*>(a.data()));
-}
 
 void check_bits(int frac_bits, int ring_bits) {
   if (ring_bits != 32 && ring_bits != 64) throw py::value_error("ring_bits must be 32 or 64, got " + std::to_string(ring_bits));
@@ -126,8 +116,6 @@ void uniforms(py::array out, uint64_t seed, uint64_t offset) {
   fp::uniforms_cpu(op, n, seed, offset);
 }
 
-void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -182,4 +170,8 @@ PYBIND11_MODULE(_native, m) {
 #else
   m.def("cuda_device_count", []() { return 0; });
 #endif
+  // The other kernel families (csrc/<family>/), in name order so the module is the same every build.
+  auto regs = medfl::native::registrations();
+  std::sort(regs.begin(), regs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [family, fn] : regs) fn(m);
 }
