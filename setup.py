@@ -97,6 +97,7 @@ setup(
         "numpy>=1.26",
         "torch>=2.3",
         "pyzmq>=25",
+        "cryptography>=42",
         "msgpack>=1.0",
         "safetensors>=0.4",
         "pillow>=10",

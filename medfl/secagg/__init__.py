@@ -1,0 +1,14 @@
+"""Secure aggregation (SecAgg / SecAgg+): the coordinator learns only the sum of the updates.
+
+References
+----------
+.. [1] Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+   CCS 2017.
+.. [2] Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020.
+"""
+
+from medfl.secagg.masking import MaskSeed, dequantize_sum, quantize_and_mask, unmask_and_dequantize
+from medfl.secagg.quantization import QuantSpec, choose_spec, clip_to_norm
+
+__all__ = ["MaskSeed", "QuantSpec", "choose_spec", "clip_to_norm", "dequantize_sum", "quantize_and_mask",
+           "unmask_and_dequantize"]

@@ -1,0 +1,159 @@
+"""Quantize + mask on the agent and unmask + dequantize on the coordinator (the secagg data path).
+
+A masked upload is ``y = Q(x) + sum_j s_j * PRG(k_j) mod 2^k`` where ``Q`` is the stochastic
+fixed-point encoding of :mod:`medfl.fixed_point`, each ``k_j`` a 32-byte mask seed (pairwise or
+self) with sign ``s_j`` in {+1, -1}, and ``PRG(k)`` the ChaCha20 keystream (RFC 8439) of key
+``k``, the round's 12-byte nonce and block counter 0, read as little-endian uint32 / uint64
+words. Removing masks is the same operation with the signs flipped. These definitions are fixed;
+native kernels (``csrc/secagg``) implement them bit for bit and this module's ``*_reference``
+functions define them.
+
+References
+----------
+.. [1] Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+   CCS 2017 (pairwise and self masks).
+.. [2] Nir and Langley, "ChaCha20 and Poly1305 for IETF Protocols", RFC 8439, 2018.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from medfl import fixed_point as fxp
+from medfl.secagg.quantization import QuantSpec
+
+__all__ = ["NONCE_BYTES", "SEED_BYTES", "MaskSeed", "apply_masks_reference", "dequantize_sum",
+           "quantize_and_mask", "quantize_and_mask_reference", "unmask_and_dequantize",
+           "unmask_and_dequantize_reference"]
+
+SEED_BYTES = 32
+NONCE_BYTES = 12
+
+
+@dataclass(frozen=True)
+class MaskSeed:
+    """One mask: a ChaCha20 key and whether its keystream is added (+1) or subtracted (-1)."""
+
+    seed: bytes
+    sign: int
+
+    def __post_init__(self) -> None:
+        """Check the seed length and sign."""
+        if len(self.seed) != SEED_BYTES:
+            raise ValueError(f"mask seed must be {SEED_BYTES} bytes, got {len(self.seed)}")
+        if self.sign not in (1, -1):
+            raise ValueError(f"mask sign must be +1 or -1, got {self.sign}")
+
+    def __repr__(self) -> str:
+        """Never print the seed."""
+        return f"MaskSeed(sign={self.sign:+d}, seed=<{SEED_BYTES} bytes>)"
+
+
+def _check_nonce(nonce: bytes) -> None:
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"round nonce must be {NONCE_BYTES} bytes, got {len(nonce)}")
+
+
+def keystream_words_reference(seed: bytes, nonce: bytes, n: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """``n`` little-endian ring words of the ChaCha20 keystream (OpenSSL via ``cryptography``).
+
+    ``cryptography`` takes a 16-byte nonce: the 4-byte little-endian block counter, then the
+    RFC 8439 nonce.
+    """
+    _check_nonce(nonce)
+    nbytes = n * np.dtype(dtype).itemsize
+    enc = Cipher(algorithms.ChaCha20(seed, b"\0\0\0\0" + nonce), mode=None).encryptor()
+    stream = enc.update(bytes(nbytes))
+    return np.frombuffer(stream, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+
+
+def apply_masks_reference(vec: np.ndarray, masks: Sequence[MaskSeed], nonce: bytes) -> None:
+    """Add ``sign * PRG(seed)`` of every mask to the ring vector ``vec`` in place (wrapping)."""
+    for m in masks:
+        ks = keystream_words_reference(m.seed, nonce, vec.size, vec.dtype.type)
+        if m.sign > 0:
+            np.add(vec, ks, out=vec)
+        else:
+            np.subtract(vec, ks, out=vec)
+
+
+def quantize_and_mask_reference(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
+                                rounding_seed: int) -> np.ndarray:
+    """Reference of :func:`quantize_and_mask` (``update`` must already be clipped)."""
+    x = np.ascontiguousarray(update, dtype=np.float32).reshape(-1)
+    q = fxp.encode_reference(x, frac_bits=spec.frac_bits, ring_bits=spec.ring_bits, rounding="stochastic",
+                             seed=rounding_seed)
+    apply_masks_reference(q, masks, nonce)
+    return q
+
+
+def unmask_and_dequantize_reference(total: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed],
+                                    nonce: bytes) -> np.ndarray:
+    """Reference of :func:`unmask_and_dequantize`; ``masks`` carry the signs to *remove*."""
+    acc = np.array(total, dtype=spec.dtype, copy=True).reshape(-1)
+    apply_masks_reference(acc, [MaskSeed(m.seed, -m.sign) for m in masks], nonce)
+    return dequantize_sum(acc, spec=spec)
+
+
+def dequantize_sum(total: np.ndarray, *, spec: QuantSpec) -> np.ndarray:
+    """Decode an unmasked ring sum to float32 (two's complement, ``2^-f`` scale)."""
+    return fxp.decode_reference(np.asarray(total, dtype=spec.dtype), frac_bits=spec.frac_bits)
+
+
+def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
+                      rounding_seed: int) -> np.ndarray:
+    """Encode a clipped float32 update into Z_2^k and add every mask, in one pass where native.
+
+    Parameters
+    ----------
+    update : ndarray of float32
+        Flat update, already clipped (:func:`medfl.secagg.quantization.clip_to_norm`) and
+        weighted; every coordinate within ``spec.clip_norm``.
+    spec : QuantSpec
+        Ring and fractional bits.
+    masks : sequence of MaskSeed
+        Pairwise masks (sign by the order of the two agents) and the self mask (+1).
+    nonce : bytes
+        The round's 12-byte nonce (the same for every agent of the round).
+    rounding_seed : int
+        Seed of stochastic rounding, drawn from the CSPRNG by the caller.
+
+    Returns
+    -------
+    ndarray of uint32 or uint64
+        The masked upload.
+
+    References
+    ----------
+    .. [1] Bonawitz et al., CCS 2017, section 3.
+    """
+    return quantize_and_mask_reference(update, spec=spec, masks=masks, nonce=nonce, rounding_seed=rounding_seed)
+
+
+def unmask_and_dequantize(total: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed],
+                          nonce: bytes) -> np.ndarray:
+    """Remove masks from the ring sum of the masked uploads and decode it to float32.
+
+    Parameters
+    ----------
+    total : ndarray of uint32 or uint64
+        Ring sum of the survivors' masked uploads.
+    spec : QuantSpec
+        Ring and fractional bits.
+    masks : sequence of MaskSeed
+        The masks as the agents *added* them: the survivors' self masks (+1) and, for each
+        dropped agent, its pairwise masks with the survivors (signed as the survivors added
+        them); each is subtracted here.
+    nonce : bytes
+        The round's nonce.
+
+    Returns
+    -------
+    ndarray of float32
+        The sum of the survivors' (clipped, weighted) updates.
+    """
+    return unmask_and_dequantize_reference(total, spec=spec, masks=masks, nonce=nonce)
