@@ -148,6 +148,7 @@ class PacsSection:
     threshold: float = 0.5
     model_file: pathlib.Path | None = None
     workers: int = 2
+    max_batch: int = 8
     watch_folder: pathlib.Path | None = None
     send_retries: int = 5
 
@@ -165,6 +166,8 @@ class PacsSection:
             out.append(("threshold", f"must be in [0, 1], got {self.threshold}"))
         if not 1 <= self.workers <= 64:
             out.append(("workers", f"must be 1-64, got {self.workers}"))
+        if not 1 <= self.max_batch <= 256:
+            out.append(("max_batch", f"must be 1-256, got {self.max_batch}"))
         if self.send_retries < 0:
             out.append(("send_retries", f"must be >= 0, got {self.send_retries}"))
         return out

@@ -77,15 +77,31 @@ class DurableQueue:
 
     def claim(self) -> pathlib.Path | None:
         """Take the oldest item (renamed into ``work/``), or None if the queue is empty."""
-        items = sorted(self.new.glob("*.dcm"), key=lambda p: p.stat().st_mtime_ns if p.exists() else 0)
-        for p in items:
+        got = self.claim_many(1)
+        return got[0] if got else None
+
+    def claim_many(self, limit: int) -> list[pathlib.Path]:
+        """Take up to ``limit`` of the oldest items (each renamed into ``work/``), oldest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+
+        def age(p: pathlib.Path) -> int:
+            try:
+                return p.stat().st_mtime_ns
+            except FileNotFoundError:
+                return 0
+
+        taken: list[pathlib.Path] = []
+        for p in sorted(self.new.glob("*.dcm"), key=age):
+            if len(taken) >= limit:
+                break
             target = self.work / p.name
             try:
                 os.replace(p, target)
             except FileNotFoundError:
                 continue  # another worker took it
-            return target
-        return None
+            taken.append(target)
+        return taken
 
     def release(self, path: pathlib.Path) -> None:
         """Give a claimed item back to ``new/`` (to be retried later)."""

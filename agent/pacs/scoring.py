@@ -174,10 +174,23 @@ class Scorer:
 
     def score(self, ds: Dataset) -> tuple[float, LoadedModel]:
         """Pneumonia probability of one radiograph, and the model that gave it."""
+        loaded = self.current()
+        return self.predict(loaded, [preprocess(ds, loaded.image_size)])[0], loaded
+
+    @staticmethod
+    def predict(loaded: LoadedModel, images: list[np.ndarray]) -> list[float]:
+        """Pneumonia probabilities of preprocessed images (one forward pass for the batch).
+
+        Parameters
+        ----------
+        loaded : LoadedModel
+            The model (from :meth:`current`).
+        images : list of ndarray
+            Outputs of :func:`preprocess` at ``loaded.image_size``.
+        """
         import torch
 
-        loaded = self.current()
-        x = torch.from_numpy(preprocess(ds, loaded.image_size))[None, None]
+        x = torch.from_numpy(np.stack(images))[:, None]
         with torch.no_grad():
-            p = torch.softmax(loaded.model(x), dim=1)[0, 1]  # type: ignore[operator]
-        return float(p), loaded
+            p = torch.softmax(loaded.model(x), dim=1)[:, 1]  # type: ignore[operator]
+        return [float(v) for v in p]

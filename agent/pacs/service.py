@@ -29,7 +29,7 @@ from agent.config import AgentConfig
 from agent.pacs.audit import AuditLog
 from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
 from agent.pacs.report import build_sr
-from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, Scorer, check_dataset
+from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, LoadedModel, Scorer, check_dataset, preprocess
 from medfl.errors import StateError
 
 __all__ = ["PacsService"]
@@ -122,40 +122,56 @@ class PacsService:
     # ---- workers -----------------------------------------------------------------------
     def _worker(self) -> None:
         while not self._stop.is_set():
-            path = self.inbox.claim()
-            if path is None:
+            paths = self.inbox.claim_many(self.pcfg.max_batch)
+            if not paths:
                 self._stop.wait(0.05)
                 continue
             try:
-                self._process(path)
+                self._process_batch(paths)
             except Exception:
-                log.exception("unexpected failure on %s; it stays in the inbox", path.name[:16])
-                self.inbox.release(path)
+                log.exception("unexpected failure on a batch of %d; it stays in the inbox", len(paths))
+                for path in paths:
+                    if path.exists():
+                        self.inbox.release(path)
                 self._stop.wait(1.0)
 
-    def _process(self, path: pathlib.Path) -> None:
+    def _process_batch(self, paths: list[pathlib.Path]) -> None:
+        """Score a burst's worth of claimed instances with one forward pass, then finish each."""
+        try:
+            loaded = self.scorer.current()
+        except (FileNotFoundError, StateError) as exc:  # no usable model yet: keep the scans, retry later
+            log.warning("%s; %d scan(s) wait in the inbox", exc, len(paths))
+            for path in paths:
+                self.inbox.release(path)
+            self._stop.wait(5.0)
+            return
+        ready: list[tuple[pathlib.Path, Dataset, Any]] = []
+        for path in paths:
+            key = path.stem
+            if self.audit.is_scored(key):
+                self.inbox.done(path)
+                continue
+            data = path.read_bytes()
+            try:
+                ds: Dataset = dcmread(io.BytesIO(data))
+                ready.append((path, ds, preprocess(ds, loaded.image_size)))
+            except Exception as exc:
+                reason = f"cannot decode or score the image: {type(exc).__name__}: {str(exc)[:200]}"
+                self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source="worker")
+                self.audit.failed(key, "failed", reason)
+                log.warning("quarantined %s after acknowledging it: %s", key[:16], reason)
+                self.inbox.done(path)
+        if not ready:
+            return
+        scores = self.scorer.predict(loaded, [image for _, _, image in ready])
+        for (path, ds, _), score in zip(ready, scores, strict=True):
+            self._finish(path, ds, score, loaded)
+
+    def _finish(self, path: pathlib.Path, ds: Dataset, score: float, model: LoadedModel) -> None:
+        """Write the SR to the outbox and the JSON line, then commit the audit row (in that order)."""
         from medfl import __version__
 
         key = path.stem
-        if self.audit.is_scored(key):
-            self.inbox.done(path)
-            return
-        data = path.read_bytes()
-        try:
-            ds = dcmread(io.BytesIO(data))
-            score, model = self.scorer.score(ds)
-        except (FileNotFoundError, StateError) as exc:  # no usable model yet: keep the scan, retry later
-            log.warning("%s; %s waits in the inbox", exc, key[:16])
-            self.inbox.release(path)
-            self._stop.wait(5.0)
-            return
-        except Exception as exc:
-            reason = f"cannot decode or score the image: {type(exc).__name__}: {str(exc)[:200]}"
-            self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source="worker")
-            self.audit.failed(key, "failed", reason)
-            log.warning("quarantined %s after acknowledging it: %s", key[:16], reason)
-            self.inbox.done(path)
-            return
         decision = "pneumonia" if score >= self.pcfg.threshold else "normal"
         sr = build_sr(ds, score=score, threshold=self.pcfg.threshold, model_id=model.model_id, version=__version__)
         buf = io.BytesIO()

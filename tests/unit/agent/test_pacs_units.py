@@ -156,3 +156,44 @@ def test_scorer_rebuilds_the_model_with_its_job_arguments(tmp_path):
     save_checkpoint(wrong, state_arrays(create_model("cnn", width=8)), {"model": "cnn"})
     with pytest.raises(StateError, match="does not fit model 'cnn'"):
         Scorer(model_file=wrong, models_dir=tmp_path).score(_cr())
+
+
+def test_claim_many_takes_the_oldest_first_up_to_the_limit(tmp_path):
+    import os
+
+    q = DurableQueue(tmp_path / "q")
+    for i, key in enumerate("cab"):
+        p = q.put(key * 64, key.encode())
+        os.utime(p, ns=(1_000_000_000 * (i + 1), 1_000_000_000 * (i + 1)))
+    taken = q.claim_many(2)
+    assert [p.name[0] for p in taken] == ["c", "a"] and q.pending() == 3
+    assert [p.name[0] for p in q.claim_many(5)] == ["b"] and q.claim_many(5) == []
+    with pytest.raises(ValueError):
+        q.claim_many(0)
+
+
+def test_batched_scores_equal_one_at_a_time(tmp_path):
+    import json
+
+    import torch
+
+    from agent.pacs.scoring import Scorer
+    from medfl.models import create_model
+    from medfl.models.weights import save_checkpoint, state_arrays
+
+    torch.manual_seed(3)
+    model = create_model("cnn", width=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)  # the zero-initialised head would score everything 0.5
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, state_arrays(model), {"model": "cnn", "model_args": json.dumps({"width": 8}),
+                                                "image_size": "32"})
+    scorer = Scorer(model_file=path, models_dir=tmp_path)
+    loaded = scorer.current()
+    rng = np.random.default_rng(0)
+    images = [preprocess(synthetic_cr(rng.random((40, 36)), patient_id="U1"), loaded.image_size) for _ in range(5)]
+    batched = scorer.predict(loaded, images)
+    single = [scorer.predict(loaded, [im])[0] for im in images]
+    assert len(batched) == 5 and len(set(np.round(batched, 6))) > 1
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
