@@ -1,0 +1,21 @@
+// ChaCha20 keystream (RFC 8439) and the secagg masking kernels (CPU).
+// The keystream of (key, nonce, counter) is the concatenation of ChaCha20 blocks with block
+// counters counter, counter + 1, ...; the 32-bit counter never wraps (callers check).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace medfl::secagg {
+
+// Write nbytes of keystream to out; blocks counter .. counter + ceil(nbytes / 64) - 1.
+void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, uint8_t* out,
+                        std::size_t nbytes);
+
+// vec[i] += sign_j * word_i(keystream of key_j) for every mask j, wrapping (T = uint32_t or uint64_t);
+// keys is n_masks * 32 bytes, signs n_masks entries of +1 / -1. Keystream words are little-endian.
+template <typename T>
+void apply_masks(T* vec, std::size_t n, const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
+                 const uint8_t nonce[12]);
+
+}  // namespace medfl::secagg
