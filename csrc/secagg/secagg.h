@@ -19,3 +19,13 @@ void apply_masks(T* vec, std::size_t n, const uint8_t* keys, const int8_t* signs
                  const uint8_t nonce[12]);
 
 }  // namespace medfl::secagg
+
+#ifdef MEDFL_WITH_CUDA
+namespace medfl::secagg {
+// CUDA versions on the caller's stream (out / vec are device pointers; keys and signs on the host).
+void chacha20_keystream_cuda(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, void* out,
+                             uint64_t nbytes, void* stream);
+void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys, const int8_t* signs,
+                      std::size_t n_masks, const uint8_t nonce[12], void* stream);
+}  // namespace medfl::secagg
+#endif

@@ -71,6 +71,38 @@ static medfl::native::Registration reg("secagg", [](py::module_& m) {
         "ChaCha20 keystream of RFC 8439 (32-byte key, 12-byte nonce, 32-bit block counter).");
   m.def("apply_masks", &apply_masks, py::arg("vec"), py::arg("keys"), py::arg("signs"), py::arg("nonce"),
         "Add sign * ChaCha20 keystream words of every key to the ring vector in place (wrapping).");
+#ifdef MEDFL_WITH_CUDA
+  m.def(
+      "chacha20_keystream_cuda",
+      [](py::bytes key, py::bytes nonce, uint64_t counter, uintptr_t out, uint64_t nbytes, uintptr_t stream) {
+        const uint8_t* k = bytes_of(key, 32, "key");
+        const uint8_t* nn = bytes_of(nonce, 12, "nonce");
+        check_counter(counter, nbytes);
+        medfl::secagg::chacha20_keystream_cuda(k, nn, static_cast<uint32_t>(counter), medfl::native::ptr(out), nbytes,
+                                               medfl::native::ptr(stream));
+      },
+      py::arg("key"), py::arg("nonce"), py::arg("counter"), py::arg("out"), py::arg("nbytes"), py::arg("stream"));
+  m.def(
+      "apply_masks_cuda",
+      [](uintptr_t vec, int ring_bits, uint64_t n, py::array_t<uint8_t, py::array::c_style> keys,
+         py::array_t<int8_t, py::array::c_style> signs, py::bytes nonce, uintptr_t stream) {
+        const uint8_t* nn = bytes_of(nonce, 12, "nonce");
+        const std::size_t m = static_cast<std::size_t>(signs.size());
+        if (ring_bits != 32 && ring_bits != 64)
+          throw py::value_error("apply_masks_cuda: ring_bits must be 32 or 64, got " + std::to_string(ring_bits));
+        if (static_cast<std::size_t>(keys.size()) != 32 * m)
+          throw py::value_error("apply_masks_cuda: keys has " + std::to_string(keys.size()) + " bytes for " +
+                                std::to_string(m) + " masks; expected 32 per mask");
+        for (std::size_t j = 0; j < m; ++j)
+          if (signs.data()[j] != 1 && signs.data()[j] != -1)
+            throw py::value_error("apply_masks_cuda: sign " + std::to_string(int(signs.data()[j])) + " is not +1 or -1");
+        check_counter(0, n * static_cast<uint64_t>(ring_bits / 8));
+        medfl::secagg::apply_masks_cuda(medfl::native::ptr(vec), ring_bits, n, keys.data(), signs.data(), m, nn,
+                                        medfl::native::ptr(stream));
+      },
+      py::arg("vec"), py::arg("ring_bits"), py::arg("n"), py::arg("keys"), py::arg("signs"), py::arg("nonce"),
+      py::arg("stream"));
+#endif
 });
 
 }  // namespace
