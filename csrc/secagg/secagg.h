@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 namespace medfl::secagg {
 
@@ -17,6 +18,14 @@ void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t
 template <typename T>
 void apply_masks(T* vec, std::size_t n, const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
                  const uint8_t nonce[12]);
+
+// Fused quantize + mask: out = stochastic fixed-point encode of x (the rule of
+// fixed_point/fixed_point.h, uniforms indexed by the flat position) plus every mask, per tile.
+// Returns (code, index) as fixed_point::Status (kOk, kNonFinite, kOverflow); out is garbage unless kOk.
+template <typename T>
+std::pair<int64_t, int64_t> quantize_and_mask(const float* x, T* out, std::size_t n, int frac_bits, uint64_t seed,
+                                              const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
+                                              const uint8_t nonce[12]);
 
 }  // namespace medfl::secagg
 

@@ -66,11 +66,46 @@ void apply_masks(py::array vec, py::array_t<uint8_t, py::array::c_style> keys,
   }
 }
 
+std::pair<int64_t, int64_t> quantize_and_mask(py::array x, py::array out, int frac_bits, uint64_t seed,
+                                              py::array_t<uint8_t, py::array::c_style> keys,
+                                              py::array_t<int8_t, py::array::c_style> signs, py::bytes nonce) {
+  const uint8_t* nn = bytes_of(nonce, 12, "nonce");
+  const std::size_t m = static_cast<std::size_t>(signs.size());
+  if (static_cast<std::size_t>(keys.size()) != 32 * m)
+    throw py::value_error("quantize_and_mask: keys has " + std::to_string(keys.size()) + " bytes for " +
+                          std::to_string(m) + " masks; expected 32 per mask");
+  for (std::size_t j = 0; j < m; ++j)
+    if (signs.data()[j] != 1 && signs.data()[j] != -1)
+      throw py::value_error("quantize_and_mask: sign " + std::to_string(int(signs.data()[j])) + " is not +1 or -1");
+  if (x.size() != out.size())
+    throw py::value_error("quantize_and_mask: x has " + std::to_string(x.size()) + " elements, out " +
+                          std::to_string(out.size()));
+  const float* xp = medfl::native::data_of<float>(x, "x", false);
+  const std::size_t n = static_cast<std::size_t>(x.size());
+  check_counter(0, n * static_cast<uint64_t>(out.itemsize()));
+  if (out.dtype().is(py::dtype::of<uint32_t>())) {
+    if (frac_bits < 0 || frac_bits > 30) throw py::value_error("frac_bits must be in [0, 30] for a 32-bit ring");
+    uint32_t* o = medfl::native::data_of<uint32_t>(out, "out", true);
+    py::gil_scoped_release release;
+    return medfl::secagg::quantize_and_mask<uint32_t>(xp, o, n, frac_bits, seed, keys.data(), signs.data(), m, nn);
+  }
+  if (out.dtype().is(py::dtype::of<uint64_t>())) {
+    if (frac_bits < 0 || frac_bits > 62) throw py::value_error("frac_bits must be in [0, 62] for a 64-bit ring");
+    uint64_t* o = medfl::native::data_of<uint64_t>(out, "out", true);
+    py::gil_scoped_release release;
+    return medfl::secagg::quantize_and_mask<uint64_t>(xp, o, n, frac_bits, seed, keys.data(), signs.data(), m, nn);
+  }
+  throw py::value_error("out: expected dtype uint32 or uint64, got " + std::string(py::str(out.dtype())));
+}
+
 static medfl::native::Registration reg("secagg", [](py::module_& m) {
   m.def("chacha20_keystream", &keystream, py::arg("key"), py::arg("nonce"), py::arg("counter"), py::arg("nbytes"),
         "ChaCha20 keystream of RFC 8439 (32-byte key, 12-byte nonce, 32-bit block counter).");
   m.def("apply_masks", &apply_masks, py::arg("vec"), py::arg("keys"), py::arg("signs"), py::arg("nonce"),
         "Add sign * ChaCha20 keystream words of every key to the ring vector in place (wrapping).");
+  m.def("quantize_and_mask", &quantize_and_mask, py::arg("x"), py::arg("out"), py::arg("frac_bits"), py::arg("seed"),
+        py::arg("keys"), py::arg("signs"), py::arg("nonce"),
+        "Fused stochastic fixed-point encode + masks, tile by tile; returns (code, index) as encode does.");
 #ifdef MEDFL_WITH_CUDA
   m.def(
       "chacha20_keystream_cuda",

@@ -17,6 +17,7 @@ References
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -150,11 +151,23 @@ def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[Ma
     ----------
     .. [1] Bonawitz et al., CCS 2017, section 3.
     """
+    from medfl import native
+
     _check_nonce(nonce)
     x = np.ascontiguousarray(update, dtype=np.float32).reshape(-1)
-    q = fxp.encode(x, frac_bits=spec.frac_bits, ring_bits=spec.ring_bits, rounding="stochastic", seed=rounding_seed)
-    apply_masks(q, masks, nonce)
-    return q
+    mod = native.native_module()
+    if native.active_backend() == "reference" or mod is None or not hasattr(mod, "quantize_and_mask"):
+        q = fxp.encode(x, frac_bits=spec.frac_bits, ring_bits=spec.ring_bits, rounding="stochastic",
+                       seed=rounding_seed)
+        apply_masks(q, masks, nonce)
+        return q
+    out = np.empty(x.shape, dtype=spec.dtype)
+    keys = np.frombuffer(b"".join(m.seed for m in masks), dtype=np.uint8)
+    signs = np.array([m.sign for m in masks], dtype=np.int8)
+    code, index = mod.quantize_and_mask(x, out, spec.frac_bits, operator.index(rounding_seed) % 2**64, keys, signs,
+                                        nonce)
+    fxp.raise_for_status(code, index, x, spec.frac_bits, spec.ring_bits)
+    return out
 
 
 def unmask_and_dequantize(total: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed],

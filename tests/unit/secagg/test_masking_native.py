@@ -97,3 +97,28 @@ def test_sum_of_masked_uploads_unmasks_to_sum(ring_bits: int, n_agents: int) -> 
         total += y
     out = masking.unmask_and_dequantize(total, spec=spec, masks=[MaskSeed(s, 1) for s in selfs], nonce=NONCE)
     assert np.max(np.abs(out - np.sum(xs, axis=0))) <= n_agents * 2.0 ** -spec.frac_bits + 1e-5
+
+
+@needs_native
+@pytest.mark.parametrize("ring_bits", [32, 64])
+@pytest.mark.parametrize("n", [1, 4095, 4096, 4097, 70_001])
+def test_fused_kernel_matches_reference_across_tiles(ring_bits: int, n: int) -> None:
+    spec = QuantSpec(ring_bits=ring_bits, frac_bits=20 if ring_bits == 32 else 40, clip_norm=1.0, n_agents=3)
+    x = np.random.default_rng(n).uniform(-1, 1, n).astype(np.float32)
+    masks = _masks(5)
+    want = masking.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=2**64 - 3)
+    got = masking.quantize_and_mask(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=2**64 - 3)
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_native
+def test_fused_kernel_reports_first_bad_value_of_any_tile() -> None:
+    spec = QuantSpec(ring_bits=32, frac_bits=16, clip_norm=1.0, n_agents=2)
+    x = np.zeros(50_000, dtype=np.float32)
+    x[9000] = 2.0**20  # overflow in an early tile
+    x[40_000] = np.nan  # non-finite in a later tile: reported first, as fixed_point.encode does
+    with pytest.raises(NonFiniteError, match="40000"):
+        masking.quantize_and_mask(x, spec=spec, masks=_masks(2), nonce=NONCE, rounding_seed=1)
+    x[40_000] = 0.0
+    with pytest.raises(RingOverflowError, match="9000"):
+        masking.quantize_and_mask(x, spec=spec, masks=_masks(2), nonce=NONCE, rounding_seed=1)
