@@ -17,6 +17,7 @@ References
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from medfl import fixed_point as fxp
 from medfl.secagg.quantization import QuantSpec
 
-__all__ = ["NONCE_BYTES", "SEED_BYTES", "MaskSeed", "apply_masks_reference", "dequantize_sum",
+__all__ = ["NONCE_BYTES", "SEED_BYTES", "MaskSeed", "apply_masks", "apply_masks_reference", "dequantize_sum",
            "quantize_and_mask", "quantize_and_mask_reference", "unmask_and_dequantize",
            "unmask_and_dequantize_reference"]
 
@@ -104,6 +105,25 @@ def dequantize_sum(total: np.ndarray, *, spec: QuantSpec) -> np.ndarray:
     return fxp.decode_reference(np.asarray(total, dtype=spec.dtype), frac_bits=spec.frac_bits)
 
 
+def apply_masks(vec: np.ndarray, masks: Sequence[MaskSeed], nonce: bytes) -> None:
+    """Add ``sign * PRG(seed)`` of every mask to the C-contiguous ring vector ``vec`` in place.
+
+    Native (one pass, each keystream tile consumed while in cache) where ``medfl._native`` is
+    built, else :func:`apply_masks_reference`.
+    """
+    from medfl import native
+
+    _check_nonce(nonce)
+    if not masks:
+        return
+    if native.active_backend() == "reference" or not vec.flags.c_contiguous:
+        apply_masks_reference(vec, masks, nonce)
+        return
+    keys = np.frombuffer(b"".join(m.seed for m in masks), dtype=np.uint8)
+    signs = np.array([m.sign for m in masks], dtype=np.int8)
+    native.native_module().apply_masks(vec.reshape(-1), keys, signs, nonce)  # type: ignore[union-attr]
+
+
 def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
                       rounding_seed: int) -> np.ndarray:
     """Encode a clipped float32 update into Z_2^k and add every mask, in one pass where native.
@@ -131,7 +151,23 @@ def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[Ma
     ----------
     .. [1] Bonawitz et al., CCS 2017, section 3.
     """
-    return quantize_and_mask_reference(update, spec=spec, masks=masks, nonce=nonce, rounding_seed=rounding_seed)
+    from medfl import native
+
+    _check_nonce(nonce)
+    x = np.ascontiguousarray(update, dtype=np.float32).reshape(-1)
+    mod = native.native_module()
+    if native.active_backend() == "reference" or mod is None or not hasattr(mod, "quantize_and_mask"):
+        q = fxp.encode(x, frac_bits=spec.frac_bits, ring_bits=spec.ring_bits, rounding="stochastic",
+                       seed=rounding_seed)
+        apply_masks(q, masks, nonce)
+        return q
+    out = np.empty(x.shape, dtype=spec.dtype)
+    keys = np.frombuffer(b"".join(m.seed for m in masks), dtype=np.uint8)
+    signs = np.array([m.sign for m in masks], dtype=np.int8)
+    code, index = mod.quantize_and_mask(x, out, spec.frac_bits, operator.index(rounding_seed) % 2**64, keys, signs,
+                                        nonce)
+    fxp.raise_for_status(code, index, x, spec.frac_bits, spec.ring_bits)
+    return out
 
 
 def unmask_and_dequantize(total: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed],
@@ -156,4 +192,7 @@ def unmask_and_dequantize(total: np.ndarray, *, spec: QuantSpec, masks: Sequence
     ndarray of float32
         The sum of the survivors' (clipped, weighted) updates.
     """
-    return unmask_and_dequantize_reference(total, spec=spec, masks=masks, nonce=nonce)
+    _check_nonce(nonce)
+    acc = np.array(total, dtype=spec.dtype, copy=True).reshape(-1)
+    apply_masks(acc, [MaskSeed(m.seed, -m.sign) for m in masks], nonce)
+    return fxp.decode(acc, frac_bits=spec.frac_bits)

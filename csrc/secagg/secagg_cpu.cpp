@@ -1,0 +1,222 @@
+// CPU kernels of secure aggregation: the ChaCha20 block function of RFC 8439, computed on 8
+// blocks at once in plain lane arrays the compiler vectorises (SSE2 baseline, an AVX2 clone
+// chosen at run time), OpenMP across tiles of blocks, and the masking of a ring vector that
+// consumes each keystream tile while it is in cache.
+#include "secagg/secagg.h"
+
+#include "fixed_point/fixed_point.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace medfl::secagg {
+namespace {
+
+constexpr int kLanes = 8;                      // blocks computed together
+constexpr std::size_t kTileBytes = 64 * kLanes;  // keystream bytes per tile
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "secagg kernels assume a little-endian host");
+
+inline uint32_t load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+inline uint32_t rotl(uint32_t v, int c) { return (v << c) | (v >> (32 - c)); }
+
+#define MEDFL_QR(a, b, c, d)                                   \
+  for (int l = 0; l < kLanes; ++l) {                           \
+    x[a][l] += x[b][l]; x[d][l] = rotl(x[d][l] ^ x[a][l], 16); \
+    x[c][l] += x[d][l]; x[b][l] = rotl(x[b][l] ^ x[c][l], 12); \
+    x[a][l] += x[b][l]; x[d][l] = rotl(x[d][l] ^ x[a][l], 8);  \
+    x[c][l] += x[d][l]; x[b][l] = rotl(x[b][l] ^ x[c][l], 7);  \
+  }
+
+// kLanes consecutive blocks starting at block counter `counter` (section 2.3: constants, key,
+// counter, nonce; 20 rounds as 10 column + diagonal double rounds; add the input state), written
+// as 64 * kLanes bytes to out. Counters are computed mod 2^32; callers guarantee no wrap is used.
+// Portable version: lane arrays the compiler vectorises with the baseline ISA (SSE2 on x86-64).
+void blocks8_portable(const uint32_t in[16], uint32_t counter, uint8_t* out) {
+  alignas(32) uint32_t x[16][kLanes];
+  alignas(32) uint32_t s[16][kLanes];
+  for (int w = 0; w < 16; ++w)
+    for (int l = 0; l < kLanes; ++l) s[w][l] = in[w];
+  for (int l = 0; l < kLanes; ++l) s[12][l] = counter + static_cast<uint32_t>(l);
+  std::memcpy(x, s, sizeof x);
+  for (int r = 0; r < 10; ++r) {
+    MEDFL_QR(0, 4, 8, 12) MEDFL_QR(1, 5, 9, 13) MEDFL_QR(2, 6, 10, 14) MEDFL_QR(3, 7, 11, 15)
+    MEDFL_QR(0, 5, 10, 15) MEDFL_QR(1, 6, 11, 12) MEDFL_QR(2, 7, 8, 13) MEDFL_QR(3, 4, 9, 14)
+  }
+  uint32_t* o = reinterpret_cast<uint32_t*>(out);
+  for (int l = 0; l < kLanes; ++l)
+    for (int w = 0; w < 16; ++w) {
+      uint32_t v = x[w][l] + s[w][l];
+      std::memcpy(o + 16 * l + w, &v, 4);
+    }
+}
+#undef MEDFL_QR
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// AVX2 version: word w of the 8 blocks is one 256-bit register; rotations by 16 and 8 are byte
+// shuffles. Chosen at run time when the CPU has AVX2 (the wheel stays baseline x86-64).
+__attribute__((target("avx2"))) void blocks8_avx2(const uint32_t in[16], uint32_t counter, uint8_t* out) {
+  __m256i x[16], s[16];
+  for (int w = 0; w < 16; ++w) s[w] = _mm256_set1_epi32(static_cast<int>(in[w]));
+  s[12] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(counter)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (int w = 0; w < 16; ++w) x[w] = s[w];
+  const __m256i r16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13, 2, 3, 0, 1, 6, 7, 4, 5, 10,
+                                       11, 8, 9, 14, 15, 12, 13);
+  const __m256i r8 = _mm256_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0, 1, 2, 7, 4, 5, 6, 11,
+                                      8, 9, 10, 15, 12, 13, 14);
+#define MEDFL_QRV(a, b, c, d)                                                                    \
+  x[a] = _mm256_add_epi32(x[a], x[b]); x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), r16); \
+  x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]);                          \
+  x[b] = _mm256_or_si256(_mm256_slli_epi32(x[b], 12), _mm256_srli_epi32(x[b], 20));                  \
+  x[a] = _mm256_add_epi32(x[a], x[b]); x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), r8);  \
+  x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]);                          \
+  x[b] = _mm256_or_si256(_mm256_slli_epi32(x[b], 7), _mm256_srli_epi32(x[b], 25));
+
+  for (int r = 0; r < 10; ++r) {
+    MEDFL_QRV(0, 4, 8, 12) MEDFL_QRV(1, 5, 9, 13) MEDFL_QRV(2, 6, 10, 14) MEDFL_QRV(3, 7, 11, 15)
+    MEDFL_QRV(0, 5, 10, 15) MEDFL_QRV(1, 6, 11, 12) MEDFL_QRV(2, 7, 8, 13) MEDFL_QRV(3, 4, 9, 14)
+  }
+#undef MEDFL_QRV
+  alignas(32) uint32_t t[16][kLanes];
+  for (int w = 0; w < 16; ++w) _mm256_store_si256(reinterpret_cast<__m256i*>(t[w]), _mm256_add_epi32(x[w], s[w]));
+  uint32_t* o = reinterpret_cast<uint32_t*>(out);
+  for (int l = 0; l < kLanes; ++l)
+    for (int w = 0; w < 16; ++w) std::memcpy(o + 16 * l + w, &t[w][l], 4);
+}
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+
+inline void blocks8(const uint32_t in[16], uint32_t counter, uint8_t* out) {
+  if (kHaveAvx2) {
+    blocks8_avx2(in, counter, out);
+  } else {
+    blocks8_portable(in, counter, out);
+  }
+}
+#else
+inline void blocks8(const uint32_t in[16], uint32_t counter, uint8_t* out) { blocks8_portable(in, counter, out); }
+#endif
+
+void init_state(const uint8_t key[32], const uint8_t nonce[12], uint32_t st[16]) {
+  st[0] = 0x61707865u; st[1] = 0x3320646eu; st[2] = 0x79622d32u; st[3] = 0x6b206574u;
+  for (int i = 0; i < 8; ++i) st[4 + i] = load32(key + 4 * i);
+  st[12] = 0;
+  for (int i = 0; i < 3; ++i) st[13 + i] = load32(nonce + 4 * i);
+}
+
+}  // namespace
+
+void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, uint8_t* out,
+                        std::size_t nbytes) {
+  uint32_t st[16];
+  init_state(key, nonce, st);
+  const std::ptrdiff_t tiles = static_cast<std::ptrdiff_t>(nbytes / kTileBytes);
+#pragma omp parallel for schedule(static) if (tiles > 256)
+  for (std::ptrdiff_t t = 0; t < tiles; ++t)
+    blocks8(st, counter + static_cast<uint32_t>(t * kLanes), out + t * kTileBytes);
+  const std::size_t done = static_cast<std::size_t>(tiles) * kTileBytes;
+  if (done < nbytes) {
+    alignas(32) uint8_t tail[kTileBytes];
+    blocks8(st, counter + static_cast<uint32_t>(tiles * kLanes), tail);
+    std::memcpy(out + done, tail, nbytes - done);
+  }
+}
+
+template <typename T>
+void apply_masks(T* vec, std::size_t n, const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
+                 const uint8_t nonce[12]) {
+  constexpr std::size_t kWords = kTileBytes / sizeof(T);
+  const std::ptrdiff_t tiles = static_cast<std::ptrdiff_t>((n + kWords - 1) / kWords);
+  // One state per mask, built once.
+  std::vector<uint32_t> states(16 * n_masks);
+  for (std::size_t j = 0; j < n_masks; ++j) init_state(keys + 32 * j, nonce, states.data() + 16 * j);
+#pragma omp parallel for schedule(static) if (tiles > 64)
+  for (std::ptrdiff_t t = 0; t < tiles; ++t) {
+    alignas(32) T ks[kWords];
+    const std::size_t begin = static_cast<std::size_t>(t) * kWords;
+    const std::size_t len = std::min(kWords, n - begin);
+    T* v = vec + begin;
+    for (std::size_t j = 0; j < n_masks; ++j) {
+      blocks8(states.data() + 16 * j, static_cast<uint32_t>(t * kLanes), reinterpret_cast<uint8_t*>(ks));
+      if (signs[j] > 0) {
+        for (std::size_t i = 0; i < len; ++i) v[i] += ks[i];
+      } else {
+        for (std::size_t i = 0; i < len; ++i) v[i] -= ks[i];
+      }
+    }
+  }
+}
+
+template void apply_masks<uint32_t>(uint32_t*, std::size_t, const uint8_t*, const int8_t*, std::size_t,
+                                    const uint8_t*);
+template void apply_masks<uint64_t>(uint64_t*, std::size_t, const uint8_t*, const int8_t*, std::size_t,
+                                    const uint8_t*);
+
+template <typename T>
+std::pair<int64_t, int64_t> quantize_and_mask(const float* x, T* out, std::size_t n, int frac_bits, uint64_t seed,
+                                              const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
+                                              const uint8_t nonce[12]) {
+  namespace fp = medfl::fixed_point;
+  // Tiles of 16 KiB of ring words: encoded, then every mask's keystream added, while in L1/L2.
+  constexpr std::size_t kWords = 16384 / sizeof(T);
+  static_assert(kWords % (kTileBytes / sizeof(T)) == 0, "tile must hold whole keystream tiles");
+  const std::ptrdiff_t tiles = static_cast<std::ptrdiff_t>((n + kWords - 1) / kWords);
+  std::vector<uint32_t> states(16 * n_masks);
+  for (std::size_t j = 0; j < n_masks; ++j) init_state(keys + 32 * j, nonce, states.data() + 16 * j);
+  int64_t first_nonfinite = static_cast<int64_t>(n), first_overflow = static_cast<int64_t>(n);
+#pragma omp parallel for schedule(static) reduction(min : first_nonfinite, first_overflow) if (tiles > 4)
+  for (std::ptrdiff_t t = 0; t < tiles; ++t) {
+    const std::size_t begin = static_cast<std::size_t>(t) * kWords;
+    const std::size_t len = std::min(kWords, n - begin);
+    fp::Status st;
+    if constexpr (sizeof(T) == 4) {
+      st = fp::encode_cpu32(x + begin, out + begin, static_cast<int64_t>(len), frac_bits, true, seed, begin);
+    } else {
+      st = fp::encode_cpu64(x + begin, out + begin, static_cast<int64_t>(len), frac_bits, true, seed, begin);
+    }
+    if (st.code == fp::kNonFinite) first_nonfinite = std::min(first_nonfinite, static_cast<int64_t>(begin) + st.index);
+    if (st.code == fp::kOverflow) first_overflow = std::min(first_overflow, static_cast<int64_t>(begin) + st.index);
+    if (st.code != fp::kOk) continue;
+    constexpr std::size_t kKsWords = kTileBytes / sizeof(T);
+    alignas(32) T ks[kKsWords];
+    for (std::size_t k = 0; k < len; k += kKsWords) {
+      const std::size_t klen = std::min(kKsWords, len - k);
+      const uint32_t block = static_cast<uint32_t>((begin + k) / kKsWords * kLanes);
+      T* v = out + begin + k;
+      for (std::size_t j = 0; j < n_masks; ++j) {
+        blocks8(states.data() + 16 * j, block, reinterpret_cast<uint8_t*>(ks));
+        if (signs[j] > 0) {
+          for (std::size_t i = 0; i < klen; ++i) v[i] += ks[i];
+        } else {
+          for (std::size_t i = 0; i < klen; ++i) v[i] -= ks[i];
+        }
+      }
+    }
+  }
+  const fp::Status st = fp::make_status(first_nonfinite, first_overflow, static_cast<int64_t>(n));
+  return {st.code, st.index};
+}
+
+template std::pair<int64_t, int64_t> quantize_and_mask<uint32_t>(const float*, uint32_t*, std::size_t, int, uint64_t,
+                                                                 const uint8_t*, const int8_t*, std::size_t,
+                                                                 const uint8_t*);
+template std::pair<int64_t, int64_t> quantize_and_mask<uint64_t>(const float*, uint64_t*, std::size_t, int, uint64_t,
+                                                                 const uint8_t*, const int8_t*, std::size_t,
+                                                                 const uint8_t*);
+
+}  // namespace medfl::secagg

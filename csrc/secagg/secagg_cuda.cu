@@ -1,0 +1,135 @@
+// CUDA kernels of secure aggregation on the caller's stream: the ChaCha20 keystream of RFC 8439
+// (one thread per 64-byte block) and the in-place masking of a ring vector (one thread per
+// 64-byte block of the vector, every mask's keystream block generated in registers and added).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "secagg/secagg.h"
+
+namespace medfl::secagg {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+__device__ __forceinline__ uint32_t rotl_d(uint32_t v, int c) { return (v << c) | (v >> (32 - c)); }
+
+#define MEDFL_QRD(a, b, c, d)                       \
+  x[a] += x[b]; x[d] = rotl_d(x[d] ^ x[a], 16);     \
+  x[c] += x[d]; x[b] = rotl_d(x[b] ^ x[c], 12);     \
+  x[a] += x[b]; x[d] = rotl_d(x[d] ^ x[a], 8);      \
+  x[c] += x[d]; x[b] = rotl_d(x[b] ^ x[c], 7);
+
+// One block of RFC 8439 section 2.3: st holds the 16-word input with word 12 = block counter.
+__device__ __forceinline__ void block(const uint32_t* st, uint32_t counter, uint32_t out[16]) {
+  uint32_t x[16];
+#pragma unroll
+  for (int w = 0; w < 16; ++w) x[w] = st[w];
+  x[12] = counter;
+#pragma unroll
+  for (int r = 0; r < 10; ++r) {
+    MEDFL_QRD(0, 4, 8, 12) MEDFL_QRD(1, 5, 9, 13) MEDFL_QRD(2, 6, 10, 14) MEDFL_QRD(3, 7, 11, 15)
+    MEDFL_QRD(0, 5, 10, 15) MEDFL_QRD(1, 6, 11, 12) MEDFL_QRD(2, 7, 8, 13) MEDFL_QRD(3, 4, 9, 14)
+  }
+#pragma unroll
+  for (int w = 0; w < 16; ++w) out[w] = x[w] + (w == 12 ? counter : st[w]);
+}
+#undef MEDFL_QRD
+
+struct State {
+  uint32_t w[16];
+};
+
+__global__ void keystream_kernel(State st, uint32_t counter, uint8_t* out, uint64_t nbytes) {
+  const uint64_t blocks = (nbytes + 63) / 64;
+  for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks; b += (uint64_t)gridDim.x * blockDim.x) {
+    uint32_t ks[16];
+    block(st.w, counter + static_cast<uint32_t>(b), ks);
+    const uint64_t base = b * 64;
+    const uint64_t len = nbytes - base < 64 ? nbytes - base : 64;
+    const uint8_t* k8 = reinterpret_cast<const uint8_t*>(ks);
+    for (uint64_t i = 0; i < len; ++i) out[base + i] = k8[i];
+  }
+}
+
+template <typename T>
+__global__ void masks_kernel(T* vec, uint64_t n, const uint32_t* states, const int8_t* signs, int n_masks) {
+  constexpr uint64_t kWords = 64 / sizeof(T);
+  const uint64_t blocks = (n + kWords - 1) / kWords;
+  for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks; b += (uint64_t)gridDim.x * blockDim.x) {
+    const uint64_t base = b * kWords;
+    const uint64_t len = n - base < kWords ? n - base : kWords;
+    T acc[kWords];
+    for (uint64_t i = 0; i < kWords; ++i) acc[i] = i < len ? vec[base + i] : T(0);
+    for (int j = 0; j < n_masks; ++j) {
+      uint32_t ks[16];
+      block(states + 16 * j, static_cast<uint32_t>(b), ks);
+      T words[kWords];
+      memcpy(words, ks, 64);
+      if (signs[j] > 0) {
+        for (uint64_t i = 0; i < kWords; ++i) acc[i] += words[i];
+      } else {
+        for (uint64_t i = 0; i < kWords; ++i) acc[i] -= words[i];
+      }
+    }
+    for (uint64_t i = 0; i < len; ++i) vec[base + i] = acc[i];
+  }
+}
+
+void host_state(const uint8_t key[32], const uint8_t nonce[12], uint32_t st[16]) {
+  st[0] = 0x61707865u; st[1] = 0x3320646eu; st[2] = 0x79622d32u; st[3] = 0x6b206574u;
+  std::memcpy(st + 4, key, 32);
+  st[12] = 0;
+  std::memcpy(st + 13, nonce, 12);
+}
+
+int grid_for(uint64_t work) {
+  const uint64_t g = (work + 255) / 256;
+  return static_cast<int>(g < 65535 ? (g ? g : 1) : 65535);
+}
+
+}  // namespace
+
+void chacha20_keystream_cuda(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, void* out,
+                             uint64_t nbytes, void* stream) {
+  if (nbytes == 0) return;
+  State st;
+  host_state(key, nonce, st.w);
+  auto s = static_cast<cudaStream_t>(stream);
+  keystream_kernel<<<grid_for((nbytes + 63) / 64), 256, 0, s>>>(st, counter, static_cast<uint8_t*>(out), nbytes);
+  check(cudaGetLastError(), "chacha20_keystream_cuda");
+}
+
+void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys, const int8_t* signs,
+                      std::size_t n_masks, const uint8_t nonce[12], void* stream) {
+  if (n == 0 || n_masks == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const std::size_t st_bytes = 64 * n_masks;
+  void* dev = nullptr;
+  check(cudaMallocAsync(&dev, st_bytes + n_masks, s), "apply_masks_cuda: cudaMallocAsync");
+  std::string host(st_bytes + n_masks, '\0');
+  for (std::size_t j = 0; j < n_masks; ++j)
+    host_state(keys + 32 * j, nonce, reinterpret_cast<uint32_t*>(&host[64 * j]));
+  std::memcpy(&host[st_bytes], signs, n_masks);
+  check(cudaMemcpyAsync(dev, host.data(), host.size(), cudaMemcpyHostToDevice, s), "apply_masks_cuda: copy");
+  const auto* states = static_cast<const uint32_t*>(dev);
+  const auto* dsigns = reinterpret_cast<const int8_t*>(static_cast<uint8_t*>(dev) + st_bytes);
+  if (ring_bits == 32) {
+    masks_kernel<uint32_t><<<grid_for((n + 15) / 16), 256, 0, s>>>(static_cast<uint32_t*>(vec), n, states, dsigns,
+                                                                     static_cast<int>(n_masks));
+  } else {
+    masks_kernel<uint64_t><<<grid_for((n + 7) / 8), 256, 0, s>>>(static_cast<uint64_t*>(vec), n, states, dsigns,
+                                                                   static_cast<int>(n_masks));
+  }
+  check(cudaGetLastError(), "apply_masks_cuda");
+  // The host staging buffer must outlive the pageable copy (which has completed on return for
+  // pageable memory); free the device buffer in stream order.
+  check(cudaFreeAsync(dev, s), "apply_masks_cuda: cudaFreeAsync");
+}
+
+}  // namespace medfl::secagg
