@@ -26,8 +26,15 @@ from medfl.secagg import shamir
 from medfl.secagg.graph import neighbourhoods
 from medfl.secagg.keys import KeyPair, Scope, derive, open_sealed, seal
 from medfl.secagg.masking import MaskSeed, quantize_and_mask
-from medfl.secagg.messages import (AdvertiseKeys, KeyRoster, MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest,
-                                   UnmaskResponse)
+from medfl.secagg.messages import (
+    AdvertiseKeys,
+    KeyRoster,
+    MaskedInput,
+    ShareDelivery,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from medfl.secagg.quantization import QuantSpec
 
 __all__ = ["ClientStage", "SecAggClient", "share_threshold"]

@@ -28,8 +28,15 @@ from medfl.secagg.client import share_threshold
 from medfl.secagg.graph import neighbourhoods
 from medfl.secagg.keys import KeyPair, Scope, derive
 from medfl.secagg.masking import NONCE_BYTES, MaskSeed, unmask_and_dequantize
-from medfl.secagg.messages import (AdvertiseKeys, KeyRoster, MaskedInput, ShareDelivery, ShareKeys, UnmaskRequest,
-                                   UnmaskResponse)
+from medfl.secagg.messages import (
+    AdvertiseKeys,
+    KeyRoster,
+    MaskedInput,
+    ShareDelivery,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from medfl.secagg.quantization import QuantSpec
 
 __all__ = ["SecAggServer", "ServerStage"]
@@ -187,7 +194,8 @@ class SecAggServer:
             return shamir.reconstruct(shares, t=t)
         except ShareError as exc:
             st.stage = ServerStage.ABORTED
-            raise SecAggAbort(f"cannot rebuild the {'self mask' if pick == 'b' else 'key'} of {owner!r}: {exc}") from exc
+            what = "self mask" if pick == "b" else "key"
+            raise SecAggAbort(f"cannot rebuild the {what} of {owner!r}: {exc}") from exc
 
     def finish(self) -> np.ndarray:
         """End round 3: rebuild the masks to remove and return the float32 sum of the survivors' updates."""
