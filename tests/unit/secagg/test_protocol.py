@@ -165,3 +165,49 @@ def test_out_of_order_and_bad_messages() -> None:
         server.close_sharing()
     with pytest.raises(SecAggAbort):
         server.close_advertise()
+
+
+def test_secagg_plus_ten_agents_with_dropouts() -> None:
+    got, want = run_round(10, 6, degree=4, drop_after_share=["a3"], drop_after_upload=["a7"])
+    assert np.array_equal(got, want)
+
+
+def _to_share_stage(n: int = 3):
+    spec = choose_spec(n_agents=n, clip_norm=1.0, frac_bits=16)
+    ids = [f"a{i}" for i in range(n)]
+    server = SecAggServer(agents=ids, threshold=2, degree=0, spec=spec, scope=SCOPE)
+    clients = {a: SecAggClient(agent=a, scope=SCOPE) for a in ids}
+    for a in ids:
+        server.receive_keys(clients[a].advertise())
+    roster = server.close_advertise()
+    for a in ids:
+        server.receive_shares(clients[a].share(roster))
+    return spec, clients, server.close_sharing()
+
+
+def test_relayed_share_tampered_or_redirected_is_rejected_by_the_agent() -> None:
+    from medfl.secagg.messages import ShareDelivery
+
+    spec, clients, deliveries = _to_share_stage()
+    blob = deliveries["a0"].sealed["a1"]
+    tampered = ShareDelivery(sealed={**deliveries["a0"].sealed, "a1": blob[:-1] + bytes([blob[-1] ^ 1])})
+    with pytest.raises(Rejected):
+        clients["a0"].mask(tampered, update=np.zeros(DIM, np.float32), spec=spec)
+    redirected = ShareDelivery(sealed={"a1": deliveries["a2"].sealed["a1"]})  # a1's share for a2, sent to a0
+    with pytest.raises(Rejected):
+        clients["a0"].mask(redirected, update=np.zeros(DIM, np.float32), spec=spec)
+    # a failed check leaves the state as it was: the honest delivery still works
+    clients["a0"].mask(deliveries["a0"], update=np.zeros(DIM, np.float32), spec=spec)
+
+
+def test_agent_refuses_an_unmask_request_that_asks_both_secrets_of_one_agent() -> None:
+    from medfl.secagg.messages import UnmaskRequest
+
+    spec, clients, deliveries = _to_share_stage()
+    clients["a0"].mask(deliveries["a0"], update=np.zeros(DIM, np.float32), spec=spec)
+    with pytest.raises(Rejected, match="both"):
+        clients["a0"].unmask(UnmaskRequest(survivors=["a0", "a1"], dropped=["a1"]))
+    with pytest.raises(Rejected, match="threshold"):
+        clients["a0"].unmask(UnmaskRequest(survivors=["a0"], dropped=["a1", "a2"]))
+    resp = clients["a0"].unmask(UnmaskRequest(survivors=["a0", "a1"], dropped=["a2"]))
+    assert set(resp.self_mask_shares) == {"a0", "a1"} and set(resp.key_shares) == {"a2"}
