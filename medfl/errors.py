@@ -23,6 +23,8 @@ __all__ = [
     "PolicyViolation",
     "Rejected",
     "RingOverflowError",
+    "SecAggAbort",
+    "ShareError",
     "StateError",
     "UnknownPeer",
     "UnsupportedVersion",
@@ -85,6 +87,14 @@ class NonFiniteError(MedflError, ValueError):
 
 class RingOverflowError(MedflError, OverflowError):
     """A value does not fit the fixed-point ring without wrapping."""
+
+
+class ShareError(MedflError, ValueError):
+    """Secret shares that cannot give a secret: too few, duplicated or inconsistent."""
+
+
+class SecAggAbort(MedflError, RuntimeError):
+    """A secure-aggregation round cannot finish: fewer than the threshold of agents remain."""
 
 
 class WireError(MedflError):

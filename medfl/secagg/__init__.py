@@ -7,8 +7,13 @@ References
 .. [2] Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020.
 """
 
+from medfl.secagg.client import ClientStage, SecAggClient
+from medfl.secagg.graph import default_degree, neighbourhoods
+from medfl.secagg.keys import KeyPair, Scope
 from medfl.secagg.masking import MaskSeed, dequantize_sum, quantize_and_mask, unmask_and_dequantize
 from medfl.secagg.quantization import QuantSpec, choose_spec, clip_to_norm
+from medfl.secagg.server import SecAggServer, ServerStage
 
-__all__ = ["MaskSeed", "QuantSpec", "choose_spec", "clip_to_norm", "dequantize_sum", "quantize_and_mask",
+__all__ = ["ClientStage", "KeyPair", "MaskSeed", "QuantSpec", "Scope", "SecAggClient", "SecAggServer", "ServerStage",
+           "choose_spec", "clip_to_norm", "default_degree", "dequantize_sum", "neighbourhoods", "quantize_and_mask",
            "unmask_and_dequantize"]
