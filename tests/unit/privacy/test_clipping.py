@@ -103,3 +103,20 @@ def test_bad_arguments():
         GradSampleClipper(_mlp(), max_grad_norm=0.0)
     with pytest.raises(ValueError, match="loss_reduction"):
         GradSampleClipper(_mlp(), max_grad_norm=1.0, loss_reduction="avg")
+
+
+@pytest.mark.parametrize("name,image,batch", [("cnn", 16, 1), ("cnn", 16, 7), ("cnn", 16, 64), ("resnet18", 32, 1), ("resnet18", 32, 7)])
+@pytest.mark.parametrize("clip", [1e-3, 1.0, 1e4])
+def test_medfl_models_match_torch_func(name, image, batch, clip):
+    from medfl.models.registry import create_model
+
+    torch.manual_seed(2)
+    model = create_model(name).double().eval()  # dropout off so both sides see the same function
+    x = torch.randn(batch, 1, image, image, dtype=torch.float64)
+    y = torch.randint(0, 2, (batch,))
+    ref = _reference(model, x, y, clip)
+    clipper = GradSampleClipper(model, max_grad_norm=clip)
+    nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+    clipper.clip_and_accumulate()
+    for pname, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[pname], rtol=1e-5, atol=1e-9 * max(1.0, clip))
