@@ -105,7 +105,10 @@ def test_bad_arguments():
         GradSampleClipper(_mlp(), max_grad_norm=1.0, loss_reduction="avg")
 
 
-@pytest.mark.parametrize("name,image,batch", [("cnn", 16, 1), ("cnn", 16, 7), ("cnn", 16, 64), ("resnet18", 32, 1), ("resnet18", 32, 7)])
+@pytest.mark.parametrize(
+    "name,image,batch",
+    [("cnn", 16, 1), ("cnn", 16, 7), ("cnn", 16, 64), ("resnet18", 32, 1), ("resnet18", 32, 7)],
+)
 @pytest.mark.parametrize("clip", [1e-3, 1.0, 1e4])
 def test_medfl_models_match_torch_func(name, image, batch, clip):
     from medfl.models.registry import create_model
