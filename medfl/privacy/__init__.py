@@ -1,4 +1,4 @@
-"""Differential privacy for medfl: per-sample clipping (DP-SGD building blocks).
+"""Differential privacy for medfl: per-sample clipping, secure noise, Poisson sampling, validation.
 
 References
 ----------
@@ -6,5 +6,18 @@ References
 """
 
 from medfl.privacy.clipping import SUPPORTED, GradSampleClipper
+from medfl.privacy.noise import gaussian
+from medfl.privacy.sampling import micro_batches, poisson_indices
+from medfl.privacy.validation import Problem, UnsupportedModel, fix, validate
 
-__all__ = ["SUPPORTED", "GradSampleClipper"]
+__all__ = [
+    "SUPPORTED",
+    "GradSampleClipper",
+    "Problem",
+    "UnsupportedModel",
+    "fix",
+    "gaussian",
+    "micro_batches",
+    "poisson_indices",
+    "validate",
+]
