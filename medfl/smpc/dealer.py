@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 
 from medfl.smpc import ring
+from medfl.smpc.relu import ReluKeys
+from medfl.smpc.relu import relu_keys as make_relu_keys
 from medfl.smpc.sharing import Shared, share
 
 __all__ = ["Dealer", "LocalDealer", "MatmulTriple", "TruncPair"]
@@ -68,6 +70,10 @@ class Dealer(Protocol):
         """Return a truncation pair for arrays of ``shape``."""
         ...
 
+    def relu_keys(self, n: int) -> ReluKeys:
+        """Return FSS ReLU material for ``n`` elements."""
+        ...
+
 
 class LocalDealer:
     """In-process dealer; keeps the clear weight masks of the session it serves.
@@ -111,3 +117,9 @@ class LocalDealer:
         p = TruncPair(share(r), share(low), share(msb), frac_bits)
         self._count(p.r, p.r_low_shifted, p.r_msb)
         return p
+
+    def relu_keys(self, n: int) -> ReluKeys:
+        """Return FSS ReLU material for ``n`` elements; see :func:`medfl.smpc.relu.relu_keys`."""
+        keys = make_relu_keys(n)
+        self.bytes_offline += keys.nbytes
+        return keys
