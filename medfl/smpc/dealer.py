@@ -74,6 +74,10 @@ class Dealer(Protocol):
         """Return FSS ReLU material for ``n`` elements."""
         ...
 
+    def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
+        """Return shares of element-wise ``a``, ``b`` and ``a * b``."""
+        ...
+
 
 class LocalDealer:
     """In-process dealer; keeps the clear weight masks of the session it serves.
@@ -123,3 +127,10 @@ class LocalDealer:
         keys = make_relu_keys(n)
         self.bytes_offline += keys.nbytes
         return keys
+
+    def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
+        """Return an element-wise Beaver triple; see :class:`Dealer`."""
+        a, b = ring.uniform(shape), ring.uniform(shape)
+        t = (share(a), share(b), share(a * b))
+        self._count(*t)
+        return t
