@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from medfl.errors import RingOverflowError
+from medfl.models.cnn import cnn
 from medfl.smpc import InMemoryChannel, LocalDealer
-from medfl.smpc.evaluator import SecureModel
+from medfl.smpc.evaluator import SecureModel, calibrate
 from medfl.smpc.layers import Session
 
 
@@ -32,10 +34,31 @@ def test_whole_cnn_logits_within_bound_and_decisions_identical() -> None:
         assert int(np.argmax(got)) == int(np.argmax(want))
 
 
-def test_groupnorm_refused_by_name() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4))
-    with pytest.raises(NotImplementedError, match="GroupNorm"):
-        SecureModel(model, Session(LocalDealer(), InMemoryChannel()), (1, 8, 8))
+def test_unsupported_layer_refused_by_name_and_groupnorm_needs_calibration() -> None:
+    with pytest.raises(NotImplementedError, match="Sigmoid"):
+        SecureModel(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Sigmoid()), Session(LocalDealer(), InMemoryChannel()),
+                    (1, 8, 8))
+    with pytest.raises(ValueError, match="calibration"):
+        SecureModel(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)), Session(LocalDealer(), InMemoryChannel()),
+                    (1, 8, 8))
+
+
+def test_medfl_cnn_with_groupnorm_vs_plaintext_and_range_refusal() -> None:
+    torch.manual_seed(1)  # test model weights only
+    model = cnn(width=4).eval()
+    torch.nn.init.normal_(model.head[2].weight, std=0.3)  # the zero-initialised head would make logits trivial
+    rng = np.random.default_rng(4)
+    calib_imgs = [rng.normal(size=(1, 64, 64)).astype(np.float32) for _ in range(4)]
+    cal = calibrate(model, calib_imgs)
+    sm = SecureModel(model, Session(LocalDealer(), InMemoryChannel()), (1, 64, 64), cal)
+    img = rng.normal(size=(1, 64, 64)).astype(np.float32)
+    got = sm(img)
+    with torch.no_grad():
+        want = model(torch.from_numpy(img)[None])[0].double().numpy()
+    assert np.max(np.abs(got - want)) < 5e-2
+    assert int(np.argmax(got)) == int(np.argmax(want))
+    with pytest.raises(RingOverflowError, match="calibrated"):
+        sm(img * 100)
 
 
 def test_model_server_view_is_uniform_for_two_images() -> None:
