@@ -1,0 +1,79 @@
+"""Secure matrix products with Beaver triples; the weight mask is opened once per session.
+
+The model server's weights ``W`` are masked by a dealer matrix ``B`` and ``F = W - B`` is opened
+once per model and session. Each query draws a fresh ``A`` with ``C = A B`` and opens only
+``E = X - A``; then ``X W = E F + E B + A F + C`` is computed locally on shares.
+
+References
+----------
+.. [1] Beaver, "Efficient Multiparty Protocols Using Circuit Randomization", CRYPTO 1991.
+.. [2] Mohassel and Zhang, "SecureML", IEEE S&P 2017 (matrix triples, reusing the weight mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medfl.smpc.channel import Channel
+from medfl.smpc.dealer import Dealer
+from medfl.smpc.sharing import Shared
+
+__all__ = ["MaskedWeight", "mask_weight", "matmul"]
+
+
+@dataclass(frozen=True)
+class MaskedWeight:
+    """A shared weight matrix with its opened masked value ``F = W - B`` and the mask ``B``.
+
+    References
+    ----------
+    .. [1] Mohassel and Zhang, "SecureML", S&P 2017.
+    """
+
+    w: Shared
+    b: Shared
+    f: np.ndarray
+
+
+def mask_weight(w: Shared, dealer: Dealer, channel: Channel) -> MaskedWeight:
+    """Open ``W - B`` once for the session (one round, paid per model, not per query).
+
+    References
+    ----------
+    .. [1] Mohassel and Zhang, "SecureML", S&P 2017.
+    """
+    if w.s0.ndim != 2:
+        raise ValueError(f"weight must be a matrix, got shape {w.s0.shape}")
+    b = dealer.weight_mask((int(w.s0.shape[0]), int(w.s0.shape[1])))
+    return MaskedWeight(w, b, channel.open(w.s0 - b.s0, w.s1 - b.s1))
+
+
+def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel) -> Shared:
+    """Return shares of ``X @ W mod 2^64`` in one round (opening ``X - A`` only).
+
+    Parameters
+    ----------
+    x : Shared
+        Shares of an (m x k) matrix.
+    w : MaskedWeight
+        The session's masked (k x n) weight.
+    dealer, channel
+        Source of the triple and the opening.
+
+    Returns
+    -------
+    Shared
+
+    References
+    ----------
+    .. [1] Beaver, CRYPTO 1991.
+    """
+    if x.s0.ndim != 2 or x.s0.shape[1] != w.f.shape[0]:
+        raise ValueError(f"cannot multiply {x.s0.shape} by {w.f.shape}")
+    t = dealer.matmul_triple(int(x.s0.shape[0]), w.b)
+    e = channel.open(x.s0 - t.a.s0, x.s1 - t.a.s1)
+    z0 = e @ w.f + e @ t.b.s0 + t.a.s0 @ w.f + t.c.s0
+    z1 = e @ t.b.s1 + t.a.s1 @ w.f + t.c.s1
+    return Shared(z0, z1)

@@ -1,0 +1,136 @@
+"""The dealer (crypto provider): correlated randomness for one session, and its local twin.
+
+The dealer learns nothing about inputs or the model: everything it makes is independent of
+them. :class:`LocalDealer` draws all its randomness from :mod:`medfl.csprng` and serves the
+in-process engine and tests; a networked dealer implements the same :class:`Dealer` interface.
+
+References
+----------
+.. [1] Beaver, "Efficient Multiparty Protocols Using Circuit Randomization", CRYPTO 1991.
+.. [2] Escudero et al., "Improved Primitives for MPC over Mixed Arithmetic-Binary Circuits",
+   CRYPTO 2020 (truncation pairs with the top bit of the mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from medfl.smpc import ring
+from medfl.smpc.relu import ReluKeys
+from medfl.smpc.relu import relu_keys as make_relu_keys
+from medfl.smpc.sharing import Shared, share
+
+__all__ = ["Dealer", "LocalDealer", "MatmulTriple", "TruncPair"]
+
+
+@dataclass(frozen=True)
+class MatmulTriple:
+    """Shares of ``A`` (m x k), ``B`` (k x n) and ``C = A @ B mod 2^64``.
+
+    References
+    ----------
+    .. [1] Beaver, CRYPTO 1991; Mohassel and Zhang, "SecureML", S&P 2017 (matrix triples).
+    """
+
+    a: Shared
+    b: Shared
+    c: Shared
+
+
+@dataclass(frozen=True)
+class TruncPair:
+    """Shares of a uniform mask ``r``, of ``r mod 2^63 >> f`` and of the top bit of ``r``.
+
+    References
+    ----------
+    .. [1] Escudero et al., CRYPTO 2020.
+    """
+
+    r: Shared
+    r_low_shifted: Shared
+    r_msb: Shared
+    frac_bits: int
+
+
+class Dealer(Protocol):
+    """What the compute parties ask the dealer for."""
+
+    def weight_mask(self, shape: tuple[int, int]) -> Shared:
+        """Return shares of a fresh mask ``B`` for a weight matrix, used for a whole session."""
+        ...
+
+    def matmul_triple(self, m: int, b: Shared) -> MatmulTriple:
+        """Return a fresh ``A`` (m x k) with ``C = A @ B`` for the session's weight mask ``b``."""
+        ...
+
+    def trunc_pair(self, shape: tuple[int, ...], frac_bits: int) -> TruncPair:
+        """Return a truncation pair for arrays of ``shape``."""
+        ...
+
+    def relu_keys(self, n: int) -> ReluKeys:
+        """Return FSS ReLU material for ``n`` elements."""
+        ...
+
+    def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
+        """Return shares of element-wise ``a``, ``b`` and ``a * b``."""
+        ...
+
+
+class LocalDealer:
+    """In-process dealer; keeps the clear weight masks of the session it serves.
+
+    References
+    ----------
+    .. [1] Beaver, CRYPTO 1991.
+    """
+
+    def __init__(self) -> None:
+        """Start a session with no weight masks."""
+        self._masks: dict[int, np.ndarray] = {}
+        self.bytes_offline = 0
+
+    def _count(self, *arrays: Shared) -> None:
+        self.bytes_offline += sum(s.s0.nbytes + s.s1.nbytes for s in arrays)
+
+    def weight_mask(self, shape: tuple[int, int]) -> Shared:
+        """Return shares of a fresh uniform weight mask ``B``; see :class:`Dealer`."""
+        b = ring.uniform(shape)
+        shares = share(b)
+        self._masks[id(shares)] = b
+        self._count(shares)
+        return shares
+
+    def matmul_triple(self, m: int, b: Shared) -> MatmulTriple:
+        """Return a matrix triple for the mask ``b`` issued by :meth:`weight_mask`."""
+        clear_b = self._masks.get(id(b))
+        if clear_b is None:
+            raise KeyError("weight mask was not issued by this dealer session; ask weight_mask first")
+        a = ring.uniform((m, clear_b.shape[0]))
+        t = MatmulTriple(share(a), b, share(a @ clear_b))
+        self._count(t.a, t.c)
+        return t
+
+    def trunc_pair(self, shape: tuple[int, ...], frac_bits: int) -> TruncPair:
+        """Return a truncation pair; see :class:`TruncPair`."""
+        r = ring.uniform(shape)
+        low = (r & np.uint64(2**63 - 1)) >> np.uint64(frac_bits)
+        msb = r >> np.uint64(63)
+        p = TruncPair(share(r), share(low), share(msb), frac_bits)
+        self._count(p.r, p.r_low_shifted, p.r_msb)
+        return p
+
+    def relu_keys(self, n: int) -> ReluKeys:
+        """Return FSS ReLU material for ``n`` elements; see :func:`medfl.smpc.relu.relu_keys`."""
+        keys = make_relu_keys(n)
+        self.bytes_offline += keys.nbytes
+        return keys
+
+    def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
+        """Return an element-wise Beaver triple; see :class:`Dealer`."""
+        a, b = ring.uniform(shape), ring.uniform(shape)
+        t = (share(a), share(b), share(a * b))
+        self._count(*t)
+        return t

@@ -1,0 +1,117 @@
+"""Secure inference layers on shares of one image (C, H, W): Conv2d, Linear, pools, residual add, ReLU.
+
+Linear maps run as Beaver matrix products (convolutions through im2col, a local rearrangement
+of shares), followed by one truncation; ReLU and max-pool use the FSS comparison of
+:mod:`medfl.smpc.relu` (max(a, b) = b + ReLU(a - b)); average pooling multiplies by a public
+fixed-point constant and truncates; residual adds are local.
+
+References
+----------
+.. [1] Mohassel and Zhang, "SecureML", IEEE S&P 2017.
+.. [2] Ryffel et al., "AriaNN", PoPETs 2022.
+.. [3] Chellapilla, Puri and Simard, "High Performance Convolutional Neural Networks for Document
+   Processing", 2006 (im2col).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medfl.smpc import ring
+from medfl.smpc.beaver import MaskedWeight, mask_weight, matmul
+from medfl.smpc.channel import Channel
+from medfl.smpc.dealer import Dealer
+from medfl.smpc.relu import relu
+from medfl.smpc.sharing import Shared
+from medfl.smpc.truncation import truncate
+
+__all__ = ["Session", "add", "avg_pool", "conv2d", "linear", "max_pool2d", "prepare_weight", "relu_layer"]
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every layer needs: the dealer, the channel and the fractional bits."""
+
+    dealer: Dealer
+    channel: Channel
+    frac_bits: int = ring.FRAC_BITS
+
+
+def _map(x: Shared, fn: object) -> Shared:
+    f = fn  # a local rearrangement applied to both shares alike
+    return Shared(np.ascontiguousarray(f(x.s0)), np.ascontiguousarray(f(x.s1)))  # type: ignore[operator]
+
+
+def prepare_weight(w: Shared, s: Session) -> MaskedWeight:
+    """Open a (k x n) weight's mask once for the session (Linear: in x out; Conv: C*kh*kw x out)."""
+    return mask_weight(w, s.dealer, s.channel)
+
+
+def _trunc(z: Shared, s: Session) -> Shared:
+    return truncate(z, s.dealer.trunc_pair(z.s0.shape, s.frac_bits), s.channel)
+
+
+def _add_bias(z: Shared, bias: Shared | None) -> Shared:
+    if bias is None:
+        return z
+    return Shared(z.s0 + bias.s0, z.s1 + bias.s1)
+
+
+def linear(x: Shared, w: MaskedWeight, bias: Shared | None, s: Session) -> Shared:
+    """Shares of ``x @ W + b`` for ``x`` of shape (m, k); two rounds (product, truncation)."""
+    return _add_bias(_trunc(matmul(x, w, s.dealer, s.channel), s), bias)
+
+
+def _im2col(a: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
+    c = a.shape[0]
+    p = np.pad(a, ((0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(p, (k, k), axis=(1, 2))[:, ::stride, ::stride]
+    ho, wo = win.shape[1], win.shape[2]
+    return win.transpose(1, 2, 0, 3, 4).reshape(ho * wo, c * k * k)
+
+
+def conv2d(x: Shared, w: MaskedWeight, bias: Shared | None, s: Session, *, kernel: int, stride: int = 1,
+           padding: int = 0) -> Shared:
+    """Shares of a 2-D convolution of ``x`` (C, H, W); ``w`` is the (C*k*k, C_out) weight matrix."""
+    c, h, wd = x.s0.shape
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (wd + 2 * padding - kernel) // stride + 1
+    cols = _map(x, lambda a: _im2col(a, kernel, stride, padding))
+    z = _trunc(matmul(cols, w, s.dealer, s.channel), s)
+    out = _map(z, lambda a: a.T.reshape(-1, ho, wo))
+    if bias is not None:
+        out = Shared(out.s0 + bias.s0[:, None, None], out.s1 + bias.s1[:, None, None])
+    return out
+
+
+def relu_layer(x: Shared, s: Session) -> Shared:
+    """Shares of ``max(x, 0)`` (two rounds)."""
+    return relu(x, s.dealer.relu_keys(x.s0.size), s.channel)
+
+
+def _max(a: Shared, b: Shared, s: Session) -> Shared:
+    d = relu_layer(Shared(a.s0 - b.s0, a.s1 - b.s1), s)
+    return Shared(b.s0 + d.s0, b.s1 + d.s1)
+
+
+def max_pool2d(x: Shared, s: Session) -> Shared:
+    """Shares of a 2x2, stride-2 max pool of (C, H, W) with even H and W (four rounds)."""
+    q = [_map(x, lambda a, i=i, j=j: a[:, i::2, j::2]) for i in (0, 1) for j in (0, 1)]
+    pair = _max(Shared(np.stack([q[0].s0, q[2].s0]), np.stack([q[0].s1, q[2].s1])),
+                Shared(np.stack([q[1].s0, q[3].s0]), np.stack([q[1].s1, q[3].s1])), s)
+    return _max(_map(pair, lambda a: a[0]), _map(pair, lambda a: a[1]), s)
+
+
+def avg_pool(x: Shared, k: int, s: Session) -> Shared:
+    """Shares of a k x k, stride-k average pool of (C, H, W), H and W divisible by k (one round)."""
+    c, h, w = x.s0.shape
+    summed = _map(x, lambda a: a.reshape(c, h // k, k, w // k, k).sum(axis=(2, 4), dtype=np.uint64))
+    inv = ring.encode(np.array(1.0 / (k * k)), frac_bits=s.frac_bits)
+    return _trunc(Shared(summed.s0 * inv, summed.s1 * inv), s)
+
+
+def add(a: Shared, b: Shared) -> Shared:
+    """Shares of ``a + b`` (residual connection; local)."""
+    return Shared(a.s0 + b.s0, a.s1 + b.s1)

@@ -1,0 +1,78 @@
+"""Two-party additive secret sharing over Z_2^64: ``x = x0 + x1 mod 2^64``.
+
+Each share alone is uniform in Z_2^64 and so carries no information about ``x``.
+
+References
+----------
+.. [1] Demmler, Schneider and Zohner, "ABY - A Framework for Efficient Mixed-Protocol Secure
+   Two-Party Computation", NDSS 2015 (arithmetic sharing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medfl.smpc import ring
+
+__all__ = ["Shared", "reconstruct", "share"]
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The two additive shares of one secret ring array (held together only in tests and by the dealer).
+
+    Attributes
+    ----------
+    s0, s1 : ndarray of uint64
+        Party 0's and party 1's shares, same shape.
+
+    References
+    ----------
+    .. [1] Demmler, Schneider and Zohner, "ABY", NDSS 2015.
+    """
+
+    s0: np.ndarray
+    s1: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Check that both shares are uint64 arrays of one shape."""
+        if self.s0.dtype != np.uint64 or self.s1.dtype != np.uint64:
+            raise TypeError(f"shares must be uint64, got {self.s0.dtype} and {self.s1.dtype}")
+        if self.s0.shape != self.s1.shape:
+            raise ValueError(f"shares differ in shape: {self.s0.shape} vs {self.s1.shape}")
+
+    def of(self, party: int) -> np.ndarray:
+        """Return the share of ``party`` (0 or 1)."""
+        if party not in (0, 1):
+            raise ValueError(f"party must be 0 or 1, got {party}")
+        return self.s0 if party == 0 else self.s1
+
+
+def share(x: np.ndarray) -> Shared:
+    """Split ring elements into two uniformly random additive shares.
+
+    Parameters
+    ----------
+    x : ndarray of uint64
+        The secret.
+
+    Returns
+    -------
+    Shared
+
+    References
+    ----------
+    .. [1] Demmler, Schneider and Zohner, "ABY", NDSS 2015.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.uint64:
+        raise TypeError(f"secret must be uint64 ring elements, got {x.dtype}")
+    s0 = ring.uniform(x.shape)
+    return Shared(s0, x - s0)
+
+
+def reconstruct(s: Shared) -> np.ndarray:
+    """Return ``s0 + s1 mod 2^64``."""
+    return s.s0 + s.s1

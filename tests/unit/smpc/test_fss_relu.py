@@ -1,0 +1,49 @@
+"""DCF keys and the FSS ReLU against plaintext, with edge inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfl.smpc import InMemoryChannel, reconstruct, ring, share
+from medfl.smpc.fss import dcf_eval, dcf_gen
+from medfl.smpc.relu import relu, relu_keys
+
+RNG = np.random.default_rng(11)  # test data only
+
+
+def test_dcf_matches_comparison_on_random_and_edge_points() -> None:
+    n = 600
+    alpha = RNG.integers(0, 2**64, size=n, dtype=np.uint64)
+    alpha[:4] = [0, 1, 2**63, 2**64 - 1]
+    beta = RNG.integers(0, 2**64, size=n, dtype=np.uint64)
+    near = alpha + RNG.integers(-2, 3, size=n).astype(np.uint64)
+    far = RNG.integers(0, 2**64, size=n, dtype=np.uint64)
+    k0, k1 = dcf_gen(alpha, beta)
+    for x in (near, far, alpha, np.zeros(n, np.uint64), np.full(n, 2**64 - 1, np.uint64)):
+        got = dcf_eval(0, k0, x) + dcf_eval(1, k1, x)
+        assert np.array_equal(got, np.where(x < alpha, beta, np.uint64(0)))
+
+
+def test_dcf_single_key_output_looks_uniform() -> None:
+    n = 4096
+    alpha = np.full(n, 2**40, np.uint64)
+    k0, _ = dcf_gen(alpha, np.ones(n, np.uint64))
+    y = dcf_eval(0, k0, np.zeros(n, np.uint64))  # true answer is 1 everywhere
+    top = (y >> np.uint64(63)).astype(np.float64)
+    assert abs(top.mean() - 0.5) < 6 * 0.5 / np.sqrt(n)
+
+
+@pytest.mark.parametrize("kind", ["random", "all_negative", "near_range"])
+def test_relu_is_exact(kind: str) -> None:
+    if kind == "random":
+        x = ring.encode(RNG.normal(size=(3, 50)) * 10)
+    elif kind == "all_negative":
+        x = ring.encode(-np.abs(RNG.normal(size=(3, 50))) - 2.0**-16)
+    else:  # activations at the edge of the truncation headroom |x| < 2^62
+        raw = np.array([2**62 - 1, -(2**62) + 1, 0, 1, -1, 2**61, -(2**61)], dtype=np.int64)
+        x = raw.view(np.uint64)
+    ch = InMemoryChannel()
+    out = reconstruct(relu(share(x), relu_keys(x.size), ch))
+    assert np.array_equal(out.view(np.int64), np.maximum(x.view(np.int64), 0))
+    assert ch.rounds == 2

@@ -1,0 +1,37 @@
+"""GroupNorm on shares vs torch, with the Newton step count planned from a calibrated variance range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from medfl.smpc import InMemoryChannel, LocalDealer, reconstruct, ring, share
+from medfl.smpc.groupnorm import group_norm, newton_steps
+from medfl.smpc.layers import Session
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
+def test_group_norm_matches_torch_within_bound(scale: float) -> None:
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(4, 6, 5)) * scale + 0.5).astype(np.float32)
+    gamma = rng.normal(size=4).astype(np.float32)
+    beta = rng.normal(size=4).astype(np.float32)
+    s = Session(LocalDealer(), InMemoryChannel())
+    out = group_norm(share(ring.encode(x)), 2, share(ring.encode(gamma)), share(ring.encode(beta)), s,
+                     eps=1e-5, v_range=(0.01, 25.0))
+    want = F.group_norm(torch.from_numpy(x)[None], 2, torch.from_numpy(gamma), torch.from_numpy(beta), 1e-5)[0]
+    err = np.max(np.abs(ring.decode(reconstruct(out)) - want.double().numpy()))
+    assert err < 2e-2, err
+
+
+def test_newton_steps_bound_and_refusal() -> None:
+    k = newton_steps(0.01, 25.0, 1e-3)
+    y, v = 1 / np.sqrt(25.0), np.geomspace(0.01, 25.0, 200)
+    yy = np.full_like(v, y)
+    for _ in range(k):
+        yy = yy * (3 - v * yy * yy) / 2
+    assert np.max(np.abs(yy * np.sqrt(v) - 1)) < 1e-3
+    with pytest.raises(ValueError, match="v_min"):
+        newton_steps(0.0, 1.0)
