@@ -131,6 +131,9 @@ static medfl::native::Registration reg("secagg", [](py::module_& m) {
         for (std::size_t j = 0; j < m; ++j)
           if (signs.data()[j] != 1 && signs.data()[j] != -1)
             throw py::value_error("apply_masks_cuda: sign " + std::to_string(int(signs.data()[j])) + " is not +1 or -1");
+        if (m > 512)
+          throw py::value_error("apply_masks_cuda: at most 512 masks per call (got " + std::to_string(m) +
+                                "); apply them in several calls");
         check_counter(0, n * static_cast<uint64_t>(ring_bits / 8));
         medfl::secagg::apply_masks_cuda(medfl::native::ptr(vec), ring_bits, n, keys.data(), signs.data(), m, nn,
                                         medfl::native::ptr(stream));

@@ -47,37 +47,78 @@ struct State {
 
 __global__ void keystream_kernel(State st, uint32_t counter, uint8_t* out, uint64_t nbytes) {
   const uint64_t blocks = (nbytes + 63) / 64;
+  const bool aligned = (reinterpret_cast<uintptr_t>(out) & 15) == 0;
   for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks; b += (uint64_t)gridDim.x * blockDim.x) {
     uint32_t ks[16];
     block(st.w, counter + static_cast<uint32_t>(b), ks);
     const uint64_t base = b * 64;
-    const uint64_t len = nbytes - base < 64 ? nbytes - base : 64;
-    const uint8_t* k8 = reinterpret_cast<const uint8_t*>(ks);
-    for (uint64_t i = 0; i < len; ++i) out[base + i] = k8[i];
+    if (aligned && nbytes - base >= 64) {
+      uint4* o = reinterpret_cast<uint4*>(out + base);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) o[q] = make_uint4(ks[4 * q], ks[4 * q + 1], ks[4 * q + 2], ks[4 * q + 3]);
+    } else {
+      const uint64_t len = nbytes - base < 64 ? nbytes - base : 64;
+      const uint8_t* k8 = reinterpret_cast<const uint8_t*>(ks);
+      for (uint64_t i = 0; i < len; ++i) out[base + i] = k8[i];
+    }
   }
 }
 
+// Adds (sign > 0) or subtracts one 64-byte keystream block, viewed as 64 / sizeof(T) ring words,
+// to acc. Little-endian words, as the host kernels and the reference read the keystream.
+template <typename T>
+__device__ __forceinline__ void accumulate(T (&acc)[64 / sizeof(T)], const uint32_t (&ks)[16], bool add) {
+  constexpr int kWords = 64 / sizeof(T);
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+    T w;
+    if constexpr (sizeof(T) == 4) {
+      w = ks[i];
+    } else {
+      w = static_cast<T>(ks[2 * i]) | (static_cast<T>(ks[2 * i + 1]) << 32);
+    }
+    acc[i] = add ? acc[i] + w : acc[i] - w;
+  }
+}
+
+// One thread per 64-byte block of the vector; the mask states sit in shared memory. Full,
+// 16-byte aligned blocks move as four 16-byte loads and stores; the tail goes word by word.
 template <typename T>
 __global__ void masks_kernel(T* vec, uint64_t n, const uint32_t* states, const int8_t* signs, int n_masks) {
-  constexpr uint64_t kWords = 64 / sizeof(T);
+  constexpr int kWords = 64 / sizeof(T);
+  extern __shared__ uint32_t smem[];
+  int8_t* ssigns = reinterpret_cast<int8_t*>(smem + 16 * n_masks);
+  for (int i = threadIdx.x; i < 16 * n_masks; i += blockDim.x) smem[i] = states[i];
+  for (int i = threadIdx.x; i < n_masks; i += blockDim.x) ssigns[i] = signs[i];
+  __syncthreads();
   const uint64_t blocks = (n + kWords - 1) / kWords;
+  const bool aligned = (reinterpret_cast<uintptr_t>(vec) & 15) == 0;
   for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks; b += (uint64_t)gridDim.x * blockDim.x) {
     const uint64_t base = b * kWords;
-    const uint64_t len = n - base < kWords ? n - base : kWords;
+    const bool full = aligned && n - base >= static_cast<uint64_t>(kWords);
     T acc[kWords];
-    for (uint64_t i = 0; i < kWords; ++i) acc[i] = i < len ? vec[base + i] : T(0);
+    if (full) {
+      const uint4* src = reinterpret_cast<const uint4*>(vec + base);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) reinterpret_cast<uint4*>(acc)[q] = src[q];
+    } else {
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) acc[i] = base + i < n ? vec[base + i] : T(0);
+    }
     for (int j = 0; j < n_masks; ++j) {
       uint32_t ks[16];
-      block(states + 16 * j, static_cast<uint32_t>(b), ks);
-      T words[kWords];
-      memcpy(words, ks, 64);
-      if (signs[j] > 0) {
-        for (uint64_t i = 0; i < kWords; ++i) acc[i] += words[i];
-      } else {
-        for (uint64_t i = 0; i < kWords; ++i) acc[i] -= words[i];
-      }
+      block(smem + 16 * j, static_cast<uint32_t>(b), ks);
+      accumulate<T>(acc, ks, ssigns[j] > 0);
     }
-    for (uint64_t i = 0; i < len; ++i) vec[base + i] = acc[i];
+    if (full) {
+      uint4* dst = reinterpret_cast<uint4*>(vec + base);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) dst[q] = reinterpret_cast<const uint4*>(acc)[q];
+    } else {
+#pragma unroll
+      for (int i = 0; i < kWords; ++i)
+        if (base + i < n) vec[base + i] = acc[i];
+    }
   }
 }
 
@@ -119,11 +160,12 @@ void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys,
   check(cudaMemcpyAsync(dev, host.data(), host.size(), cudaMemcpyHostToDevice, s), "apply_masks_cuda: copy");
   const auto* states = static_cast<const uint32_t*>(dev);
   const auto* dsigns = reinterpret_cast<const int8_t*>(static_cast<uint8_t*>(dev) + st_bytes);
+  const std::size_t smem = 64 * n_masks + n_masks;
   if (ring_bits == 32) {
-    masks_kernel<uint32_t><<<grid_for((n + 15) / 16), 256, 0, s>>>(static_cast<uint32_t*>(vec), n, states, dsigns,
+    masks_kernel<uint32_t><<<grid_for((n + 15) / 16), 256, smem, s>>>(static_cast<uint32_t*>(vec), n, states, dsigns,
                                                                      static_cast<int>(n_masks));
   } else {
-    masks_kernel<uint64_t><<<grid_for((n + 7) / 8), 256, 0, s>>>(static_cast<uint64_t*>(vec), n, states, dsigns,
+    masks_kernel<uint64_t><<<grid_for((n + 7) / 8), 256, smem, s>>>(static_cast<uint64_t*>(vec), n, states, dsigns,
                                                                    static_cast<int>(n_masks));
   }
   check(cudaGetLastError(), "apply_masks_cuda");
