@@ -131,6 +131,33 @@ def _apply_masks_device(vec: Any, masks: Sequence[MaskSeed], nonce: bytes) -> No
                                  signs, nonce, stream)
 
 
+def _quantize_and_mask_device(x: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
+                              rounding_seed: int) -> Any:
+    """:func:`quantize_and_mask` of a flat float32 device array: one fused kernel on its stream."""
+    from medfl import native
+
+    native.active_backend(device=True)
+    ptr, dtype, shape, stream, ctx = native._Cuda._info(x, "update")
+    if dtype != "float32":
+        raise TypeError(f"update must be float32, got {dtype}")
+    seed = operator.index(rounding_seed) % 2**64
+    if len(masks) > _CUDA_MASKS_PER_CALL:  # more masks than shared memory holds: encode, then mask in slices
+        q = fxp.encode(x, frac_bits=spec.frac_bits, ring_bits=spec.ring_bits, rounding="stochastic", seed=seed)
+        _apply_masks_device(q, masks, nonce)
+        return q
+    out = native._Cuda._empty(x, shape, "uint32" if spec.ring_bits == 32 else "uint64")
+    keys, signs = _mask_arrays(masks)
+    mod = native.native_module()
+    with ctx:
+        code, index = mod.quantize_and_mask_cuda(ptr, native._Cuda._info(out, "out")[0],  # type: ignore[union-attr]
+                                                 spec.ring_bits, math.prod(shape), spec.frac_bits, seed, keys, signs,
+                                                 nonce, stream)
+    if code:
+        host = x.cpu().numpy() if hasattr(x, "cpu") else x.get()
+        fxp.raise_for_status(code, index, host, spec.frac_bits, spec.ring_bits)
+    return out
+
+
 def apply_masks(vec: Any, masks: Sequence[MaskSeed], nonce: bytes) -> None:
     """Add ``sign * PRG(seed)`` of every mask to the C-contiguous ring vector ``vec`` in place.
 
@@ -186,10 +213,8 @@ def quantize_and_mask(update: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed]
 
     _check_nonce(nonce)
     if native._is_device_array(update):
-        q = fxp.encode(update.reshape(-1), frac_bits=spec.frac_bits, ring_bits=spec.ring_bits,
-                       rounding="stochastic", seed=rounding_seed)
-        _apply_masks_device(q, masks, nonce)
-        return q
+        return _quantize_and_mask_device(update.reshape(-1), spec=spec, masks=masks, nonce=nonce,
+                                         rounding_seed=rounding_seed)
     x = np.ascontiguousarray(update, dtype=np.float32).reshape(-1)
     mod = native.native_module()
     if native.active_backend() == "reference" or mod is None or not hasattr(mod, "quantize_and_mask"):

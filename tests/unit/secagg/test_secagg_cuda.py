@@ -96,3 +96,39 @@ def test_cuda_mask_rejects_float_vectors(cuda: str) -> None:
 
     with pytest.raises(TypeError, match="uint32 or uint64"):
         masking.apply_masks(torch.zeros(8, device="cuda"), [MaskSeed(os.urandom(32), 1)], os.urandom(12))
+
+
+@pytest.mark.parametrize("bad, error", [(float("nan"), "NonFiniteError"), (float("inf"), "NonFiniteError"),
+                                        (1e30, "RingOverflowError")])
+def test_cuda_quantize_and_mask_rejects_bad_values_with_their_index(cuda: str, bad: float, error: str) -> None:
+    import torch
+
+    from medfl import errors
+    from medfl.secagg.quantization import QuantSpec
+
+    spec = QuantSpec(ring_bits=32, frac_bits=16, clip_norm=4.0, n_agents=4)
+    x = torch.zeros(1000, device="cuda")
+    x[777] = bad
+    x[901] = bad
+    with pytest.raises(getattr(errors, error), match="777"):
+        masking.quantize_and_mask(x, spec=spec, masks=[MaskSeed(os.urandom(32), 1)], nonce=os.urandom(12),
+                                  rounding_seed=1)
+
+
+@pytest.mark.parametrize("n_masks", [0, 513])
+def test_cuda_quantize_and_mask_without_masks_and_beyond_shared_memory(cuda: str, n_masks: int) -> None:
+    import torch
+
+    from medfl.secagg.quantization import QuantSpec
+
+    spec = QuantSpec(ring_bits=64, frac_bits=24, clip_norm=4.0, n_agents=4)
+    x = np.random.default_rng(5).standard_normal(333).astype(np.float32)
+    masks = [MaskSeed(os.urandom(32), 1 if j % 2 else -1) for j in range(n_masks)]
+    nonce = os.urandom(12)
+    want = masking.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=nonce, rounding_seed=2**64 - 1)
+    got = masking.quantize_and_mask(torch.from_numpy(x).cuda(), spec=spec, masks=masks, nonce=nonce,
+                                    rounding_seed=2**64 - 1)
+    np.testing.assert_array_equal(_host(got), want)
+    empty = masking.quantize_and_mask(torch.zeros(0, device="cuda"), spec=spec, masks=masks, nonce=nonce,
+                                      rounding_seed=0)
+    assert empty.numel() == 0
