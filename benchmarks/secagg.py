@@ -25,7 +25,9 @@ table) the same sizes and neighbourhoods are timed on the device with CUDA event
 that size) and ``quantize+mask`` (:func:`~medfl.secagg.masking.quantize_and_mask` on a CUDA
 tensor: the stochastic encode kernel, then the masking kernel). ``per_keystream_vs_copy`` is the
 keystream bytes produced and applied per second (masks x ring bytes / time) over the copy's bytes
-per second; the GPU target is >= 0.5.
+per second; the GPU target is >= 0.5. ``call_overhead`` is the same call on a 64-parameter update
+(launch, status read-back, stream synchronisation, Python); ``kernel_per_keystream_vs_copy``
+subtracts it, to show the kernel's own rate next to the whole call's.
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ def bench_gpu_one(n: int, peers: int, repeats: int) -> dict[str, Any]:
                                                                         stream), repeats),
         "quantize_mask": _cuda_median_s(lambda: masking.quantize_and_mask(x, spec=spec, masks=masks, nonce=nonce,
                                                                           rounding_seed=1), repeats),
+        # The per-call cost that does not grow with the update (launch, status read-back and
+        # stream synchronisation, Python): the same call on a 64-parameter update.
+        "call_overhead": _cuda_median_s(lambda: masking.quantize_and_mask(x[:64], spec=spec, masks=masks,
+                                                                          nonce=nonce, rounding_seed=1), repeats),
     }
     row: dict[str, Any] = {"params": n, "peers": peers, "masks": len(masks), "ring_bits": spec.ring_bits}
     for name, t in secs.items():
@@ -144,12 +150,16 @@ def bench_gpu_one(n: int, peers: int, repeats: int) -> dict[str, Any]:
     row["keystream_gbps"] = ring_bytes / secs["keystream"] / 1e9
     row["quantize_mask_gbps_per_keystream"] = len(masks) * ring_bytes / secs["quantize_mask"] / 1e9
     row["per_keystream_vs_copy"] = row["quantize_mask_gbps_per_keystream"] / row["copy_gbps"]
+    kernel_s = max(secs["quantize_mask"] - secs["call_overhead"], 1e-9)
+    row["kernel_gbps_per_keystream"] = len(masks) * ring_bytes / kernel_s / 1e9
+    row["kernel_per_keystream_vs_copy"] = row["kernel_gbps_per_keystream"] / row["copy_gbps"]
     return row
 
 
 def _gpu_table(rows: list[dict[str, Any]]) -> str:
-    cols = ["params", "peers", "ring_bits", "copy_ms", "keystream_ms", "quantize_mask_ms", "copy_gbps",
-            "keystream_gbps", "quantize_mask_gbps_per_keystream", "per_keystream_vs_copy"]
+    cols = ["params", "peers", "ring_bits", "copy_ms", "keystream_ms", "quantize_mask_ms", "call_overhead_ms",
+            "copy_gbps", "keystream_gbps", "quantize_mask_gbps_per_keystream", "per_keystream_vs_copy",
+            "kernel_per_keystream_vs_copy"]
     lines = [" | ".join(cols)]
     for r in rows:
         lines.append(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
@@ -208,9 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GPU: {gpu_name}")
         print(_gpu_table(gpu_rows))
         worst = min(r["per_keystream_vs_copy"] for r in gpu_rows)
-        targets.update({"gpu_per_keystream_vs_copy_min": worst, "gpu_target": 0.5, "gpu_met": worst >= 0.5})
-        print(f"GPU quantize + mask per keystream / copy bandwidth (min over rows): {worst:.2f} (target >= 0.5): "
-              f"{'met' if worst >= 0.5 else 'NOT met'}")
+        worst_kernel = min(r["kernel_per_keystream_vs_copy"] for r in gpu_rows)
+        targets.update({"gpu_per_keystream_vs_copy_min": worst, "gpu_kernel_per_keystream_vs_copy_min": worst_kernel,
+                        "gpu_target": 0.5, "gpu_met": worst >= 0.5})
+        print(f"GPU quantize + mask per keystream / copy bandwidth (min over rows), whole call: {worst:.2f}, "
+              f"without the fixed per-call cost: {worst_kernel:.2f} (target >= 0.5): "
+              f"{'met' if worst >= 0.5 else 'NOT met by the whole call'}")
     if args.json:
         out = {"command": "python benchmarks/secagg.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "backend": native.active_backend(), "cpus": os.cpu_count(), "rows": rows, "targets": targets,
