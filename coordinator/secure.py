@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from medfl.errors import OutOfOrder, Rejected, SecAggAbort
+from medfl.errors import MedflError, OutOfOrder, Rejected, SecAggAbort
 from medfl.secagg import envelopes
 from medfl.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
 from medfl.secagg.quantization import QuantSpec
@@ -116,16 +116,26 @@ class SecureSum:
             raise OutOfOrder(f"{env.type} while the secure sum ({self.session.phase}) is at stage "
                              f"{self.server.stage}, expecting {want}")
         msg = envelopes.decode(env, agent=agent)
-        if isinstance(msg, AdvertiseKeys):
-            self.server.receive_keys(msg)
-        elif isinstance(msg, ShareKeys):
-            self.server.receive_shares(msg)
-        elif isinstance(msg, MaskedInput):
-            if msg.masked.shape != (self.length,):
-                raise Rejected(f"masked input of shape {msg.masked.shape}; this sum has {self.length} elements")
-            self.server.receive_masked(msg)
-        elif isinstance(msg, UnmaskResponse):
-            self.server.receive_unmask(msg)
+        try:
+            if isinstance(msg, AdvertiseKeys):
+                self.server.receive_keys(msg)
+            elif isinstance(msg, ShareKeys):
+                self.server.receive_shares(msg)
+            elif isinstance(msg, MaskedInput):
+                if msg.masked.shape != (self.length,) or msg.masked.dtype != self.spec.dtype:
+                    raise Rejected(f"masked input of dtype {msg.masked.dtype} shape {msg.masked.shape}; this sum is "
+                                   f"{self.length} elements of {np.dtype(self.spec.dtype)}")
+                # wire frames are read-only views with a '<u4'/'<u8' dtype object; the native ring adder
+                # wants the canonical dtype (it compares dtype identity), so copy into a fresh array
+                masked = np.empty(msg.masked.shape, dtype=np.dtype(self.spec.dtype))
+                masked[...] = msg.masked
+                self.server.receive_masked(MaskedInput(agent=msg.agent, masked=masked))
+            elif isinstance(msg, UnmaskResponse):
+                self.server.receive_unmask(msg)
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, MedflError):
+                raise
+            raise Rejected(f"{env.type} from {agent[:16]}: {exc}") from exc
         self.answered.add(agent)
         if self.expected <= self.answered:
             return self._close()
