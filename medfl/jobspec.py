@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -150,8 +151,6 @@ class AggregationSpec:
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks, reported by TOML key."""
-        import math
-
         from medfl.aggregation import list_strategies
         from medfl.errors import did_you_mean
 
@@ -202,8 +201,6 @@ class JobSpec:
                                                  "no round could ever be unmasked"))
         if not (math.isfinite(agg.clip_norm) and agg.clip_norm > 0 and 8 <= agg.frac_bits <= 48):
             return out  # reported by the table's own checks
-        import math
-
         most = job.max_agents or 1000  # the same bound QuantSpec checks, for the most agents a round may have
         if not most * (math.ceil(agg.clip_norm * 2.0**agg.frac_bits) + 1) < 2**63:
             out.append(("aggregation.clip_norm", f"{most} agents x clip_norm {agg.clip_norm} x 2^{agg.frac_bits} do "
