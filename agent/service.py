@@ -302,13 +302,19 @@ class AgentService:
             model = self._model(spec, global_arrays)
             b = env.body
             started = time.monotonic()
-            result = train_local(
-                model, self._splits(spec.job.image_size)["train"], epochs=int(b["local_epochs"]),
-                batch_size=int(b["batch_size"]), lr=float(b["lr"]), momentum=float(b["momentum"]),
-                weight_decay=float(b["weight_decay"]), fedprox_mu=float(b.get("fedprox_mu", 0.0)),
-                optimizer=str(b.get("optimizer", "sgd")),
-                global_arrays=global_arrays,
-                seed=spec.job.seed * 100_003 + int(env.round or 0) * 101 + int(b.get("attempt", 1)))
+            seed = spec.job.seed * 100_003 + int(env.round or 0) * 101 + int(b.get("attempt", 1))
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                # dropout masks: reproducible from the job seed, round and attempt (not a secret;
+                # DP noise comes from medfl.csprng)
+                torch.manual_seed(seed)
+                result = train_local(
+                    model, self._splits(spec.job.image_size)["train"], epochs=int(b["local_epochs"]),
+                    batch_size=int(b["batch_size"]), lr=float(b["lr"]), momentum=float(b["momentum"]),
+                    weight_decay=float(b["weight_decay"]), fedprox_mu=float(b.get("fedprox_mu", 0.0)),
+                    optimizer=str(b.get("optimizer", "sgd")),
+                    global_arrays=global_arrays, seed=seed)
             log.info("job %s round %s: trained on %d samples, loss %.4f", env.job, env.round,
                      result.num_samples, result.mean_loss)
             if secure is not None:
