@@ -49,7 +49,14 @@ if str(REPO) not in sys.path:
 
 # ---- the agent process ------------------------------------------------------------------
 def agent_main(index: int, endpoint: str, secret: bytes, public: bytes, server_public: bytes) -> None:
-    """One agent: answer TRAIN / EVALUATE and the secure-aggregation messages until BYE."""
+    """One agent: answer TRAIN / EVALUATE and the secure-aggregation messages until BYE.
+
+    Like the product's agent (:mod:`agent.service`), the local result is computed in a worker
+    thread while the socket loop answers the key exchange, and is masked once both are there.
+    """
+    import queue
+    import threading
+
     from agent.config import PolicySection
     from agent.secure import SecureRound
     from medfl.secagg.envelopes import SECAGG_TO_AGENT
@@ -63,30 +70,40 @@ def agent_main(index: int, endpoint: str, secret: bytes, public: bytes, server_p
     delta: dict[str, np.ndarray] = {}
     policy = PolicySection(min_parties=2)
     secure: dict[str, SecureRound] = {}
+    results: queue.Queue[tuple[str, Any]] = queue.Queue()
     samples = 100 + 10 * index
+
+    def fit_worker(env: Envelope, run: SecureRound | None) -> None:
+        g = env.tensors
+        trained = {k: g[k] + delta[k] for k in g}  # stands in for local training
+        if run is None:
+            results.put(("plain", Envelope(type=MessageType.UPDATE, job=env.job, round=env.round,
+                                           body={"num_samples": samples, "train_loss": 0.5}, tensors=trained)))
+            return
+        vec, _ = pack_fit(g, trained, num_samples=samples, train_loss=0.5, clip_norm=run.clip_norm,
+                          sample_cap=run.sample_cap)
+        results.put(("fit", vec))
+
     chan.send(Envelope(type=MessageType.HELLO, body={"name": f"bench-{index}"}))
     while True:
-        env = chan.recv(timeout_ms=1000)
+        while not results.empty():
+            kind, value = results.get()
+            for out in [value] if kind == "plain" else secure[kind].set_vector(value):
+                chan.send(out)
+        env = chan.recv(timeout_ms=5)
         if env is None:
             continue
         if env.type == MessageType.BYE:
             break
         if env.type == MessageType.TRAIN:
-            g = env.tensors
             if not delta:
-                delta = {k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in g.items()}
-            trained = {k: g[k] + delta[k] for k in g}
+                delta = {k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in env.tensors.items()}
+            run = None
             if "secure" in env.body:
                 run = SecureRound(job=str(env.job), round=int(env.round or 0), params=env.body["secure"], policy=policy)
                 secure = {"fit": run}
                 chan.send(run.start())
-                vec, _ = pack_fit(g, trained, num_samples=samples, train_loss=0.5, clip_norm=run.clip_norm,
-                                  sample_cap=run.sample_cap)
-                for out in run.set_vector(vec):
-                    chan.send(out)
-            else:
-                chan.send(Envelope(type=MessageType.UPDATE, job=env.job, round=env.round,
-                                   body={"num_samples": samples, "train_loss": 0.5}, tensors=trained))
+            threading.Thread(target=fit_worker, args=(env, run), daemon=True).start()
         elif env.type == MessageType.EVALUATE:
             metrics = {"n": 50.0, "auc": 0.8, "accuracy": 0.75, "loss": 0.5}
             if "secure" in env.body:
@@ -139,6 +156,8 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
     up_bytes: list[int] = []
     fit_started = 0.0
     received = 0
+    stages: list[dict[str, float]] = []
+    fit_secure = None
     deadline = time.monotonic() + 1800
 
     def send(out):
@@ -174,6 +193,10 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
             if before == Stage.FIT and run.state.stage == Stage.EVALUATE:
                 fit_s.append(time.perf_counter() - fit_started)
                 up_bytes.append(received)
+                if fit_secure is not None:
+                    stages.append(dict(fit_secure.stage_seconds))
+            if run.state.stage == Stage.FIT:
+                fit_secure = run.state.secure
         if run.state.stage != Stage.DONE:
             raise RuntimeError(f"job ended {run.state.stage}: {run.state.message}")
         rows = store.rounds(job_id)
@@ -194,7 +217,8 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
             "agents": agents, "rounds": rounds, "params": params,
             "fit_s": statistics.median(fit_s), "round_s": statistics.median(r.seconds for r in rows),
             "fit_s_all": fit_s, "round_s_all": [r.seconds for r in rows],
-            "MB_up_per_agent": statistics.median(up_bytes) / agents / 1e6}
+            "MB_up_per_agent": statistics.median(up_bytes) / agents / 1e6,
+            "secure_fit_stage_close_s": stages}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class SecureSum:
         self.result: np.ndarray | None = None
         self.error: str | None = None
         self.survivors: list[str] = []
+        self.started = clock()
+        #: seconds from the start of the sum to the close of each stage (for status and benchmarks)
+        self.stage_seconds: dict[str, float] = {}
 
     # ---- what the agents are told ------------------------------------------------------
     def params(self, agent: str) -> dict[str, Any]:
@@ -125,10 +128,9 @@ class SecureSum:
                 if msg.masked.shape != (self.length,) or msg.masked.dtype != self.spec.dtype:
                     raise Rejected(f"masked input of dtype {msg.masked.dtype} shape {msg.masked.shape}; this sum is "
                                    f"{self.length} elements of {np.dtype(self.spec.dtype)}")
-                # wire frames are read-only views with a '<u4'/'<u8' dtype object; the native ring adder
-                # wants the canonical dtype (it compares dtype identity), so copy into a fresh array
-                masked = np.empty(msg.masked.shape, dtype=np.dtype(self.spec.dtype))
-                masked[...] = msg.masked
+                # wire frames carry a '<u4'/'<u8' dtype object; the native ring adder wants the canonical
+                # dtype (it compares dtype identity): a view with it, no copy
+                masked = np.ascontiguousarray(msg.masked).view(np.dtype(self.spec.dtype))
                 self.server.receive_masked(MaskedInput(agent=msg.agent, masked=masked))
             elif isinstance(msg, UnmaskResponse):
                 self.server.receive_unmask(msg)
@@ -165,6 +167,7 @@ class SecureSum:
 
     def _close(self) -> list[Outgoing]:
         stage = self.server.stage
+        self.stage_seconds[str(stage)] = self.clock() - self.started
         try:
             if stage == ServerStage.ADVERTISE:
                 roster = self.server.close_advertise()
@@ -188,6 +191,7 @@ class SecureSum:
                 return [(a, env) for a in request.survivors]
             if stage == ServerStage.UNMASK:
                 self.result = self.server.finish()
+                self.stage_seconds["finish"] = self.clock() - self.started
                 log.info("job %s round %d %s: secure sum of %d agents unmasked", self.session.job,
                          self.session.round, self.session.phase, len(self.survivors))
                 return []

@@ -5,7 +5,8 @@ the summed vector, weighted, and divided out at the coordinator:
 
 - **fit**: ``[u * clip(delta), u * s, v * s, v * s * loss / LOSS_CAP]`` where ``delta`` is the
   agent's trained weights minus the global weights (float tensors, sorted by name, flattened),
-  clipped to the L2 bound ``clip_norm``; ``u = min(samples, sample_cap) / sample_cap`` the
+  scaled to the L2 bound ``clip_norm`` (and each coordinate clamped to it, which is what the
+  ring's no-wrap bound needs); ``u = min(samples, sample_cap) / sample_cap`` the
   agent's FedAvg weight (at most 1); ``s = min(1, clip_norm)`` keeps the scalars within the
   bound; ``v = u`` when the training loss is finite and 0 otherwise; the loss is clamped to
   ``[0, LOSS_CAP]``.
@@ -37,7 +38,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from medfl.errors import NonFiniteError, ShareError
-from medfl.secagg.quantization import clip_to_norm
 
 __all__ = ["LAYOUT", "LOSS_CAP", "FitSum", "MetricsSum", "fit_length", "float_names", "pack_fit", "pack_metrics",
            "unpack_fit", "unpack_metrics"]
@@ -93,21 +93,29 @@ def pack_fit(global_arrays: Mapping[str, np.ndarray], trained: Mapping[str, np.n
     if set(float_names(trained)) != set(names):
         raise ValueError(f"trained tensors {sorted(float_names(trained))[:5]}... do not match the global model's "
                          f"{names[:5]}...")
-    parts = []
-    for k in names:
+    n = fit_length(global_arrays) - _FIT_EXTRA
+    out = np.empty(n + _FIT_EXTRA, dtype=np.float32)
+    pos = 0
+    for k in names:  # one pass: each delta is written straight into the vector
         g, t = np.asarray(global_arrays[k]), np.asarray(trained[k])
         if g.shape != t.shape:
             raise ValueError(f"tensor {k!r} has shape {t.shape}, the global model's is {g.shape}")
-        parts.append((t.astype(np.float32) - g.astype(np.float32)).reshape(-1))
-    delta = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-    clipped, norm = clip_to_norm(delta, clip_norm)
+        np.subtract(t.reshape(-1), g.reshape(-1), out=out[pos:pos + g.size], casting="same_kind")
+        pos += g.size
+    delta = out[:n]
+    norm = math.sqrt(float(np.dot(delta, delta)))  # float32 BLAS dot; relative error far below the clip's purpose
+    if not math.isfinite(norm):
+        bad = int(np.flatnonzero(~np.isfinite(delta))[0])
+        raise NonFiniteError(f"update element {bad} is {delta[bad]}; a non-finite update cannot be aggregated")
     u = _weight(num_samples, sample_cap)
+    scale = u * (min(1.0, clip_norm / norm) if norm > 0 else 1.0)
+    np.multiply(delta, np.float32(scale), out=delta)
+    # the ring's no-wrap bound is per coordinate: make it exact whatever the rounding above did
+    np.clip(delta, -clip_norm, clip_norm, out=delta)
     s = min(1.0, clip_norm)
     v = u if math.isfinite(train_loss) else 0.0
     loss = min(max(train_loss, 0.0), LOSS_CAP) / LOSS_CAP if math.isfinite(train_loss) else 0.0
-    out = np.empty(delta.size + _FIT_EXTRA, dtype=np.float32)
-    np.multiply(clipped, np.float32(u), out=out[: delta.size])
-    out[delta.size:] = (u * s, v * s, v * s * loss)
+    out[n:] = (u * s, v * s, v * s * loss)
     return out, norm
 
 
@@ -142,22 +150,23 @@ def unpack_fit(total: np.ndarray, global_arrays: Mapping[str, np.ndarray], *, cl
     """
     names = float_names(global_arrays)
     n = fit_length(global_arrays) - _FIT_EXTRA
-    total = np.asarray(total, dtype=np.float64).reshape(-1)
-    if total.size != n + _FIT_EXTRA:
-        raise ShareError(f"fit sum has {total.size} elements, the model needs {n + _FIT_EXTRA}")
-    if not np.all(np.isfinite(total)):
+    flat = np.asarray(total, dtype=np.float32).reshape(-1)
+    if flat.size != n + _FIT_EXTRA:
+        raise ShareError(f"fit sum has {flat.size} elements, the model needs {n + _FIT_EXTRA}")
+    if not np.isfinite(np.sum(flat, dtype=np.float64)):  # NaN or inf anywhere (float32 values cannot overflow it)
         raise NonFiniteError("the unmasked fit sum holds non-finite values")
     s = min(1.0, clip_norm)
-    weight, loss_weight, loss_sum = total[n] / s, total[n + 1] / s, total[n + 2] / s
+    extra = flat[n:].astype(np.float64)
+    weight, loss_weight, loss_sum = extra[0] / s, extra[1] / s, extra[2] / s
     if not weight > 0.5 / sample_cap:
         raise ShareError(f"total FedAvg weight {weight:.3g} of the round is not positive: every agent reported 0 "
                          "samples")
-    mean = total[:n] / weight
+    mean = flat[:n] * np.float32(1.0 / weight)  # float32 like the model; the sum was decoded to float32
     out, pos = {}, 0
     for k in names:
         shape = np.shape(global_arrays[k])
         size = int(np.prod(shape, dtype=np.int64))
-        out[k] = mean[pos:pos + size].astype(np.float32).reshape(shape)
+        out[k] = mean[pos:pos + size].reshape(shape)
         pos += size
     loss = loss_sum / loss_weight * LOSS_CAP if loss_weight > 0.5 / sample_cap else None
     return FitSum(mean_delta=out, num_samples=int(round(weight * sample_cap)), train_loss=loss)
