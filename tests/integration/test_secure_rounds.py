@@ -148,5 +148,5 @@ def test_agent_requiring_secure_aggregation_refuses_a_plain_job(federation):
     assert job.status == "done", job.message
     assert _rounds(fed, job_id)[0].agent_names == ("h-a", "h-b")
     status = fed.coordinator("status")
-    assert "refused" in status and "require_secure_aggregation" in status
+    assert "refused" in status and "require_secure_aggregation" in status and "(plain aggregation)" in status
     assert "refusing job" in fed.log("strict")
