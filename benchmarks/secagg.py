@@ -16,7 +16,7 @@ For each update size (float32 parameters) and number of masks (peers + the self 
 
 GB/s counts the update's float32 bytes (keystreams: the keystream bytes). Targets (issue #4):
 native keystream >= 0.8x OpenSSL; fused >= 3x the straightforward path at 8 peers. The 10-agent
-loopback round (secure vs plain) is the protocol's benchmark and is not measured here.
+loopback round (secure vs plain) is measured by benchmarks/secagg_round.py.
 Times are medians over the repeats; the machine's cores may be shared, so figures are noisy.
 
 With a CUDA GPU (``--gpu``, on by default when one is usable; ``--gpu-only`` skips the CPU

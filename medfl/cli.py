@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--plain", action="store_true",
+                   help="plain FedAvg instead of secure aggregation (the coordinator then sees every update)")
+    d.add_argument("--neighbours", type=int, default=0,
+                   help="SecAgg+ neighbourhood size (default 0: every agent masks with every other, SecAgg)")
     sub.add_parser("version", help="print the version")
     sub.add_parser("models", help="list the models in the registry")
     return p
@@ -52,7 +56,8 @@ def _demo(args: argparse.Namespace) -> None:
         die(ExitCode.USAGE, f"--agents and --rounds must be at least 1, got {args.agents} and {args.rounds}")
     opts = DemoOptions(agents=args.agents, rounds=args.rounds, out=args.out, json_path=args.json, model=args.model,
                        train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
-                       image_size=args.image_size, seed=args.seed, progress=not args.no_progress)
+                       image_size=args.image_size, seed=args.seed, progress=not args.no_progress,
+                       secure=not args.plain, neighbours=args.neighbours)
     try:
         summary = run_demo(opts)
     except (RuntimeError, TimeoutError, FileExistsError) as exc:
@@ -64,7 +69,8 @@ def _demo(args: argparse.Namespace) -> None:
     print()
     auc = summary["final_val_auc"]
     print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
-          f"{summary['transport']}; final validation AUC {auc:.4f}" if auc is not None else "no AUC")
+          f"{summary['transport']} with {summary['aggregation']} aggregation; final validation AUC {auc:.4f}"
+          if auc is not None else "no AUC")
     print(f"curves: {summary['plot']}")
     print(f"summary: {summary['json']}")
     print(f"final global model: {summary['checkpoint']}")
