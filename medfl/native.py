@@ -20,7 +20,7 @@ import numpy as np
 from medfl import envvars
 from medfl import fixed_point as fxp
 
-__all__ = ["active_backend", "backend_for", "native_module"]
+__all__ = ["active_backend", "backend_for", "native_module", "ring_matmul"]
 
 log = logging.getLogger(__name__)
 _CHOICES = ("cuda", "cpu", "reference")
@@ -115,7 +115,61 @@ def _host_ring(v: Any, name: str) -> np.ndarray:
     return _c_order(v)
 
 
+def _ring_operands(a: Any, b: Any, out: Any, accumulate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check ``a`` (m, k) and ``b`` (k, n) uint64 host matrices; return them C-ordered and the output."""
+    for name, v in (("a", a), ("b", b)):
+        if not isinstance(v, np.ndarray) or v.dtype != np.uint64 or v.ndim != 2:
+            raise TypeError(f"{name} must be a 2-D uint64 NumPy array (ring elements), got "
+                            f"{type(v).__name__} {getattr(v, 'dtype', '')}{getattr(v, 'shape', '')}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"cannot multiply a {a.shape} by b {b.shape}: inner sizes differ")
+    shape = (a.shape[0], b.shape[1])
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs out (the matrix to add the product to)")
+        out = np.empty(shape, np.uint64)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint64 or out.shape != shape
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writable C-contiguous uint64 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)}{getattr(out, 'shape', '')}")
+    return _c_order(a), _c_order(b), out
+
+
+def ring_matmul(a: Any, b: Any, *, out: Any = None, accumulate: bool = False) -> Any:
+    """Return ``a @ b mod 2^64`` (``out += a @ b`` with ``accumulate``) on the best backend.
+
+    Parameters
+    ----------
+    a, b : ndarray of uint64, shapes (m, k) and (k, n)
+        Ring matrices (non-contiguous host inputs are copied).
+    out : ndarray of uint64, shape (m, n), optional
+        Where the result goes (required with ``accumulate``).
+    accumulate : bool
+        Add the product to ``out`` instead of overwriting it.
+
+    Returns
+    -------
+    ndarray of uint64, shape (m, n)
+        ``out``, or a new array.
+
+    References
+    ----------
+    .. [1] Goto and van de Geijn, "Anatomy of High-Performance Matrix Multiplication", ACM TOMS 2008.
+    """
+    return backend_for(a).ring_matmul(a, b, out=out, accumulate=accumulate)
+
+
 class _Reference:
+    @staticmethod
+    def ring_matmul(a, b, *, out, accumulate):
+        a, b, out = _ring_operands(a, b, out, accumulate)
+        prod = a @ b  # NumPy's integer matmul wraps modulo 2^64 (no BLAS for integers)
+        if accumulate:
+            out += prod
+        else:
+            out[...] = prod
+        return out
+
     @staticmethod
     def encode(x, *, frac_bits, ring_bits, rounding, seed, offset):
         return fxp.encode_reference(_host_float32(x), frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding,
@@ -136,6 +190,12 @@ class _Reference:
 
 
 class _Cpu:
+    @staticmethod
+    def ring_matmul(a, b, *, out, accumulate):
+        a, b, out = _ring_operands(a, b, out, accumulate)
+        native_module().ring_matmul(a, b, out, accumulate)
+        return out
+
     @staticmethod
     def encode(x, *, frac_bits, ring_bits, rounding, seed, offset):
         stochastic = _check_rounding(rounding)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medfl.smpc import ring
 from medfl.smpc.channel import Channel
 from medfl.smpc.dealer import Dealer
 from medfl.smpc.sharing import Shared
@@ -74,6 +75,11 @@ def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel) -> Shar
         raise ValueError(f"cannot multiply {x.s0.shape} by {w.f.shape}")
     t = dealer.matmul_triple(int(x.s0.shape[0]), w.b)
     e = channel.open(x.s0 - t.a.s0, x.s1 - t.a.s1)
-    z0 = e @ w.f + e @ t.b.s0 + t.a.s0 @ w.f + t.c.s0
-    z1 = e @ t.b.s1 + t.a.s1 @ w.f + t.c.s1
+    # party 0: E (F + B0) + A0 F + C0; party 1: E B1 + A1 F + C1 (two ring products each)
+    z0 = t.c.s0.copy()
+    ring.matmul(e, w.f + t.b.s0, out=z0, accumulate=True)
+    ring.matmul(t.a.s0, w.f, out=z0, accumulate=True)
+    z1 = t.c.s1.copy()
+    ring.matmul(e, t.b.s1, out=z1, accumulate=True)
+    ring.matmul(t.a.s1, w.f, out=z1, accumulate=True)
     return Shared(z0, z1)

@@ -109,7 +109,7 @@ class LocalDealer:
         if clear_b is None:
             raise KeyError("weight mask was not issued by this dealer session; ask weight_mask first")
         a = ring.uniform((m, clear_b.shape[0]))
-        t = MatmulTriple(share(a), b, share(a @ clear_b))
+        t = MatmulTriple(share(a), b, share(ring.matmul(a, clear_b)))
         self._count(t.a, t.c)
         return t
 

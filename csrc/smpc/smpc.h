@@ -1,0 +1,52 @@
+// Kernels of encrypted inference (medfl/smpc): exact ring matrix products in Z_2^64 and batched
+// evaluation / generation of distributed comparison functions (DCF) with a fixed-key AES-128 PRG.
+//
+// Ring products: C (m x n) (+)= A (m x k) @ B (k x n), all uint64 row-major, wrapping mod 2^64.
+// DCF: the construction of Boyle et al., EUROCRYPT 2021, Fig. 1, on `bits`-bit unsigned inputs
+// (most significant bit first) with `payload` 64-bit output words; the PRG is the one of
+// medfl/smpc/fss.py (bit for bit): G(s) = AES_k(s ^ i) ^ s ^ i for tweaks i = 0, 1, 2, 3 xored
+// into the low 64-bit word, k = bytes 0..15. Block 0 gives (sL, tL), block 1 (sR, tR) (t is bit 0
+// of the low word, which is then cleared), blocks 2.. give the value words vL[0..P), vR[0..P).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace medfl::smpc {
+
+// Which CPU code path the ring product uses ("avx2" or "portable").
+const char* ring_matmul_impl();
+
+// C = A @ B (accumulate = false) or C += A @ B (accumulate = true), mod 2^64; all three C-contiguous.
+// force_portable selects the scalar path (tests compare both).
+void ring_matmul_cpu(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t m, int64_t k, int64_t n,
+                     bool accumulate, bool force_portable);
+
+// Which AES path the DCF kernels use ("aesni" or "portable").
+const char* aes_impl();
+
+// One party's DCF keys for a batch of n comparisons (level-major, as in medfl/smpc/fss.py):
+// seed (n, 2), s_cw (bits, n, 2), v_cw (bits, n, P), t_cw (bits, n, 2) bytes, final (n, P).
+struct DcfKeys {
+  const uint64_t* seed;
+  const uint64_t* s_cw;
+  const uint64_t* v_cw;
+  const uint8_t* t_cw;
+  const uint64_t* final_cw;
+};
+
+// out (n, P) = this party's shares of payload * [x < alpha] at the public points x (n).
+void dcf_eval_cpu(int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t n, int bits, int payload,
+                  bool force_portable);
+
+// Keys for x -> beta * [x < alpha]: alpha (n), beta (n, P), roots (2, n, 2) from the caller's CSPRNG.
+// Writes s_cw (bits, n, 2), v_cw (bits, n, P), t_cw (bits, n, 2), final (n, P) (shared by both parties).
+void dcf_gen_cpu(const uint64_t* alpha, const uint64_t* beta, const uint64_t* roots, uint64_t* s_cw, uint64_t* v_cw,
+                 uint8_t* t_cw, uint64_t* final_cw, int64_t n, int bits, int payload, bool force_portable);
+
+#ifdef MEDFL_WITH_CUDA
+void ring_matmul_cuda(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t m, int64_t k, int64_t n,
+                      bool accumulate, void* stream);
+#endif
+
+}  // namespace medfl::smpc
