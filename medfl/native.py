@@ -159,7 +159,23 @@ def ring_matmul(a: Any, b: Any, *, out: Any = None, accumulate: bool = False) ->
     return backend_for(a).ring_matmul(a, b, out=out, accumulate=accumulate)
 
 
+def _dcf_out(n: int, payload: int) -> np.ndarray:
+    return np.empty((n, payload), np.uint64)
+
+
 class _Reference:
+    @staticmethod
+    def dcf_gen(alpha, beta, roots, bits):
+        from medfl.smpc import fss
+
+        return fss.dcf_gen_reference(alpha, beta, roots, bits)
+
+    @staticmethod
+    def dcf_eval(party, key, x):
+        from medfl.smpc import fss
+
+        return fss.dcf_eval_reference(party, key, x)
+
     @staticmethod
     def ring_matmul(a, b, *, out, accumulate):
         a, b, out = _ring_operands(a, b, out, accumulate)
@@ -190,6 +206,22 @@ class _Reference:
 
 
 class _Cpu:
+    @staticmethod
+    def dcf_gen(alpha, beta, roots, bits):
+        n, payload = alpha.size, beta.shape[1]
+        s_cw, v_cw = np.empty((bits, n, 2), np.uint64), np.empty((bits, n, payload), np.uint64)
+        t_cw, final = np.empty((bits, n, 2), np.uint8), _dcf_out(n, payload)
+        native_module().dcf_gen(_c_order(alpha), _c_order(beta), _c_order(roots), s_cw, v_cw, t_cw, final, bits,
+                                payload)
+        return s_cw, v_cw, t_cw, final
+
+    @staticmethod
+    def dcf_eval(party, key, x):
+        out = _dcf_out(x.size, key.payload)
+        native_module().dcf_eval(party, _c_order(key.seed), _c_order(key.s_cw), _c_order(key.v_cw),
+                                 _c_order(key.t_cw), _c_order(key.final), _c_order(x), out, key.bits, key.payload)
+        return out
+
     @staticmethod
     def ring_matmul(a, b, *, out, accumulate):
         a, b, out = _ring_operands(a, b, out, accumulate)

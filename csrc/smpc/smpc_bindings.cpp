@@ -33,15 +33,76 @@ void ring_matmul(py::array a, py::array b, py::array c, bool accumulate, bool fo
   medfl::smpc::ring_matmul_cpu(ap, bp, cp, m, k, n, accumulate, force_portable);
 }
 
+void check_dcf_shape(int bits, int payload) {
+  if (bits < 1 || bits > 64) throw py::value_error("dcf: bits must be in [1, 64], got " + std::to_string(bits));
+  if (payload != 1 && payload != 2)
+    throw py::value_error("dcf: payload must be 1 or 2 words, got " + std::to_string(payload));
+}
+
+void expect_size(const py::array& a, int64_t want, const char* what) {
+  if (a.size() != want)
+    throw py::value_error(std::string("dcf: ") + what + " has " + std::to_string(a.size()) + " elements " +
+                          shape_of(a) + ", expected " + std::to_string(want));
+}
+
+void dcf_eval(int party, py::array seed, py::array s_cw, py::array v_cw, py::array t_cw, py::array final_cw,
+              py::array x, py::array out, int bits, int payload, bool force_portable) {
+  if (party != 0 && party != 1) throw py::value_error("dcf_eval: party must be 0 or 1, got " + std::to_string(party));
+  check_dcf_shape(bits, payload);
+  const int64_t n = x.size();
+  expect_size(seed, 2 * n, "seed");
+  expect_size(s_cw, 2 * n * bits, "s_cw");
+  expect_size(v_cw, payload * n * bits, "v_cw");
+  expect_size(t_cw, 2 * n * bits, "t_cw");
+  expect_size(final_cw, payload * n, "final");
+  expect_size(out, payload * n, "out");
+  medfl::smpc::DcfKeys key{data_of<uint64_t>(seed, "seed", false), data_of<uint64_t>(s_cw, "s_cw", false),
+                           data_of<uint64_t>(v_cw, "v_cw", false), data_of<uint8_t>(t_cw, "t_cw", false),
+                           data_of<uint64_t>(final_cw, "final", false)};
+  const uint64_t* xp = data_of<uint64_t>(x, "x", false);
+  uint64_t* op = data_of<uint64_t>(out, "out", true);
+  py::gil_scoped_release nogil;
+  medfl::smpc::dcf_eval_cpu(party, key, xp, op, n, bits, payload, force_portable);
+}
+
+void dcf_gen(py::array alpha, py::array beta, py::array roots, py::array s_cw, py::array v_cw, py::array t_cw,
+             py::array final_cw, int bits, int payload, bool force_portable) {
+  check_dcf_shape(bits, payload);
+  const int64_t n = alpha.size();
+  expect_size(beta, payload * n, "beta");
+  expect_size(roots, 4 * n, "roots");
+  expect_size(s_cw, 2 * n * bits, "s_cw");
+  expect_size(v_cw, payload * n * bits, "v_cw");
+  expect_size(t_cw, 2 * n * bits, "t_cw");
+  expect_size(final_cw, payload * n, "final");
+  const uint64_t* ap = data_of<uint64_t>(alpha, "alpha", false);
+  const uint64_t* bp = data_of<uint64_t>(beta, "beta", false);
+  const uint64_t* rp = data_of<uint64_t>(roots, "roots", false);
+  uint64_t* sp = data_of<uint64_t>(s_cw, "s_cw", true);
+  uint64_t* vp = data_of<uint64_t>(v_cw, "v_cw", true);
+  uint8_t* tp = data_of<uint8_t>(t_cw, "t_cw", true);
+  uint64_t* fp = data_of<uint64_t>(final_cw, "final", true);
+  py::gil_scoped_release nogil;
+  medfl::smpc::dcf_gen_cpu(ap, bp, rp, sp, vp, tp, fp, n, bits, payload, force_portable);
+}
+
 }  // namespace
 
 static medfl::native::Registration reg("smpc", [](py::module_& m) {
   m.def("ring_matmul", &ring_matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("accumulate") = false,
         py::arg("force_portable") = false,
         "out (=|+=) a @ b mod 2^64 for C-contiguous uint64 matrices (AVX2 when the CPU has it).");
+  m.def("dcf_eval", &dcf_eval, py::arg("party"), py::arg("seed"), py::arg("s_cw"), py::arg("v_cw"), py::arg("t_cw"),
+        py::arg("final"), py::arg("x"), py::arg("out"), py::arg("bits"), py::arg("payload"),
+        py::arg("force_portable") = false,
+        "One party's DCF shares of payload * [x < alpha] at public points x (see medfl/smpc/fss.py).");
+  m.def("dcf_gen", &dcf_gen, py::arg("alpha"), py::arg("beta"), py::arg("roots"), py::arg("s_cw"), py::arg("v_cw"),
+        py::arg("t_cw"), py::arg("final"), py::arg("bits"), py::arg("payload"), py::arg("force_portable") = false,
+        "DCF correction words for x -> beta * [x < alpha] from the parties' root seeds (see medfl/smpc/fss.py).");
   m.def("smpc_impl", []() {
     py::dict d;
     d["ring_matmul"] = std::string(medfl::smpc::ring_matmul_impl());
+    d["aes"] = std::string(medfl::smpc::aes_impl());
     return d;
   });
 });
