@@ -209,8 +209,8 @@ class _Cpu:
     @staticmethod
     def dcf_gen(alpha, beta, roots, bits):
         n, payload = alpha.size, beta.shape[1]
-        s_cw, v_cw = np.empty((bits, n, 2), np.uint64), np.empty((bits, n, payload), np.uint64)
-        t_cw, final = np.empty((bits, n, 2), np.uint8), _dcf_out(n, payload)
+        s_cw, v_cw = np.empty((n, bits, 2), np.uint64), np.empty((n, bits, payload), np.uint64)
+        t_cw, final = np.empty((n, bits, 2), np.uint8), _dcf_out(n, payload)
         native_module().dcf_gen(_c_order(alpha), _c_order(beta), _c_order(roots), s_cw, v_cw, t_cw, final, bits,
                                 payload)
         return s_cw, v_cw, t_cw, final

@@ -157,52 +157,55 @@ inline Block tweak(const Block& s, uint64_t i) { return Block{{s.w[0] ^ i, s.w[1
 // Multiply by (-1)^neg in the ring.
 inline uint64_t signed_by(bool neg, uint64_t v) { return neg ? uint64_t{0} - v : v; }
 
-// Evaluate elements [e0, e0 + lanes) (lanes <= kLanes) of one party's keys.
-void eval_lanes(Mmo mmo, int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t n, int64_t e0,
-                int lanes, int bits, int payload) {
+// Evaluate elements [e0, e0 + lanes) (lanes <= kLanes) of one party's keys; branch-free on the
+// secret control bits and the public path bits (both are unpredictable).
+void eval_lanes(Mmo mmo, int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t e0, int lanes,
+                int bits, int payload) {
   Block s[kLanes], in[2 * kLanes], got[2 * kLanes];
-  uint8_t t[kLanes];
+  uint64_t t[kLanes];  // control bit as an all-ones / all-zeros mask
   uint64_t v[kLanes][2] = {};
-  const bool neg = party == 1;
+  const uint64_t neg = party == 1 ? ~uint64_t{0} : 0;
   for (int l = 0; l < lanes; ++l) {
     std::memcpy(&s[l], key.seed + 2 * (e0 + l), sizeof(Block));
-    t[l] = static_cast<uint8_t>(party);
+    t[l] = neg;
   }
   for (int i = 0; i < bits; ++i) {
     const int shift = bits - 1 - i;
     for (int l = 0; l < lanes; ++l) {
       const uint64_t dir = (x[e0 + l] >> shift) & 1;
-      in[2 * l] = tweak(s[l], dir);                                 // the seed block of the chosen side
+      in[2 * l] = tweak(s[l], dir);                               // the seed block of the chosen side
       in[2 * l + 1] = tweak(s[l], payload == 1 ? 2 : 2 + dir);  // its value words
     }
     mmo(in, got, 2 * lanes);
     for (int l = 0; l < lanes; ++l) {
-      const int64_t e = e0 + l;
+      const int64_t e = e0 + l, at = e * bits + i;
       const uint64_t dir = (x[e] >> shift) & 1;
       Block ns = got[2 * l];
-      uint8_t nt = static_cast<uint8_t>(ns.w[0] & 1);
+      uint64_t nt = ns.w[0] & 1;
       ns.w[0] &= ~uint64_t{1};
-      const uint64_t* vcw = key.v_cw + (static_cast<int64_t>(i) * n + e) * payload;
-      if (t[l]) {
-        const uint64_t* scw = key.s_cw + (static_cast<int64_t>(i) * n + e) * 2;
-        ns.w[0] ^= scw[0];
-        ns.w[1] ^= scw[1];
-        nt ^= key.t_cw[(static_cast<int64_t>(i) * n + e) * 2 + dir];
-      }
+      const uint64_t* scw = key.s_cw + 2 * at;
+      const uint64_t* vcw = key.v_cw + payload * at;
+      ns.w[0] ^= scw[0] & t[l];
+      ns.w[1] ^= scw[1] & t[l];
+      nt ^= key.t_cw[2 * at + dir] & t[l] & 1;
+      const uint64_t lo = got[2 * l + 1].w[0], hi = got[2 * l + 1].w[1];
       for (int j = 0; j < payload; ++j) {
-        const uint64_t word = payload == 1 ? got[2 * l + 1].w[dir] : got[2 * l + 1].w[j];
-        v[l][j] += signed_by(neg, word + (t[l] ? vcw[j] : 0));
+        const uint64_t word = payload == 1 ? (lo & (dir - 1)) | (hi & (0 - dir)) : (j ? hi : lo);
+        const uint64_t term = word + (vcw[j] & t[l]);
+        v[l][j] += (term ^ neg) - neg;  // (-1)^party * term
       }
       s[l] = ns;
-      t[l] = nt;
+      t[l] = uint64_t{0} - nt;
     }
   }
   for (int l = 0; l < lanes; ++l) in[l] = tweak(s[l], kConvert);
   mmo(in, got, lanes);
   for (int l = 0; l < lanes; ++l) {
     const int64_t e = e0 + l;
-    for (int j = 0; j < payload; ++j)
-      out[e * payload + j] = v[l][j] + signed_by(neg, got[l].w[j] + (t[l] ? key.final_cw[e * payload + j] : 0));
+    for (int j = 0; j < payload; ++j) {
+      const uint64_t term = got[l].w[j] + (key.final_cw[e * payload + j] & t[l]);
+      out[e * payload + j] = v[l][j] + ((term ^ neg) - neg);
+    }
   }
 }
 
@@ -234,7 +237,7 @@ void gen_one(Mmo mmo, const uint64_t* alpha, const uint64_t* beta, const uint64_
       }
     }
     const int keep = static_cast<int>(a), lose = 1 - keep;
-    const int64_t at = static_cast<int64_t>(i) * n + e;
+    const int64_t at = e * bits + i;
     Block scw{{side[0][lose].w[0] ^ side[1][lose].w[0], side[0][lose].w[1] ^ side[1][lose].w[1]}};
     s_cw[2 * at] = scw.w[0];
     s_cw[2 * at + 1] = scw.w[1];
@@ -275,7 +278,7 @@ void dcf_eval_cpu(int party, const DcfKeys& key, const uint64_t* x, uint64_t* ou
 #pragma omp parallel for schedule(static) if (groups > 64)
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t e0 = g * kLanes;
-    eval_lanes(mmo, party, key, x, out, n, e0, static_cast<int>(std::min<int64_t>(kLanes, n - e0)), bits, payload);
+    eval_lanes(mmo, party, key, x, out, e0, static_cast<int>(std::min<int64_t>(kLanes, n - e0)), bits, payload);
   }
 }
 

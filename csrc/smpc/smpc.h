@@ -25,8 +25,8 @@ void ring_matmul_cpu(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t 
 // Which AES path the DCF kernels use ("aesni" or "portable").
 const char* aes_impl();
 
-// One party's DCF keys for a batch of n comparisons (level-major, as in medfl/smpc/fss.py):
-// seed (n, 2), s_cw (bits, n, 2), v_cw (bits, n, P), t_cw (bits, n, 2) bytes, final (n, P).
+// One party's DCF keys for a batch of n comparisons (element-major, as in medfl/smpc/fss.py):
+// seed (n, 2), s_cw (n, bits, 2), v_cw (n, bits, P), t_cw (n, bits, 2) bytes, final (n, P).
 struct DcfKeys {
   const uint64_t* seed;
   const uint64_t* s_cw;
@@ -40,7 +40,7 @@ void dcf_eval_cpu(int party, const DcfKeys& key, const uint64_t* x, uint64_t* ou
                   bool force_portable);
 
 // Keys for x -> beta * [x < alpha]: alpha (n), beta (n, P), roots (2, n, 2) from the caller's CSPRNG.
-// Writes s_cw (bits, n, 2), v_cw (bits, n, P), t_cw (bits, n, 2), final (n, P) (shared by both parties).
+// Writes s_cw (n, bits, 2), v_cw (n, bits, P), t_cw (n, bits, 2), final (n, P) (shared by both parties).
 void dcf_gen_cpu(const uint64_t* alpha, const uint64_t* beta, const uint64_t* roots, uint64_t* s_cw, uint64_t* v_cw,
                  uint8_t* t_cw, uint64_t* final_cw, int64_t n, int bits, int payload, bool force_portable);
 

@@ -49,11 +49,11 @@ class DcfKey:
     ----------
     seed : ndarray of uint64, shape (N, 2)
         The root seed.
-    s_cw : ndarray of uint64, shape (bits, N, 2)
+    s_cw : ndarray of uint64, shape (N, bits, 2)
         Seed corrections per level.
-    v_cw : ndarray of uint64, shape (bits, N, P)
+    v_cw : ndarray of uint64, shape (N, bits, P)
         Value corrections per level.
-    t_cw : ndarray of uint8, shape (bits, N, 2)
+    t_cw : ndarray of uint8, shape (N, bits, 2)
         Control-bit corrections (left, right) per level.
     final : ndarray of uint64, shape (N, P)
         The last correction word.
@@ -72,7 +72,7 @@ class DcfKey:
     @property
     def bits(self) -> int:
         """Input bits (tree depth)."""
-        return int(self.s_cw.shape[0])
+        return int(self.s_cw.shape[1])
 
     @property
     def payload(self) -> int:
@@ -159,24 +159,24 @@ def dcf_gen_reference(alpha: np.ndarray, beta: np.ndarray, roots: np.ndarray, bi
     s = [roots[0].copy(), roots[1].copy()]
     t: list[np.ndarray] = [np.zeros(n, np.uint8), np.ones(n, np.uint8)]
     v_alpha = np.zeros((n, payload), np.uint64)
-    s_cw = np.empty((bits, n, 2), np.uint64)
-    v_cw = np.empty((bits, n, payload), np.uint64)
-    t_cw = np.empty((bits, n, 2), np.uint8)
+    s_cw = np.empty((n, bits, 2), np.uint64)
+    v_cw = np.empty((n, bits, payload), np.uint64)
+    t_cw = np.empty((n, bits, 2), np.uint8)
     rows = np.arange(n)
     for i in range(bits):
         a = _bits_of(alpha, bits, i)
         g = [_expand(s[0], payload), _expand(s[1], payload)]
         keep, lose = a, 1 - a
-        s_cw[i] = g[0][0][rows, lose] ^ g[1][0][rows, lose]
+        s_cw[:, i] = g[0][0][rows, lose] ^ g[1][0][rows, lose]
         vc = _neg_if(t[1], g[1][2][rows, lose] - g[0][2][rows, lose] - v_alpha)
         vc = vc + np.where(a[:, None] == 1, _neg_if(t[1], beta), np.uint64(0))  # lose = left: x_i=0 < alpha_i=1
-        v_cw[i] = vc
+        v_cw[:, i] = vc
         v_alpha = v_alpha - g[1][2][rows, keep] + g[0][2][rows, keep] + _neg_if(t[1], vc)
-        t_cw[i, :, 0] = g[0][1][:, 0] ^ g[1][1][:, 0] ^ a.astype(np.uint8) ^ 1
-        t_cw[i, :, 1] = g[0][1][:, 1] ^ g[1][1][:, 1] ^ a.astype(np.uint8)
-        tck = t_cw[i, rows, keep]
+        t_cw[:, i, 0] = g[0][1][:, 0] ^ g[1][1][:, 0] ^ a.astype(np.uint8) ^ 1
+        t_cw[:, i, 1] = g[0][1][:, 1] ^ g[1][1][:, 1] ^ a.astype(np.uint8)
+        tck = t_cw[rows, i, keep]
         for b in (0, 1):
-            s[b] = g[b][0][rows, keep] ^ (s_cw[i] * t[b][:, None].astype(np.uint64))
+            s[b] = g[b][0][rows, keep] ^ (s_cw[:, i] * t[b][:, None].astype(np.uint64))
             t[b] = g[b][1][rows, keep] ^ (t[b] & tck)
     final = _neg_if(t[1], _convert(s[1], payload) - _convert(s[0], payload) - v_alpha)
     return s_cw, v_cw, t_cw, final
@@ -237,9 +237,9 @@ def dcf_eval_reference(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
         d = _bits_of(x, bits, i)
         gs, gt, gv = _expand(s, payload)
         tm = t.astype(np.uint64)
-        v = v + _neg_if(neg, gv[rows, d] + tm[:, None] * key.v_cw[i])
-        s = gs[rows, d] ^ (key.s_cw[i] * tm[:, None])
-        t = gt[rows, d] ^ (t & key.t_cw[i, rows, d])
+        v = v + _neg_if(neg, gv[rows, d] + tm[:, None] * key.v_cw[:, i])
+        s = gs[rows, d] ^ (key.s_cw[:, i] * tm[:, None])
+        t = gt[rows, d] ^ (t & key.t_cw[rows, i, d])
     return v + _neg_if(neg, _convert(s, payload) + t.astype(np.uint64)[:, None] * key.final)
 
 

@@ -25,7 +25,7 @@ def _mask(bits: int) -> np.uint64:
 
 def _native_gen(alpha: np.ndarray, beta: np.ndarray, roots: np.ndarray, bits: int, portable: bool) -> tuple:
     n, p = alpha.size, beta.shape[1]
-    out = (np.empty((bits, n, 2), np.uint64), np.empty((bits, n, p), np.uint64), np.empty((bits, n, 2), np.uint8),
+    out = (np.empty((n, bits, 2), np.uint64), np.empty((n, bits, p), np.uint64), np.empty((n, bits, 2), np.uint8),
            np.empty((n, p), np.uint64))
     _mod().dcf_gen(alpha, beta, roots, *out, bits, p, portable)  # type: ignore[attr-defined]
     return out
@@ -100,7 +100,7 @@ def test_empty_batch_and_bad_arguments() -> None:
     mod = _mod()
     out = np.empty((2, 1), np.uint64)
     with pytest.raises(ValueError, match="s_cw has"):
-        mod.dcf_eval(0, k0.seed, k0.s_cw[:10], k0.v_cw, k0.t_cw, k0.final,  # type: ignore[attr-defined]
+        mod.dcf_eval(0, k0.seed, k0.s_cw[:, :10], k0.v_cw, k0.t_cw, k0.final,  # type: ignore[attr-defined]
                      np.zeros(2, np.uint64), out, 64, 1)
     with pytest.raises(ValueError, match="expected dtype uint64"):
         mod.dcf_eval(0, k0.seed, k0.s_cw, k0.v_cw, k0.t_cw, k0.final,  # type: ignore[attr-defined]
