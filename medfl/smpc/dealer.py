@@ -70,8 +70,8 @@ class Dealer(Protocol):
         """Return a truncation pair for arrays of ``shape``."""
         ...
 
-    def relu_keys(self, n: int) -> ReluKeys:
-        """Return FSS ReLU material for ``n`` elements."""
+    def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
+        """Return FSS ReLU material for ``n`` elements of raw range ``[-2^(bits-1), 2^(bits-1))``."""
         ...
 
     def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
@@ -122,9 +122,9 @@ class LocalDealer:
         self._count(p.r, p.r_low_shifted, p.r_msb)
         return p
 
-    def relu_keys(self, n: int) -> ReluKeys:
+    def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
         """Return FSS ReLU material for ``n`` elements; see :func:`medfl.smpc.relu.relu_keys`."""
-        keys = make_relu_keys(n)
+        keys = make_relu_keys(n, bits=bits)
         self.bytes_offline += keys.nbytes
         return keys
 

@@ -86,22 +86,43 @@ def conv2d(x: Shared, w: MaskedWeight, bias: Shared | None, s: Session, *, kerne
     return out
 
 
-def relu_layer(x: Shared, s: Session) -> Shared:
-    """Shares of ``max(x, 0)`` (two rounds)."""
-    return relu(x, s.dealer.relu_keys(x.s0.size), s.channel)
+def relu_layer(x: Shared, s: Session, *, bits: int = 64) -> Shared:
+    """Shares of ``max(x, 0)`` (one round); ``bits`` is the planned raw range (see :mod:`medfl.smpc.relu`)."""
+    return relu(x, s.dealer.relu_keys(x.s0.size, bits=bits), s.channel)
 
 
-def _max(a: Shared, b: Shared, s: Session) -> Shared:
-    d = relu_layer(Shared(a.s0 - b.s0, a.s1 - b.s1), s)
+def _max(a: Shared, b: Shared, s: Session, bits: int) -> Shared:
+    d = relu_layer(Shared(a.s0 - b.s0, a.s1 - b.s1), s, bits=bits)
     return Shared(b.s0 + d.s0, b.s1 + d.s1)
 
 
-def max_pool2d(x: Shared, s: Session) -> Shared:
-    """Shares of a 2x2, stride-2 max pool of (C, H, W) with even H and W (four rounds)."""
-    q = [_map(x, lambda a, i=i, j=j: a[:, i::2, j::2]) for i in (0, 1) for j in (0, 1)]
-    pair = _max(Shared(np.stack([q[0].s0, q[2].s0]), np.stack([q[0].s1, q[2].s1])),
-                Shared(np.stack([q[1].s0, q[3].s0]), np.stack([q[1].s1, q[3].s1])), s)
-    return _max(_map(pair, lambda a: a[0]), _map(pair, lambda a: a[1]), s)
+def max_pool2d(x: Shared, s: Session, *, kernel: int = 2, stride: int = 2, padding: int = 0,
+               bits: int = 64) -> Shared:
+    """Shares of a k x k max pool of (C, H, W); ceil(log2(k*k)) rounds (a tree of pairwise maxima).
+
+    Padding is with zeros, which is exact only next to a ReLU (the evaluator checks that);
+    ``bits`` is the planned raw range of the differences compared.
+    """
+    c, h, w = x.s0.shape
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (w + 2 * padding - kernel) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"max pool {kernel}x{kernel} (stride {stride}, padding {padding}) does not fit {h}x{w}")
+
+    def windows(a: np.ndarray) -> np.ndarray:
+        p = np.pad(a, ((0, 0), (padding, padding), (padding, padding)))
+        span = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+        return np.stack([p[:, i:i + span[0]:stride, j:j + span[1]:stride] for i in range(kernel)
+                         for j in range(kernel)])
+
+    cand = _map(x, windows)  # (k*k, C, Ho, Wo)
+    while cand.s0.shape[0] > 1:
+        m = cand.s0.shape[0] // 2
+        best = _max(_map(cand, lambda a, m=m: a[:m]), _map(cand, lambda a, m=m: a[m:2 * m]), s, bits)
+        if cand.s0.shape[0] % 2:
+            best = Shared(np.concatenate([best.s0, cand.s0[-1:]]), np.concatenate([best.s1, cand.s1[-1:]]))
+        cand = best
+    return _map(cand, lambda a: a[0])
 
 
 def avg_pool(x: Shared, k: int, s: Session) -> Shared:

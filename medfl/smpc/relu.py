@@ -10,6 +10,12 @@ and ``r u = r r_msb + w2`` are linear in shares. With ``b = 1 - msb = [x >= 0]``
 ``ReLU(x) = x b = c b - r b`` where ``r b = r - c_msb r - (1 - 2 c_msb) r u``: everything after
 the opening is local. The result is exact for every signed 64-bit ``x``.
 
+With a range plan (``|x| < 2^(l-1)`` for the raw values, from calibration) the same holds with
+bit ``l - 1`` in place of bit 63 and a DCF on ``l - 1`` bits, since the sign of ``x`` is the top
+bit of ``x mod 2^l``; the opened ``c`` stays a uniform 64-bit value and the output stays exact,
+but the DCF costs ``l - 1`` levels instead of 63. Outside the planned range the sign is wrong,
+so the evaluator refuses inputs outside the calibrated range before sharing.
+
 References
 ----------
 .. [1] Boyle et al., "Function Secret Sharing for Mixed-Mode and Fixed-Point Secure
@@ -29,11 +35,9 @@ from medfl.smpc.channel import Channel
 from medfl.smpc.fss import DcfKey, dcf_eval, dcf_gen
 from medfl.smpc.sharing import Shared, share
 
-__all__ = ["ReluKeys", "relu", "relu_keys"]
+__all__ = ["RING_BITS", "ReluKeys", "relu", "relu_keys"]
 
-_LOW_BITS = 63
-_LOW = np.uint64(2**63 - 1)
-_TOP = np.uint64(63)
+RING_BITS = 64
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class ReluKeys:
     r_r_msb : Shared
         ``r * r_msb``.
     dcf : (DcfKey, DcfKey)
-        Keys of ``x' -> (1 - 2 r_msb, r (1 - 2 r_msb)) [x' < r mod 2^63]`` on 63-bit inputs.
+        Keys of ``x' -> (1 - 2 r_msb, r (1 - 2 r_msb)) [x' < r mod 2^(l-1)]`` on ``l - 1``-bit inputs,
+        where ``r_msb`` is bit ``l - 1`` of ``r`` and ``l`` is :attr:`bits`.
 
     References
     ----------
@@ -62,28 +67,43 @@ class ReluKeys:
     dcf: tuple[DcfKey, DcfKey]
 
     @property
+    def bits(self) -> int:
+        """Planned input range: exact for raw ``x`` in ``[-2^(bits-1), 2^(bits-1))``."""
+        return self.dcf[0].bits + 1
+
+    @property
     def nbytes(self) -> int:
         """Bytes the dealer sends (both parties together)."""
         shared = (self.r, self.r_msb, self.r_r_msb)
         return sum(s.s0.nbytes + s.s1.nbytes for s in shared) + sum(k.nbytes for k in self.dcf)
 
 
-def relu_keys(n: int) -> ReluKeys:
-    """Generate the dealer material for ``n`` ReLUs.
+def relu_keys(n: int, *, bits: int = RING_BITS) -> ReluKeys:
+    """Generate the dealer material for ``n`` ReLUs of raw inputs in ``[-2^(bits-1), 2^(bits-1))``.
+
+    Parameters
+    ----------
+    n : int
+        Number of elements.
+    bits : int
+        Planned input range in bits, 2..64 (64: every signed 64-bit value).
 
     References
     ----------
     .. [1] Boyle et al., EUROCRYPT 2021.
     """
+    if not isinstance(bits, int) or not 2 <= bits <= RING_BITS:
+        raise ValueError(f"bits must be an integer in [2, 64], got {bits!r}")
     r = ring.uniform((n,))
-    msb = r >> _TOP
+    msb = (r >> np.uint64(bits - 1)) & np.uint64(1)
     sign = np.uint64(1) - np.uint64(2) * msb  # 1 - 2 r_msb in the ring
     beta = np.stack([sign, r * sign], axis=1)
-    return ReluKeys(share(r), share(msb), share(r * msb), dcf_gen(r & _LOW, beta, bits=_LOW_BITS))
+    low = r & np.uint64(2 ** (bits - 1) - 1)
+    return ReluKeys(share(r), share(msb), share(r * msb), dcf_gen(low, beta, bits=bits - 1))
 
 
 def relu(x: Shared, keys: ReluKeys, channel: Channel) -> Shared:
-    """Return shares of ``max(x, 0)`` for any signed 64-bit ``x``, in one round.
+    """Return shares of ``max(x, 0)`` in one round, exact for raw ``x`` in the keys' planned range.
 
     References
     ----------
@@ -94,9 +114,10 @@ def relu(x: Shared, keys: ReluKeys, channel: Channel) -> Shared:
     if x0.size != keys.r.s0.size:
         raise ValueError(f"ReLU keys for {keys.r.s0.size} elements, got {x0.size}")
     c = channel.open(x0 + keys.r.s0, x1 + keys.r.s1)
-    c_msb = c >> _TOP
+    top = np.uint64(keys.bits - 1)
+    c_msb = (c >> top) & np.uint64(1)
     flip = np.uint64(1) - np.uint64(2) * c_msb  # 1 - 2 c_msb
-    c_low = c & _LOW
+    c_low = c & np.uint64(2 ** (keys.bits - 1) - 1)
     out = []
     for p in (0, 1):
         w = dcf_eval(p, keys.dcf[p], c_low)

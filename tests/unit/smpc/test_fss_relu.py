@@ -52,3 +52,24 @@ def test_relu_is_exact(kind: str) -> None:
     out = reconstruct(relu(share(x), relu_keys(x.size), ch))
     assert np.array_equal(out.view(np.int64), np.maximum(x.view(np.int64), 0))
     assert ch.rounds == 1
+
+
+@pytest.mark.parametrize("bits", [2, 20, 40, 63])
+def test_relu_with_a_planned_range_is_exact_inside_and_wraps_outside(bits: int) -> None:
+    half = 2 ** (bits - 1)
+    inside = np.concatenate([np.array([half - 1, -half, 0, 1, -1], dtype=np.int64),
+                             RNG.integers(-half, half, size=300, dtype=np.int64)])
+    ch = InMemoryChannel()
+    out = reconstruct(relu(share(inside.view(np.uint64)), relu_keys(inside.size, bits=bits), ch))
+    assert np.array_equal(out.view(np.int64), np.maximum(inside, 0))
+    assert ch.rounds == 1
+    # just outside the plan the sign is that of x mod 2^bits: this is where wrap-around starts
+    outside = np.array([half, -half - 1], dtype=np.int64)
+    out = reconstruct(relu(share(outside.view(np.uint64)), relu_keys(2, bits=bits), InMemoryChannel()))
+    assert np.array_equal(out.view(np.int64), np.array([0, -half - 1], dtype=np.int64))
+
+
+def test_relu_keys_reject_a_bad_range() -> None:
+    for bad in (1, 65):
+        with pytest.raises(ValueError, match="bits must be"):
+            relu_keys(4, bits=bad)
