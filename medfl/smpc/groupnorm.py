@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from medfl.smpc import ring
-from medfl.smpc.layers import Session
+from medfl.smpc.layers import Session, divide
 from medfl.smpc.sharing import Shared
 from medfl.smpc.truncation import truncate
 
@@ -67,14 +67,11 @@ def group_norm(x: Shared, groups: int, gamma: Shared, beta: Shared, s: Session, 
     if c % groups:
         raise ValueError(f"{c} channels do not split into {groups} groups")
     n = x.s0.size // groups
-    inv_n = ring.encode(np.array(1.0 / n), frac_bits=s.frac_bits)
     g = [x.of(p).reshape(groups, n) for p in (0, 1)]
-    mu = truncate(Shared(*(gp.sum(axis=1, dtype=np.uint64) * inv_n for gp in g)),
-                  s.dealer.trunc_pair((groups,), s.frac_bits), s.channel)
+    mu = divide(Shared(*(gp.sum(axis=1, dtype=np.uint64) for gp in g)), n, s)
     d = Shared(*(g[p] - mu.of(p)[:, None] for p in (0, 1)))
     sq = mul(d, d, s)
-    var = truncate(Shared(*(sq.of(p).sum(axis=1, dtype=np.uint64) * inv_n for p in (0, 1))),
-                   s.dealer.trunc_pair((groups,), s.frac_bits), s.channel)
+    var = divide(Shared(*(sq.of(p).sum(axis=1, dtype=np.uint64) for p in (0, 1))), n, s)
     v = Shared(*(var.of(p) + _const(eps, (groups,), s, p) for p in (0, 1)))
     y = Shared(*(_const(1 / np.sqrt(v_range[1] + eps), (groups,), s, p) for p in (0, 1)))
     half3 = Shared(*(_const(1.5, (groups,), s, p) for p in (0, 1)))

@@ -27,7 +27,7 @@ from medfl.smpc.relu import relu
 from medfl.smpc.sharing import Shared
 from medfl.smpc.truncation import truncate
 
-__all__ = ["Session", "add", "avg_pool", "conv2d", "linear", "max_pool2d", "prepare_weight", "relu_layer"]
+__all__ = ["Session", "add", "avg_pool", "divide", "conv2d", "linear", "max_pool2d", "prepare_weight", "relu_layer"]
 
 
 @dataclass(frozen=True)
@@ -125,12 +125,28 @@ def max_pool2d(x: Shared, s: Session, *, kernel: int = 2, stride: int = 2, paddi
     return _map(cand, lambda a: a[0])
 
 
+def divide(x: Shared, n: int, s: Session) -> Shared:
+    """Shares of ``x / n`` for a public integer ``n`` (one round), to about 2^-16 relative precision.
+
+    ``1/n`` in ``frac_bits`` fixed point would be off by up to 50% for large ``n`` (a GroupNorm
+    over 49152 elements would use 1/65536), so the constant ``round(2^(f+e) / n)`` carries
+    ``e = ceil(log2 n)`` extra bits and the truncation removes ``f + e`` bits; the raw product is
+    about ``x 2^(f+e)``, which stays inside the truncation headroom while ``|x / n| < 2^(46-e-f)``
+    in real units (``e`` is at most 22 here).
+    """
+    if n < 1:
+        raise ValueError(f"divisor must be a positive integer, got {n}")
+    e = min(max(int(np.ceil(np.log2(n))), 0), 22)
+    scale = np.uint64(int(round(2.0 ** (s.frac_bits + e) / n)))
+    pair = s.dealer.trunc_pair(x.s0.shape, s.frac_bits + e)
+    return truncate(Shared(x.s0 * scale, x.s1 * scale), pair, s.channel)
+
+
 def avg_pool(x: Shared, k: int, s: Session) -> Shared:
     """Shares of a k x k, stride-k average pool of (C, H, W), H and W divisible by k (one round)."""
     c, h, w = x.s0.shape
     summed = _map(x, lambda a: a.reshape(c, h // k, k, w // k, k).sum(axis=(2, 4), dtype=np.uint64))
-    inv = ring.encode(np.array(1.0 / (k * k)), frac_bits=s.frac_bits)
-    return _trunc(Shared(summed.s0 * inv, summed.s1 * inv), s)
+    return divide(summed, k * k, s)
 
 
 def add(a: Shared, b: Shared) -> Shared:

@@ -9,7 +9,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from medfl.smpc import InMemoryChannel, LocalDealer, reconstruct, ring, share
 from medfl.smpc.groupnorm import group_norm, newton_steps
-from medfl.smpc.layers import Session
+from medfl.smpc.layers import Session, divide
 
 
 @pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
@@ -35,3 +35,27 @@ def test_newton_steps_bound_and_refusal() -> None:
     assert np.max(np.abs(yy * np.sqrt(v) - 1)) < 1e-3
     with pytest.raises(ValueError, match="v_min"):
         newton_steps(0.0, 1.0)
+
+
+def test_groupnorm_over_large_groups_stays_accurate() -> None:
+    """49152 elements per group: 1/n needs more than frac_bits of precision (it was 25% off)."""
+    rng = np.random.default_rng(8)  # test data only
+    x = (rng.normal(size=(24, 128, 128)) * 0.5 + 0.3).astype(np.float32)
+    g = rng.uniform(0.5, 1.5, size=24).astype(np.float32)
+    b = rng.normal(size=24).astype(np.float32)
+    want = torch.nn.functional.group_norm(torch.from_numpy(x)[None], 8, torch.from_numpy(g),
+                                          torch.from_numpy(b), 1e-5)[0].numpy()
+    var = x.reshape(8, -1).var(axis=1)
+    s = Session(LocalDealer(), InMemoryChannel())
+    out = group_norm(share(ring.encode(x)), 8, share(ring.encode(g)), share(ring.encode(b)), s, eps=1e-5,
+                     v_range=(float(var.min()) / 4, float(var.max()) * 4))
+    assert np.max(np.abs(ring.decode(reconstruct(out)) - want)) < 2e-3
+
+
+@pytest.mark.parametrize("n", [1, 3, 49, 49152, 2**22])
+def test_divide_by_public_integer(n: int) -> None:
+    rng = np.random.default_rng(n)  # test data only
+    x = rng.normal(size=64) * n
+    s = Session(LocalDealer(), InMemoryChannel())
+    got = ring.decode(reconstruct(divide(share(ring.encode(x)), n, s)))
+    assert np.max(np.abs(got - x / n)) < 1e-4 * max(1.0, float(np.max(np.abs(x / n))))
