@@ -2,9 +2,12 @@
 
 Per group, ``mu`` and ``var`` are computed with local sums, one Beaver square and truncations.
 ``1/sqrt(var + eps)`` follows Newton's iteration ``y <- y (3 - v y^2) / 2`` from ``y0 =
-1/sqrt(v_max)``, where ``[v_min, v_max]`` is the variance range calibrated when the model is
-registered; :func:`newton_steps` picks the number of steps so the relative error in exact
-arithmetic is below ``tol`` over the whole range (it converges for ``0 < y0 < sqrt(3/v)``).
+c/sqrt(v_max)``, where ``[v_min, v_max]`` is the variance range calibrated when the model is
+registered; :func:`newton_plan` picks ``c`` in ``[1, sqrt(3))`` and the number of steps so the
+relative error in exact arithmetic is below ``tol`` over the whole range (checked on a dense
+grid; it converges for ``0 < y0 < sqrt(3/v)``). One step takes four rounds: with ``h = v/2``,
+``y^2`` and ``h y`` are multiplied in one opening and truncated together with ``1.5 y``, then
+``y' = 1.5 y - y^2 (h y)``.
 
 References
 ----------
@@ -22,7 +25,7 @@ from medfl.smpc.layers import Session, divide
 from medfl.smpc.sharing import Shared
 from medfl.smpc.truncation import truncate
 
-__all__ = ["group_norm", "mul", "newton_steps"]
+__all__ = ["group_norm", "mul", "newton_plan", "newton_steps"]
 
 
 def mul(x: Shared, y: Shared, s: Session) -> Shared:
@@ -34,6 +37,58 @@ def mul(x: Shared, y: Shared, s: Session) -> Shared:
     z0 = d * e + d * b.s0 + e * a.s0 + c.s0
     z1 = d * b.s1 + e * a.s1 + c.s1
     return truncate(Shared(z0, z1), s.dealer.trunc_pair(x.s0.shape, s.frac_bits), s.channel)
+
+
+def _products(xs: list[Shared], ys: list[Shared], s: Session) -> list[Shared]:
+    """Untruncated Beaver products ``x_i * y_i`` of several pairs, all in one opening."""
+    sizes = [x.s0.size for x in xs]
+    x = Shared(np.concatenate([v.s0.ravel() for v in xs]), np.concatenate([v.s1.ravel() for v in xs]))
+    y = Shared(np.concatenate([v.s0.ravel() for v in ys]), np.concatenate([v.s1.ravel() for v in ys]))
+    a, b, c = s.dealer.mul_triple(x.s0.shape)
+    op = s.channel.open(np.concatenate([x.s0 - a.s0, y.s0 - b.s0]), np.concatenate([x.s1 - a.s1, y.s1 - b.s1]))
+    d, e = op[: x.s0.size], op[x.s0.size:]
+    z = Shared(d * e + d * b.s0 + e * a.s0 + c.s0, d * b.s1 + e * a.s1 + c.s1)
+    return _split(z, [v.s0.shape for v in xs], sizes)
+
+
+def _split(z: Shared, shapes: list[tuple[int, ...]], sizes: list[int]) -> list[Shared]:
+    out, at = [], 0
+    for shape, n in zip(shapes, sizes, strict=True):
+        out.append(Shared(z.s0[at:at + n].reshape(shape), z.s1[at:at + n].reshape(shape)))
+        at += n
+    return out
+
+
+def _truncate_all(zs: list[Shared], s: Session) -> list[Shared]:
+    """Truncate several values by ``frac_bits`` in one opening."""
+    z = Shared(np.concatenate([v.s0.ravel() for v in zs]), np.concatenate([v.s1.ravel() for v in zs]))
+    t = truncate(z, s.dealer.trunc_pair(z.s0.shape, s.frac_bits), s.channel)
+    return _split(t, [v.s0.shape for v in zs], [v.s0.size for v in zs])
+
+
+def newton_plan(v_min: float, v_max: float, tol: float = 1e-3) -> tuple[float, int]:
+    """Start ``y0 = c / sqrt(v_max)`` and step count reaching ``tol`` on all of [v_min, v_max], fewest steps.
+
+    References
+    ----------
+    .. [1] Knott et al., "CrypTen", NeurIPS 2021 (Newton iterations for reciprocal square roots).
+    """
+    if not 0 < v_min <= v_max:
+        raise ValueError(f"need 0 < v_min <= v_max, got {v_min}, {v_max}")
+    v = np.concatenate([np.geomspace(v_min, v_max, 2048), [v_min, v_max]])
+    best: tuple[int, float] | None = None
+    for c in np.linspace(1.0, 1.7, 36):
+        y = np.full(v.shape, c / np.sqrt(v_max))
+        for k in range(200):
+            if np.max(np.abs(y * np.sqrt(v) - 1)) < tol / 2:  # half the tolerance: the grid is not every v
+                if best is None or k < best[0]:
+                    best = (k, float(c))
+                break
+            y = y * (3 - v * y * y) / 2
+    if best is None:
+        raise ValueError(f"Newton does not reach {tol} on [{v_min}, {v_max}] in 200 steps; calibrate a tighter "
+                         "range")
+    return best[1] / float(np.sqrt(v_max)), best[0]
 
 
 def newton_steps(v_min: float, v_max: float, tol: float = 1e-3) -> int:
@@ -71,15 +126,16 @@ def group_norm(x: Shared, groups: int, gamma: Shared, beta: Shared, s: Session, 
     mu = divide(Shared(*(gp.sum(axis=1, dtype=np.uint64) for gp in g)), n, s)
     d = Shared(*(g[p] - mu.of(p)[:, None] for p in (0, 1)))
     sq = mul(d, d, s)
-    var = divide(Shared(*(sq.of(p).sum(axis=1, dtype=np.uint64) for p in (0, 1))), n, s)
-    v = Shared(*(var.of(p) + _const(eps, (groups,), s, p) for p in (0, 1)))
-    y = Shared(*(_const(1 / np.sqrt(v_range[1] + eps), (groups,), s, p) for p in (0, 1)))
-    half3 = Shared(*(_const(1.5, (groups,), s, p) for p in (0, 1)))
-    for _ in range(newton_steps(v_range[0] + eps, v_range[1] + eps, tol)):
-        vy2 = mul(mul(y, y, s), v, s)
-        hv = truncate(Shared(*(vy2.of(p) * np.uint64(2 ** (s.frac_bits - 1)) for p in (0, 1))),
-                      s.dealer.trunc_pair((groups,), s.frac_bits), s.channel)  # v y^2 / 2
-        y = mul(y, Shared(*(half3.of(p) - hv.of(p) for p in (0, 1))), s)
+    half_var = divide(Shared(*(sq.of(p).sum(axis=1, dtype=np.uint64) for p in (0, 1))), 2 * n, s)
+    h = Shared(*(half_var.of(p) + _const(eps / 2, (groups,), s, p) for p in (0, 1)))  # (var + eps) / 2
+    y0, steps = newton_plan(v_range[0] + eps, v_range[1] + eps, tol)
+    y = Shared(*(_const(y0, (groups,), s, p) for p in (0, 1)))
+    c15 = ring.encode(np.array(1.5), frac_bits=s.frac_bits)
+    for _ in range(steps):
+        y2, hy = _products([y, h], [y, y], s)
+        y2, hy, y15 = _truncate_all([y2, hy, Shared(y.s0 * c15, y.s1 * c15)], s)
+        (cube,) = _truncate_all(_products([y2], [hy], s), s)  # h y^3
+        y = Shared(y15.s0 - cube.s0, y15.s1 - cube.s1)
     per_c = c // groups
     scale = mul(gamma, Shared(*(np.repeat(y.of(p), per_c) for p in (0, 1))), s)
     el = Shared(*(np.repeat(scale.of(p), n // per_c).reshape(groups, n) for p in (0, 1)))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from medfl.smpc import InMemoryChannel, LocalDealer, reconstruct, ring, share
-from medfl.smpc.groupnorm import group_norm, newton_steps
+from medfl.smpc.groupnorm import group_norm, newton_plan, newton_steps
 from medfl.smpc.layers import Session, divide
 
 
@@ -59,3 +59,26 @@ def test_divide_by_public_integer(n: int) -> None:
     s = Session(LocalDealer(), InMemoryChannel())
     got = ring.decode(reconstruct(divide(share(ring.encode(x)), n, s)))
     assert np.max(np.abs(got - x / n)) < 1e-4 * max(1.0, float(np.max(np.abs(x / n))))
+
+
+@pytest.mark.parametrize("v_range", [(0.01, 25.0), (1e-3, 10.0), (0.5, 2.0)])
+def test_newton_plan_reaches_tolerance_everywhere_with_no_more_steps(v_range: tuple[float, float]) -> None:
+    y0, k = newton_plan(*v_range, tol=1e-3)
+    assert k <= newton_steps(*v_range, tol=1e-3)
+    v = np.geomspace(*v_range, 20000)
+    y = np.full_like(v, y0)
+    for _ in range(k):
+        y = y * (3 - v * y * y) / 2
+    assert np.max(np.abs(y * np.sqrt(v) - 1)) < 1e-3
+
+
+def test_group_norm_rounds_are_four_per_newton_step() -> None:
+    rng = np.random.default_rng(9)  # test data only
+    x = rng.normal(size=(4, 6, 6)).astype(np.float32)
+    ch = InMemoryChannel()
+    s = Session(LocalDealer(), ch)
+    one, zero = share(ring.encode(np.ones(4))), share(ring.encode(np.zeros(4)))
+    group_norm(share(ring.encode(x)), 2, one, zero, s, eps=1e-5, v_range=(0.1, 10.0))
+    _, k = newton_plan(0.1 + 1e-5, 10.0 + 1e-5)
+    # mean 1, square 2, variance 1, Newton 4 per step, gamma * y 2, d * scale 2
+    assert ch.rounds == 8 + 4 * k
