@@ -16,7 +16,9 @@ are not trivially zero; calibration on two other images as at model registration
 - ``max_abs_error``: largest ``|logit - plaintext logit|`` over the images; ``decisions_agree``;
 - ``wan_seconds``: ``online_seconds + rounds * RTT + max(bytes per party) * 8 / bandwidth`` for a
   hospital WAN (100 Mbit/s, 20 ms RTT), as the issue asks (a projection, not a measurement);
-- ``session_setup_seconds``: sharing the weights and opening their masks, once per model and session.
+- ``session_setup_seconds``: sharing the weights and opening their masks, once per model and session;
+- ``*_cpu_seconds``: the same split in process CPU time (all threads), which a busy shared machine
+  inflates less than wall time.
 
 The weights' masks are opened once per session (not per query). Times are wall-clock on a machine
 whose cores may be shared, so they are noisy. CrypTen runs only with ``--crypten-python`` (a venv
@@ -48,11 +50,12 @@ WAN_RTT_S = 0.020
 
 
 class TimedDealer:
-    """Forwards every request to a :class:`LocalDealer` and adds up the time spent in it."""
+    """Forwards every request to a :class:`LocalDealer` and adds up the (wall and CPU) time spent in it."""
 
     def __init__(self) -> None:
         self.inner = LocalDealer()
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -60,11 +63,12 @@ class TimedDealer:
             return attr
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return attr(*args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t
+                self.cpu_seconds += time.process_time() - c
 
         return timed
 
@@ -104,9 +108,10 @@ def bench_medfl(name: str, n_images: int) -> dict[str, Any]:
     rows = []
     for img in images:
         d0, b0, r0, o0 = dealer.seconds, list(channel.bytes_sent), channel.rounds, dealer.inner.bytes_offline
-        t = time.perf_counter()
+        dc0 = dealer.cpu_seconds
+        t, c = time.perf_counter(), time.process_time()
         got = secure(img)
-        total = time.perf_counter() - t
+        total, total_cpu = time.perf_counter() - t, time.process_time() - c
         with torch.no_grad():
             want = model(torch.from_numpy(img)[None])[0].double().numpy()
         offline = dealer.seconds - d0
@@ -114,11 +119,14 @@ def bench_medfl(name: str, n_images: int) -> dict[str, Any]:
         rounds = channel.rounds - r0
         online = total - offline
         rows.append({"seconds": total, "online_seconds": online, "offline_seconds": offline,
+                     "online_cpu_seconds": total_cpu - (dealer.cpu_seconds - dc0),
+                     "offline_cpu_seconds": dealer.cpu_seconds - dc0,
                      "offline_bytes": dealer.inner.bytes_offline - o0, "online_bytes_per_party": sent,
                      "rounds": rounds, "max_abs_error": float(np.max(np.abs(got - want))),
                      "decision_agrees": bool(np.argmax(got) == np.argmax(want)),
                      "wan_seconds": online + rounds * WAN_RTT_S + max(sent) * 8 / WAN_BPS})
     med = {k: statistics.median(r[k] for r in rows) for k in ("seconds", "online_seconds", "offline_seconds",
+                                                              "online_cpu_seconds", "offline_cpu_seconds",
                                                               "wan_seconds")}
     return {"input": [1, side, side], "plain_seconds": _plain_seconds(model, images[0]),
             "session_setup_seconds": setup, **med, "offline_bytes": rows[0]["offline_bytes"],
@@ -128,11 +136,12 @@ def bench_medfl(name: str, n_images: int) -> dict[str, Any]:
 
 
 def _table(results: dict[str, Any]) -> str:
-    head = (f"{'model':<10}{'plain s':>9}{'online s':>10}{'offline s':>11}{'offline MB':>12}{'online MB/party':>17}"
-            f"{'rounds':>8}{'max err':>10}{'WAN s':>8}")
+    head = (f"{'model':<10}{'plain s':>9}{'online s':>10}{'(cpu)':>7}{'offline s':>11}{'(cpu)':>7}{'offline MB':>12}"
+            f"{'online MB/party':>17}{'rounds':>8}{'max err':>10}{'WAN s':>8}")
     lines = [head]
     for name, r in results.items():
-        lines.append(f"{name:<10}{r['plain_seconds']:>9.3f}{r['online_seconds']:>10.2f}{r['offline_seconds']:>11.2f}"
+        lines.append(f"{name:<10}{r['plain_seconds']:>9.3f}{r['online_seconds']:>10.2f}{r['online_cpu_seconds']:>7.2f}"
+                     f"{r['offline_seconds']:>11.2f}{r['offline_cpu_seconds']:>7.2f}"
                      f"{r['offline_bytes'] / 1e6:>12.0f}{max(r['online_bytes_per_party']) / 1e6:>17.1f}"
                      f"{r['rounds']:>8d}{r['max_abs_error']:>10.2e}{r['wan_seconds']:>8.2f}")
     return "\n".join(lines)

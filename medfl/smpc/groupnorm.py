@@ -18,6 +18,8 @@ References
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from medfl.smpc import ring
@@ -66,6 +68,7 @@ def _truncate_all(zs: list[Shared], s: Session) -> list[Shared]:
     return _split(t, [v.s0.shape for v in zs], [v.s0.size for v in zs])
 
 
+@functools.lru_cache(maxsize=256)
 def newton_plan(v_min: float, v_max: float, tol: float = 1e-3) -> tuple[float, int]:
     """Start ``y0 = c / sqrt(v_max)`` and step count reaching ``tol`` on all of [v_min, v_max], fewest steps.
 
