@@ -38,7 +38,7 @@ from medfl.smpc.groupnorm import group_norm
 from medfl.smpc.layers import Session
 from medfl.smpc.sharing import Shared, reconstruct, share
 
-__all__ = ["ACT_MARGIN", "Calibration", "SecureModel", "calibrate", "comparison_bits"]
+__all__ = ["ACT_MARGIN", "Calibration", "SecureModel", "calibrate", "comparison_bits", "fold_batchnorm"]
 
 ACT_MARGIN = 64.0
 """Planned ReLU / max-pool input range: this many times the largest calibrated ``|input|``."""
@@ -126,6 +126,45 @@ def comparison_bits(bound: float | None, frac_bits: int = ring.FRAC_BITS) -> int
     return int(min(ring.RING_BITS, max(2, int(np.ceil(np.log2(raw))) + 2)))
 
 
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator, arg-type]
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)  # type: ignore[arg-type]
+    conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale)  # type: ignore[operator]
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Return a copy of ``model`` with every BatchNorm2d that follows a Conv2d folded into it (inference).
+
+    The model server does this in plaintext before sharing: BatchNorm at inference is a per-channel
+    affine map, so ``bn(conv(x))`` is one convolution with scaled weights and a bias, and the
+    encrypted model pays nothing for it. Pairs are adjacent modules of a Sequential and
+    ``(conv1, norm1)``, ``(conv2, norm2)`` of a ResNet BasicBlock; folded norms become Identity.
+
+    References
+    ----------
+    .. [1] Ioffe and Szegedy, "Batch Normalization", ICML 2015 (inference-time affine map).
+    """
+    import copy
+
+    out = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for mod in out.modules():
+            if isinstance(mod, BasicBlock):
+                for c, n in (("conv1", "norm1"), ("conv2", "norm2")):
+                    if isinstance(getattr(mod, n), nn.BatchNorm2d):
+                        _fold_into(getattr(mod, c), getattr(mod, n))
+                        setattr(mod, n, nn.Identity())
+            elif isinstance(mod, nn.Sequential):
+                names = list(mod._modules)
+                for a, b in zip(names, names[1:], strict=False):
+                    conv, bn = mod._modules[a], mod._modules[b]
+                    if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                        _fold_into(conv, bn)
+                        mod._modules[b] = nn.Identity()
+    return out
+
+
 def _units(module: nn.Module) -> Iterator[nn.Module]:
     """Leaf modules in registration (forward) order; a ResNet BasicBlock is one unit."""
     for child in module.children():
@@ -133,6 +172,10 @@ def _units(module: nn.Module) -> Iterator[nn.Module]:
             yield child
         else:
             yield from _units(child)
+
+
+def _identity(x: Shared, s: Session) -> Shared:
+    return x
 
 
 def _shared_param(t: object) -> Shared:
@@ -204,9 +247,9 @@ class SecureModel:
 
     def _block(self, blk: BasicBlock, shape: tuple[int, ...]) -> tuple[_Step, tuple[int, ...]]:
         c1, mid = self._compile(blk.conv1, shape)
-        n1, _ = self._compile(blk.norm1, mid)
+        n1 = self._compile(blk.norm1, mid)[0] or _identity
         c2, out = self._compile(blk.conv2, mid)
-        n2, _ = self._compile(blk.norm2, out)
+        n2 = self._compile(blk.norm2, out)[0] or _identity
         side: list[_Step] = []
         if isinstance(blk.shortcut, nn.Sequential):
             for m in blk.shortcut:
@@ -217,7 +260,7 @@ class SecureModel:
 
         def step(x: Shared, s_: Session) -> Shared:
             h = layers.relu_layer(n1(c1(x, s_), s_), s_, bits=bits)  # type: ignore[misc]
-            h = n2(c2(h, s_), s_)  # type: ignore[misc]  # (conv and norm always compile to a step)
+            h = n2(c2(h, s_), s_)  # type: ignore[misc]  # (a conv always compiles to a step)
             for st in side:
                 x = st(x, s_)
             return layers.relu_layer(layers.add(h, x), s_, bits=bits)
@@ -263,6 +306,9 @@ class SecureModel:
             return (lambda x, s_: layers.avg_pool(x, k, s_)), (shape[0], shape[1] // k, shape[2] // k)
         if isinstance(mod, nn.Flatten | nn.Dropout | nn.Identity):
             return None, shape
+        if isinstance(mod, nn.BatchNorm2d):
+            raise NotImplementedError("BatchNorm2d must follow a Conv2d and be folded into it first: "
+                                      "SecureModel(medfl.smpc.evaluator.fold_batchnorm(model), ...)")
         raise NotImplementedError(f"layer {type(mod).__name__} is not supported for encrypted inference yet "
                                   f"(supported: Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GroupNorm, Flatten, "
                                   f"Dropout, medfl's ResNet BasicBlock)")
