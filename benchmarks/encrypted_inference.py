@@ -1,6 +1,7 @@
 """Encrypted inference (2PC + dealer): medfl per image vs plaintext (and CrypTen when asked), side by side.
 
     python benchmarks/encrypted_inference.py [--models cnn resnet18] [--images 2]
+                                             [--crypten-python /path/to/crypten-venv/bin/python]
                                              [--json benchmarks/results/encrypted_inference.json]
 
 For the small CNN at 1x128x128 and ResNet-18 (GroupNorm) at 1x224x224, on synthetic standardised
@@ -21,8 +22,12 @@ are not trivially zero; calibration on two other images as at model registration
   inflates less than wall time.
 
 The weights' masks are opened once per session (not per query). Times are wall-clock on a machine
-whose cores may be shared, so they are noisy. CrypTen runs only with ``--crypten-python`` (a venv
-with crypten 0.4.1); it is not installed here, see the issue for its install facts.
+whose cores may be shared, so they are noisy.
+
+With ``--crypten-python`` (the Python of a venv with crypten 0.4.1, see benchmarks/crypten_side.py)
+both systems also run the BatchNorm variants of the models (CrypTen cannot import GroupNorm):
+rows ``<model>-bn`` (medfl, BatchNorm folded into the convolutions) and ``crypten <model>-bn``
+(two parties + TTP on loopback, CrypTen's own round and byte counts per party).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -41,8 +48,11 @@ import torch
 from medfl import native
 from medfl.models import create_model
 from medfl.smpc import InMemoryChannel, LocalDealer
-from medfl.smpc.evaluator import SecureModel, calibrate
+from medfl.smpc.evaluator import SecureModel, calibrate, fold_batchnorm
 from medfl.smpc.layers import Session
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from crypten_side import batchnorm_variant  # noqa: E402
 
 SIDES = {"cnn": 128, "resnet18": 224}
 WAN_BPS = 100e6
@@ -93,10 +103,11 @@ def _plain_seconds(model: torch.nn.Module, img: np.ndarray, repeats: int = 5) ->
     return statistics.median(times)
 
 
-def bench_medfl(name: str, n_images: int) -> dict[str, Any]:
-    """Run ``n_images`` encrypted queries of one model and return the per-image figures."""
+def bench_medfl(name: str, n_images: int, *, batchnorm: bool = False) -> dict[str, Any]:
+    """Run ``n_images`` encrypted queries of one model (or its BatchNorm variant) and return the figures."""
     side = SIDES[name]
-    model = _model(name)
+    plain = batchnorm_variant(name) if batchnorm else _model(name)
+    model = fold_batchnorm(plain) if batchnorm else plain
     rng = np.random.default_rng(0)  # synthetic benchmark images only
     calib = [rng.standard_normal((1, side, side)).astype(np.float32) for _ in range(2)]
     images = [rng.standard_normal((1, side, side)).astype(np.float32) for _ in range(n_images)]
@@ -113,7 +124,7 @@ def bench_medfl(name: str, n_images: int) -> dict[str, Any]:
         got = secure(img)
         total, total_cpu = time.perf_counter() - t, time.process_time() - c
         with torch.no_grad():
-            want = model(torch.from_numpy(img)[None])[0].double().numpy()
+            want = plain(torch.from_numpy(img)[None])[0].double().numpy()
         offline = dealer.seconds - d0
         sent = [channel.bytes_sent[p] - b0[p] for p in (0, 1)]
         rounds = channel.rounds - r0
@@ -128,19 +139,48 @@ def bench_medfl(name: str, n_images: int) -> dict[str, Any]:
     med = {k: statistics.median(r[k] for r in rows) for k in ("seconds", "online_seconds", "offline_seconds",
                                                               "online_cpu_seconds", "offline_cpu_seconds",
                                                               "wan_seconds")}
-    return {"input": [1, side, side], "plain_seconds": _plain_seconds(model, images[0]),
+    return {"input": [1, side, side], "plain_seconds": _plain_seconds(plain, images[0]),
             "session_setup_seconds": setup, **med, "offline_bytes": rows[0]["offline_bytes"],
             "online_bytes_per_party": rows[0]["online_bytes_per_party"], "rounds": rows[0]["rounds"],
             "max_abs_error": max(r["max_abs_error"] for r in rows),
             "decisions_agree": all(r["decision_agrees"] for r in rows), "per_image": rows}
 
 
+def bench_crypten(name: str, n_images: int, python: str) -> dict[str, Any]:
+    """Run CrypTen (2 parties + TTP) on the BatchNorm variant in its own venv; return its figures."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crypten_side.py")
+    proc = subprocess.run([python, script, "--model", name, "--images", str(n_images)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"crypten side failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    per_rank = {rows[0]["rank"]: rows for rows in json.loads(proc.stdout.strip().splitlines()[-1])}
+    side = SIDES[name]
+    plain = batchnorm_variant(name)
+    from crypten_side import images
+
+    errors = []
+    for img, row in zip(images(side, n_images), per_rank[0], strict=True):
+        with torch.no_grad():
+            want = plain(torch.from_numpy(img)[None])[0].double().numpy()
+        errors.append(float(np.max(np.abs(np.asarray(row["logits"]) - want))))
+    seconds = statistics.median(max(per_rank[r][i]["seconds"] for r in (0, 1)) for i in range(n_images))
+    sent = [per_rank[r][0]["bytes"] for r in (0, 1)]
+    rounds = [per_rank[r][0]["rounds"] for r in (0, 1)]
+    return {"input": [1, side, side], "plain_seconds": _plain_seconds(plain, images(side, 1)[0]),
+            "session_setup_seconds": per_rank[0][0]["setup_seconds"], "seconds": seconds,
+            "online_seconds": seconds, "offline_seconds": 0.0, "online_cpu_seconds": float("nan"),
+            "offline_cpu_seconds": float("nan"), "offline_bytes": 0, "online_bytes_per_party": sent,
+            "rounds": max(rounds), "rounds_per_party": rounds, "max_abs_error": max(errors),
+            "wan_seconds": seconds + max(rounds) * WAN_RTT_S + max(sent) * 8 / WAN_BPS,
+            "note": "TTP mode: the dealer's work happens during the query, so online includes it"}
+
+
 def _table(results: dict[str, Any]) -> str:
-    head = (f"{'model':<10}{'plain s':>9}{'online s':>10}{'(cpu)':>7}{'offline s':>11}{'(cpu)':>7}{'offline MB':>12}"
-            f"{'online MB/party':>17}{'rounds':>8}{'max err':>10}{'WAN s':>8}")
+    head = (f"{'model':<18}{'plain s':>9}{'total s':>9}{'online s':>10}{'(cpu)':>7}{'offline s':>11}{'(cpu)':>7}"
+            f"{'offline MB':>12}{'online MB/party':>17}{'rounds':>8}{'max err':>10}{'WAN s':>8}")
     lines = [head]
     for name, r in results.items():
-        lines.append(f"{name:<10}{r['plain_seconds']:>9.3f}{r['online_seconds']:>10.2f}{r['online_cpu_seconds']:>7.2f}"
+        lines.append(f"{name:<18}{r['plain_seconds']:>9.3f}{r['seconds']:>9.2f}{r['online_seconds']:>10.2f}{r['online_cpu_seconds']:>7.2f}"
                      f"{r['offline_seconds']:>11.2f}{r['offline_cpu_seconds']:>7.2f}"
                      f"{r['offline_bytes'] / 1e6:>12.0f}{max(r['online_bytes_per_party']) / 1e6:>17.1f}"
                      f"{r['rounds']:>8d}{r['max_abs_error']:>10.2e}{r['wan_seconds']:>8.2f}")
@@ -152,17 +192,23 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(SIDES), choices=list(SIDES))
     ap.add_argument("--images", type=int, default=2, help="encrypted queries per model (default 2)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--crypten-python", help="Python of a venv with crypten 0.4.1 (see crypten_side.py)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    results = {name: bench_medfl(name, args.images) for name in args.models}
-    print(_table(results))
+    results: dict[str, Any] = {}
+    for name in args.models:
+        results[name] = bench_medfl(name, args.images)
+        if args.crypten_python:
+            results[f"{name}-bn"] = bench_medfl(name, args.images, batchnorm=True)
+            results[f"crypten {name}-bn"] = bench_crypten(name, args.images, args.crypten_python)
+        print(_table(results), flush=True)
     if args.json:
         out = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "torch": torch.__version__, "native": native.active_backend(),
                            "smpc_kernels": (native.native_module().smpc_impl()  # type: ignore[union-attr]
                                             if native.native_module() is not None else None)},
-               "wan": {"bandwidth_bit_s": WAN_BPS, "rtt_s": WAN_RTT_S}, "medfl": results,
-               "crypten": None, "note": "crypten: not run (needs its own venv; see the module docstring)"}
+               "wan": {"bandwidth_bit_s": WAN_BPS, "rtt_s": WAN_RTT_S}, "command": " ".join(sys.argv),
+               "results": results}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
