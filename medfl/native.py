@@ -313,6 +313,30 @@ class _Cuda:
             raise ValueError(f"arrays are on different devices: {a.device} and {b.device}")
 
     @classmethod
+    def ring_matmul(cls, a, b, *, out, accumulate):
+        aptr, adt, ashape, stream, ctx = cls._info(a, "a")
+        if not _is_device_array(b):
+            raise TypeError(f"a is a GPU array but b is {type(b).__name__}; put both on the same device")
+        bptr, bdt, bshape, _, _ = cls._info(b, "b")
+        cls._same_device(a, b)
+        if adt not in ("uint64", "int64") or bdt != adt or len(ashape) != 2 or len(bshape) != 2:
+            raise TypeError(f"a and b must be 2-D uint64 (or int64 holding ring elements) of one dtype, got "
+                            f"{adt}{ashape} and {bdt}{bshape}")
+        if ashape[1] != bshape[0]:
+            raise ValueError(f"cannot multiply a {ashape} by b {bshape}: inner sizes differ")
+        shape = (ashape[0], bshape[1])
+        if out is None:
+            if accumulate:
+                raise ValueError("accumulate=True needs out (the matrix to add the product to)")
+            out = cls._empty(a, shape, adt)
+        optr, odt, oshape, _, _ = cls._info(out, "out")
+        if odt != adt or oshape != shape:
+            raise ValueError(f"out must be {adt}{shape}, got {odt}{oshape}")
+        with ctx:
+            native_module().ring_matmul_cuda(aptr, bptr, optr, shape[0], ashape[1], shape[1], accumulate, stream)
+        return out
+
+    @classmethod
     def encode(cls, x, *, frac_bits, ring_bits, rounding, seed, offset):
         stochastic = _check_rounding(rounding)
         fxp._check_bits(frac_bits, ring_bits)

@@ -269,6 +269,15 @@ void gen_one(Mmo mmo, const uint64_t* alpha, const uint64_t* beta, const uint64_
 
 }  // namespace
 
+void aes_tables(uint32_t rk_words[44], uint32_t t0[256]) {
+  std::memcpy(rk_words, round_keys().rk, 176);  // little-endian words of the key schedule
+  for (int x = 0; x < 256; ++x) {
+    const uint8_t s = kSbox[x], s2 = xtime(s), s3 = static_cast<uint8_t>(s2 ^ s);
+    t0[x] = static_cast<uint32_t>(s2) | static_cast<uint32_t>(s) << 8 | static_cast<uint32_t>(s) << 16 |
+            static_cast<uint32_t>(s3) << 24;
+  }
+}
+
 const char* aes_impl() { return cpu_has_aesni() ? "aesni" : "portable"; }
 
 void dcf_eval_cpu(int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t n, int bits, int payload,

@@ -44,9 +44,16 @@ void dcf_eval_cpu(int party, const DcfKeys& key, const uint64_t* x, uint64_t* ou
 void dcf_gen_cpu(const uint64_t* alpha, const uint64_t* beta, const uint64_t* roots, uint64_t* s_cw, uint64_t* v_cw,
                  uint8_t* t_cw, uint64_t* final_cw, int64_t n, int bits, int payload, bool force_portable);
 
+// The PRG's AES-128 round keys as 44 little-endian words and the T-table T0 (little-endian
+// columns: T0[x] = 2S(x) | S(x) << 8 | S(x) << 16 | 3S(x) << 24) for the GPU kernels.
+void aes_tables(uint32_t round_keys[44], uint32_t t0[256]);
+
 #ifdef MEDFL_WITH_CUDA
+// Device pointers; all work is queued on `stream` (a cudaStream_t).
 void ring_matmul_cuda(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t m, int64_t k, int64_t n,
                       bool accumulate, void* stream);
+void dcf_eval_cuda(int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t n, int bits, int payload,
+                   void* stream);
 #endif
 
 }  // namespace medfl::smpc

@@ -86,6 +86,12 @@ void dcf_gen(py::array alpha, py::array beta, py::array roots, py::array s_cw, p
   medfl::smpc::dcf_gen_cpu(ap, bp, rp, sp, vp, tp, fp, n, bits, payload, force_portable);
 }
 
+py::tuple aes_tables() {
+  py::array_t<uint32_t> rk(44), t0(256);
+  medfl::smpc::aes_tables(rk.mutable_data(), t0.mutable_data());
+  return py::make_tuple(rk, t0);
+}
+
 }  // namespace
 
 static medfl::native::Registration reg("smpc", [](py::module_& m) {
@@ -99,6 +105,33 @@ static medfl::native::Registration reg("smpc", [](py::module_& m) {
   m.def("dcf_gen", &dcf_gen, py::arg("alpha"), py::arg("beta"), py::arg("roots"), py::arg("s_cw"), py::arg("v_cw"),
         py::arg("t_cw"), py::arg("final"), py::arg("bits"), py::arg("payload"), py::arg("force_portable") = false,
         "DCF correction words for x -> beta * [x < alpha] from the parties' root seeds (see medfl/smpc/fss.py).");
+  m.def("aes_tables", &aes_tables, "(round keys as 44 LE words, T-table T0) of the PRG's AES, as the GPU uses them");
+#ifdef MEDFL_WITH_CUDA
+  m.def(
+      "ring_matmul_cuda",
+      [](uintptr_t a, uintptr_t b, uintptr_t c, int64_t m, int64_t k, int64_t n, bool accumulate, uintptr_t stream) {
+        if (m < 0 || k < 0 || n < 0) throw py::value_error("ring_matmul_cuda: negative size");
+        medfl::smpc::ring_matmul_cuda(reinterpret_cast<const uint64_t*>(a), reinterpret_cast<const uint64_t*>(b),
+                                      reinterpret_cast<uint64_t*>(c), m, k, n, accumulate, medfl::native::ptr(stream));
+      },
+      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("k"), py::arg("n"), py::arg("accumulate"),
+      py::arg("stream"), "out (=|+=) a @ b mod 2^64 on device pointers (row-major uint64), on the given stream.");
+  m.def(
+      "dcf_eval_cuda",
+      [](int party, uintptr_t seed, uintptr_t s_cw, uintptr_t v_cw, uintptr_t t_cw, uintptr_t final_cw, uintptr_t x,
+         uintptr_t out, int64_t n, int bits, int payload, uintptr_t stream) {
+        if (party != 0 && party != 1) throw py::value_error("dcf_eval_cuda: party must be 0 or 1");
+        check_dcf_shape(bits, payload);
+        medfl::smpc::DcfKeys key{reinterpret_cast<const uint64_t*>(seed), reinterpret_cast<const uint64_t*>(s_cw),
+                                 reinterpret_cast<const uint64_t*>(v_cw), reinterpret_cast<const uint8_t*>(t_cw),
+                                 reinterpret_cast<const uint64_t*>(final_cw)};
+        medfl::smpc::dcf_eval_cuda(party, key, reinterpret_cast<const uint64_t*>(x), reinterpret_cast<uint64_t*>(out),
+                                   n, bits, payload, medfl::native::ptr(stream));
+      },
+      py::arg("party"), py::arg("seed"), py::arg("s_cw"), py::arg("v_cw"), py::arg("t_cw"), py::arg("final"),
+      py::arg("x"), py::arg("out"), py::arg("n"), py::arg("bits"), py::arg("payload"), py::arg("stream"),
+      "DCF evaluation on device pointers (key layout of medfl/smpc/fss.py), on the given stream.");
+#endif
   m.def("smpc_impl", []() {
     py::dict d;
     d["ring_matmul"] = std::string(medfl::smpc::ring_matmul_impl());
