@@ -36,12 +36,12 @@ from medfl.models.resnet import BasicBlock
 from medfl.smpc import layers, ring
 from medfl.smpc.groupnorm import group_norm
 from medfl.smpc.layers import Session
+from medfl.smpc.relu import ACT_MARGIN, comparison_bits
 from medfl.smpc.sharing import Shared, reconstruct, share
 
 __all__ = ["ACT_MARGIN", "Calibration", "SecureModel", "calibrate", "comparison_bits", "fold_batchnorm"]
 
-ACT_MARGIN = 64.0
-"""Planned ReLU / max-pool input range: this many times the largest calibrated ``|input|``."""
+
 
 _Step = Callable[[Shared, Session], Shared]
 
@@ -107,23 +107,6 @@ def calibrate(model: nn.Module, images: Sequence[np.ndarray], *, margin: float =
     bound = max(float(np.max(np.abs(img))) for img in images) * margin
     return Calibration(bound, tuple((max(min(v) / margin, 1e-6), max(v) * margin) for v in seen),
                        tuple(max(a) for a in acts))
-
-
-def comparison_bits(bound: float | None, frac_bits: int = ring.FRAC_BITS) -> int:
-    """Bits a comparison's DCF covers for inputs up to ``bound`` (64 when there is no plan).
-
-    ``ceil(log2(ACT_MARGIN * bound * 2^frac_bits))`` magnitude bits, one sign bit, and one bit
-    because a max pool compares differences of two such values.
-
-    References
-    ----------
-    .. [1] Boyle et al., "Function Secret Sharing for Mixed-Mode and Fixed-Point Secure
-       Computation", EUROCRYPT 2021.
-    """
-    if bound is None or not np.isfinite(bound):
-        return ring.RING_BITS
-    raw = max(ACT_MARGIN * bound * 2.0**frac_bits, 1.0)
-    return int(min(ring.RING_BITS, max(2, int(np.ceil(np.log2(raw))) + 2)))
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

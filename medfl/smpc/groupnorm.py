@@ -1,13 +1,16 @@
 """GroupNorm at inference on shares: mean and variance from shares, inverse square root by Newton.
 
 Per group, ``mu`` and ``var`` are computed with local sums, one Beaver square and truncations.
-``1/sqrt(var + eps)`` follows Newton's iteration ``y <- y (3 - v y^2) / 2`` from ``y0 =
-c/sqrt(v_max)``, where ``[v_min, v_max]`` is the variance range calibrated when the model is
-registered; :func:`newton_plan` picks ``c`` in ``[1, sqrt(3))`` and the number of steps so the
-relative error in exact arithmetic is below ``tol`` over the whole range (checked on a dense
-grid; it converges for ``0 < y0 < sqrt(3/v)``). One step takes four rounds: with ``h = v/2``,
-``y^2`` and ``h y`` are multiplied in one opening and truncated together with ``1.5 y``, then
-``y' = 1.5 y - y^2 (h y)``.
+``1/sqrt(var + eps)`` follows Newton's iteration ``y <- y (3 - v y^2) / 2``. The start comes from
+one round of comparisons: ``[v_min, v_max]`` (calibrated when the model is registered) is cut
+into intervals of ratio :data:`START_RATIO`, ``h = v/2`` is opened once under a dealer mask and
+compared with every interior edge by evaluating one DCF key per group at the shifted points
+(:func:`medfl.smpc.relu.negative_bits`), and ``y0 = c / sqrt(upper edge)`` of its interval is a
+public linear combination of those bits; :func:`newton_plan` picks ``c`` and the number of steps
+so the relative error in exact arithmetic is below ``tol`` on every interval (checked on a dense
+grid; it converges for ``0 < y0 < sqrt(3/v)``). One step takes four rounds: ``y^2`` and ``h y``
+are multiplied in one opening and truncated together with ``1.5 y``, then
+``y' = 1.5 y - y^2 (h y)``; ``(x - mu) gamma`` rides along in the first step's opening.
 
 References
 ----------
@@ -24,10 +27,14 @@ import numpy as np
 
 from medfl.smpc import ring
 from medfl.smpc.layers import Session, divide
+from medfl.smpc.relu import comparison_bits, negative_bits
 from medfl.smpc.sharing import Shared
 from medfl.smpc.truncation import truncate
 
-__all__ = ["group_norm", "mul", "newton_plan", "newton_steps"]
+__all__ = ["START_RATIO", "group_norm", "mul", "newton_plan", "newton_steps"]
+
+START_RATIO = 1.5
+"""Ratio of the variance intervals of the Newton start (two steps reach 1e-3 from any of them)."""
 
 
 def mul(x: Shared, y: Shared, s: Session) -> Shared:
@@ -131,16 +138,45 @@ def group_norm(x: Shared, groups: int, gamma: Shared, beta: Shared, s: Session, 
     sq = mul(d, d, s)
     half_var = divide(Shared(*(sq.of(p).sum(axis=1, dtype=np.uint64) for p in (0, 1))), 2 * n, s)
     h = Shared(*(half_var.of(p) + _const(eps / 2, (groups,), s, p) for p in (0, 1)))  # (var + eps) / 2
-    y0, steps = newton_plan(v_range[0] + eps, v_range[1] + eps, tol)
-    y = Shared(*(_const(y0, (groups,), s, p) for p in (0, 1)))
+    y, steps = _newton_start(h, v_range[0] + eps, v_range[1] + eps, tol, s)
+    per_c = c // groups
+    gamma_el = Shared(*(np.repeat(gamma.of(p), n // per_c).reshape(groups, n) for p in (0, 1)))
     c15 = ring.encode(np.array(1.5), frac_bits=s.frac_bits)
+    dg: Shared | None = None
     for _ in range(steps):
-        y2, hy = _products([y, h], [y, y], s)
-        y2, hy, y15 = _truncate_all([y2, hy, Shared(y.s0 * c15, y.s1 * c15)], s)
+        if dg is None:  # (x - mu) gamma shares the first step's two rounds
+            y2, hy, dg_raw = _products([y, h, d], [y, y, gamma_el], s)
+            y2, hy, y15, dg = _truncate_all([y2, hy, Shared(y.s0 * c15, y.s1 * c15), dg_raw], s)
+        else:
+            y2, hy = _products([y, h], [y, y], s)
+            y2, hy, y15 = _truncate_all([y2, hy, Shared(y.s0 * c15, y.s1 * c15)], s)
         (cube,) = _truncate_all(_products([y2], [hy], s), s)  # h y^3
         y = Shared(y15.s0 - cube.s0, y15.s1 - cube.s1)
-    per_c = c // groups
-    scale = mul(gamma, Shared(*(np.repeat(y.of(p), per_c) for p in (0, 1))), s)
-    el = Shared(*(np.repeat(scale.of(p), n // per_c).reshape(groups, n) for p in (0, 1)))
-    out = mul(d, el, s)
+    if dg is None:
+        dg = mul(d, gamma_el, s)
+    out = mul(dg, Shared(*(np.repeat(y.of(p)[:, None], n, axis=1) for p in (0, 1))), s)
     return Shared(*((out.of(p).reshape(x.s0.shape) + beta.of(p)[:, None, None]) for p in (0, 1)))
+
+
+def _newton_start(h: Shared, lo: float, hi: float, tol: float, s: Session) -> tuple[Shared, int]:
+    """Shares of the Newton start for ``1/sqrt(2h)`` from one round of comparisons, and the step count."""
+    groups = h.s0.size
+    y_mid, steps = newton_plan(1.0, START_RATIO, tol)  # scale-invariant: c / sqrt(top) on [top / ratio, top]
+    m = max(1, int(np.ceil(np.log(hi / lo) / np.log(START_RATIO) - 1e-9)))
+    edges = lo * START_RATIO ** np.arange(m + 1)
+    starts = y_mid * np.sqrt(START_RATIO) / np.sqrt(edges[1:])
+    if m == 1:
+        return Shared(*(_const(float(starts[0]), (groups,), s, p) for p in (0, 1))), steps
+    keys = s.dealer.relu_keys(groups, bits=comparison_bits(hi, s.frac_bits))
+    opened = s.channel.open(h.s0 + keys.r.s0, h.s1 + keys.r.s1)
+    thresholds = ring.encode(edges[1:-1] / 2, frac_bits=s.frac_bits)  # compare h = v/2 with edge/2
+    points = (opened[:, None] - thresholds[None, :]).reshape(-1)
+    rows = np.repeat(np.arange(groups), m - 1)
+    steps_up = ring.encode(np.diff(starts), frac_bits=s.frac_bits)  # y0 change when h crosses each edge
+    out = []
+    for p in (0, 1):
+        below = negative_bits(points, keys, p, rows).reshape(groups, m - 1)  # [h < edge/2]
+        above = (np.uint64(1) if p == 0 else np.uint64(0)) - below
+        out.append((above * steps_up[None, :]).sum(axis=1, dtype=np.uint64) + _const(float(starts[0]), (groups,),
+                                                                                       s, p))
+    return Shared(out[0], out[1]), steps

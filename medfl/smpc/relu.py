@@ -35,9 +35,11 @@ from medfl.smpc.channel import Channel
 from medfl.smpc.fss import DcfKey, dcf_eval, dcf_gen
 from medfl.smpc.sharing import Shared, share
 
-__all__ = ["RING_BITS", "ReluKeys", "relu", "relu_keys"]
+__all__ = ["ACT_MARGIN", "RING_BITS", "ReluKeys", "comparison_bits", "negative_bits", "relu", "relu_keys"]
 
 RING_BITS = 64
+ACT_MARGIN = 64.0
+"""Planned comparison input range: this many times the largest calibrated ``|input|``."""
 
 
 @dataclass(frozen=True)
@@ -128,3 +130,41 @@ def relu(x: Shared, keys: ReluKeys, channel: Channel) -> Shared:
         rb = keys.r.of(p) - c_msb * keys.r.of(p) - flip * ru
         out.append((c * b - rb).reshape(shape))
     return Shared(out[0], out[1])
+
+
+def negative_bits(c: np.ndarray, keys: ReluKeys, party: int, rows: np.ndarray) -> np.ndarray:
+    """One party's arithmetic share of ``[c_i - r_{rows_i} < 0]`` for opened points ``c`` (no round).
+
+    Point ``i`` uses the material of element ``rows[i]`` (``c = x + r`` opened once, then shifted by
+    public constants, e.g. ``c - t`` to compare ``x`` with several thresholds ``t``); evaluating one
+    DCF key at several public points is local and reveals nothing more. Exact while
+    ``|c_i - r| < 2^(bits-1)`` in the signed sense.
+
+    References
+    ----------
+    .. [1] Boyle et al., EUROCRYPT 2021.
+    """
+    top = np.uint64(keys.bits - 1)
+    c_msb = (c >> top) & np.uint64(1)
+    k = keys.dcf[party]
+    key = DcfKey(k.seed[rows], k.s_cw[rows], k.v_cw[rows], k.t_cw[rows], k.final[rows])
+    w = dcf_eval(party, key, c & np.uint64(2 ** (keys.bits - 1) - 1))
+    u = keys.r_msb.of(party)[rows] + w[:, 0]
+    return (np.uint64(1) - np.uint64(2) * c_msb) * u + (c_msb if party == 0 else np.uint64(0))
+
+
+def comparison_bits(bound: float | None, frac_bits: int = ring.FRAC_BITS) -> int:
+    """Bits a comparison's DCF covers for inputs up to ``bound`` (64 when there is no plan).
+
+    ``ceil(log2(ACT_MARGIN * bound * 2^frac_bits))`` magnitude bits, one sign bit, and one bit
+    because a max pool compares differences of two such values.
+
+    References
+    ----------
+    .. [1] Boyle et al., "Function Secret Sharing for Mixed-Mode and Fixed-Point Secure
+       Computation", EUROCRYPT 2021.
+    """
+    if bound is None or not np.isfinite(bound):
+        return RING_BITS
+    raw = max(ACT_MARGIN * bound * 2.0**frac_bits, 1.0)
+    return int(min(RING_BITS, max(2, int(np.ceil(np.log2(raw))) + 2)))

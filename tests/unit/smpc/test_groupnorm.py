@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from medfl.smpc import InMemoryChannel, LocalDealer, reconstruct, ring, share
-from medfl.smpc.groupnorm import group_norm, newton_plan, newton_steps
+from medfl.smpc.groupnorm import START_RATIO, group_norm, newton_plan, newton_steps
 from medfl.smpc.layers import Session, divide
 
 
@@ -72,13 +72,27 @@ def test_newton_plan_reaches_tolerance_everywhere_with_no_more_steps(v_range: tu
     assert np.max(np.abs(y * np.sqrt(v) - 1)) < 1e-3
 
 
-def test_group_norm_rounds_are_four_per_newton_step() -> None:
+def test_group_norm_rounds_one_start_round_and_four_per_newton_step() -> None:
     rng = np.random.default_rng(9)  # test data only
     x = rng.normal(size=(4, 6, 6)).astype(np.float32)
     ch = InMemoryChannel()
     s = Session(LocalDealer(), ch)
     one, zero = share(ring.encode(np.ones(4))), share(ring.encode(np.zeros(4)))
     group_norm(share(ring.encode(x)), 2, one, zero, s, eps=1e-5, v_range=(0.1, 10.0))
-    _, k = newton_plan(0.1 + 1e-5, 10.0 + 1e-5)
-    # mean 1, square 2, variance 1, Newton 4 per step, gamma * y 2, d * scale 2
-    assert ch.rounds == 8 + 4 * k
+    _, k = newton_plan(1.0, START_RATIO)
+    # mean 1, square 2, variance 1, start 1, Newton 4 per step ((x - mu) gamma rides along), times y 2
+    assert k == 2
+    assert ch.rounds == 7 + 4 * k
+
+
+def test_group_norm_start_covers_groups_of_very_different_variance() -> None:
+    rng = np.random.default_rng(10)  # test data only
+    scales = np.array([0.1, 0.4, 1.5, 6.0])  # variances from 0.01 to 36 (16 fractional bits resolve them)
+    x = (rng.normal(size=(8, 7, 7)) * np.repeat(scales, 2)[:, None, None] + 0.2).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, size=8).astype(np.float32)
+    beta = rng.normal(size=8).astype(np.float32)
+    s = Session(LocalDealer(), InMemoryChannel())
+    out = group_norm(share(ring.encode(x)), 4, share(ring.encode(gamma)), share(ring.encode(beta)), s, eps=1e-5,
+                     v_range=(2e-3, 150.0))
+    want = F.group_norm(torch.from_numpy(x)[None], 4, torch.from_numpy(gamma), torch.from_numpy(beta), 1e-5)[0]
+    assert np.max(np.abs(ring.decode(reconstruct(out)) - want.double().numpy())) < 1e-2
