@@ -10,7 +10,9 @@ public linear combination of those bits; :func:`newton_plan` picks ``c`` and the
 so the relative error in exact arithmetic is below ``tol`` on every interval (checked on a dense
 grid; it converges for ``0 < y0 < sqrt(3/v)``). One step takes four rounds: ``y^2`` and ``h y``
 are multiplied in one opening and truncated together with ``1.5 y``, then
-``y' = 1.5 y - y^2 (h y)``; ``(x - mu) gamma`` rides along in the first step's opening.
+``y' = 1.5 y - y^2 (h y)``. Then ``gamma y`` per channel and one product over the activation
+(multiplying ``(x - mu) gamma`` during Newton would save two rounds but cost a second product
+over the whole activation, far more bytes than two round trips on a WAN).
 
 References
 ----------
@@ -139,22 +141,16 @@ def group_norm(x: Shared, groups: int, gamma: Shared, beta: Shared, s: Session, 
     half_var = divide(Shared(*(sq.of(p).sum(axis=1, dtype=np.uint64) for p in (0, 1))), 2 * n, s)
     h = Shared(*(half_var.of(p) + _const(eps / 2, (groups,), s, p) for p in (0, 1)))  # (var + eps) / 2
     y, steps = _newton_start(h, v_range[0] + eps, v_range[1] + eps, tol, s)
-    per_c = c // groups
-    gamma_el = Shared(*(np.repeat(gamma.of(p), n // per_c).reshape(groups, n) for p in (0, 1)))
     c15 = ring.encode(np.array(1.5), frac_bits=s.frac_bits)
-    dg: Shared | None = None
     for _ in range(steps):
-        if dg is None:  # (x - mu) gamma shares the first step's two rounds
-            y2, hy, dg_raw = _products([y, h, d], [y, y, gamma_el], s)
-            y2, hy, y15, dg = _truncate_all([y2, hy, Shared(y.s0 * c15, y.s1 * c15), dg_raw], s)
-        else:
-            y2, hy = _products([y, h], [y, y], s)
-            y2, hy, y15 = _truncate_all([y2, hy, Shared(y.s0 * c15, y.s1 * c15)], s)
+        y2, hy = _products([y, h], [y, y], s)
+        y2, hy, y15 = _truncate_all([y2, hy, Shared(y.s0 * c15, y.s1 * c15)], s)
         (cube,) = _truncate_all(_products([y2], [hy], s), s)  # h y^3
         y = Shared(y15.s0 - cube.s0, y15.s1 - cube.s1)
-    if dg is None:
-        dg = mul(d, gamma_el, s)
-    out = mul(dg, Shared(*(np.repeat(y.of(p)[:, None], n, axis=1) for p in (0, 1))), s)
+    per_c = c // groups  # gamma y per channel (small), then one product over the activation
+    scale = mul(gamma, Shared(*(np.repeat(y.of(p), per_c) for p in (0, 1))), s)
+    el = Shared(*(np.repeat(scale.of(p), n // per_c).reshape(groups, n) for p in (0, 1)))
+    out = mul(d, el, s)
     return Shared(*((out.of(p).reshape(x.s0.shape) + beta.of(p)[:, None, None]) for p in (0, 1)))
 
 

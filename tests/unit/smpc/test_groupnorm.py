@@ -80,9 +80,9 @@ def test_group_norm_rounds_one_start_round_and_four_per_newton_step() -> None:
     one, zero = share(ring.encode(np.ones(4))), share(ring.encode(np.zeros(4)))
     group_norm(share(ring.encode(x)), 2, one, zero, s, eps=1e-5, v_range=(0.1, 10.0))
     _, k = newton_plan(1.0, START_RATIO)
-    # mean 1, square 2, variance 1, start 1, Newton 4 per step ((x - mu) gamma rides along), times y 2
+    # mean 1, square 2, variance 1, start 1, Newton 4 per step, gamma * y 2, (x - mu) * scale 2
     assert k == 2
-    assert ch.rounds == 7 + 4 * k
+    assert ch.rounds == 9 + 4 * k
 
 
 def test_group_norm_start_covers_groups_of_very_different_variance() -> None:
