@@ -26,23 +26,30 @@ constexpr int64_t kNR = 8;    // columns per micro-tile (two 4-lane vectors)
 constexpr int64_t kKC = 256;  // depth of one packed block
 constexpr int64_t kMC = 64;   // rows of one packed A block
 
-// A block rows [i0, i0 + mc) x depth [p0, p0 + kc) as micro-panels: [panel][kk][r] (zero padded).
+// A block rows [i0, i0 + mc) x depth [p0, p0 + kc) as micro-panels: [panel][kk][r][a, a >> 32]
+// (zero padded), so the kernel broadcasts both halves straight from memory.
 void pack_a(const uint64_t* a, int64_t lda, int64_t mc, int64_t kc, uint64_t* out) {
   for (int64_t ir = 0; ir < mc; ir += kMR) {
     const int64_t rows = std::min(kMR, mc - ir);
     for (int64_t kk = 0; kk < kc; ++kk) {
-      for (int64_t r = 0; r < kMR; ++r) *out++ = r < rows ? a[(ir + r) * lda + kk] : 0;
+      for (int64_t r = 0; r < kMR; ++r) {
+        const uint64_t v = r < rows ? a[(ir + r) * lda + kk] : 0;
+        *out++ = v;
+        *out++ = v >> 32;
+      }
     }
   }
 }
 
-// B block depth kc x all n columns as micro-panels: [panel][kk][c] (zero padded).
+// B block depth kc x all n columns as micro-panels: [panel][kk][b[0..NR), b[0..NR) >> 32] (zero padded).
 void pack_b(const uint64_t* b, int64_t ldb, int64_t kc, int64_t n, uint64_t* out) {
   for (int64_t jr = 0; jr < n; jr += kNR) {
     const int64_t cols = std::min(kNR, n - jr);
     for (int64_t kk = 0; kk < kc; ++kk) {
       const uint64_t* row = b + kk * ldb + jr;
-      for (int64_t c = 0; c < kNR; ++c) *out++ = c < cols ? row[c] : 0;
+      for (int64_t c = 0; c < kNR; ++c) out[c] = c < cols ? row[c] : 0;
+      for (int64_t c = 0; c < kNR; ++c) out[kNR + c] = out[c] >> 32;
+      out += 2 * kNR;
     }
   }
 }
@@ -51,8 +58,8 @@ void kernel_portable(int64_t kc, const uint64_t* ap, const uint64_t* bp, uint64_
   uint64_t acc[kMR][kNR] = {};
   for (int64_t kk = 0; kk < kc; ++kk) {
     for (int64_t r = 0; r < kMR; ++r) {
-      const uint64_t av = ap[kk * kMR + r];
-      for (int64_t c = 0; c < kNR; ++c) acc[r][c] += av * bp[kk * kNR + c];
+      const uint64_t av = ap[2 * (kk * kMR + r)];
+      for (int64_t c = 0; c < kNR; ++c) acc[r][c] += av * bp[2 * kk * kNR + c];
     }
   }
   std::memcpy(tile, acc, sizeof(acc));
@@ -64,14 +71,14 @@ __attribute__((target("avx2"))) void kernel_avx2(int64_t kc, const uint64_t* ap,
   __m256i ll00 = _mm256_setzero_si256(), ll01 = ll00, ll10 = ll00, ll11 = ll00;
   __m256i x00 = ll00, x01 = ll00, x10 = ll00, x11 = ll00;
   for (int64_t kk = 0; kk < kc; ++kk) {
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kk * kNR));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + kk * kNR + 4));
-    const __m256i bh0 = _mm256_srli_epi64(b0, 32), bh1 = _mm256_srli_epi64(b1, 32);
-    const uint64_t a0v = ap[kk * kMR], a1v = ap[kk * kMR + 1];
-    const __m256i a0 = _mm256_set1_epi64x(static_cast<long long>(a0v));
-    const __m256i ah0 = _mm256_set1_epi64x(static_cast<long long>(a0v >> 32));
-    const __m256i a1 = _mm256_set1_epi64x(static_cast<long long>(a1v));
-    const __m256i ah1 = _mm256_set1_epi64x(static_cast<long long>(a1v >> 32));
+    const uint64_t* bk = bp + 2 * kk * kNR;
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + 4));
+    const __m256i bh0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + kNR));
+    const __m256i bh1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bk + kNR + 4));
+    const long long* ak = reinterpret_cast<const long long*>(ap + 2 * kk * kMR);
+    const __m256i a0 = _mm256_set1_epi64x(ak[0]), ah0 = _mm256_set1_epi64x(ak[1]);
+    const __m256i a1 = _mm256_set1_epi64x(ak[2]), ah1 = _mm256_set1_epi64x(ak[3]);
     ll00 = _mm256_add_epi64(ll00, _mm256_mul_epu32(a0, b0));
     ll01 = _mm256_add_epi64(ll01, _mm256_mul_epu32(a0, b1));
     ll10 = _mm256_add_epi64(ll10, _mm256_mul_epu32(a1, b0));
@@ -116,10 +123,10 @@ void block_rows(Kernel kernel, const uint64_t* ap, const uint64_t* bp, uint64_t*
   uint64_t tile[kMR][kNR];
   for (int64_t jr = 0; jr < n; jr += kNR) {
     const int64_t cols = std::min(kNR, n - jr);
-    const uint64_t* bpanel = bp + (jr / kNR) * kc * kNR;
+    const uint64_t* bpanel = bp + (jr / kNR) * kc * 2 * kNR;
     for (int64_t ir = 0; ir < mc; ir += kMR) {
       const int64_t rows = std::min(kMR, mc - ir);
-      kernel(kc, ap + (ir / kMR) * kc * kMR, bpanel, tile);
+      kernel(kc, ap + (ir / kMR) * kc * 2 * kMR, bpanel, tile);
       for (int64_t r = 0; r < rows; ++r) {
         uint64_t* crow = c + (ir + r) * ldc + jr;
         for (int64_t q = 0; q < cols; ++q) crow[q] += tile[r][q];
@@ -139,14 +146,14 @@ void ring_matmul_cpu(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t 
   if (k <= 0) return;
   const Kernel kernel = pick_kernel(force_portable);
   const int64_t n_pad = (n + kNR - 1) / kNR * kNR;
-  std::vector<uint64_t> bpack(static_cast<std::size_t>(std::min(k, kKC) * n_pad));
+  std::vector<uint64_t> bpack(static_cast<std::size_t>(2 * std::min(k, kKC) * n_pad));
   const int64_t row_blocks = (m + kMC - 1) / kMC;
   for (int64_t p0 = 0; p0 < k; p0 += kKC) {
     const int64_t kc = std::min(kKC, k - p0);
     pack_b(b + p0 * n, n, kc, n, bpack.data());
 #pragma omp parallel if (row_blocks > 1 && m * n * kc > (int64_t{1} << 16))
     {
-      std::vector<uint64_t> apack(static_cast<std::size_t>(kMC * kc + kMR * kc));
+      std::vector<uint64_t> apack(static_cast<std::size_t>(2 * (kMC + kMR) * kc));
 #pragma omp for schedule(dynamic)
       for (int64_t blk = 0; blk < row_blocks; ++blk) {
         const int64_t i0 = blk * kMC, mc = std::min(kMC, m - i0);
