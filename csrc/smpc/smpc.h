@@ -22,8 +22,11 @@ const char* ring_matmul_impl();
 void ring_matmul_cpu(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t m, int64_t k, int64_t n,
                      bool accumulate, bool force_portable);
 
-// Which AES path the DCF kernels use ("aesni" or "portable").
+// Which AES path the DCF kernels use by default ("vaes", "aesni" or "portable"); the kernels
+// take an AesImpl so tests can run every path the CPU has (std::invalid_argument if it lacks one).
+enum class AesImpl { kAuto = 0, kPortable = 1, kAesni = 2, kVaes = 3 };
 const char* aes_impl();
+bool aes_available(AesImpl impl);
 
 // One party's DCF keys for a batch of n comparisons (element-major, as in medfl/smpc/fss.py):
 // seed (n, 2), s_cw (n, bits, 2), v_cw (n, bits, P), t_cw (n, bits, 2) bytes, final (n, P).
@@ -37,12 +40,12 @@ struct DcfKeys {
 
 // out (n, P) = this party's shares of payload * [x < alpha] at the public points x (n).
 void dcf_eval_cpu(int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t n, int bits, int payload,
-                  bool force_portable);
+                  AesImpl impl);
 
 // Keys for x -> beta * [x < alpha]: alpha (n), beta (n, P), roots (2, n, 2) from the caller's CSPRNG.
 // Writes s_cw (n, bits, 2), v_cw (n, bits, P), t_cw (n, bits, 2), final (n, P) (shared by both parties).
 void dcf_gen_cpu(const uint64_t* alpha, const uint64_t* beta, const uint64_t* roots, uint64_t* s_cw, uint64_t* v_cw,
-                 uint8_t* t_cw, uint64_t* final_cw, int64_t n, int bits, int payload, bool force_portable);
+                 uint8_t* t_cw, uint64_t* final_cw, int64_t n, int bits, int payload, AesImpl impl);
 
 // The PRG's AES-128 round keys as 44 little-endian words and the T-table T0 (little-endian
 // columns: T0[x] = 2S(x) | S(x) << 8 | S(x) << 16 | 3S(x) << 24) for the GPU kernels.

@@ -33,6 +33,19 @@ void ring_matmul(py::array a, py::array b, py::array c, bool accumulate, bool fo
   medfl::smpc::ring_matmul_cpu(ap, bp, cp, m, k, n, accumulate, force_portable);
 }
 
+medfl::smpc::AesImpl aes_choice(const std::string& name) {
+  using medfl::smpc::AesImpl;
+  const AesImpl impl = name == "auto"       ? AesImpl::kAuto
+                       : name == "portable" ? AesImpl::kPortable
+                       : name == "aesni"    ? AesImpl::kAesni
+                       : name == "vaes"     ? AesImpl::kVaes
+                                            : throw py::value_error("aes must be auto, portable, aesni or vaes, got '" +
+                                                                    name + "'");
+  if (!medfl::smpc::aes_available(impl))
+    throw py::value_error("aes='" + name + "' but this CPU lacks those instructions; use aes='auto'");
+  return impl;
+}
+
 void check_dcf_shape(int bits, int payload) {
   if (bits < 1 || bits > 64) throw py::value_error("dcf: bits must be in [1, 64], got " + std::to_string(bits));
   if (payload != 1 && payload != 2)
@@ -46,7 +59,8 @@ void expect_size(const py::array& a, int64_t want, const char* what) {
 }
 
 void dcf_eval(int party, py::array seed, py::array s_cw, py::array v_cw, py::array t_cw, py::array final_cw,
-              py::array x, py::array out, int bits, int payload, bool force_portable) {
+              py::array x, py::array out, int bits, int payload, const std::string& aes) {
+  const auto impl = aes_choice(aes);
   if (party != 0 && party != 1) throw py::value_error("dcf_eval: party must be 0 or 1, got " + std::to_string(party));
   check_dcf_shape(bits, payload);
   const int64_t n = x.size();
@@ -62,11 +76,12 @@ void dcf_eval(int party, py::array seed, py::array s_cw, py::array v_cw, py::arr
   const uint64_t* xp = data_of<uint64_t>(x, "x", false);
   uint64_t* op = data_of<uint64_t>(out, "out", true);
   py::gil_scoped_release nogil;
-  medfl::smpc::dcf_eval_cpu(party, key, xp, op, n, bits, payload, force_portable);
+  medfl::smpc::dcf_eval_cpu(party, key, xp, op, n, bits, payload, impl);
 }
 
 void dcf_gen(py::array alpha, py::array beta, py::array roots, py::array s_cw, py::array v_cw, py::array t_cw,
-             py::array final_cw, int bits, int payload, bool force_portable) {
+             py::array final_cw, int bits, int payload, const std::string& aes) {
+  const auto impl = aes_choice(aes);
   check_dcf_shape(bits, payload);
   const int64_t n = alpha.size();
   expect_size(beta, payload * n, "beta");
@@ -83,7 +98,7 @@ void dcf_gen(py::array alpha, py::array beta, py::array roots, py::array s_cw, p
   uint8_t* tp = data_of<uint8_t>(t_cw, "t_cw", true);
   uint64_t* fp = data_of<uint64_t>(final_cw, "final", true);
   py::gil_scoped_release nogil;
-  medfl::smpc::dcf_gen_cpu(ap, bp, rp, sp, vp, tp, fp, n, bits, payload, force_portable);
+  medfl::smpc::dcf_gen_cpu(ap, bp, rp, sp, vp, tp, fp, n, bits, payload, impl);
 }
 
 py::tuple aes_tables() {
@@ -99,11 +114,10 @@ static medfl::native::Registration reg("smpc", [](py::module_& m) {
         py::arg("force_portable") = false,
         "out (=|+=) a @ b mod 2^64 for C-contiguous uint64 matrices (AVX2 when the CPU has it).");
   m.def("dcf_eval", &dcf_eval, py::arg("party"), py::arg("seed"), py::arg("s_cw"), py::arg("v_cw"), py::arg("t_cw"),
-        py::arg("final"), py::arg("x"), py::arg("out"), py::arg("bits"), py::arg("payload"),
-        py::arg("force_portable") = false,
+        py::arg("final"), py::arg("x"), py::arg("out"), py::arg("bits"), py::arg("payload"), py::arg("aes") = "auto",
         "One party's DCF shares of payload * [x < alpha] at public points x (see medfl/smpc/fss.py).");
   m.def("dcf_gen", &dcf_gen, py::arg("alpha"), py::arg("beta"), py::arg("roots"), py::arg("s_cw"), py::arg("v_cw"),
-        py::arg("t_cw"), py::arg("final"), py::arg("bits"), py::arg("payload"), py::arg("force_portable") = false,
+        py::arg("t_cw"), py::arg("final"), py::arg("bits"), py::arg("payload"), py::arg("aes") = "auto",
         "DCF correction words for x -> beta * [x < alpha] from the parties' root seeds (see medfl/smpc/fss.py).");
   m.def("aes_tables", &aes_tables, "(round keys as 44 LE words, T-table T0) of the PRG's AES, as the GPU uses them");
 #ifdef MEDFL_WITH_CUDA

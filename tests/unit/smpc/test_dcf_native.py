@@ -23,25 +23,34 @@ def _mask(bits: int) -> np.uint64:
     return MAX if bits == 64 else np.uint64((1 << bits) - 1)
 
 
-def _native_gen(alpha: np.ndarray, beta: np.ndarray, roots: np.ndarray, bits: int, portable: bool) -> tuple:
+def _native_gen(alpha: np.ndarray, beta: np.ndarray, roots: np.ndarray, bits: int, aes: str) -> tuple:
     n, p = alpha.size, beta.shape[1]
     out = (np.empty((n, bits, 2), np.uint64), np.empty((n, bits, p), np.uint64), np.empty((n, bits, 2), np.uint8),
            np.empty((n, p), np.uint64))
-    _mod().dcf_gen(alpha, beta, roots, *out, bits, p, portable)  # type: ignore[attr-defined]
+    _mod().dcf_gen(alpha, beta, roots, *out, bits, p, aes)  # type: ignore[attr-defined]
     return out
 
 
-def _native_eval(party: int, key: fss.DcfKey, x: np.ndarray, portable: bool) -> np.ndarray:
+def _native_eval(party: int, key: fss.DcfKey, x: np.ndarray, aes: str) -> np.ndarray:
     out = np.empty((x.size, key.payload), np.uint64)
     _mod().dcf_eval(party, key.seed, key.s_cw, key.v_cw, key.t_cw, key.final, x, out,  # type: ignore[attr-defined]
-                    key.bits, key.payload, portable)
+                    key.bits, key.payload, aes)
     return out
 
 
-@pytest.mark.parametrize("portable", [False, True])
+def _aes_paths() -> list[str]:
+    """Every AES path this CPU can run ('portable' always)."""
+    mod = native.native_module()
+    if mod is None:
+        return ["portable"]
+    have = {"vaes": ["vaes", "aesni", "portable"], "aesni": ["aesni", "portable"]}
+    return have.get(mod.smpc_impl()["aes"], ["portable"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("aes", _aes_paths())
 @pytest.mark.parametrize("payload", [1, 2])
 @pytest.mark.parametrize("bits", [64, 63, 17, 1])
-def test_native_gen_and_eval_equal_reference_bit_for_bit(bits: int, payload: int, portable: bool) -> None:
+def test_native_gen_and_eval_equal_reference_bit_for_bit(bits: int, payload: int, aes: str) -> None:
     n = 45  # not a multiple of the 8 evaluation lanes
     alpha = RNG.integers(0, 2**64, size=n, dtype=np.uint64) & _mask(bits)
     alpha[:4] = np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64) & _mask(bits)
@@ -50,7 +59,7 @@ def test_native_gen_and_eval_equal_reference_bit_for_bit(bits: int, payload: int
     beta[1] = MAX
     roots = RNG.integers(0, 2**64, size=(2, n, 2), dtype=np.uint64)
     ref = fss.dcf_gen_reference(alpha, beta, roots, bits)
-    got = _native_gen(alpha, beta, roots, bits, portable)
+    got = _native_gen(alpha, beta, roots, bits, aes)
     for name, a, b in zip(("s_cw", "v_cw", "t_cw", "final"), ref, got, strict=True):
         assert np.array_equal(a, b), name
     keys = [fss.DcfKey(roots[p], *ref) for p in (0, 1)]
@@ -60,7 +69,7 @@ def test_native_gen_and_eval_equal_reference_bit_for_bit(bits: int, payload: int
         shares = []
         for p in (0, 1):
             want = fss.dcf_eval_reference(p, keys[p], x)
-            assert np.array_equal(_native_eval(p, keys[p], x, portable), want)
+            assert np.array_equal(_native_eval(p, keys[p], x, aes), want)
             shares.append(want)
         assert np.array_equal(shares[0] + shares[1], np.where((x < alpha)[:, None], beta, np.uint64(0)))
 
@@ -102,6 +111,9 @@ def test_empty_batch_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="s_cw has"):
         mod.dcf_eval(0, k0.seed, k0.s_cw[:, :10], k0.v_cw, k0.t_cw, k0.final,  # type: ignore[attr-defined]
                      np.zeros(2, np.uint64), out, 64, 1)
+    with pytest.raises(ValueError, match="aes must be"):
+        mod.dcf_eval(0, k0.seed, k0.s_cw, k0.v_cw, k0.t_cw, k0.final,  # type: ignore[attr-defined]
+                     np.zeros(2, np.uint64), out, 64, 1, "des")
     with pytest.raises(ValueError, match="expected dtype uint64"):
         mod.dcf_eval(0, k0.seed, k0.s_cw, k0.v_cw, k0.t_cw, k0.final,  # type: ignore[attr-defined]
                      np.zeros(2, np.int64), out, 64, 1)
