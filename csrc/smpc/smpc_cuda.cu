@@ -149,11 +149,18 @@ __global__ void dcf_eval_kernel(int party, const uint64_t* __restrict__ seed, co
   if (payload == 2) out[e * payload + 1] = v1 + (((conv.w[1] + (final_cw[e * payload + 1] & t)) ^ neg) - neg);
 }
 
+struct Tables {
+  uint32_t rk[44];
+  uint32_t t0[256];
+  Tables() { aes_tables(rk, t0); }
+};
+
 void upload_tables(cudaStream_t stream) {
-  uint32_t rk[44], t0[256];
-  aes_tables(rk, t0);
-  check(cudaMemcpyToSymbolAsync(c_round_keys, rk, sizeof(rk), 0, cudaMemcpyHostToDevice, stream), "dcf: round keys");
-  check(cudaMemcpyToSymbolAsync(c_t0, t0, sizeof(t0), 0, cudaMemcpyHostToDevice, stream), "dcf: T-table");
+  static const Tables tables;  // host copies live for the whole process (the copies are asynchronous)
+  check(cudaMemcpyToSymbolAsync(c_round_keys, tables.rk, sizeof(tables.rk), 0, cudaMemcpyHostToDevice, stream),
+        "dcf: round keys");
+  check(cudaMemcpyToSymbolAsync(c_t0, tables.t0, sizeof(tables.t0), 0, cudaMemcpyHostToDevice, stream),
+        "dcf: T-table");
 }
 
 }  // namespace
