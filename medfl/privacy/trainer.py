@@ -105,8 +105,10 @@ class DPTrainer:
     regularizer : callable, optional
         A data-independent loss of the parameters (e.g. FedProx's proximal term); its gradient
         is added after the noise, which is allowed because it reads no record.
-    epsilon_every : int
+    epsilon_every : int, optional
         Compute epsilon after every ``epsilon_every`` steps (0: never; ask :meth:`epsilon`).
+        Default: every step with RDP; once per epoch with PLD, whose analysis costs about a
+        second per call.
     device : str or torch.device
         Where micro-batches are moved.
 
@@ -121,7 +123,7 @@ class DPTrainer:
                  batch_size: int | None = None, steps: int | None = None, epochs: int | None = None,
                  accountant: str = "rdp", prior: Sequence[SgdRun] = (), max_physical_batch: int = 64,
                  criterion: Criterion | None = None, regularizer: Callable[[], Tensor] | None = None,
-                 epsilon_every: int = 1, device: str | torch.device = "cpu"):
+                 epsilon_every: int | None = None, device: str | torch.device = "cpu"):
         problems = validate(model)
         if problems:
             raise UnsupportedModel(problems)
@@ -129,6 +131,8 @@ class DPTrainer:
         if self.n < 1:
             raise ValueError("cannot train on an empty data set")
         self.sample_rate = self._rate(sample_rate, batch_size)
+        if epsilon_every is None:
+            epsilon_every = 1 if accountant == "rdp" else steps_per_epoch(self.sample_rate)
         if max_physical_batch < 1 or epsilon_every < 0:
             raise ValueError(f"need max_physical_batch >= 1 and epsilon_every >= 0, got {max_physical_batch} "
                              f"and {epsilon_every}")
