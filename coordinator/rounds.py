@@ -85,6 +85,7 @@ class RunState:
     refused: dict[str, str] = field(default_factory=dict)        # fingerprint -> reason
     participants: dict[str, str] = field(default_factory=dict)
     updates: dict[str, tuple[dict[str, np.ndarray], int, float]] = field(default_factory=dict)
+    epsilons: dict[str, tuple[float, float]] = field(default_factory=dict)  # fingerprint -> (epsilon, delta)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     deadline: float = math.inf
     round_started: float = 0.0
@@ -192,14 +193,22 @@ class JobRun:
         """An agent accepted the job under its policy."""
         self.state.accepted[fingerprint] = name
 
-    def on_refuse(self, fingerprint: str, reason: str) -> None:
-        """An agent refused the job (or a round) under its policy."""
-        self.state.accepted.pop(fingerprint, None)
-        self.state.refused[fingerprint] = reason
-        log.warning("job %s: agent %s refused: %s", self.job_id, fingerprint[:16], reason)
-        self.store.event(self.job_id, "refused", f"{fingerprint[:16]}: {reason}")
-        if self.state.stage == Stage.FIT:
-            self.state.participants.pop(fingerprint, None)
+    def on_refuse(self, fingerprint: str, reason: str, *, name: str = "") -> list[Outgoing]:
+        """An agent refused the job (or a round, e.g. its privacy budget is spent) under its policy.
+
+        A refused round no longer waits for that agent: when every remaining participant has
+        answered, the round closes now instead of at its deadline.
+        """
+        s = self.state
+        s.accepted.pop(fingerprint, None)
+        s.refused[fingerprint] = reason
+        who = f"{name} ({fingerprint[:16]})" if name else fingerprint[:16]
+        log.warning("job %s: agent %s refused: %s", self.job_id, who, reason)
+        self.store.event(self.job_id, "refused", f"{who}: {reason}")
+        if s.stage == Stage.FIT and s.participants.pop(fingerprint, None) is not None \
+                and set(s.updates) >= set(s.participants):
+            return self._close_fit()
+        return []
 
     def on_offline(self, fingerprint: str) -> None:
         """An agent disconnected or stopped heart-beating; it stays a participant until the deadline."""
@@ -235,6 +244,7 @@ class JobRun:
         self._goto(Stage.FIT)
         s.participants = {fp: s.accepted[fp] for fp in ready}
         s.updates = {}
+        s.epsilons = {}
         s.metrics = {}
         s.candidate = None
         s.round_started = self.clock()
@@ -268,6 +278,11 @@ class JobRun:
         else:
             n = int(env.body.get("num_samples", 0))
             s.updates[fingerprint] = (arrays, n, float(env.body.get("train_loss", math.nan)))
+            if env.body.get("epsilon") is not None:
+                s.epsilons[fingerprint] = (float(env.body["epsilon"]), float(env.body.get("delta", math.nan)))
+            elif self.spec.privacy.enabled:
+                log.warning("job %s round %d: agent %s sent no epsilon for a DP job", self.job_id, s.round,
+                            fingerprint[:16])
         if set(s.updates) >= set(s.participants):
             return self._close_fit()
         return []
@@ -324,6 +339,8 @@ class JobRun:
                                             "model": self.spec.job.model,
                                             "model_args": json.dumps(self.spec.job.model_args, sort_keys=True)})
         n_train = sum(n for _, n, _ in s.updates.values())
+        eps = {s.participants.get(fp, fp[:16]): e for fp, (e, _) in s.epsilons.items() if fp in s.updates}
+        deltas = [d for fp, (_, d) in s.epsilons.items() if fp in s.updates and math.isfinite(d)]
         row = RoundRow(
             job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.updates),
             agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.updates)),
@@ -333,10 +350,12 @@ class JobRun:
             val_accuracy=_weighted([(m["n"], m["accuracy"]) for m in s.metrics.values()]),
             val_loss=_weighted([(m["n"], m["loss"]) for m in s.metrics.values()]),
             val_samples=int(sum(m["n"] for m in s.metrics.values() if math.isfinite(m["n"]))),
-            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path))
+            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+            epsilon=max(eps.values()) if eps else None, delta=max(deltas) if deltas else None, epsilons=eps)
         self.store.record_round(row)
-        log.info("job %s round %d done: %d agents, val_auc=%s", self.job_id, s.round, row.agents,
-                 f"{row.val_auc:.4f}" if row.val_auc is not None else "n/a")
+        log.info("job %s round %d done: %d agents, val_auc=%s%s", self.job_id, s.round, row.agents,
+                 f"{row.val_auc:.4f}" if row.val_auc is not None else "n/a",
+                 f", epsilon={row.epsilon:.3f} at delta={row.delta:g}" if row.epsilon is not None else "")
         self.global_arrays = s.candidate
         s.candidate = None
         if s.round >= self.spec.job.rounds:
