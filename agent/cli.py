@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--data", type=pathlib.Path, required=True,
                       help="data folder (train/<CLASS>/..., val/<CLASS>/...) or a .npz file")
     init.add_argument("--min-parties", type=int, default=2, help="refuse aggregates with fewer hospitals")
+    init.add_argument("--max-epsilon-per-job", type=float, default=None,
+                      help="refuse rounds that take a job past this epsilon (default: no limit)")
+    init.add_argument("--max-total-epsilon", type=float, default=None,
+                      help="refuse rounds that take this data set past this epsilon over all jobs (default: no limit)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
     pacs = sub.add_parser("pacs", help="the agent as a DICOM node (PACS hooks)")
     psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
@@ -67,7 +71,9 @@ def _init(args: argparse.Namespace) -> None:
         "coordinator": {"endpoint": args.coordinator, "public_key_file": str(pinned.relative_to(root))},
         "keys": {"secret_key_file": str(sec.relative_to(root))},
         "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data)},
-        "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties},
+        "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties,
+                   **({"max_epsilon_per_job": args.max_epsilon_per_job} if args.max_epsilon_per_job else {}),
+                   **({"max_total_epsilon": args.max_total_epsilon} if args.max_total_epsilon else {})},
         "training": {"torch_threads": 0, "device": "cpu"},
         "transport": {"curve": True, "max_message_mb": 256},
     }
