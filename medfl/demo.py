@@ -33,8 +33,10 @@ __all__ = ["DemoOptions", "run_demo"]
 
 MARKER = ".medfl-demo"
 #: DP-SGD settings of the demo job (chosen so that 5 rounds stay fast and reach a useful AUC)
-DEMO_NOISE_MULTIPLIER = 1.0
+DEMO_NOISE_MULTIPLIER = 1.2
 DEMO_MAX_GRAD_NORM = 1.0
+DEMO_DP_WIDTH = 8
+DEMO_DP_BATCH = 96
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,31 @@ def _daemons(cmds: list[tuple[str, list[str]]], logs: pathlib.Path) -> Iterator[
             fh.close()
 
 
+def _training_toml(opts: DemoOptions) -> str:
+    if not opts.dp:
+        return """
+[training]
+local_epochs = 2
+batch_size = 32
+optimizer = "adam"
+lr = 0.001
+"""
+    # DP-SGD: the noise on a step's averaged gradient has norm about sigma * C * sqrt(params) / batch,
+    # so the demo trains a narrower CNN (16k parameters) with larger Poisson batches and plain
+    # SGD with momentum; measured on the demo data (3 x 360 images): AUC about 0.8-0.9 after
+    # 5 rounds at epsilon about 10 (delta 1e-5), against about 0.99 without DP
+    width = f"model_args = {{ width = {DEMO_DP_WIDTH} }}\n" if opts.model == "cnn" else ""
+    return f"""
+{width}
+[training]
+local_epochs = 2
+batch_size = {DEMO_DP_BATCH}
+optimizer = "sgd"
+lr = 0.5
+momentum = 0.9
+"""
+
+
 def _job_toml(opts: DemoOptions) -> str:
     return f"""# demo job: written by 'medfl demo'
 [job]
@@ -132,13 +159,7 @@ round_deadline_s = 600
 max_round_retries = 3
 seed = {opts.seed}
 image_size = {opts.image_size}
-
-[training]
-local_epochs = 2
-batch_size = 32
-optimizer = "adam"
-lr = 0.001
-
+{_training_toml(opts)}
 [aggregation]
 strategy = "fedavg"
 """ + (f"""
