@@ -115,7 +115,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1"],
-        "bench": [],
+        "bench": ["opacus>=1.5"],
     },
     entry_points={
         "console_scripts": [

@@ -14,6 +14,10 @@ medfl's included (``MEDFL_INSECURE_RNG=1``), so that the table compares the clip
 not the random number generators (medfl's default CSPRNG noise is measured as its own row,
 ``medfl_csprng``).
 
+The models are medfl's (``cnn``: 4 conv blocks with GroupNorm; ``resnet18``: GroupNorm), with
+ReLUs made out-of-place for every mode (Opacus' hooks cannot handle in-place ones), in train
+mode (dropout on).
+
 Peak memory on CPU is ``ru_maxrss`` (the process's high-water mark of resident memory) after
 the timed steps minus ``ru_maxrss`` after the model, data and optimiser were created and
 before the first step, i.e. the growth the training steps cause above the set-up; on CUDA it is
@@ -56,7 +60,12 @@ def _model(name: str, image: int):
     from medfl.models import create_model
 
     torch.manual_seed(0)
-    return create_model(name)
+    model = create_model(name)
+    # Opacus' backward hooks cannot follow an in-place ReLU; every mode gets the same, out-of-place model
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    return model
 
 
 def _rss_mb() -> float:
@@ -116,7 +125,7 @@ def _step_fn(mode: str, torch: Any, model: Any, x: Any, y: Any, args: argparse.N
             out = functional_call(model, params, (xi.unsqueeze(0),))
             return F.cross_entropy(out, yi.unsqueeze(0), reduction="sum")
 
-        per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0))
+        per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")  # dropout per sample
 
         def step() -> None:
             params = {k: p.detach() for k, p in model.named_parameters() if k in names}
