@@ -7,7 +7,9 @@ Usage::
 
 Every mode runs in a fresh Python process (``--mode X`` re-invokes this file) on the same
 model (same initial weights), the same random batch and the same number of threads, and times
-``--steps`` steps after ``--warmup`` untimed ones. One step is: forward, backward, per-sample
+``--steps`` steps after ``--warmup`` untimed ones; each mode runs in ``--repeats`` processes,
+interleaved with the other modes so that a change of machine load hits every mode alike, and
+its figure is the median over those processes of their median step time. One step is: forward, backward, per-sample
 clipping to C=1, the clipped sum, and an optimiser step (SGD); the private modes add Gaussian
 noise (sigma=1) once per step. Noise comes from torch's generator in every private mode,
 medfl's included (``MEDFL_INSECURE_RNG=1``), so that the table compares the clipping engines,
@@ -210,6 +212,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per mode, interleaved (default 3)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     p.add_argument("--json", type=pathlib.Path, default=None,
@@ -219,17 +222,20 @@ def main() -> None:
     if args.mode:
         print(json.dumps(_child(args)))
         return
-    rows = []
-    for mode in args.modes.split(","):
-        cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--batch", str(args.batch),
-               "--image", str(args.image), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--threads", str(args.threads), "--device", args.device]
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        row = json.loads(lines[-1]) if lines else {"mode": mode, "error": (proc.stderr or proc.stdout)[-300:]}
-        rows.append(row)
-        print(_fmt(row, rows[0]), flush=True)
+    modes = args.modes.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    for rep in range(args.repeats):  # interleaved (A B C A B C ...): load drift hits every mode alike
+        for mode in modes:
+            cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--batch", str(args.batch),
+                   "--image", str(args.image), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--threads", str(args.threads), "--device", args.device]
+            env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            row = json.loads(lines[-1]) if lines else {"mode": mode, "error": (proc.stderr or proc.stdout)[-300:]}
+            runs[mode].append(row)
+            print(f"[{rep + 1}/{args.repeats}] " + _fmt(row, row), flush=True)
+    rows = [_combine(mode, runs[mode]) for mode in modes]
     base = rows[0] if rows and "median_s" in rows[0] and rows[0]["mode"] == "nonprivate" else None
     for r in rows:
         if base is not None and "median_s" in r:
@@ -238,7 +244,8 @@ def main() -> None:
                               if base["peak_mem_growth_mb"] > 0 else None)
     import torch
 
-    out = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]), "model": args.model,
+    out = {"repeats": args.repeats, "steps_per_process": args.steps,
+           "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "model": args.model,
            "batch": args.batch, "image": args.image, "threads": args.threads, "device": args.device,
            "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
            "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
@@ -258,6 +265,17 @@ def main() -> None:
         print(f"{r['mode']:14s} {1e3 * r['median_s']:10.1f} {r['samples_per_s']:10.1f} {ratio:>10s} "
               f"{r['peak_mem_growth_mb']:9.1f} {mem:>7s}")
     print(f"wrote {path}")
+
+
+def _combine(mode: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row per mode: the median over the repeated processes of their median step times."""
+    good = [r for r in runs if "median_s" in r]
+    if not good:
+        return runs[-1]
+    med = statistics.median(r["median_s"] for r in good)
+    return {"mode": mode, "median_s": med, "samples_per_s": good[0]["samples_per_s"] * good[0]["median_s"] / med,
+            "peak_mem_growth_mb": statistics.median(r["peak_mem_growth_mb"] for r in good),
+            "per_process_median_s": [r["median_s"] for r in good], "steps": sum(r["steps"] for r in good)}
 
 
 def _fmt(row: dict[str, Any], first: dict[str, Any]) -> str:
