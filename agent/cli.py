@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("serve", help="run only the DICOM node: receive, score, send SRs back")
     ps.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
     for name, text in (("serve", "run the agent daemon"), ("fingerprint", "print this agent's key fingerprint"),
-                       ("check", "validate agent.toml and the data set, then exit")):
+                       ("check", "validate agent.toml and the data set, then exit"),
+                       ("privacy", "show the privacy ledger: epsilon spent per job and in total on this data")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
     return p
@@ -44,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-agent``."""
     args = _parser().parse_args(argv)
-    commands = {"init": _init, "serve": _serve, "fingerprint": _fingerprint, "check": _check, "pacs": _pacs_serve}
+    commands = {"init": _init, "serve": _serve, "fingerprint": _fingerprint, "check": _check, "pacs": _pacs_serve,
+                "privacy": _privacy}
     run_command(commands[args.cmd], args)
 
 
@@ -109,6 +111,29 @@ def _check(args: argparse.Namespace) -> None:
         labels = ds.tensors[1]
         print(f"{name}: {len(ds)} images, {int(labels.sum())} positive")
     print("configuration OK")
+
+
+def _privacy(args: argparse.Namespace) -> None:
+    from medfl.privacy.ledger import Ledger, dataset_key
+
+    cfg = _load(args)
+    pol = cfg.policy
+    dataset = dataset_key(cfg.data.kind, cfg.data.path)
+    ledger = Ledger(cfg.agent.state_dir / "privacy" / "ledger.sqlite")
+    try:
+        entries = ledger.entries(dataset=dataset)
+        print(f"data set {dataset}: {len(entries)} released DP-SGD run(s)")
+        for job in dict.fromkeys(e.job_id for e in entries):
+            mine = [e for e in entries if e.job_id == job]
+            last = mine[-1]
+            eps = ledger.job_epsilon(dataset=dataset, job_id=job, delta=last.delta, accountant=last.accountant)
+            print(f"  job {job}: {len(mine)} round(s), {sum(e.run.steps for e in mine)} steps, epsilon {eps:.3f} "
+                  f"at delta {last.delta:g} ({last.accountant})")
+        total = ledger.dataset_epsilon(dataset=dataset, delta=pol.total_delta)
+        print(f"total: epsilon {total:.3f} at delta {pol.total_delta:g} (rdp) over all jobs")
+        print(f"limits: max_epsilon_per_job={pol.max_epsilon_per_job}, max_total_epsilon={pol.max_total_epsilon}")
+    finally:
+        ledger.close()
 
 
 def _serve(args: argparse.Namespace) -> None:

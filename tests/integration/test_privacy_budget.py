@@ -83,3 +83,7 @@ def test_budget_refusals_end_to_end(federation):
     finally:
         store.close()
     assert _ledger_rounds(folders["h-c"], job2) == []
+    # the data owner's view of the ledger
+    out = fed.run_cli("agent.cli", "privacy", "--config", str(folders["h-c"] / "agent.toml")).stdout
+    assert f"job {job1}: 2 round(s), {2 * STEPS} steps, epsilon {_eps(2):.3f}" in out
+    assert "max_total_epsilon=" in out
