@@ -42,6 +42,9 @@ test: install system-deps
 
 bench: install
 	$(BIN)/python benchmarks/fixed_point.py --json benchmarks/results/fixed_point.json
+	$(PIP) install -q --no-build-isolation -e ".[bench]"
+	$(BIN)/python benchmarks/dp_step.py --model cnn --batch 32 --image 128
+	$(BIN)/python benchmarks/dp_step.py --model resnet18 --batch 16 --image 224
 
 clean:
 	rm -rf build dist *.egg-info demo-out medfl/_native*.so

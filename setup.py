@@ -111,10 +111,11 @@ setup(
         "pylibjpeg-libjpeg>=2.1",
         "pylibjpeg-openjpeg>=2.3",
         "pylibjpeg-rle>=2.0",
+        "dp-accounting>=0.4",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1"],
-        "bench": [],
+        "bench": ["opacus>=1.5"],
     },
     entry_points={
         "console_scripts": [

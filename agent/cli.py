@@ -27,13 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--min-parties", type=int, default=2, help="refuse aggregates with fewer hospitals")
     init.add_argument("--require-secure-aggregation", action=argparse.BooleanOptionalAction, default=True,
                       help="refuse jobs with plain aggregation (default: require secure aggregation)")
+    init.add_argument("--max-epsilon-per-job", type=float, default=None,
+                      help="refuse rounds that take a job past this epsilon (default: no limit)")
+    init.add_argument("--max-total-epsilon", type=float, default=None,
+                      help="refuse rounds that take this data set past this epsilon over all jobs (default: no limit)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
     pacs = sub.add_parser("pacs", help="the agent as a DICOM node (PACS hooks)")
     psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
     ps = psub.add_parser("serve", help="run only the DICOM node: receive, score, send SRs back")
     ps.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
     for name, text in (("serve", "run the agent daemon"), ("fingerprint", "print this agent's key fingerprint"),
-                       ("check", "validate agent.toml and the data set, then exit")):
+                       ("check", "validate agent.toml and the data set, then exit"),
+                       ("privacy", "show the privacy ledger: epsilon spent per job and in total on this data")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
     return p
@@ -42,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-agent``."""
     args = _parser().parse_args(argv)
-    commands = {"init": _init, "serve": _serve, "fingerprint": _fingerprint, "check": _check, "pacs": _pacs_serve}
+    commands = {"init": _init, "serve": _serve, "fingerprint": _fingerprint, "check": _check, "pacs": _pacs_serve,
+                "privacy": _privacy}
     run_command(commands[args.cmd], args)
 
 
@@ -70,7 +76,9 @@ def _init(args: argparse.Namespace) -> None:
         "keys": {"secret_key_file": str(sec.relative_to(root))},
         "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data)},
         "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties,
-                   "require_secure_aggregation": args.require_secure_aggregation},
+                   "require_secure_aggregation": args.require_secure_aggregation,
+                   **({"max_epsilon_per_job": args.max_epsilon_per_job} if args.max_epsilon_per_job else {}),
+                   **({"max_total_epsilon": args.max_total_epsilon} if args.max_total_epsilon else {})},
         "training": {"torch_threads": 0, "device": "cpu"},
         "transport": {"curve": True, "max_message_mb": 256},
     }
@@ -106,6 +114,29 @@ def _check(args: argparse.Namespace) -> None:
         labels = ds.tensors[1]
         print(f"{name}: {len(ds)} images, {int(labels.sum())} positive")
     print("configuration OK")
+
+
+def _privacy(args: argparse.Namespace) -> None:
+    from medfl.privacy.ledger import Ledger, dataset_key
+
+    cfg = _load(args)
+    pol = cfg.policy
+    dataset = dataset_key(cfg.data.kind, cfg.data.path)
+    ledger = Ledger(cfg.agent.state_dir / "privacy" / "ledger.sqlite")
+    try:
+        entries = ledger.entries(dataset=dataset)
+        print(f"data set {dataset}: {len(entries)} released DP-SGD run(s)")
+        for job in dict.fromkeys(e.job_id for e in entries):
+            mine = [e for e in entries if e.job_id == job]
+            last = mine[-1]
+            eps = ledger.job_epsilon(dataset=dataset, job_id=job, delta=last.delta, accountant=last.accountant)
+            print(f"  job {job}: {len(mine)} round(s), {sum(e.run.steps for e in mine)} steps, epsilon {eps:.3f} "
+                  f"at delta {last.delta:g} ({last.accountant})")
+        total = ledger.dataset_epsilon(dataset=dataset, delta=pol.total_delta)
+        print(f"total: epsilon {total:.3f} at delta {pol.total_delta:g} (rdp) over all jobs")
+        print(f"limits: max_epsilon_per_job={pol.max_epsilon_per_job}, max_total_epsilon={pol.max_total_epsilon}")
+    finally:
+        ledger.close()
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -21,6 +21,10 @@ Example::
     allowed_models = ["cnn", "resnet18"]
     min_parties = 2                             # refuse aggregates with fewer agents
     require_secure_aggregation = true           # refuse jobs whose updates would be seen in the clear
+    max_epsilon_per_job = 8.0                   # refuse rounds that would take a job past this
+    max_total_epsilon = 20.0                    # ... or this dataset past this, over all jobs
+    total_delta = 1e-5                          # delta of the dataset's total epsilon
+    max_delta = 1e-4                            # refuse jobs asking a larger delta
 
     [training]
     torch_threads = 0                           # 0: torch's default
@@ -87,6 +91,16 @@ class PolicySection:
     allowed_models: tuple[str, ...] = ("cnn", "resnet18")
     min_parties: int = 2
     require_secure_aggregation: bool = True
+    #: differential privacy limits (unset: no limit). Any limit set refuses jobs without DP.
+    max_epsilon_per_job: float | None = None
+    max_total_epsilon: float | None = None
+    total_delta: float = 1e-5
+    max_delta: float | None = None
+
+    @property
+    def limits_privacy(self) -> bool:
+        """True when agent.toml sets a privacy limit (then every job must use DP)."""
+        return self.max_epsilon_per_job is not None or self.max_total_epsilon is not None
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks."""
@@ -100,6 +114,14 @@ class PolicySection:
                             + did_you_mean(m, list_models())))
         if self.min_parties < 1:
             out.append(("min_parties", f"must be at least 1, got {self.min_parties}"))
+        for key in ("max_epsilon_per_job", "max_total_epsilon"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < float("inf"):
+                out.append((key, f"must be positive and finite, got {value}"))
+        if not 0 < self.total_delta < 1:
+            out.append(("total_delta", f"must be in (0, 1), got {self.total_delta}"))
+        if self.max_delta is not None and not 0 < self.max_delta < 1:
+            out.append(("max_delta", f"must be in (0, 1), got {self.max_delta}"))
         return out
 
 

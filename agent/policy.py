@@ -11,7 +11,7 @@ from agent.config import PolicySection
 from medfl.errors import PolicyViolation
 from medfl.jobspec import JobSpec
 
-__all__ = ["check_job", "check_round"]
+__all__ = ["check_budget", "check_job", "check_round"]
 
 
 def check_job(policy: PolicySection, job: JobSpec) -> None:
@@ -43,6 +43,60 @@ def check_job(policy: PolicySection, job: JobSpec) -> None:
             f"job {job.job.name!r} sets aggregation.threshold={agg.threshold}: a sum of that many agents could be "
             f"unmasked, but agent.toml policy.min_parties={policy.min_parties}; raise the threshold or lower the "
             "local minimum")
+    _check_privacy(policy, job)
+
+
+def _check_privacy(policy: PolicySection, job: JobSpec) -> None:
+    dp, name = job.privacy, job.job.name
+    if not dp.enabled:
+        if policy.limits_privacy:
+            raise PolicyViolation(
+                f"job {name!r} trains without differential privacy (epsilon = inf) but agent.toml sets "
+                f"policy.max_epsilon_per_job={policy.max_epsilon_per_job} / policy.max_total_epsilon="
+                f"{policy.max_total_epsilon}; add a [privacy] section to the job")
+        return
+    if policy.max_delta is not None and dp.delta > policy.max_delta:
+        raise PolicyViolation(f"job {name!r} asks delta={dp.delta:g} but agent.toml policy.max_delta="
+                              f"{policy.max_delta:g}; lower the job's delta or raise the local limit")
+    if dp.target_epsilon is not None and policy.max_epsilon_per_job is not None \
+            and dp.target_epsilon > policy.max_epsilon_per_job:
+        raise PolicyViolation(f"job {name!r} asks epsilon={dp.target_epsilon:g} but agent.toml "
+                              f"policy.max_epsilon_per_job={policy.max_epsilon_per_job:g}; lower the job's "
+                              "budget or raise the local limit")
+
+
+def check_budget(policy: PolicySection, *, job_name: str, round: int, job_epsilon: float, job_delta: float,
+                 total_epsilon: float) -> None:
+    """Raise PolicyViolation if training a round would take the job or the dataset past its budget.
+
+    Parameters
+    ----------
+    policy : PolicySection
+        The ``[policy]`` table of agent.toml.
+    job_name : str
+        For the message.
+    round : int
+        The round about to be trained.
+    job_epsilon : float
+        The job's epsilon at ``job_delta`` if this round is trained (earlier rounds included).
+    job_delta : float
+        The job's delta.
+    total_epsilon : float
+        The dataset's epsilon at ``policy.total_delta`` over every job, this round included.
+    """
+    cap = policy.max_epsilon_per_job
+    if cap is not None and job_epsilon > cap:
+        raise PolicyViolation(
+            f"privacy budget: round {round} of job {job_name!r} would bring its epsilon to {job_epsilon:.3f} "
+            f"(delta={job_delta:g}) but agent.toml policy.max_epsilon_per_job={cap:g}; this agent stops "
+            "training for the job. Use more noise, fewer steps or rounds, or raise the local limit")
+    cap = policy.max_total_epsilon
+    if cap is not None and total_epsilon > cap:
+        raise PolicyViolation(
+            f"privacy budget: round {round} of job {job_name!r} would bring this dataset's total epsilon over "
+            f"all jobs to {total_epsilon:.3f} (delta={policy.total_delta:g}) but agent.toml "
+            f"policy.max_total_epsilon={cap:g}; the data's budget is spent, raise the limit only if the "
+            "data owner agrees")
 
 
 def check_round(policy: PolicySection, participants: int) -> None:

@@ -17,6 +17,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,6 +103,7 @@ class SecureRound:
         self.client = SecAggClient(agent=agent, scope=self.session.scope())
         self._delivery: ShareDelivery | None = None
         self._vector: np.ndarray | None = None
+        self._report: dict[str, Any] = {}
         self.masked_sent = False
 
     def start(self) -> Envelope:
@@ -128,11 +130,16 @@ class SecureRound:
             return [envelopes.encode(self.client.unmask(msg), self.session)]
         raise OutOfOrder(f"agents do not expect {env.type}")
 
-    def set_vector(self, vector: np.ndarray) -> list[Envelope]:
-        """The local result (see :mod:`medfl.secagg.vector`); masked and sent once the shares arrived."""
+    def set_vector(self, vector: np.ndarray, *, report: Mapping[str, Any] | None = None) -> list[Envelope]:
+        """The local result (see :mod:`medfl.secagg.vector`); masked and sent once the shares arrived.
+
+        ``report`` holds public facts (the job's epsilon and delta at this agent) sent in the
+        clear beside the masked input.
+        """
         if vector.shape != (self.length,):
             raise Rejected(f"local vector has shape {vector.shape}, the round expects ({self.length},)")
         self._vector = vector
+        self._report = dict(report or {})
         return self._maybe_mask()
 
     def _maybe_mask(self) -> list[Envelope]:
@@ -141,4 +148,7 @@ class SecureRound:
         masked = self.client.mask(self._delivery, update=self._vector, spec=self.spec)
         self._vector = None
         self.masked_sent = True
-        return [envelopes.encode(masked, self.session)]
+        env = envelopes.encode(masked, self.session)
+        if self._report:
+            env = dataclasses.replace(env, body={**env.body, "report": self._report})
+        return [env]

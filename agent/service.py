@@ -10,6 +10,13 @@ keeps heart-beating; results from a superseded round are dropped.
 In a secure round (TRAIN / EVALUATE carry ``secure``) the agent never sends its weights or
 metrics: :class:`~agent.secure.SecureRound` exchanges keys while the worker trains, then masks
 the weighted delta (or the weighted metrics) laid out as :mod:`medfl.secagg.vector` says.
+
+Differential privacy: a job with DP enabled trains with DP-SGD. Before each round the worker
+plans the round's DP-SGD and checks the job's and the dataset's budget against agent.toml
+(:mod:`agent.budget`); a round that would overspend is refused with JOB_REFUSE and the reason.
+A trained round is written to the privacy ledger (state_dir/privacy/ledger.sqlite) before its
+update is sent, and the update (in a secure round: the clear report beside the masked input)
+carries the job's epsilon and delta at this agent.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ from typing import Any
 import numpy as np
 
 from agent import policy
+from agent.budget import Budget
 from agent.config import AgentConfig
 from agent.secure import SecureRound
 from medfl import __version__, envvars
 from medfl.errors import ConfigError, MedflError, PolicyViolation
 from medfl.jobspec import JobSpec, job_from_dict
+from medfl.privacy.accountant import SgdRun
 from medfl.secagg.envelopes import SECAGG_TO_AGENT
 from medfl.wire import ClientChannel, Envelope, MessageType, SocketLimits, read_keypair, read_public_key
 
@@ -48,6 +57,7 @@ class _Result:
     key: tuple[str, int, str]           # (job, round, kind)
     env: Envelope | None = None         # a plain reply (or an error)
     vector: np.ndarray | None = None    # a secure round's local vector, masked before it leaves
+    report: dict[str, Any] | None = None  # public facts sent beside the masked vector (epsilon, delta)
 
 
 class AgentService:
@@ -68,6 +78,11 @@ class AgentService:
             torch.set_num_threads(threads)
         self._splits_cache: dict[int, dict[str, Any]] = {}
         self.splits = self._splits(64)  # validate the data set at start-up: fail early and clearly
+        from medfl.privacy.ledger import Ledger, dataset_key
+
+        self.ledger = Ledger(cfg.agent.state_dir / "privacy" / "ledger.sqlite")
+        self.budget = Budget(ledger=self.ledger, dataset=dataset_key(cfg.data.kind, cfg.data.path), policy=cfg.policy)
+        self._budget_lock = threading.Lock()  # check -> train -> record of one round at a time
         if cfg.transport.curve:
             if cfg.keys.secret_key_file is None or cfg.coordinator.public_key_file is None:
                 raise ConfigError([("keys", "transport.curve = true needs keys.secret_key_file and "
@@ -123,6 +138,7 @@ class AgentService:
                     self._send(Envelope(type=MessageType.BYE))
             finally:
                 self.channel.close()
+                self.ledger.close()
 
     def _send(self, env: Envelope) -> None:
         self.channel.send(env)
@@ -169,7 +185,7 @@ class AgentService:
                     log.warning("no secure sum open for the %s result of round %d; dropped", res.key[2], res.key[1])
                     continue
                 try:
-                    for env in run.set_vector(res.vector):
+                    for env in run.set_vector(res.vector, report=res.report):
                         self._send(env)
                 except MedflError as exc:
                     log.warning("secure %s of round %d failed: %s", run.session.phase, res.key[1], exc)
@@ -293,49 +309,75 @@ class AgentService:
 
     def _train_worker(self, key: tuple[str, int, str], spec: JobSpec, env: Envelope,
                       secure: SecureRound | None = None) -> None:
-        from agent.trainer import train_local
-        from medfl.models.weights import state_arrays
-
         try:
-            # the frames are read-only views of the message: one writable copy serves both uses
-            global_arrays = {k: v.copy() for k, v in env.tensors.items()}
-            model = self._model(spec, global_arrays)
-            b = env.body
-            started = time.monotonic()
-            seed = spec.job.seed * 100_003 + int(env.round or 0) * 101 + int(b.get("attempt", 1))
-            import torch
-
-            with torch.random.fork_rng(devices=[]):
-                # dropout masks: reproducible from the job seed, round and attempt (not a secret;
-                # DP noise comes from medfl.csprng)
-                torch.manual_seed(seed)
-                result = train_local(
-                    model, self._splits(spec.job.image_size)["train"], epochs=int(b["local_epochs"]),
-                    batch_size=int(b["batch_size"]), lr=float(b["lr"]), momentum=float(b["momentum"]),
-                    weight_decay=float(b["weight_decay"]), fedprox_mu=float(b.get("fedprox_mu", 0.0)),
-                    optimizer=str(b.get("optimizer", "sgd")),
-                    global_arrays=global_arrays, seed=seed)
-            log.info("job %s round %s: trained on %d samples, loss %.4f", env.job, env.round,
-                     result.num_samples, result.mean_loss)
-            if secure is not None:
-                from medfl.secagg.vector import pack_fit
-
-                vector, norm = pack_fit(global_arrays, state_arrays(model), num_samples=result.num_samples,
-                                        train_loss=result.mean_loss, clip_norm=secure.clip_norm,
-                                        sample_cap=secure.sample_cap)
-                if norm > secure.clip_norm:
-                    log.info("job %s round %s: update norm %.3g clipped to %g", env.job, env.round, norm,
-                             secure.clip_norm)
-                self._results.put(_Result(key, vector=vector))
-                return
-            out = Envelope(type=MessageType.UPDATE, job=env.job, round=env.round, body={
-                "num_samples": result.num_samples, "train_loss": result.mean_loss,
-                "seconds": time.monotonic() - started}, tensors=state_arrays(model))
+            with self._budget_lock:
+                res = self._train(key, spec, env, secure)
         except Exception as exc:  # a training failure is reported, never kills the daemon
             log.exception("training failed for job %s round %s", env.job, env.round)
-            out = Envelope(type=MessageType.ERROR, job=env.job, round=env.round,
-                           body={"code": "training_failed", "message": str(exc)[:500], "in_reply_to": env.seq})
-        self._results.put(_Result(key, out))
+            res = _Result(key, Envelope(type=MessageType.ERROR, job=env.job, round=env.round,
+                                        body={"code": "training_failed", "message": str(exc)[:500],
+                                              "in_reply_to": env.seq}))
+        self._results.put(res)
+
+    def _train(self, key: tuple[str, int, str], spec: JobSpec, env: Envelope,
+               secure: SecureRound | None) -> _Result:
+        import torch
+
+        from agent.trainer import train_local
+        from medfl.models.weights import state_arrays
+        job_id, rnd, b = str(env.job), int(env.round or 0), env.body
+        attempt = int(b.get("attempt", 1))
+        train = self._splits(spec.job.image_size)["train"]
+        plan = None
+        prior: tuple[SgdRun, ...] = ()
+        if spec.privacy.enabled:
+            plan = self.budget.plan(spec, n_train=len(train))
+            try:
+                job_eps, total_eps = self.budget.check(job_id, spec, plan, round=rnd)
+            except PolicyViolation as exc:
+                log.warning("refusing job %s round %d: %s", job_id, rnd, exc)
+                return _Result(key, Envelope(type=MessageType.JOB_REFUSE, job=env.job, round=env.round,
+                                             body={"reason": str(exc), "budget": True}))
+            log.info("job %s round %d: DP-SGD q=%.4f sigma=%.4f C=%g, %d steps; epsilon after it %.3f (job), "
+                     "%.3f (dataset)", job_id, rnd, plan.sample_rate, plan.noise_multiplier, plan.max_grad_norm,
+                     plan.steps, job_eps, total_eps)
+            prior = tuple(self.ledger.runs(dataset=self.budget.dataset, job_id=job_id))
+        # the frames are read-only views of the message: one writable copy serves both uses
+        global_arrays = {k: v.copy() for k, v in env.tensors.items()}
+        model = self._model(spec, global_arrays)
+        started = time.monotonic()
+        seed = spec.job.seed * 100_003 + rnd * 101 + attempt
+        with torch.random.fork_rng(devices=[]):
+            # dropout masks: reproducible from the job seed, round and attempt (not a secret;
+            # DP noise comes from medfl.csprng)
+            torch.manual_seed(seed)
+            result = train_local(
+                model, train, epochs=int(b["local_epochs"]), batch_size=int(b["batch_size"]), lr=float(b["lr"]),
+                momentum=float(b["momentum"]), weight_decay=float(b["weight_decay"]),
+                fedprox_mu=float(b.get("fedprox_mu", 0.0)), optimizer=str(b.get("optimizer", "sgd")),
+                global_arrays=global_arrays, seed=seed, dp=plan, dp_prior=prior)
+        body: dict[str, Any] = {"num_samples": result.num_samples, "train_loss": result.mean_loss,
+                                "seconds": time.monotonic() - started}
+        report: dict[str, Any] = {}
+        if plan is not None:
+            # on disk before the update leaves: a crash may over-count, never under-count
+            report = {"epsilon": self.budget.record(job_id, plan, round=rnd, attempt=attempt), "delta": plan.delta}
+            body.update(report, dp=plan.to_dict())
+        log.info("job %s round %s: trained on %d samples, loss %.4f%s", env.job, env.round, result.num_samples,
+                 result.mean_loss, f", epsilon {body['epsilon']:.3f}" if plan is not None else "")
+        if secure is not None:
+            from medfl.secagg.vector import pack_fit
+
+            vector, norm = pack_fit(global_arrays, state_arrays(model), num_samples=result.num_samples,
+                                    train_loss=result.mean_loss, clip_norm=secure.clip_norm,
+                                    sample_cap=secure.sample_cap)
+            if norm > secure.clip_norm:
+                log.info("job %s round %s: update norm %.3g clipped to %g", env.job, env.round, norm,
+                         secure.clip_norm)
+            # the privacy report (epsilon, delta) is public and rides in the clear beside the masked vector
+            return _Result(key, vector=vector, report=report)
+        return _Result(key, Envelope(type=MessageType.UPDATE, job=env.job, round=env.round, body=body,
+                                     tensors=state_arrays(model)))
 
     def _keep_model(self, spec: JobSpec, env: Envelope) -> None:
         """Save the new global model of a round; the PACS scorer uses the newest one."""

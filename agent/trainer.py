@@ -1,9 +1,11 @@
-"""Local training and validation at a hospital (plain SGD; DP-SGD arrives with the privacy issue).
+"""Local training and validation at a hospital: plain SGD/Adam, or DP-SGD when the job asks for it.
 
 References
 ----------
 .. [1] Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020 (the FedProx
    proximal term).
+.. [2] M. Abadi et al., "Deep learning with differential privacy", CCS 2016 (DP-SGD, run by
+   :class:`medfl.privacy.trainer.DPTrainer`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +21,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from medfl.metrics import accuracy, binary_log_loss, roc_auc
+
+if TYPE_CHECKING:
+    from agent.budget import RoundPlan
+    from medfl.privacy.accountant import SgdRun
 
 __all__ = ["TrainResult", "evaluate", "train_local"]
 
@@ -29,12 +36,15 @@ class TrainResult:
     num_samples: int
     mean_loss: float
     seconds: float
+    epsilon: float | None = None
+    steps: int = 0
 
 
 def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, batch_size: int, lr: float,
                 momentum: float = 0.9, weight_decay: float = 0.0, fedprox_mu: float = 0.0, optimizer: str = "sgd",
                 global_arrays: dict[str, np.ndarray] | None = None, seed: int = 0,
-                progress: Callable[[int, int], None] | None = None, device: str = "cpu") -> TrainResult:
+                progress: Callable[[int, int], None] | None = None, device: str = "cpu",
+                dp: RoundPlan | None = None, dp_prior: tuple[SgdRun, ...] = ()) -> TrainResult:
     """Train ``model`` in place on ``dataset`` with SGD and cross-entropy.
 
     Parameters
@@ -57,6 +67,12 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
         Called after each batch.
     device : str
         Torch device.
+    dp : RoundPlan, optional
+        Train with DP-SGD as planned (Poisson rate, steps, noise, clip); ``epochs`` and
+        ``batch_size`` are then the plan's, and ``seed`` is unused (sampling and noise come from
+        the CSPRNG).
+    dp_prior : tuple of SgdRun
+        Earlier runs of the same job, so the reported epsilon covers the whole job.
     """
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty data set")
@@ -86,6 +102,8 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
         if missing:
             raise ValueError(f"global_arrays lacks parameter(s) {missing[:5]} of the model")
         anchors = {k: torch.as_tensor(global_arrays[k]).to(device) for k in names}
+    if dp is not None:
+        return _train_dp(model, dataset, opt, dp, dp_prior, anchors, fedprox_mu, progress, device, started)
     total = epochs * len(loader)
     losses, done = [], 0
     for _ in range(epochs):
@@ -105,6 +123,33 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
                 progress(done, total)
     return TrainResult(num_samples=len(dataset), mean_loss=float(np.mean(losses)),
                        seconds=time.monotonic() - started)
+
+
+def _train_dp(model: torch.nn.Module, dataset: TensorDataset, opt: torch.optim.Optimizer, plan: RoundPlan,
+              prior: tuple[SgdRun, ...], anchors: dict[str, torch.Tensor] | None, mu: float,
+              progress: Callable[[int, int], None] | None, device: str, started: float) -> TrainResult:
+    from medfl.privacy.trainer import DPTrainer
+
+    regularizer = None
+    if anchors is not None:
+        named = dict(model.named_parameters())
+
+        def regularizer() -> torch.Tensor:
+            return 0.5 * mu * sum(((p - anchors[k]) ** 2).sum() for k, p in named.items())  # type: ignore[return-value]
+
+    trainer = DPTrainer(model=model, optimizer=opt, dataset=dataset, sample_rate=plan.sample_rate,
+                        noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=plan.delta,
+                        accountant=plan.accountant, prior=prior, max_physical_batch=plan.max_physical_batch,
+                        regularizer=regularizer, epsilon_every=0, device=device)
+    try:
+        stats = trainer.train(steps=plan.steps,
+                              on_step=None if progress is None else (lambda s: progress(s.step, plan.steps)))
+    finally:
+        trainer.close()
+    losses = [s.loss * s.batch_size for s in stats if s.batch_size]
+    seen = sum(s.batch_size for s in stats)
+    return TrainResult(num_samples=len(dataset), mean_loss=float(sum(losses) / seen) if seen else float("nan"),
+                       seconds=time.monotonic() - started, epsilon=trainer.epsilon(), steps=plan.steps)
 
 
 @torch.no_grad()

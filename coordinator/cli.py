@@ -203,7 +203,8 @@ def _status(args: argparse.Namespace) -> None:
               f"{j['rounds']} {j['message']}")
         for r in j["rounds_table"]:
             auc = f"{r['val_auc']:.4f}" if r["val_auc"] is not None else "n/a"
-            print(f"  round {r['round']:3d}  agents {r['agents']}  val_auc {auc}  {r['seconds']:.1f} s")
+            dp = f"  epsilon {r['epsilon']:.3f} (delta {r['delta']:g})" if r.get("epsilon") is not None else ""
+            print(f"  round {r['round']:3d}  agents {r['agents']}  val_auc {auc}  {r['seconds']:.1f} s{dp}")
     for e in st["events"]:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['t']))} {e['kind']}: {e['detail']}")
 

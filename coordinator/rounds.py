@@ -41,7 +41,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,7 @@ class RunState:
     refused: dict[str, str] = field(default_factory=dict)        # fingerprint -> reason
     participants: dict[str, str] = field(default_factory=dict)
     updates: dict[str, tuple[dict[str, np.ndarray], int, float]] = field(default_factory=dict)
+    epsilons: dict[str, tuple[float, float]] = field(default_factory=dict)  # fingerprint -> (epsilon, delta)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     deadline: float = math.inf
     round_started: float = 0.0
@@ -208,14 +209,22 @@ class JobRun:
         """An agent accepted the job under its policy."""
         self.state.accepted[fingerprint] = name
 
-    def on_refuse(self, fingerprint: str, reason: str) -> list[Outgoing]:
-        """An agent refused the job (or a round) under its policy."""
-        self.state.accepted.pop(fingerprint, None)
-        self.state.refused[fingerprint] = reason
-        log.warning("job %s: agent %s refused: %s", self.job_id, fingerprint[:16], reason)
-        self.store.event(self.job_id, "refused", f"{fingerprint[:16]}: {reason}")
-        if self.state.stage == Stage.FIT:
-            self.state.participants.pop(fingerprint, None)
+    def on_refuse(self, fingerprint: str, reason: str, *, name: str = "") -> list[Outgoing]:
+        """An agent refused the job (or a round, e.g. its privacy budget is spent) under its policy.
+
+        A refused plain round no longer waits for that agent: when every remaining participant has
+        answered, the round closes now instead of at its deadline. A secure sum forgets it (its
+        masks are recovered from the others' shares).
+        """
+        s = self.state
+        s.accepted.pop(fingerprint, None)
+        s.refused[fingerprint] = reason
+        who = f"{name} ({fingerprint[:16]})" if name else fingerprint[:16]
+        log.warning("job %s: agent %s refused: %s", self.job_id, who, reason)
+        self.store.event(self.job_id, "refused", f"{who}: {reason}")
+        if s.stage == Stage.FIT and s.participants.pop(fingerprint, None) is not None and s.secure is None \
+                and set(s.updates) >= set(s.participants):
+            return self._close_fit()
         return self._forget(fingerprint)
 
     def on_offline(self, fingerprint: str) -> list[Outgoing]:
@@ -290,6 +299,7 @@ class JobRun:
         self._goto(Stage.FIT)
         s.participants = {fp: s.accepted[fp] for fp in ready}
         s.updates = {}
+        s.epsilons = {}
         s.metrics = {}
         s.candidate = None
         s.round_started = self.clock()
@@ -352,6 +362,10 @@ class JobRun:
             s.message = f"aggregation failed in round {s.round}: {exc}"
             return []
         s.fit_sum, s.survivors = fit, list(run.survivors)
+        s.epsilons = {fp: rep for fp, rep in run.reports.items() if fp in s.survivors}
+        if self.spec.privacy.enabled and set(s.survivors) - set(s.epsilons):
+            log.warning("job %s round %d: %d agent(s) sent no epsilon for a DP job", self.job_id, s.round,
+                        len(set(s.survivors) - set(s.epsilons)))
         self._goto(Stage.EVALUATE)
         s.deadline = math.inf
         s.secure = self._secure_sum("evaluate", s.survivors, METRICS_LENGTH, self.eval_deadline_s)
@@ -394,6 +408,11 @@ class JobRun:
         else:
             n = int(env.body.get("num_samples", 0))
             s.updates[fingerprint] = (arrays, n, float(env.body.get("train_loss", math.nan)))
+            if env.body.get("epsilon") is not None:
+                s.epsilons[fingerprint] = (float(env.body["epsilon"]), float(env.body.get("delta", math.nan)))
+            elif self.spec.privacy.enabled:
+                log.warning("job %s round %d: agent %s sent no epsilon for a DP job", self.job_id, s.round,
+                            fingerprint[:16])
         if set(s.updates) >= set(s.participants):
             return self._close_fit()
         return []
@@ -455,11 +474,13 @@ class JobRun:
                 val_accuracy=_weighted([(m["n"], m["accuracy"]) for m in s.metrics.values()]),
                 val_loss=_weighted([(m["n"], m["loss"]) for m in s.metrics.values()]),
                 val_samples=int(sum(m["n"] for m in s.metrics.values() if math.isfinite(m["n"]))),
-                seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path))
+                seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+                **self._privacy_columns(s.updates))
         s.secure = None
         self.store.record_round(row)
-        log.info("job %s round %d done: %d agents, val_auc=%s", self.job_id, s.round, row.agents,
-                 f"{row.val_auc:.4f}" if row.val_auc is not None else "n/a")
+        log.info("job %s round %d done: %d agents, val_auc=%s%s", self.job_id, s.round, row.agents,
+                 f"{row.val_auc:.4f}" if row.val_auc is not None else "n/a",
+                 f", epsilon={row.epsilon:.3f} at delta={row.delta:g}" if row.epsilon is not None else "")
         self.global_arrays = s.candidate
         s.candidate = None
         if s.round >= self.spec.job.rounds:
@@ -492,7 +513,17 @@ class JobRun:
             agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.survivors)),
             num_samples=fit.num_samples, train_loss=fit.train_loss, val_auc=metrics.auc,
             val_accuracy=metrics.accuracy, val_loss=metrics.loss, val_samples=metrics.n,
-            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path))
+            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+            **self._privacy_columns(s.survivors))
+
+    def _privacy_columns(self, agents: Iterable[str]) -> dict[str, Any]:
+        """Epsilon (the largest over the agents), delta and each agent's epsilon, from their reports."""
+        s = self.state
+        members = set(agents)
+        eps = {s.participants.get(fp, fp[:16]): e for fp, (e, _) in s.epsilons.items() if fp in members}
+        deltas = [d for fp, (_, d) in s.epsilons.items() if fp in members and math.isfinite(d)]
+        return {"epsilon": max(eps.values()) if eps else None, "delta": max(deltas) if deltas else None,
+                "epsilons": eps}
 
 
 def _weighted(pairs: list[tuple[float, float]]) -> float | None:

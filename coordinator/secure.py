@@ -22,6 +22,7 @@ References
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +92,23 @@ class SecureSum:
         self.started = clock()
         #: seconds from the start of the sum to the close of each stage (for status and benchmarks)
         self.stage_seconds: dict[str, float] = {}
+        #: public facts each agent sent in the clear beside its masked input: (epsilon, delta)
+        self.reports: dict[str, tuple[float, float]] = {}
+
+    def _take_report(self, agent: str, report: Any) -> None:
+        """Keep an agent's clear privacy report (epsilon, delta) if it is well formed."""
+        if report is None:
+            return
+        try:
+            eps, delta = float(report["epsilon"]), float(report.get("delta", math.nan))
+        except (TypeError, KeyError, ValueError):
+            log.warning("job %s: agent %s sent a malformed privacy report beside its masked input; ignored",
+                        self.session.job, agent[:16])
+            return
+        if eps < 0 or math.isnan(eps):
+            log.warning("job %s: agent %s reported epsilon=%r; ignored", self.session.job, agent[:16], eps)
+            return
+        self.reports[agent] = (eps, delta)
 
     # ---- what the agents are told ------------------------------------------------------
     def params(self, agent: str) -> dict[str, Any]:
@@ -132,6 +150,7 @@ class SecureSum:
                 # dtype (it compares dtype identity): a view with it, no copy
                 masked = np.ascontiguousarray(msg.masked).view(np.dtype(self.spec.dtype))
                 self.server.receive_masked(MaskedInput(agent=msg.agent, masked=masked))
+                self._take_report(agent, env.body.get("report"))
             elif isinstance(msg, UnmaskResponse):
                 self.server.receive_unmask(msg)
         except (ValueError, TypeError) as exc:

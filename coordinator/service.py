@@ -159,7 +159,7 @@ class CoordinatorService:
             if mtype == MessageType.JOB_ACCEPT:
                 run.on_accept(fp, sess.name)
             elif mtype == MessageType.JOB_REFUSE:
-                self._send(run.on_refuse(fp, str(env.body.get("reason", "no reason given"))))
+                self._send(run.on_refuse(fp, str(env.body.get("reason", "no reason given"))[:2000], name=sess.name))
             elif mtype == MessageType.UPDATE:
                 self._send(run.on_update(fp, env))
             else:

@@ -17,14 +17,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medfl.errors import AuthError, NotFound, StateError
 
 __all__ = ["JobRow", "NodeRow", "RoundRow", "Store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS rounds (
     seconds REAL NOT NULL,
     finished_at REAL NOT NULL,
     checkpoint TEXT NOT NULL,
+    epsilon REAL,
+    delta REAL,
+    epsilons TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (job_id, round)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -73,6 +76,9 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 """
+#: columns added after version 1: (table, column, declaration), applied to older databases
+_ADDED_COLUMNS = [("rounds", "epsilon", "REAL"), ("rounds", "delta", "REAL"),
+                  ("rounds", "epsilons", "TEXT NOT NULL DEFAULT '{}'")]
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ class RoundRow:
     seconds: float
     finished_at: float
     checkpoint: str
+    #: differential privacy of the round (None when the job runs without DP): the largest epsilon
+    #: any participating agent reported for the job so far, at ``delta``; per agent in ``epsilons``
+    epsilon: float | None = None
+    delta: float | None = None
+    epsilons: dict[str, float] = field(default_factory=dict)
 
 
 class Store:
@@ -144,6 +155,10 @@ class Store:
                 self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open coordinator database {self.path}: {exc}; move the file aside "
@@ -286,6 +301,7 @@ class Store:
         """Persist a completed round and advance the job's ``rounds_done`` in one transaction."""
         d = row.__dict__.copy()
         d["agent_names"] = json.dumps(list(row.agent_names))
+        d["epsilons"] = json.dumps(row.epsilons, sort_keys=True)
         cols = ", ".join(d)
         marks = ", ".join("?" for _ in d)
         with self._tx() as db:
@@ -299,6 +315,7 @@ class Store:
         for r in self._query("SELECT * FROM rounds WHERE job_id=? ORDER BY round", (job_id,)):
             d = dict(r)
             d["agent_names"] = tuple(json.loads(d["agent_names"]))
+            d["epsilons"] = json.loads(d["epsilons"] or "{}")
             out.append(RoundRow(**d))
         return out
 

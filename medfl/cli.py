@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="plain FedAvg instead of secure aggregation (the coordinator then sees every update)")
     d.add_argument("--neighbours", type=int, default=0,
                    help="SecAgg+ neighbourhood size (default 0: every agent masks with every other, SecAgg)")
+    d.add_argument("--no-dp", action="store_true", help="train without differential privacy (default: DP-SGD on)")
+    d.add_argument("--noise-multiplier", type=float, default=None,
+                   help="DP-SGD noise multiplier of the demo job (default 1.0)")
     sub.add_parser("version", help="print the version")
     sub.add_parser("models", help="list the models in the registry")
     return p
@@ -57,7 +60,8 @@ def _demo(args: argparse.Namespace) -> None:
     opts = DemoOptions(agents=args.agents, rounds=args.rounds, out=args.out, json_path=args.json, model=args.model,
                        train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
                        image_size=args.image_size, seed=args.seed, progress=not args.no_progress,
-                       secure=not args.plain, neighbours=args.neighbours)
+                       secure=not args.plain, neighbours=args.neighbours, dp=not args.no_dp,
+                       **({"noise_multiplier": args.noise_multiplier} if args.noise_multiplier is not None else {}))
     try:
         summary = run_demo(opts)
     except (RuntimeError, TimeoutError, FileExistsError) as exc:
@@ -71,6 +75,14 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
           f"{summary['transport']} with {summary['aggregation']} aggregation; final validation AUC {auc:.4f}"
           if auc is not None else "no AUC")
+    if summary["privacy"]["enabled"]:
+        p = summary["privacy"]
+        print(f"differential privacy: DP-SGD at every hospital, noise multiplier {p['noise_multiplier']}, clip "
+              f"{p['max_grad_norm']}; epsilon {summary['final_epsilon']:.3f} at delta {summary['delta']:g} "
+              "after the last round (largest over the hospitals)" if summary["final_epsilon"] is not None else
+              "differential privacy: on, but no epsilon was reported")
+    else:
+        print("differential privacy: OFF (--no-dp)")
     print(f"curves: {summary['plot']}")
     print(f"summary: {summary['json']}")
     print(f"final global model: {summary['checkpoint']}")

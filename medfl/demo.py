@@ -6,6 +6,11 @@ the coordinator's and every agent's CURVE key pairs, approves the agents, starts
 follows it through the operator's ``status --json`` interface, and at the end prints the
 per-round table, writes a PNG of the training curves and a JSON summary. It drives the product
 only through its command lines, as an operator and three hospitals would.
+
+Differential privacy is on by default: the job trains with DP-SGD at every hospital (the job's
+``[privacy]`` table), each hospital's agent.toml caps epsilon per job and in total, and the
+table and the JSON report the epsilon each round has reached (``rounds[].epsilon``, at the
+summary's ``delta``). ``--no-dp`` runs the same federation without it, for comparison.
 """
 
 from __future__ import annotations
@@ -27,6 +32,11 @@ from typing import Any
 __all__ = ["DemoOptions", "run_demo"]
 
 MARKER = ".medfl-demo"
+#: DP-SGD settings of the demo job (chosen so that 5 rounds stay fast and reach a useful AUC)
+DEMO_NOISE_MULTIPLIER = 1.2
+DEMO_MAX_GRAD_NORM = 1.0
+DEMO_DP_WIDTH = 8
+DEMO_DP_BATCH = 96
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,12 @@ class DemoOptions:
     progress: bool = True
     secure: bool = True
     neighbours: int = 0
+    dp: bool = True
+    noise_multiplier: float = DEMO_NOISE_MULTIPLIER
+    max_grad_norm: float = DEMO_MAX_GRAD_NORM
+    delta: float = 1e-5
+    max_epsilon_per_job: float = 20.0
+    max_total_epsilon: float = 100.0
 
 
 def _free_port() -> int:
@@ -109,6 +125,31 @@ def _daemons(cmds: list[tuple[str, list[str]]], logs: pathlib.Path) -> Iterator[
             fh.close()
 
 
+def _training_toml(opts: DemoOptions) -> str:
+    if not opts.dp:
+        return """
+[training]
+local_epochs = 2
+batch_size = 32
+optimizer = "adam"
+lr = 0.001
+"""
+    # DP-SGD: the noise on a step's averaged gradient has norm about sigma * C * sqrt(params) / batch,
+    # so the demo trains a narrower CNN (16k parameters) with larger Poisson batches and plain
+    # SGD with momentum; measured on the demo data (3 x 360 images): AUC about 0.8-0.9 after
+    # 5 rounds at epsilon about 10 (delta 1e-5), against about 0.99 without DP
+    width = f"model_args = {{ width = {DEMO_DP_WIDTH} }}\n" if opts.model == "cnn" else ""
+    return f"""
+{width}
+[training]
+local_epochs = 2
+batch_size = {DEMO_DP_BATCH}
+optimizer = "sgd"
+lr = 0.5
+momentum = 0.9
+"""
+
+
 def _job_toml(opts: DemoOptions) -> str:
     return f"""# demo job: written by 'medfl demo'
 [job]
@@ -120,18 +161,18 @@ round_deadline_s = 600
 max_round_retries = 3
 seed = {opts.seed}
 image_size = {opts.image_size}
-
-[training]
-local_epochs = 2
-batch_size = 32
-optimizer = "adam"
-lr = 0.001
-
+{_training_toml(opts)}
 [aggregation]
 strategy = "fedavg"
 secure = {"true" if opts.secure and opts.agents >= 2 else "false"}   # the coordinator learns only the sum
 neighbours = {opts.neighbours}              # 0: SecAgg (complete graph); k >= 2: SecAgg+ with k neighbours
-"""
+""" + (f"""
+[privacy]
+noise_multiplier = {opts.noise_multiplier}
+max_grad_norm = {opts.max_grad_norm}
+delta = {opts.delta}
+accountant = "rdp"
+""" if opts.dp else "")
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -158,7 +199,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         _run(["agent.cli", "init", "--dir", str(out / name), "--name", name, "--coordinator", endpoint,
               "--coordinator-key", str(coord / "keys" / "coordinator.key"), "--data", str(out / name / "data"),
               "--min-parties", str(min(2, opts.agents)),
-              "--require-secure-aggregation" if secure else "--no-require-secure-aggregation"])
+              "--require-secure-aggregation" if secure else "--no-require-secure-aggregation",
+              *(["--max-epsilon-per-job", str(opts.max_epsilon_per_job), "--max-total-epsilon",
+                 str(opts.max_total_epsilon)] if opts.dp else [])])
         _run(["coordinator.cli", "nodes", "approve", str(out / name / "keys" / "agent.key"), "--name", name,
               "--config", ccfg])
     job_file = out / "job.toml"
@@ -172,10 +215,17 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         job = _follow(opts, ccfg, job_id, procs, logs)
     rounds = [{"round": r["round"], "agents": r["agents"], "agent_names": r["agent_names"],
                "val_auc": r["val_auc"], "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],
-               "train_loss": r["train_loss"], "seconds": round(r["seconds"], 2)} for r in job["rounds_table"]]
+               "train_loss": r["train_loss"], "seconds": round(r["seconds"], 2), "epsilon": r.get("epsilon"),
+               "epsilons": r.get("epsilons") or {}} for r in job["rounds_table"]]
     summary = {
         "job_id": job_id, "status": job["status"], "message": job["message"], "agents": names,
         "rounds": rounds, "final_val_auc": rounds[-1]["val_auc"] if rounds else None,
+        "privacy": ({"enabled": True, "mechanism": "DP-SGD (sample-level, at every hospital)",
+                     "noise_multiplier": opts.noise_multiplier, "max_grad_norm": opts.max_grad_norm,
+                     "accountant": "rdp", "max_epsilon_per_job": opts.max_epsilon_per_job,
+                     "max_total_epsilon": opts.max_total_epsilon} if opts.dp else {"enabled": False}),
+        "delta": opts.delta if opts.dp else None,
+        "final_epsilon": rounds[-1]["epsilon"] if rounds else None,
         "transport": "zmq+curve", "aggregation": _aggregation_label(job_file),
         "checkpoint": job["rounds_table"][-1]["checkpoint"] if rounds else None,
         "wall_seconds": round(time.monotonic() - started, 1), "out": str(out),
@@ -257,11 +307,15 @@ def _plot(rounds: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The per-round table printed at the end of the demo."""
+    delta = summary.get("delta")
+    eps_head = f"eps@{delta:g}" if delta else "epsilon"
     lines = [f"{'round':>5} {'agents':>6} {'val_auc':>8} {'val_acc':>8} {'val_loss':>8} {'train_loss':>10} "
-             f"{'seconds':>8}"]
+             f"{eps_head:>10} {'seconds':>8}"]
     for r in summary["rounds"]:
+        eps = r.get("epsilon")
+        eps_s = f"{eps:>10.3f}" if eps is not None else f"{'no DP':>10}"
         lines.append(f"{r['round']:>5} {r['agents']:>6} {_f(r['val_auc'])} {_f(r['val_accuracy'])} "
-                     f"{_f(r['val_loss'])} {_f(r['train_loss'], 10)} {r['seconds']:>8.1f}")
+                     f"{_f(r['val_loss'])} {_f(r['train_loss'], 10)} {eps_s} {r['seconds']:>8.1f}")
     return "\n".join(lines)
 
 

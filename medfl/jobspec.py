@@ -29,6 +29,12 @@ Example::
     frac_bits = 24           # fixed-point precision 2^-frac_bits of the quantized updates
     sample_cap = 10000       # FedAvg weight = min(samples, sample_cap) / sample_cap
     stage_deadline_s = 30    # deadline of each key-exchange / unmasking stage
+
+    [privacy]                # sample-level DP-SGD at every agent; the section turns it on
+    noise_multiplier = 1.0   # or target_epsilon = 8.0 (for the whole job; agents pick sigma)
+    max_grad_norm = 1.0
+    delta = 1e-5
+    accountant = "rdp"       # or "pld"
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Any, Literal
 
 from medfl import config
 
-__all__ = ["AggregationSpec", "JobSpec", "TrainingSpec", "load_job", "job_from_dict"]
+__all__ = ["AggregationSpec", "JobSpec", "PrivacySpec", "TrainingSpec", "load_job", "job_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -180,12 +186,63 @@ class AggregationSpec:
 
 
 @dataclass(frozen=True)
+class PrivacySpec:
+    """The ``[privacy]`` table: sample-level DP-SGD at every agent.
+
+    A job file with a ``[privacy]`` table trains with DP unless it says ``enabled = false``;
+    one without it trains without DP (the meaning job files had before the table existed).
+    Give exactly one of ``noise_multiplier`` and ``target_epsilon``; with ``target_epsilon``
+    (for the whole job, every round) each agent chooses the smallest noise multiplier that
+    keeps its own data within it. Each agent's agent.toml policy may still refuse the job.
+    """
+
+    enabled: bool = True
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    max_physical_batch: int = 64
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks, reported by TOML key."""
+        from medfl.errors import did_you_mean
+        from medfl.privacy.accountant import ACCOUNTANTS
+
+        out = []
+        if self.accountant not in ACCOUNTANTS:
+            out.append(("accountant", f"unknown accountant {self.accountant!r}; known: {', '.join(ACCOUNTANTS)}"
+                        + did_you_mean(self.accountant, ACCOUNTANTS)))
+        if not self.enabled:
+            return out
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            out.append(("", "give exactly one of noise_multiplier and target_epsilon (or enabled = false)"))
+        if self.noise_multiplier is not None and not 0 < self.noise_multiplier <= 1e4:
+            out.append(("noise_multiplier", f"must be in (0, 10000], got {self.noise_multiplier} "
+                        "(typical: 0.5-2)"))
+        if self.target_epsilon is not None and not 0 < self.target_epsilon <= 1e3:
+            out.append(("target_epsilon", f"must be in (0, 1000], got {self.target_epsilon}"))
+        if not 0 < self.max_grad_norm < float("inf"):
+            out.append(("max_grad_norm", f"must be positive and finite, got {self.max_grad_norm}"))
+        if not 0 < self.delta < 1:
+            out.append(("delta", f"must be in (0, 1) and well below 1/records, got {self.delta}"))
+        if not 1 <= self.max_physical_batch <= 4096:
+            out.append(("max_physical_batch", f"must be 1-4096, got {self.max_physical_batch}"))
+        return out
+
+
+#: a job file without a [privacy] table
+NO_PRIVACY = PrivacySpec(enabled=False)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A whole job file."""
 
     job: JobSection
     training: TrainingSpec = TrainingSpec()
     aggregation: AggregationSpec = AggregationSpec()
+    privacy: PrivacySpec = NO_PRIVACY
 
     def check(self) -> list[tuple[str, str]]:
         """Checks across tables (secure aggregation against the job's party counts)."""

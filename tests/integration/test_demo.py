@@ -29,6 +29,12 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     assert summary["final_val_auc"] == summary["rounds"][-1]["val_auc"]
     assert os.path.exists(summary["checkpoint"]) and os.path.getsize(summary["plot"]) > 10_000
     assert "round agents  val_auc" in proc.stdout and "with secagg aggregation" in proc.stdout
+    # differential privacy is on by default: epsilon per round, growing, at the summary's delta
+    assert summary["privacy"]["enabled"] and summary["delta"] == 1e-5
+    eps = [r["epsilon"] for r in summary["rounds"]]
+    assert all(e is not None and e > 0 for e in eps) and eps[1] > eps[0]
+    assert summary["final_epsilon"] == eps[-1] and set(summary["rounds"][0]["epsilons"]) == set(summary["agents"])
+    assert "eps@1e-05" in proc.stdout and "differential privacy: DP-SGD" in proc.stdout
     # a second run replaces the folder it made, but refuses to touch a folder it did not make
     foreign = tmp_path / "foreign"
     foreign.mkdir()

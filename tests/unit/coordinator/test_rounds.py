@@ -147,3 +147,53 @@ def test_resume_from_last_committed_round(env):
     assert again.state.round == 2 and again.state.stage == Stage.WAITING
     for k in after_round_1:
         np.testing.assert_array_equal(again.global_arrays[k], after_round_1[k])
+
+
+def _dp_update(run, fp, eps, delta=1e-5):
+    tensors = {k: v.astype(np.float32) for k, v in run.global_arrays.items()}
+    return run.on_update(fp, Envelope(type=MessageType.UPDATE, job=run.job_id, round=run.state.round,
+                                      body={"num_samples": 10, "train_loss": 0.5, "epsilon": eps, "delta": delta},
+                                      tensors=tensors))
+
+
+def test_epsilon_per_round_is_recorded_and_a_budget_refusal_closes_the_round_early(env):
+    store, job_id, clock, _ = env
+    run = _run(env)
+    for fp in ("a", "b", "c"):
+        run.on_accept(fp, fp.upper())
+    run.tick({"a", "b", "c"})
+    _dp_update(run, "a", 1.5)
+    _dp_update(run, "b", 1.2)
+    _dp_update(run, "c", 1.9)
+    for fp in ("a", "b", "c"):
+        _metrics(run, fp, 0.8)
+    row = store.rounds(job_id)[0]
+    assert row.epsilon == pytest.approx(1.9) and row.delta == pytest.approx(1e-5)
+    assert row.epsilons == {"A": 1.5, "B": 1.2, "C": 1.9}
+    # round 2: c's budget is spent; once a and b have answered the round closes at once, not at the deadline
+    run.tick({"a", "b", "c"})
+    _dp_update(run, "a", 2.5)
+    _dp_update(run, "b", 2.0)
+    out = run.on_refuse("c", "privacy budget: round 2 would bring its epsilon to 3.1", name="C")
+    assert run.state.stage == Stage.EVALUATE and sorted(fp for fp, _ in out) == ["a", "b"]
+    assert clock.t == 0
+    for fp in ("a", "b"):
+        _metrics(run, fp, 0.8)
+    row = store.rounds(job_id)[1]
+    assert row.agents == 2 and row.epsilon == pytest.approx(2.5) and row.epsilons == {"A": 2.5, "B": 2.0}
+    events = [e for e in store.events(job_id, limit=50) if e["kind"] == "refused"]
+    assert events and "C (c)" in events[-1]["detail"] and "privacy budget" in events[-1]["detail"]
+
+
+def test_rounds_without_dp_have_no_epsilon(env):
+    store, job_id, _, _ = env
+    run = _run(env, rounds=1)
+    for fp in ("a", "b"):
+        run.on_accept(fp, fp)
+    run.tick({"a", "b"})
+    _update(run, "a")
+    _update(run, "b")
+    for fp in ("a", "b"):
+        _metrics(run, fp, 0.7)
+    row = store.rounds(job_id)[0]
+    assert row.epsilon is None and row.delta is None and row.epsilons == {}

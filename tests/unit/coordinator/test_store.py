@@ -73,3 +73,33 @@ def test_corrupt_database_is_a_state_error(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StateError, match="fresh folder"):
         Store(path)
+
+
+def test_version_1_database_gains_the_privacy_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, spec_json TEXT NOT NULL, status TEXT NOT NULL,
+            submitted_at REAL NOT NULL, started_at REAL, finished_at REAL, rounds_done INTEGER NOT NULL DEFAULT 0,
+            message TEXT NOT NULL DEFAULT '');
+        CREATE TABLE rounds (job_id TEXT NOT NULL, round INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 1,
+            agents INTEGER NOT NULL, agent_names TEXT NOT NULL, num_samples INTEGER NOT NULL, train_loss REAL,
+            val_auc REAL, val_accuracy REAL, val_loss REAL, val_samples INTEGER, seconds REAL NOT NULL,
+            finished_at REAL NOT NULL, checkpoint TEXT NOT NULL, PRIMARY KEY (job_id, round));
+        INSERT INTO jobs VALUES ('j1', 'old', '{"job": {"name": "old"}}', 'done', 0, 0, 0, 1, '');
+        INSERT INTO rounds VALUES ('j1', 1, 1, 2, '["a", "b"]', 20, 0.5, 0.8, 0.7, 0.6, 10, 1.0, 0, 'ck');
+    """)
+    db.commit()
+    db.close()
+    store = Store(path)
+    old = store.rounds("j1")[0]
+    assert old.val_auc == 0.8 and old.epsilon is None and old.epsilons == {}
+    store.record_round(RoundRow(job_id="j1", round=2, attempts=1, agents=2, agent_names=("a", "b"), num_samples=20,
+                                train_loss=0.4, val_auc=0.9, val_accuracy=0.8, val_loss=0.5, val_samples=10,
+                                seconds=1.0, finished_at=0.0, checkpoint="ck2", epsilon=1.25, delta=1e-5,
+                                epsilons={"a": 1.25, "b": 1.0}))
+    store.close()
+    new = Store(path).rounds("j1")[1]
+    assert new.epsilon == 1.25 and new.delta == 1e-5 and new.epsilons == {"a": 1.25, "b": 1.0}
