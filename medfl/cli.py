@@ -25,6 +25,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    inf = sub.add_parser("infer", help="score images with a checkpoint, in the clear or by encrypted inference")
+    inf.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    inf.add_argument("--checkpoint", type=pathlib.Path, required=True, help="safetensors model (e.g. the demo's)")
+    inf.add_argument("--encrypted", action="store_true",
+                     help="2PC + dealer: the model server never sees the image, this side never sees the weights")
+    inf.add_argument("--compare-plain", action="store_true", help="also run the plain model and report the difference")
+    inf.add_argument("--json", type=pathlib.Path, default=None, help="write the results here")
+    inf.add_argument("--server", default=None, help="a remote model server's endpoint (default: start one locally)")
+    inf.add_argument("--server-key", default=None, help="its public key (file or Z85), pinned")
+    inf.add_argument("--key", type=pathlib.Path, default=None, help="this data owner's secret key file (remote)")
+    inf.add_argument("--dealer-key", default=None, help="the dealer's public key to accept (remote; pinned)")
+    inf.add_argument("--calibration-dir", type=pathlib.Path, default=None,
+                     help="representative images for the local model server's range calibration")
+    inf.add_argument("--timeout", type=float, default=120.0, help="abort when a party is silent this long (s)")
     sub.add_parser("version", help="print the version")
     sub.add_parser("models", help="list the models in the registry")
     return p
@@ -43,6 +57,36 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(list_models()))
     elif args.cmd == "demo":
         _demo(args)
+    elif args.cmd == "infer":
+        _infer(args)
+
+
+def _infer(args: argparse.Namespace) -> None:
+    import json
+
+    from medfl.errors import MedflError
+    from medfl.infer import InferOptions, format_table, run_infer
+    from medfl.logs import setup_logging
+
+    setup_logging("medfl-infer", level="WARNING")
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        die(ExitCode.USAGE, f"image(s) not found: {', '.join(missing)}")
+    opts = InferOptions(checkpoint=args.checkpoint, images=tuple(args.images), encrypted=args.encrypted,
+                        compare_plain=args.compare_plain, server=args.server, server_key=args.server_key,
+                        key=args.key, dealer_key=args.dealer_key, calibration_dir=args.calibration_dir,
+                        timeout_s=args.timeout)
+    try:
+        summary = run_infer(opts)
+    except MedflError as exc:
+        die(ExitCode.FAILURE if not isinstance(exc, PermissionError) else ExitCode.AUTH, str(exc))
+    except KeyboardInterrupt:
+        die(ExitCode.INTERRUPTED)
+    print(format_table(summary))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+        print(f"results: {args.json}")
 
 
 def _demo(args: argparse.Namespace) -> None:
