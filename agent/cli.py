@@ -154,10 +154,6 @@ def _pacs_serve(args: argparse.Namespace) -> None:
         service.stop()
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _infer(args: argparse.Namespace) -> None:
     import json
 
@@ -173,3 +169,7 @@ def _infer(args: argparse.Namespace) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))
         print(f"results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 def _infer(args: argparse.Namespace) -> None:
     import json
 
-    from medfl.errors import MedflError
+    from medfl.errors import MedflError, SessionAborted
     from medfl.infer import InferOptions, format_table, run_infer
     from medfl.logs import setup_logging
 
@@ -78,6 +78,8 @@ def _infer(args: argparse.Namespace) -> None:
                         timeout_s=args.timeout)
     try:
         summary = run_infer(opts)
+    except SessionAborted as exc:
+        die(ExitCode.SESSION_ABORTED, f"session aborted ({exc.code}): {exc}")
     except MedflError as exc:
         die(ExitCode.FAILURE if not isinstance(exc, PermissionError) else ExitCode.AUTH, str(exc))
     except KeyboardInterrupt:

@@ -81,7 +81,11 @@ class _ClientLink:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            env = self.channel.recv(int(left * 1000) + 1)
+            env = self.channel.recv(min(int(left * 1000) + 1, 500))
+            if self.channel.auth_failed:
+                raise SessionAborted("the model server refused this data owner's key (CURVE handshake); ask its "
+                                     "operator to approve it ('medfl-coordinator nodes approve agent.key')",
+                                     code="auth")
             if env is None:
                 continue
             if env.type == MessageType.ERROR:
@@ -146,9 +150,13 @@ def infer_remote(*, channel: ClientChannel, model: str, images: Sequence[np.ndar
     session = ""
     deadline = time.monotonic() + queue_timeout_s
     while True:
-        env = link.recv(max(0.0, min(timeout_s, deadline - time.monotonic())))
+        # before QUEUED the model server must answer within timeout_s; once queued, the sessions
+        # ahead of ours may take up to queue_timeout_s
+        wait = deadline - time.monotonic() if session else min(timeout_s, deadline - time.monotonic())
+        env = link.recv(max(0.0, wait))
         if env is None:
-            raise SessionAborted(f"no answer from the model server within {timeout_s:g} s", code="timeout")
+            raise SessionAborted(f"no answer from the model server within {timeout_s:g} s" if not session else
+                                 f"still queued after {queue_timeout_s:g} s", code="timeout")
         if env.type == MessageType.SMPC_ABORT:
             raise SessionAborted(f"the model server refused: {env.body.get('message')}",
                                  code=str(env.body.get("code", "peer")))

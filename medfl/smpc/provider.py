@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,7 @@ class DealerService:
         self._pool: dict[str, deque[Material]] = {}
         self._last_plan: list[PlanEntry] | None = None
         self.served = 0
+        self._backlog: deque[Incoming] = deque()
 
     def pooled(self) -> int:
         """Sessions of material ready now."""
@@ -126,14 +128,14 @@ class DealerService:
     def serve(self, stop: threading.Event) -> None:
         """Answer requests until ``stop`` is set; fill the pool while idle."""
         while not stop.is_set():
-            if self.channel.poll(200):
+            if self._backlog or self.channel.poll(200):
                 self.step()
             else:
                 self.fill_one()
 
     def step(self) -> None:
         """Handle one incoming message (never raises on bad input)."""
-        inc = self.channel.recv()
+        inc = self._backlog.popleft() if self._backlog else self.channel.recv()
         if inc is None:
             return
         env = inc.envelope
@@ -156,27 +158,63 @@ class DealerService:
             return
         self._serve(inc, session, plan, keys)
 
-    def _serve(self, inc: Incoming, session: str, plan: list[PlanEntry], keys: list[bytes]) -> None:
+    def _items(self, plan: list[PlanEntry]) -> tuple[Iterator[tuple[int, str, dict, dict]], bool]:
         q = self._pool.get(_digest(plan))
-        pooled = bool(q)
-        mat = q.popleft() if q else make_material(plan)
+        if q:
+            mat = q.popleft()
+            return ((i, k, a0, a1) for (i, k, a0), (_, _, a1) in zip(*mat.halves, strict=True)), True
+        return generate(plan, LocalDealer()), False
+
+    def _serve(self, inc: Incoming, session: str, plan: list[PlanEntry], keys: list[bytes]) -> None:
+        """Stream the session's material: items are generated, packed and sealed chunk by chunk."""
+        t0 = time.perf_counter()
+        items, pooled = self._items(plan)
         self._last_plan = plan
+        sealers = [Sealer(dealer_secret=self._secret, party_public=keys[p], session=session, party=p) for p in (0, 1)]
+        buffers: list[list[bytes]] = [[], []]
+        sizes = [0, 0]
         sent = 0
-        for party in (0, 1):
-            sealer = Sealer(dealer_secret=self._secret, party_public=keys[party], session=session, party=party)
-            for seq, last, ct in seal_chunks(mat.halves[party], sealer, self.chunk_bytes):
-                ok = self.channel.send(inc.peer, Envelope(
-                    type=MessageType.SMPC_MATERIAL, job=session,
-                    body={"session": session, "party": party, "seq": seq, "last": last,
-                          "dealer_seconds": mat.seconds, "pooled": pooled},
-                    tensors={"c": np.frombuffer(ct, np.uint8)}))
-                if not ok:
+
+        def flush(party: int, last: bool) -> bool:
+            nonlocal sent
+            seq, ct = sealers[party].seal(b"".join(buffers[party]), last=last)
+            buffers[party].clear()
+            sizes[party] = 0
+            sent += len(ct)
+            return self.channel.send(inc.peer, Envelope(
+                type=MessageType.SMPC_MATERIAL, job=session,
+                body={"session": session, "party": party, "seq": seq, "last": last, "pooled": pooled},
+                tensors={"c": np.frombuffer(ct, np.uint8)}))
+
+        for i, kind, a0, a1 in items:
+            for party, arrays in ((0, a0), (1, a1)):
+                rec = pack_items([(i, kind, arrays)])
+                buffers[party].append(rec)
+                sizes[party] += len(rec)
+                if sizes[party] >= self.chunk_bytes and not flush(party, False):
                     log.warning("session %s: model server gone while sending material", session)
                     return
-                sent += len(ct)
+            if self._cancelled(session):
+                log.info("session %s cancelled by the model server; material stopped", session)
+                return
+        if not (flush(0, True) and flush(1, True)):
+            log.warning("session %s: model server gone while sending material", session)
+            return
         self.served += 1
-        log.info("session %s: %d items, %.1f MB sealed for %s (%s, %.2f s to generate)", session, len(plan),
-                 sent / 1e6, inc.user_id or "model server", "pooled" if pooled else "on request", mat.seconds)
+        log.info("session %s: %d items, %.1f MB sealed for %s (%s, %.2f s)", session, len(plan), sent / 1e6,
+                 inc.user_id or "model server", "pooled" if pooled else "generated on request",
+                 time.perf_counter() - t0)
+
+    def _cancelled(self, session: str) -> bool:
+        """True if an SMPC_ABORT for ``session`` is waiting (other messages wait for the loop)."""
+        while self.channel.poll(0):
+            inc = self.channel.recv()
+            if inc is None:
+                continue
+            if inc.envelope.type == MessageType.SMPC_ABORT and inc.envelope.body.get("session") == session:
+                return True
+            self._backlog.append(inc)
+        return False
 
     def _abort(self, inc: Incoming, session: str, code: str, message: str) -> None:
         log.warning("dealer refused a request from %s: %s", inc.user_id or inc.peer.hex()[:16], message)

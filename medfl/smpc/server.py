@@ -248,6 +248,8 @@ class ModelServer:
             log.info("session %s closed: %d image(s), %.2f s online", rec.session, req.images, rec.online_seconds)
         except SessionAborted as exc:
             log.warning("session %s aborted (%s): %s", rec.session, exc.code, exc)
+            self.dealer.send(Envelope(type=MessageType.SMPC_ABORT, body={"session": rec.session, "code": exc.code,
+                                                                         "message": "session aborted"}))
             if exc.code != "peer":
                 self.channel.send(req.peer, Envelope(type=MessageType.SMPC_ABORT, body={
                     "session": rec.session, "code": exc.code, "message": str(exc)}))

@@ -1,0 +1,213 @@
+"""Encrypted inference with real processes on loopback: agents -> the coordinator's model server + a dealer.
+
+Every party is its own process (``medfl-coordinator serve`` hosting the model server,
+``medfl-coordinator dealer``, ``medfl-agent infer --encrypted``) on CurveZMQ. The model is
+medfl's cnn (GroupNorm) at width 2 and 64 px so that a session takes seconds on a shared CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.integration.conftest import Federation, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TIMEOUT_S = 8.0
+
+
+def _checkpoint(path: pathlib.Path) -> torch.nn.Module:
+    from medfl.models import create_model
+    from medfl.models.weights import save_checkpoint, state_arrays
+
+    torch.manual_seed(3)  # test model weights only
+    model = create_model("cnn", width=2).eval()
+    torch.nn.init.normal_(model.head[2].weight, std=0.3)
+    save_checkpoint(path, state_arrays(model), {"model": "cnn", "model_args": json.dumps({"width": 2}),
+                                                "image_size": "64"})
+    return model
+
+
+def _images(folder: pathlib.Path, n: int, seed: int) -> list[pathlib.Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        yy, xx = np.mgrid[0:90, 0:80]
+        img = 120 + 80 * np.sin(xx / (7 + 3 * i)) * np.cos(yy / 11) + rng.normal(0, 20, (90, 80))
+        p = folder / f"xray{seed}-{i}.png"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def _plain_scores(model: torch.nn.Module, paths: list[pathlib.Path]) -> list[tuple[float, np.ndarray]]:
+    from medfl.data.folder import read_image
+
+    out = []
+    with torch.no_grad():
+        for p in paths:
+            logits = model(torch.from_numpy(read_image(p, 64))[None, None])[0].double().numpy()
+            out.append((float(torch.softmax(torch.from_numpy(logits), 0)[1]), logits))
+    return out
+
+
+class InferenceSetup:
+    """A federation whose coordinator hosts a model server, a dealer process, and agents configured for it."""
+
+    def __init__(self, fed: Federation):
+        from medfl.wire import generate_keypair, write_keypair
+
+        self.fed = fed
+        self.model = _checkpoint(fed.root / "served.safetensors")
+        self.dealer_pub, self.dealer_sec = write_keypair(fed.root / "dealer", "dealer", generate_keypair())
+        self.dealer_ep = f"tcp://127.0.0.1:{free_port()}"
+        self.ms_ep = f"tcp://127.0.0.1:{free_port()}"
+        cfg = pathlib.Path(fed.ccfg)
+        cfg.write_text(cfg.read_text() + f"""
+[inference]
+enabled = true
+bind = "{self.ms_ep}"
+checkpoint = "{fed.root / 'served.safetensors'}"
+dealer = "{self.dealer_ep}"
+dealer_key_file = "{self.dealer_pub}"
+timeout_s = {TIMEOUT_S}
+""")
+
+    def start(self) -> None:
+        self.fed._spawn("dealer", ["coordinator.cli", "dealer", "--bind", self.dealer_ep, "--key",
+                                   str(self.dealer_sec), "--allow",
+                                   str(self.fed.coord_dir / "keys" / "coordinator.key")])
+        self.fed.start_coordinator()
+        self.fed.wait_for("model server up", lambda: "hosted on" in self.fed.log("coordinator"), 240)
+
+    def agent(self, name: str, *, approve: bool = True, dealer_key: pathlib.Path | None = None) -> pathlib.Path:
+        folder = self.fed.add_agent(name, n_train=4, n_val=2, approve=approve)
+        toml = folder / "agent.toml"
+        toml.write_text(toml.read_text() + f"""
+[inference]
+allow_encrypted = true
+endpoint = "{self.ms_ep}"
+trusted_dealers = ["{dealer_key or self.dealer_pub}"]
+image_size = 64
+timeout_s = {TIMEOUT_S}
+""")
+        return folder
+
+    def infer(self, name: str, images: list[pathlib.Path]) -> subprocess.Popen:
+        out = self.fed.root / name / "infer.json"
+        log = self.fed.root / "logs" / f"{name}-infer.log"
+        log.parent.mkdir(exist_ok=True)
+        fh = open(log, "w")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "infer", "--encrypted", "--json", str(out),
+                                 "--config", str(self.fed.root / name / "agent.toml"), *map(str, images)],
+                                stdout=fh, stderr=subprocess.STDOUT, env=self.fed.env, cwd=self.fed.root)
+        fh.close()
+        self.fed.procs[f"{name}-infer"] = proc
+        self.fed.logs[f"{name}-infer"] = log
+        return proc
+
+    def sessions(self) -> list[dict]:
+        return self.fed.status()["inference_sessions"]
+
+    def result(self, name: str) -> dict:
+        return json.loads((self.fed.root / name / "infer.json").read_text())
+
+
+@pytest.fixture
+def setup(federation):
+    return InferenceSetup(federation)
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def test_two_agents_at_once_get_the_plain_models_decisions(setup):
+    setup.agent("a")
+    setup.agent("b")
+    setup.start()
+    imgs_a = _images(setup.fed.root / "imgs-a", 2, seed=1)
+    imgs_b = _images(setup.fed.root / "imgs-b", 1, seed=2)
+    pa, pb = setup.infer("a", imgs_a), setup.infer("b", imgs_b)
+    assert _wait(pa, 300) == 0, setup.fed.log("a-infer") + setup.fed.log("coordinator")[-3000:]
+    assert _wait(pb, 300) == 0, setup.fed.log("b-infer") + setup.fed.log("coordinator")[-3000:]
+    for name, imgs in (("a", imgs_a), ("b", imgs_b)):
+        res = setup.result(name)
+        assert res["mode"] == "2pc+dealer" and len(res["images"]) == len(imgs)
+        for row, (plain_score, plain_logits) in zip(res["images"], _plain_scores(setup.model, imgs), strict=True):
+            assert abs(row["score"] - plain_score) < 2e-2
+            assert np.max(np.abs(np.array(row["logits"]) - plain_logits)) < 5e-2
+            assert int(np.argmax(row["logits"])) == int(np.argmax(plain_logits))
+            assert row["rounds"] > 0 and row["bytes_online"] > 0 and row["bytes_offline"] > 0
+    sessions = setup.sessions()
+    assert [s["stage"] for s in sessions] == ["closed", "closed"]
+    assert len({s["agent"] for s in sessions}) == 2  # the operator sees which agent ran which session
+    text = setup.fed.coordinator("status")
+    assert "inference session" in text and "closed" in text
+
+
+def test_agent_killed_mid_session_aborts_it_and_the_next_request_is_served(setup):
+    setup.agent("a")
+    setup.agent("b")
+    setup.start()
+    proc = setup.infer("a", _images(setup.fed.root / "imgs-a", 4, seed=3))
+    setup.fed.wait_for("session online", lambda: any(s["stage"] == "online" for s in setup.sessions()), 240)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t_kill = time.monotonic()
+    setup.fed.wait_for("session aborted", lambda: any(s["stage"] == "aborted" for s in setup.sessions()),
+                       TIMEOUT_S + 30)
+    assert time.monotonic() - t_kill < TIMEOUT_S + 30
+    aborted = [s for s in setup.sessions() if s["stage"] == "aborted"][0]
+    assert "timeout" in aborted["message"] and "disappeared" in aborted["message"]
+    pb = setup.infer("b", _images(setup.fed.root / "imgs-b", 1, seed=4))
+    assert _wait(pb, 300) == 0, setup.fed.log("b-infer")
+    assert setup.sessions()[-1]["stage"] == "closed"
+
+
+def test_dealer_killed_mid_session_aborts_on_both_sides(setup):
+    setup.agent("a")
+    setup.start()
+    setup.fed.kill("dealer", signal.SIGSTOP)  # the dealer hangs: no material ever comes
+    proc = setup.infer("a", _images(setup.fed.root / "imgs-a", 1, seed=5))
+    assert _wait(proc, TIMEOUT_S + 120) != 0
+    log = setup.fed.log("a-infer")
+    assert "aborted" in log or "refused" in log or "dealer" in log, log
+    setup.fed.wait_for("session aborted", lambda: any(s["stage"] == "aborted" for s in setup.sessions()), 60)
+    assert "dealer material" in [s for s in setup.sessions() if s["stage"] == "aborted"][0]["message"]
+
+
+def test_unapproved_agent_key_is_refused_with_a_clear_error(setup):
+    setup.agent("stranger", approve=False)
+    setup.start()
+    proc = setup.infer("stranger", _images(setup.fed.root / "imgs", 1, seed=6))
+    assert _wait(proc, 120) != 0
+    assert "refused this data owner's key" in setup.fed.log("stranger-infer")
+    assert setup.sessions() == []
+
+
+def test_untrusted_dealer_is_refused_by_the_agent_policy(setup):
+    from medfl.wire import generate_keypair, write_keypair
+
+    other, _ = write_keypair(setup.fed.root / "other", "dealer", generate_keypair())
+    setup.agent("a", dealer_key=other)
+    setup.start()
+    proc = setup.infer("a", _images(setup.fed.root / "imgs", 1, seed=7))
+    assert _wait(proc, 120) != 0
+    assert "does not trust" in setup.fed.log("a-infer")
+    setup.fed.wait_for("session aborted", lambda: any(s["stage"] == "aborted" for s in setup.sessions()), 60)
