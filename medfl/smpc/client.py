@@ -75,6 +75,21 @@ class _ClientLink:
         if not self.channel.send(env):
             raise SessionAborted("cannot reach the model server (send queue full, no connection)", code="timeout")
 
+    def send_first(self, env: Envelope, timeout_s: float) -> None:
+        """Send the request, waiting for the connection (nothing else is in flight yet)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.channel.send(env):
+            self.channel.recv(100)  # lets the channel see a refused handshake
+            self._check_auth()
+            if time.monotonic() > deadline:
+                raise SessionAborted(f"cannot reach the model server within {timeout_s:g} s", code="timeout")
+
+    def _check_auth(self) -> None:
+        if self.channel.auth_failed:
+            raise SessionAborted("the model server refused this data owner's key (CURVE handshake); ask its "
+                                 "operator to approve it ('medfl-coordinator nodes approve agent.key')",
+                                 code="auth")
+
     def recv(self, timeout_s: float) -> Envelope | None:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -82,10 +97,7 @@ class _ClientLink:
             if left <= 0:
                 return None
             env = self.channel.recv(min(int(left * 1000) + 1, 500))
-            if self.channel.auth_failed:
-                raise SessionAborted("the model server refused this data owner's key (CURVE handshake); ask its "
-                                     "operator to approve it ('medfl-coordinator nodes approve agent.key')",
-                                     code="auth")
+            self._check_auth()
             if env is None:
                 continue
             if env.type == MessageType.ERROR:
@@ -145,8 +157,8 @@ def infer_remote(*, channel: ClientChannel, model: str, images: Sequence[np.ndar
     t_start = time.perf_counter()
     link = _ClientLink(channel)
     own = X25519PrivateKey.generate()
-    link.send(Envelope(type=MessageType.SMPC_REQUEST, body={"model": model, "images": len(images),
-                                                            "party_key": own.public_key().public_bytes_raw()}))
+    link.send_first(Envelope(type=MessageType.SMPC_REQUEST, body={
+        "model": model, "images": len(images), "party_key": own.public_key().public_bytes_raw()}), timeout_s)
     session = ""
     deadline = time.monotonic() + queue_timeout_s
     while True:
