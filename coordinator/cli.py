@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--dealer", default=None, help="the dealer's endpoint")
     ms.add_argument("--dealer-key", default=None, help="the dealer's public key (file or Z85), pinned")
     ms.add_argument("--calibration-dir", type=pathlib.Path, default=None, help="representative images")
+    ms.add_argument("--image-size", type=int, default=None,
+                    help="input side when the checkpoint's metadata lacks image_size (default 64)")
     ms.add_argument("--timeout", type=float, default=None, help="abort a session after this silence (s)")
     ms.add_argument("--status-file", type=pathlib.Path, default=None, help="write session records here (JSON)")
 
@@ -216,7 +218,7 @@ def _model_server(args: argparse.Namespace) -> None:
             tmp.replace(status_file)
 
     cal = args.calibration_dir or (inf.calibration_dir if inf else None)
-    served = load_served(pathlib.Path(str(checkpoint)), calibration_dir=cal)
+    served = load_served(pathlib.Path(str(checkpoint)), calibration_dir=cal, image_size=args.image_size)
     timeout = args.timeout or (inf.timeout_s if inf else 60.0)
     server = make_model_server(served=served, bind=str(bind), keys=keys, is_allowed=is_allowed, dealer=str(dealer),
                                dealer_key=read_public_key(str(dealer_key_src)), timeout_s=timeout,

@@ -59,7 +59,7 @@ def _synthetic_calibration_images(side: int, n: int = 8) -> list[np.ndarray]:
 
 
 def load_served(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | None = None,
-                max_calibration: int = 32) -> ServedModel:
+                max_calibration: int = 32, image_size: int | None = None) -> ServedModel:
     """Load a checkpoint, calibrate its ranges and trace its plan.
 
     Parameters
@@ -79,7 +79,9 @@ def load_served(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | Non
     arrays, meta = load_checkpoint(checkpoint)
     name = meta.get("model", "cnn")
     kwargs = json.loads(meta.get("model_args", "{}"))
-    side = int(meta.get("image_size", 64))
+    side = int(meta.get("image_size", image_size or 64))
+    if image_size is not None and side != image_size:
+        raise StateError(f"checkpoint {checkpoint} was trained at {side} px, not --image-size {image_size}")
     model = create_model(name, **kwargs)
     load_state_arrays(model, arrays)
     model.eval()

@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--encrypted-images", type=int, default=2,
+                   help="validation images scored by encrypted inference at the end (default 2; 0 skips)")
     inf = sub.add_parser("infer", help="score images with a checkpoint, in the clear or by encrypted inference")
     inf.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
     inf.add_argument("--checkpoint", type=pathlib.Path, required=True, help="safetensors model (e.g. the demo's)")
@@ -98,7 +100,8 @@ def _demo(args: argparse.Namespace) -> None:
         die(ExitCode.USAGE, f"--agents and --rounds must be at least 1, got {args.agents} and {args.rounds}")
     opts = DemoOptions(agents=args.agents, rounds=args.rounds, out=args.out, json_path=args.json, model=args.model,
                        train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
-                       image_size=args.image_size, seed=args.seed, progress=not args.no_progress)
+                       image_size=args.image_size, seed=args.seed, progress=not args.no_progress,
+                       encrypted_images=args.encrypted_images)
     try:
         summary = run_demo(opts)
     except (RuntimeError, TimeoutError, FileExistsError) as exc:
@@ -114,6 +117,13 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"curves: {summary['plot']}")
     print(f"summary: {summary['json']}")
     print(f"final global model: {summary['checkpoint']}")
+    enc = summary.get("encrypted_inference")
+    if enc and "error" not in enc:
+        print(f"encrypted inference of {enc['images']} validation image(s): max |logit diff| "
+              f"{enc['max_abs_diff']:.2e}, decisions {'agree' if enc['decisions_agree'] else 'DIFFER'}, "
+              f"{enc['seconds_per_image']:.1f} s and {enc['bytes_per_image'] / 1e6:.1f} MB online per image")
+    elif enc:
+        print(f"encrypted inference failed: {enc['error']}")
     if summary["status"] != "done":
         die(ExitCode.JOB_FAILED, f"job ended {summary['status']}: {summary['message']}")
 

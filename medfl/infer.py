@@ -110,7 +110,7 @@ def _wait_line(proc: subprocess.Popen, marker: str, timeout_s: float, log: pathl
 @contextlib.contextmanager
 def local_parties(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | None = None,
                   timeout_s: float = 60.0, pool: int = 0, workdir: pathlib.Path | None = None,
-                  startup_timeout_s: float = 900.0) -> Iterator[dict[str, Any]]:
+                  startup_timeout_s: float = 900.0, image_size: int | None = None) -> Iterator[dict[str, Any]]:
     """Start a dealer and a model server on loopback as separate processes; yield how to reach them.
 
     Yields a dict with ``endpoint``, ``server_key`` (Z85), ``client_keys`` (a KeyPair),
@@ -120,6 +120,7 @@ def local_parties(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | N
 
     with tempfile.TemporaryDirectory(prefix="medfl-infer-") as tmp:
         root = workdir or pathlib.Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         keys = root / "keys"
         pubs = {}
         for name in ("client", "model-server", "dealer"):
@@ -137,6 +138,8 @@ def local_parties(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | N
                   "--status-file", str(root / "sessions.json")]
         if calibration_dir is not None:
             ms_cmd += ["--calibration-dir", str(calibration_dir)]
+        if image_size is not None:
+            ms_cmd += ["--image-size", str(image_size)]
         logs = {"dealer": root / "dealer.log", "model-server": root / "model-server.log"}
         procs: dict[str, subprocess.Popen] = {}
         files = []

@@ -156,6 +156,13 @@ class SecureModel:
             return layers.relu_layer, shape
         if isinstance(mod, nn.MaxPool2d):
             return layers.max_pool2d, (shape[0], shape[1] // 2, shape[2] // 2)
+        if isinstance(mod, nn.AdaptiveAvgPool2d) and isinstance(mod.output_size, int) \
+                and mod.output_size > shape[1] and mod.output_size % shape[1] == 0 and shape[1] == shape[2]:
+            # output larger than input: every output cell averages exactly one input cell, so the
+            # layer is a local repeat of each share (no rounds), e.g. a 32 px image in medfl's cnn
+            r = mod.output_size // shape[1]
+            return (lambda x, s_: Shared(*(np.ascontiguousarray(np.repeat(np.repeat(x.of(p), r, axis=1), r, axis=2))
+                                           for p in (0, 1)))), (shape[0], mod.output_size, mod.output_size)
         if isinstance(mod, nn.AdaptiveAvgPool2d | nn.AvgPool2d):
             out = mod.output_size if isinstance(mod, nn.AdaptiveAvgPool2d) else None
             k = shape[1] // int(out) if out is not None else int(mod.kernel_size)  # type: ignore[arg-type]

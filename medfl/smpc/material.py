@@ -296,7 +296,7 @@ class Opener:
         if self.done or seq != self.next_seq:
             raise SessionAborted(f"dealer chunk seq {seq} when {self.next_seq} was expected"
                                  + (" (after the last chunk)" if self.done else "")
-                                 + ": replayed or reordered material", code="replay")
+                                 + ": missing, replayed or reordered material", code="replay")
         try:
             plain = self._aead.decrypt(_nonce(seq), ciphertext, _aad(session, self.party, seq, last))
         except InvalidTag:

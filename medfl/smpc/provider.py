@@ -64,7 +64,7 @@ def make_material(plan: list[PlanEntry]) -> Material:
 
 
 def seal_chunks(items: _Items, sealer: Sealer, chunk_bytes: int) -> list[tuple[int, bool, bytes]]:
-    """Pack one half and cut it into sealed chunks: (seq, last, ciphertext)."""
+    """Pack one half and cut it into sealed chunks of at most ``chunk_bytes``: (seq, last, ciphertext)."""
     blob = pack_items(items)
     view = memoryview(blob)
     starts = list(range(0, max(len(blob), 1), chunk_bytes))
@@ -171,15 +171,16 @@ class DealerService:
         items, pooled = self._items(plan)
         self._last_plan = plan
         sealers = [Sealer(dealer_secret=self._secret, party_public=keys[p], session=session, party=p) for p in (0, 1)]
-        buffers: list[list[bytes]] = [[], []]
-        sizes = [0, 0]
+        buffers = [bytearray(), bytearray()]
         sent = 0
 
         def flush(party: int, last: bool) -> bool:
+            """Seal and send the first chunk_bytes of the party's stream (all of it when last)."""
             nonlocal sent
-            seq, ct = sealers[party].seal(b"".join(buffers[party]), last=last)
-            buffers[party].clear()
-            sizes[party] = 0
+            buf = buffers[party]
+            n = len(buf) if last else self.chunk_bytes
+            seq, ct = sealers[party].seal(bytes(buf[:n]), last=last)
+            del buf[:n]
             sent += len(ct)
             return self.channel.send(inc.peer, Envelope(
                 type=MessageType.SMPC_MATERIAL, job=session,
@@ -188,12 +189,11 @@ class DealerService:
 
         for i, kind, a0, a1 in items:
             for party, arrays in ((0, a0), (1, a1)):
-                rec = pack_items([(i, kind, arrays)])
-                buffers[party].append(rec)
-                sizes[party] += len(rec)
-                if sizes[party] >= self.chunk_bytes and not flush(party, False):
-                    log.warning("session %s: model server gone while sending material", session)
-                    return
+                buffers[party] += pack_items([(i, kind, arrays)])
+                while len(buffers[party]) >= self.chunk_bytes:  # records may span chunks: the stream is cut
+                    if not flush(party, False):
+                        log.warning("session %s: model server gone while sending material", session)
+                        return
             if self._cancelled(session):
                 log.info("session %s cancelled by the model server; material stopped", session)
                 return

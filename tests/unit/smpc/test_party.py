@@ -113,3 +113,21 @@ def test_replay_dealer_aborts_when_the_protocol_and_the_material_disagree() -> N
     with pytest.raises(SessionAborted, match="asks for trunc_pair") as exc:
         d.trunc_pair((3, 3), 16)
     assert exc.value.code == "plan"
+
+
+def test_adaptive_pool_that_upsamples_is_a_local_repeat() -> None:
+    """medfl's cnn at 32 px ends in a 2x2 map pooled 'up' to 4x4: exact, no extra rounds."""
+    from medfl.smpc import InMemoryChannel, LocalDealer
+    from medfl.smpc.evaluator import SecureModel
+    from medfl.smpc.layers import Session
+
+    torch.manual_seed(4)  # test model weights only
+    model = create_model("cnn", width=2).eval()
+    torch.nn.init.normal_(model.head[2].weight, std=0.3)
+    rng = np.random.default_rng(6)
+    imgs = [rng.random((1, 32, 32)).astype(np.float32) for _ in range(3)]
+    sm = SecureModel(model, Session(LocalDealer(), InMemoryChannel()), (1, 32, 32), calibrate(model, imgs))
+    got = sm(imgs[0])
+    with torch.no_grad():
+        want = model(torch.from_numpy(imgs[0])[None])[0].double().numpy()
+    assert np.max(np.abs(got - want)) < 5e-2 and int(np.argmax(got)) == int(np.argmax(want))
