@@ -211,3 +211,38 @@ def test_untrusted_dealer_is_refused_by_the_agent_policy(setup):
     assert _wait(proc, 120) != 0
     assert "does not trust" in setup.fed.log("a-infer")
     setup.fed.wait_for("session aborted", lambda: any(s["stage"] == "aborted" for s in setup.sessions()), 60)
+
+
+def test_medfl_infer_encrypted_compare_plain_on_png_jpeg_and_dicom(tmp_path):
+    """`medfl infer --encrypted --compare-plain`: it starts a dealer and a model server itself."""
+    import os
+
+    from medfl.data.dicom import synthetic_cr
+    from medfl.data.synthetic import generate
+
+    model = _checkpoint(tmp_path / "model.safetensors")
+    png = _images(tmp_path / "imgs", 1, seed=8)[0]
+    jpeg = tmp_path / "imgs" / "xray.jpg"
+    Image.open(png).save(jpeg, quality=95)
+    dcm = tmp_path / "imgs" / "cr.dcm"
+    synthetic_cr(generate(1, seed=3, image_size=96)[0][0, 0], patient_id="P1").save_as(dcm, enforce_file_format=True)
+    out = tmp_path / "infer.json"
+    env = dict(os.environ, MEDFL_TORCH_THREADS="1")
+    ckpt = tmp_path / "model.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "medfl.cli", "infer", "--checkpoint", str(ckpt), "--encrypted",
+                           "--compare-plain", "--json", str(out), str(png), str(jpeg), str(dcm)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert res["mode"] == "2pc+dealer" and [pathlib.Path(r["path"]).name for r in res["images"]] == \
+        ["xray8-0.png", "xray.jpg", "cr.dcm"]
+    keys = {"path", "score", "plain_score", "seconds", "online_seconds", "bytes_online", "bytes_offline", "rounds"}
+    assert all(keys <= set(r) for r in res["images"])
+    assert res["max_abs_diff"] < 5e-2 and res["decisions_agree"] is True
+    from medfl.data.folder import read_image
+
+    with torch.no_grad():  # the plain score is the checkpoint's, on the image read as in training
+        want = torch.softmax(model(torch.from_numpy(read_image(dcm, 64))[None, None])[0], 0)[1].item()
+    assert abs(res["images"][2]["plain_score"] - want) < 1e-6
+    assert abs(res["images"][2]["score"] - want) < 2e-2
+    assert "decisions agree" in proc.stdout and "cr.dcm" in proc.stdout
