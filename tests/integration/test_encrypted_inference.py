@@ -246,3 +246,30 @@ def test_medfl_infer_encrypted_compare_plain_on_png_jpeg_and_dicom(tmp_path):
     assert abs(res["images"][2]["plain_score"] - want) < 1e-6
     assert abs(res["images"][2]["score"] - want) < 2e-2
     assert "decisions agree" in proc.stdout and "cr.dcm" in proc.stdout
+
+
+def test_standalone_model_server_killed_mid_session_the_agent_aborts_within_the_timeout(setup):
+    """`medfl-coordinator model-server` as its own process; SIGKILL it while the agent is online."""
+    fed = setup.fed
+    agent = setup.agent("a")
+    status = fed.root / "sessions.json"
+    fed._spawn("dealer", ["coordinator.cli", "dealer", "--bind", setup.dealer_ep, "--key", str(setup.dealer_sec),
+                          "--allow", str(fed.coord_dir / "keys" / "coordinator.key")])
+    fed._spawn("model-server", ["coordinator.cli", "model-server", "--checkpoint", str(fed.root / "served.safetensors"),
+                                "--bind", setup.ms_ep, "--key", str(fed.coord_dir / "keys" / "coordinator.key_secret"),
+                                "--allow", str(agent / "keys" / "agent.key"), "--dealer", setup.dealer_ep,
+                                "--dealer-key", str(setup.dealer_pub), "--timeout", str(TIMEOUT_S),
+                                "--status-file", str(status)])
+    fed.wait_for("model server up", lambda: "listening on" in fed.log("model-server"), 240)
+    proc = setup.infer("a", _images(fed.root / "imgs", 4, seed=9))
+
+    def online() -> bool:
+        return status.exists() and any(s["stage"] == "online" for s in json.loads(status.read_text()))
+
+    fed.wait_for("session online", online, 240)
+    fed.kill("model-server")
+    t_kill = time.monotonic()
+    assert _wait(proc, TIMEOUT_S + 60) == 8  # ExitCode.SESSION_ABORTED
+    assert time.monotonic() - t_kill < TIMEOUT_S + 60
+    log = fed.log("a-infer")
+    assert "session aborted (timeout)" in log and "disappeared" in log, log
