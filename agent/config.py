@@ -158,6 +158,7 @@ class PacsSection:
     max_batch: int = 8
     watch_folder: pathlib.Path | None = None
     send_retries: int = 5
+    scoring: Literal["plain", "encrypted"] = "plain"
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks."""

@@ -273,3 +273,57 @@ def test_standalone_model_server_killed_mid_session_the_agent_aborts_within_the_
     assert time.monotonic() - t_kill < TIMEOUT_S + 60
     log = fed.log("a-infer")
     assert "session aborted (timeout)" in log and "disappeared" in log, log
+
+
+def test_pacs_scoring_by_encrypted_inference_and_the_sr_says_so(tmp_path):
+    """[pacs] scoring = "encrypted": a received CR is scored through a real dealer and model server."""
+    import io
+
+    from pydicom import dcmread
+
+    from agent.config import AgentConfig
+    from agent.pacs.service import PacsService
+    from medfl import config
+    from medfl.data.dicom import synthetic_cr
+    from medfl.data.synthetic import generate
+    from medfl.infer import local_parties
+
+    model = _checkpoint(tmp_path / "model.safetensors")
+    ds = synthetic_cr(generate(1, seed=5, image_size=96)[0][0, 0], patient_id="P9")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with local_parties(tmp_path / "model.safetensors", timeout_s=60, workdir=tmp_path / "parties") as lp:
+        keys = tmp_path / "parties" / "keys"
+        cfg = config.parse(AgentConfig, {
+            "agent": {"name": "h", "state_dir": str(tmp_path / "state")},
+            "coordinator": {"endpoint": "tcp://127.0.0.1:1", "public_key_file": str(lp["server_key"])},
+            "keys": {"secret_key_file": str(keys / "client.key_secret")},
+            "data": {"path": str(tmp_path)},
+            "pacs": {"enabled": True, "scoring": "encrypted", "port": free_port(), "bind": "127.0.0.1",
+                     "workers": 1},
+            "inference": {"allow_encrypted": True, "endpoint": lp["endpoint"],
+                          "model_server_key_file": str(lp["server_key"]),
+                          "trusted_dealers": [str(lp["dealer_key"])], "image_size": 64, "timeout_s": 60}})
+        service = PacsService(cfg)
+        service.start()
+        try:
+            assert service.accept(buf.getvalue(), source="test") == (0, "")
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not any(r["status"] == "scored" for r in service.audit.rows()):
+                time.sleep(0.5)
+            rows = service.audit.rows()
+            assert [r["status"] for r in rows] == ["scored"], rows
+        finally:
+            service.stop()
+    from agent.pacs.scoring import preprocess
+
+    with torch.no_grad():
+        want = torch.softmax(model(torch.from_numpy(preprocess(ds, 64))[None, None])[0], 0)[1].item()
+    assert abs(rows[0]["score"] - want) < 2e-2
+    assert "encrypted" in rows[0]["model_id"]
+    srs = list((tmp_path / "state" / "pacs" / "outbox").rglob("*"))
+    sr = dcmread([p for p in srs if p.is_file()][0])
+    assert "encrypted inference" in sr.SeriesDescription
+    results = (tmp_path / "state" / "pacs" / "results").rglob("*.jsonl")
+    lines = [json.loads(x) for f in results for x in f.read_text().splitlines()]
+    assert lines and lines[0]["scoring"] == "encrypted"
