@@ -43,9 +43,9 @@ def raw_key(z85: bytes) -> bytes:
 
 def _synthetic_calibration_images(side: int, n: int = 8) -> list[np.ndarray]:
     """Calibration stand-ins when no images are given: smooth fields, gradients and flats in [0, 1]."""
-    from medfl import csprng
-
-    rng = np.random.default_rng(csprng.seed64())  # calibration inputs only, not protocol randomness
+    # fixed seed: public calibration stand-ins, not protocol randomness; the same images give the
+    # same ranges on every start, so the traced plan cache stays valid
+    rng = np.random.default_rng(20240)
     out = []
     yy, xx = np.mgrid[0:side, 0:side] / max(side - 1, 1)
     for i in range(n):
@@ -94,7 +94,8 @@ def load_served(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | Non
     else:
         log.warning("no calibration images: calibrating %s on synthetic images with a wide margin", name)
         cal = calibrate(model, _synthetic_calibration_images(side), margin=16.0)
-    return ServedModel.register(name=name, kwargs=kwargs, model=model, in_shape=(1, side, side), calibration=cal)
+    return ServedModel.register(name=name, kwargs=kwargs, model=model, in_shape=(1, side, side), calibration=cal,
+                                cache=checkpoint.with_name(checkpoint.name + ".smpc-plan.json"))
 
 
 def make_dealer(*, bind: str, keys: KeyPair, allowed: set[bytes], pool: int) -> DealerService:

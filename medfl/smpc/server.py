@@ -18,7 +18,10 @@ References
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import logging
+import pathlib
 import threading
 import time
 from collections.abc import Callable
@@ -31,10 +34,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from torch import nn
 
 from medfl import csprng
-from medfl.errors import SessionAborted
+from medfl.errors import MalformedMessage, SessionAborted
 from medfl.smpc import ring
 from medfl.smpc.evaluator import Calibration
-from medfl.smpc.material import Opener, PlanEntry, plan_to_wire, unpack_items
+from medfl.smpc.material import Opener, PlanEntry, plan_from_wire, plan_to_wire, unpack_items
 from medfl.smpc.party import PartyRunner, ReplayDealer, describe, trace_plan
 from medfl.smpc.session import SessionRecord, Stage
 from medfl.wire.envelope import Envelope
@@ -81,16 +84,33 @@ class ServedModel:
 
     @classmethod
     def register(cls, *, name: str, kwargs: dict[str, Any], model: nn.Module, in_shape: tuple[int, int, int],
-                 calibration: Calibration, frac_bits: int = ring.FRAC_BITS) -> ServedModel:
-        """Trace the plan of one session with one image and split it into preparation and per-image parts."""
+                 calibration: Calibration, frac_bits: int = ring.FRAC_BITS,
+                 cache: pathlib.Path | None = None) -> ServedModel:
+        """Trace the plan of one session with one image and split it into preparation and per-image parts.
+
+        The plan depends only on the announcement (architecture, shapes, calibrated ranges), so
+        it is kept in ``cache`` (JSON) under a digest of the announcement and reused.
+        """
         model.eval()
-        plan, _ = trace_plan(model, in_shape, calibration, frac_bits)
+        key = hashlib.sha256(json.dumps(describe(name, kwargs, in_shape, calibration, frac_bits),
+                                        sort_keys=True).encode()).hexdigest()
+        cached = _read_cache(cache, key)
+        if cached is not None:
+            prep, per_image, rounds = cached
+            return cls(name, dict(kwargs), model, in_shape, calibration, prep, per_image, rounds, frac_bits)
+        plan, total_rounds = trace_plan(model, in_shape, calibration, frac_bits)
         prep_n = sum(1 for e in plan if e.kind == "weight_mask")
         prep, per_image = plan[:prep_n], plan[prep_n:]
         if any(e.kind == "weight_mask" for e in per_image):
             raise ValueError("weight masks must all come before the first image's items")
-        _, rounds = trace_plan(model, in_shape, calibration, frac_bits)
-        return cls(name, dict(kwargs), model, in_shape, calibration, prep, per_image, rounds - prep_n, frac_bits)
+        rounds = total_rounds - prep_n
+        if cache is not None:
+            try:
+                cache.write_text(json.dumps({"key": key, "prep": plan_to_wire(prep), "image": plan_to_wire(per_image),
+                                             "rounds": rounds}))
+            except OSError as exc:
+                log.info("plan not cached at %s: %s", cache, exc)
+        return cls(name, dict(kwargs), model, in_shape, calibration, prep, per_image, rounds, frac_bits)
 
     def plan_for(self, images: int) -> list[PlanEntry]:
         """The session's plan for ``images`` images (references re-based to the preparation)."""
@@ -99,6 +119,19 @@ class ServedModel:
     def description(self) -> dict[str, Any]:
         """The announcement (data only)."""
         return describe(self.name, self.kwargs, self.in_shape, self.calibration, self.frac_bits)
+
+
+def _read_cache(cache: pathlib.Path | None, key: str) -> tuple[list[PlanEntry], list[PlanEntry], int] | None:
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        doc = json.loads(cache.read_text())
+        if doc.get("key") != key:
+            return None
+        return plan_from_wire(doc["prep"]), plan_from_wire(doc["image"]), int(doc["rounds"])
+    except (OSError, ValueError, KeyError, TypeError, MalformedMessage) as exc:
+        log.info("ignoring plan cache %s: %s", cache, exc)
+        return None
 
 
 @dataclass
