@@ -114,7 +114,8 @@ def _init(args: argparse.Namespace) -> None:
     doc = {"coordinator": {"name": args.name, "bind": args.bind, "state_dir": "state"},
            "keys": {"secret_key_file": str(sec.relative_to(root))},
            "transport": {"curve": True, "max_message_mb": 256},
-           "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0}}
+           "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0},
+           "inference": {"enabled": False, "bind": "tcp://0.0.0.0:7778", "timeout_s": 60.0}}
     cfg_path.write_text("# medfl coordinator configuration (see README: 'Run a coordinator')\n" + tomli_w.dumps(doc))
     print(f"wrote {cfg_path}")
     print(f"coordinator public key: {pub}  (fingerprint {fingerprint(pair.public)})")

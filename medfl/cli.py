@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 def _infer(args: argparse.Namespace) -> None:
     import json
 
-    from medfl.errors import MedflError, SessionAborted
+    from medfl.errors import DataError, MedflError, SessionAborted, StateError
     from medfl.infer import InferOptions, format_table, run_infer
     from medfl.logs import setup_logging
 
@@ -74,6 +74,9 @@ def _infer(args: argparse.Namespace) -> None:
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
         die(ExitCode.USAGE, f"image(s) not found: {', '.join(missing)}")
+    if not args.checkpoint.is_file():
+        die(ExitCode.USAGE, f"checkpoint {args.checkpoint} not found; give a .safetensors model (the demo writes "
+                            "one under demo-out/coordinator/state/checkpoints/)")
     opts = InferOptions(checkpoint=args.checkpoint, images=tuple(args.images), encrypted=args.encrypted,
                         compare_plain=args.compare_plain, server=args.server, server_key=args.server_key,
                         key=args.key, dealer_key=args.dealer_key, calibration_dir=args.calibration_dir,
@@ -82,6 +85,8 @@ def _infer(args: argparse.Namespace) -> None:
         summary = run_infer(opts)
     except SessionAborted as exc:
         die(ExitCode.SESSION_ABORTED, f"session aborted ({exc.code}): {exc}")
+    except (StateError, DataError) as exc:
+        die(ExitCode.STATE if isinstance(exc, StateError) else ExitCode.CONFIG, str(exc))
     except MedflError as exc:
         die(ExitCode.FAILURE if not isinstance(exc, PermissionError) else ExitCode.AUTH, str(exc))
     except KeyboardInterrupt:

@@ -196,7 +196,7 @@ def run_infer(opts: InferOptions) -> dict[str, Any]:
         for p, lg in zip(opts.images, plain or [], strict=True):
             out["images"].append({"path": str(p), "score": softmax_positive(lg), "plain_score": softmax_positive(lg),
                                   "logits": lg.tolist()})
-        out["max_abs_diff"] = 0.0
+        out["max_abs_diff"] = None
         return out
     if opts.server is not None:
         from medfl.wire import read_keypair
@@ -251,7 +251,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(head)
 
     def f(v: Any, fmt: str) -> str:
-        return format(v, fmt) if v is not None else "-"
+        return format(v, fmt) if v is not None else format("-", ">" + fmt.split(".")[0].rstrip("dfe"))
 
     for r in summary["images"]:
         name = pathlib.Path(r["path"]).name[:40]
