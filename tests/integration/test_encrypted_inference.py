@@ -74,7 +74,8 @@ class InferenceSetup:
         self.dealer_ep = f"tcp://127.0.0.1:{free_port()}"
         self.ms_ep = f"tcp://127.0.0.1:{free_port()}"
         cfg = pathlib.Path(fed.ccfg)
-        cfg.write_text(cfg.read_text() + f"""
+        base = cfg.read_text().split("\n[inference]")[0]  # init writes a disabled table; replace it
+        cfg.write_text(base + f"""
 [inference]
 enabled = true
 bind = "{self.ms_ep}"
