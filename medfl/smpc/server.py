@@ -152,7 +152,8 @@ class _ServerLink:
 
     def send(self, env: Envelope) -> None:
         if not self.server.channel.send(self.req.peer, env):
-            raise SessionAborted(f"data owner of session {self.req.record.session} is unreachable", code="timeout")
+            raise SessionAborted(f"the data owner disappeared (unreachable); session {self.req.record.session} "
+                                 "aborted", code="timeout")
 
     def recv(self, timeout_s: float) -> Envelope | None:
         deadline = time.monotonic() + timeout_s
