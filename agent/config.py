@@ -26,7 +26,7 @@ Example::
 
     [inference]                                 # encrypted inference as a data owner
     allow_encrypted = true                      # may this agent request it at all
-    endpoint = "tcp://coordinator.example.org:7778"
+    endpoint = "tcp://coordinator.example.org:7778"  # default: the coordinator's host, port 7778
     model_server_key_file = "keys/coordinator.key"   # pinned; default: the coordinator's key
     trusted_dealers = ["keys/dealer.key"]       # dealer public keys (files or Z85) accepted
     image_size = 64                             # must match the announced model

@@ -20,9 +20,20 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.policy import check_inference
-from medfl.errors import AuthError
+from medfl.errors import AuthError, ConfigError
 
-__all__ = ["encrypted_scores", "run_agent_infer"]
+__all__ = ["encrypted_scores", "model_server_endpoint", "run_agent_infer"]
+
+
+def model_server_endpoint(cfg: AgentConfig) -> str:
+    """``[inference] endpoint``, or the coordinator's host on port 7778 (where ``serve`` hosts it)."""
+    if cfg.inference.endpoint:
+        return cfg.inference.endpoint
+    head, sep, port = cfg.coordinator.endpoint.rpartition(":")
+    if not sep or not port.isdigit() or not head.startswith("tcp://"):
+        raise ConfigError([("inference.endpoint", "not set and cannot be derived from coordinator.endpoint "
+                                                  f"{cfg.coordinator.endpoint!r}; set the model server's endpoint")])
+    return f"{head}:7778"
 
 
 def _session(cfg: AgentConfig, images: Sequence[np.ndarray]) -> Any:
@@ -38,7 +49,7 @@ def _session(cfg: AgentConfig, images: Sequence[np.ndarray]) -> Any:
         raise AuthError("encrypted inference needs keys.secret_key_file and inference.model_server_key_file "
                         "(or coordinator.public_key_file) in agent.toml")
     trusted = {bytes(zmq.utils.z85.decode(read_public_key(k))) for k in inf.trusted_dealers}
-    with ClientChannel(connect=inf.endpoint, keys=read_keypair(cfg.keys.secret_key_file),
+    with ClientChannel(connect=model_server_endpoint(cfg), keys=read_keypair(cfg.keys.secret_key_file),
                        server_public_key=read_public_key(server_key_file)) as ch:
         return infer_remote(channel=ch, model=inf.model, images=images, trusted_dealers=trusted,
                             timeout_s=inf.timeout_s)

@@ -65,9 +65,6 @@ def check_inference(policy: PolicySection, inference: InferenceSection, model: s
     if not inference.allow_encrypted:
         raise PolicyViolation("agent.toml inference.allow_encrypted=false; set it to true to let this agent "
                               "request encrypted inference")
-    if not inference.endpoint:
-        raise PolicyViolation("agent.toml has no inference.endpoint; set the model server's endpoint "
-                              "(the coordinator hosts one on port 7778 by default)")
     if model not in policy.allowed_models:
         raise PolicyViolation(f"encrypted inference of model {model!r} but agent.toml policy.allowed_models="
                               f"{list(policy.allowed_models)}; add it or ask for an allowed model")
