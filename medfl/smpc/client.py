@@ -206,7 +206,7 @@ def _run(link: _ClientLink, body: Any, own: X25519PrivateKey, images: Sequence[n
     skeleton = create_model(str(desc["model"]), **dict(desc.get("kwargs") or {})).eval()
     report = SessionReport(session=session, description=desc, queued_seconds=queued)
     opener = Opener(party_secret=own, dealer_public=dealer_key, session=session, party=0)
-    chunks: list[bytes] = []
+    stream = bytearray()  # grown chunk by chunk: peak memory is the material once, not twice
     t0 = time.perf_counter()
     while not opener.done:
         env = expect(link, MessageType.SMPC_MATERIAL, session=session, timeout_s=timeout_s,
@@ -215,9 +215,9 @@ def _run(link: _ClientLink, body: Any, own: X25519PrivateKey, images: Sequence[n
             raise SessionAborted("relayed material is marked for the other party", code="auth")
         ct = bytes(env.tensors["c"])
         report.bytes_offline += len(ct)
-        chunks.append(opener.open(session=str(env.body.get("session")), seq=int(env.body.get("seq", -1)),
-                                  last=bool(env.body.get("last")), ciphertext=ct))
-    dealer = ReplayDealer(0, unpack_items(b"".join(chunks)))
+        stream += opener.open(session=str(env.body.get("session")), seq=int(env.body.get("seq", -1)),
+                              last=bool(env.body.get("last")), ciphertext=ct)
+    dealer = ReplayDealer(0, unpack_items(stream))
     report.offline_seconds = time.perf_counter() - t0
     runner = PartyRunner(party=0, model=skeleton, in_shape=in_shape,  # type: ignore[arg-type]
                          calibration=_calibration(desc), dealer=dealer, session=session, link=link,

@@ -170,7 +170,7 @@ def pack_items(items: Sequence[tuple[int, str, dict[str, np.ndarray]]]) -> bytes
     return b"".join(parts)
 
 
-def unpack_items(blob: bytes) -> list[tuple[int, str, dict[str, np.ndarray]]]:
+def unpack_items(blob: bytes | bytearray) -> list[tuple[int, str, dict[str, np.ndarray]]]:
     """Parse :func:`pack_items` output, checking every length against the buffer.
 
     Raises

@@ -305,7 +305,7 @@ class ModelServer:
                 "party_keys": [req.party_key, own.public_key().public_bytes_raw()]})):
             raise SessionAborted("the dealer is unreachable", code="timeout")
         opener = Opener(party_secret=own, dealer_public=self.dealer_public, session=rec.session, party=1)
-        chunks: list[bytes] = []
+        stream = bytearray()  # grown chunk by chunk: peak memory is the material once, not twice
         relayed_last = False
         deadline = time.monotonic() + self.timeout_s
         while not (opener.done and relayed_last):
@@ -333,9 +333,9 @@ class ModelServer:
                                    tensors=dict(env.tensors)))
                 relayed_last = bool(env.body.get("last"))
             elif party == 1:
-                chunks.append(opener.open(session=str(env.body["session"]), seq=int(env.body["seq"]),
-                                          last=bool(env.body.get("last")), ciphertext=bytes(env.tensors["c"])))
-        items = unpack_items(b"".join(chunks))
+                stream += opener.open(session=str(env.body["session"]), seq=int(env.body["seq"]),
+                                      last=bool(env.body.get("last")), ciphertext=bytes(env.tensors["c"]))
+        items = unpack_items(stream)
         rec.offline_seconds = time.perf_counter() - t0
         channel_timeout = self.timeout_s
         return PartyRunner(party=1, model=self.served.model, in_shape=self.served.in_shape,
