@@ -322,7 +322,7 @@ class ModelServer:
                         self.handle_other(inc)
                 continue
             if env.body.get("session") != rec.session:
-                log.info("dropped dealer message of another session %s", str(env.body.get("session"))[:40])
+                log.debug("dropped dealer message of another session %s", str(env.body.get("session"))[:40])
                 continue
             if env.type == MessageType.SMPC_ABORT:
                 raise SessionAborted(f"the dealer refused: {env.body.get('message')}", code="dealer")
