@@ -20,7 +20,7 @@ Example::
     [inference]                              # encrypted inference (model server hosted by serve)
     enabled = false
     bind = "tcp://0.0.0.0:7778"              # agents connect here (same key as the coordinator)
-    checkpoint = "state/checkpoints/<job>/round-0005.safetensors"
+    checkpoint = "state/checkpoints/<job>/round-0005.safetensors"  # default: the newest federated model
     dealer = "tcp://dealer.example.org:7779"  # the crypto provider (medfl-coordinator dealer)
     dealer_key_file = "keys/dealer.key"       # its public key, pinned
     calibration_dir = "calibration"           # representative images; omit for synthetic ones
@@ -108,8 +108,6 @@ class InferenceSection:
         if self.timeout_s <= 0:
             out.append(("timeout_s", f"must be positive, got {self.timeout_s}"))
         if self.enabled:
-            if self.checkpoint is None:
-                out.append(("checkpoint", "required when enabled = true: the safetensors model to serve"))
             if not self.dealer.startswith(("tcp://", "ipc://")):
                 out.append(("dealer", f"required when enabled = true: the dealer's endpoint, got {self.dealer!r}"))
             if self.dealer_key_file is None:

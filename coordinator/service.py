@@ -70,6 +70,27 @@ class CoordinatorService:
         self.store.set_meta("endpoint", self.channel.endpoint)
         self.model_server = self._start_model_server(keys) if cfg.inference.enabled else None
 
+    def _served_checkpoint(self) -> tuple[Any, int | None]:
+        """``[inference] checkpoint``, else the newest global model of the federation (and its job's image size)."""
+        import pathlib
+
+        from medfl.errors import NotFound
+
+        inf = self.cfg.inference
+        if inf.checkpoint is not None:
+            return inf.checkpoint, None
+        files = sorted(self.cfg.checkpoint_dir.glob("*/round-*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+        if not files:
+            raise StateError(f"[inference] has no checkpoint and no federated model exists yet under "
+                             f"{self.cfg.checkpoint_dir}; run a job first or set inference.checkpoint")
+        newest: pathlib.Path = files[-1]
+        try:
+            side = int(self.store.job(newest.parent.name).spec["job"]["image_size"])
+        except (NotFound, KeyError, TypeError, ValueError):
+            side = None
+        log.info("serving the newest federated model %s", newest)
+        return newest, side
+
     def _start_model_server(self, keys: Any) -> Any:
         """Host the model server of ``[inference]`` in a thread (same key, same approved agents)."""
         from coordinator.inference import HostedModelServer, load_served, make_model_server, store_writer
@@ -78,7 +99,8 @@ class CoordinatorService:
         inf = self.cfg.inference
         if keys is None:
             raise ConfigError([("inference.enabled", "encrypted inference needs transport.curve = true")])
-        served = load_served(inf.checkpoint, calibration_dir=inf.calibration_dir)  # type: ignore[arg-type]
+        checkpoint, side = self._served_checkpoint()
+        served = load_served(checkpoint, calibration_dir=inf.calibration_dir, image_size=side)
         auth_store = Store(self.cfg.db_path)
 
         def is_allowed(k: bytes) -> bool:

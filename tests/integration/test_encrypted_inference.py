@@ -92,8 +92,9 @@ timeout_s = {TIMEOUT_S}
         self.fed.start_coordinator()
         self.fed.wait_for("model server up", lambda: "hosted on" in self.fed.log("coordinator"), 240)
 
-    def agent(self, name: str, *, approve: bool = True, dealer_key: pathlib.Path | None = None) -> pathlib.Path:
-        folder = self.fed.add_agent(name, n_train=4, n_val=2, approve=approve)
+    def agent(self, name: str, *, approve: bool = True, dealer_key: pathlib.Path | None = None,
+              n_train: int = 4, n_val: int = 2) -> pathlib.Path:
+        folder = self.fed.add_agent(name, n_train=n_train, n_val=n_val, approve=approve)
         toml = folder / "agent.toml"
         toml.write_text(toml.read_text() + f"""
 [inference]
@@ -328,3 +329,47 @@ def test_pacs_scoring_by_encrypted_inference_and_the_sr_says_so(tmp_path):
     results = (tmp_path / "state" / "pacs" / "results").rglob("*.jsonl")
     lines = [json.loads(x) for f in results for x in f.read_text().splitlines()]
     assert lines and lines[0]["scoring"] == "encrypted"
+
+
+def test_the_coordinator_serves_the_model_the_federation_just_trained(federation):
+    """Train one round, then restart the coordinator with [inference] and no checkpoint: it serves the newest."""
+    fed = federation
+    setup = InferenceSetup(fed)
+    cfg = pathlib.Path(fed.ccfg)
+    cfg.write_text(cfg.read_text().replace(f'checkpoint = "{fed.root / "served.safetensors"}"\n', ""))
+    for name in ("a", "b"):
+        setup.agent(name, n_train=24, n_val=8)
+        toml = fed.root / name / "agent.toml"
+        toml.write_text(toml.read_text().replace("image_size = 64", "image_size = 32"))
+    cfg_text = cfg.read_text()
+    cfg.write_text(cfg_text.replace("enabled = true", "enabled = false"))
+    fed.start_coordinator()
+    for name in ("a", "b"):
+        fed.start_agent(name)
+    fed.wait_online(2)
+    job = fed.wait_job(fed.submit(rounds=1, min_agents=2), timeout=300)
+    assert job.status == "done", job.message
+    fed.kill("coordinator", signal.SIGTERM)
+    cfg.write_text(cfg_text)
+    setup.start()  # dealer, and the coordinator again, now hosting the model server
+    assert "serving the newest federated model" in fed.log("coordinator")
+    proc = setup.infer("a", _images(fed.root / "imgs", 1, seed=11))
+    assert _wait(proc, 300) == 0, fed.log("a-infer") + fed.log("coordinator")[-3000:]
+    res = setup.result("a")
+    assert res["images"][0]["rounds"] > 0 and 0.0 <= res["images"][0]["score"] <= 1.0
+    announced = setup.sessions()[-1]
+    assert announced["stage"] == "closed"
+    from medfl.models import create_model
+    from medfl.models.weights import load_checkpoint, load_state_arrays
+
+    newest = sorted((fed.coord_dir / "state" / "checkpoints").glob("*/round-*.safetensors"))[-1]
+    arrays, meta = load_checkpoint(newest)
+    model = create_model("cnn", **json.loads(meta.get("model_args", "{}")))
+    load_state_arrays(model, arrays)
+    model.eval()
+    from medfl.data.folder import read_image
+
+    img = _images(fed.root / "imgs", 1, seed=11)[0]
+    with torch.no_grad():
+        want = torch.softmax(model(torch.from_numpy(read_image(img, 32))[None, None])[0], 0)[1].item()
+    assert abs(res["images"][0]["score"] - want) < 2e-2
