@@ -121,7 +121,15 @@ class DealerService:
         q = self._pool.setdefault(key, deque())
         if len(q) >= self.pool_size:
             return False
-        q.append(make_material(self._last_plan))
+        t0 = time.perf_counter()
+        h0: _Items = []
+        h1: _Items = []
+        for i, kind, a0, a1 in generate(self._last_plan, LocalDealer()):
+            if self._backlog or self.channel.poll(0):  # a request waits: serve it first, drop this partial fill
+                return False
+            h0.append((i, kind, a0))
+            h1.append((i, kind, a1))
+        q.append(Material((h0, h1), time.perf_counter() - t0))
         log.info("dealer pool: %d session(s) ready", len(q))
         return True
 

@@ -87,3 +87,13 @@ def test_malformed_requests_are_answered_with_an_abort(wire):
     env = client.recv(2000)
     assert env is not None and env.type == MessageType.SMPC_ABORT and "only answers dealer_request" in \
         env.body["message"]
+
+
+def test_pool_filling_yields_to_a_waiting_request(wire):
+    service, client, dealer_key = wire
+    _ask(service, client, dealer_key, "s" * 16)
+    client.send(Envelope(type=MessageType.SMPC_ABORT, body={"session": "x" * 16}))  # anything waiting
+    assert service.channel.poll(2000)
+    assert not service.fill_one() and service.pooled() == 0  # the partial fill was dropped
+    service.step()  # the waiting message is handled
+    assert service.fill_one() and service.pooled() == 1
