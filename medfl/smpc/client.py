@@ -162,13 +162,13 @@ def infer_remote(*, channel: ClientChannel, model: str, images: Sequence[np.ndar
     session = ""
     deadline = time.monotonic() + queue_timeout_s
     while True:
-        # before QUEUED the model server must answer within timeout_s; once queued, the sessions
-        # ahead of ours may take up to queue_timeout_s
-        wait = deadline - time.monotonic() if session else min(timeout_s, deadline - time.monotonic())
-        env = link.recv(max(0.0, wait))
+        # the model server answers within timeout_s and, while we are queued, repeats our position
+        # every few seconds; the sessions ahead of ours may take up to queue_timeout_s in all
+        env = link.recv(max(0.0, min(timeout_s, deadline - time.monotonic())))
         if env is None:
-            raise SessionAborted(f"no answer from the model server within {timeout_s:g} s" if not session else
-                                 f"still queued after {queue_timeout_s:g} s", code="timeout")
+            raise SessionAborted(f"still queued after {queue_timeout_s:g} s" if time.monotonic() >= deadline else
+                                 f"no word from the model server within {timeout_s:g} s: the other party "
+                                 "disappeared", code="timeout")
         if env.type == MessageType.SMPC_ABORT:
             raise SessionAborted(f"the model server refused: {env.body.get('message')}",
                                  code=str(env.body.get("code", "peer")))

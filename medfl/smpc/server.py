@@ -158,8 +158,9 @@ class _ServerLink:
     def recv(self, timeout_s: float) -> Envelope | None:
         deadline = time.monotonic() + timeout_s
         while True:
+            self.server.tick()
             left = deadline - time.monotonic()
-            if left <= 0 or not self.server.channel.poll(int(left * 1000) + 1):
+            if left <= 0 or not self.server.channel.poll(min(int(left * 1000) + 1, 1000)):
                 if time.monotonic() >= deadline:
                     return None
                 continue
@@ -205,6 +206,7 @@ class ModelServer:
         self.queue: collections.deque[_Request] = collections.deque()
         self.sessions: collections.deque[SessionRecord] = collections.deque(maxlen=history)
         self.dealer_fp = fingerprint(zmq.utils.z85.encode(dealer_public))
+        self._last_tick = 0.0
 
     # -- status -------------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -212,6 +214,18 @@ class ModelServer:
             self.on_change([r.to_dict() for r in self.sessions])
 
     # -- requests -----------------------------------------------------------------------------
+    QUEUE_TICK_S = 2.0
+
+    def tick(self) -> None:
+        """Every QUEUE_TICK_S, tell each queued data owner its position (they know the server is alive)."""
+        now = time.monotonic()
+        if now - self._last_tick < self.QUEUE_TICK_S:
+            return
+        self._last_tick = now
+        for pos, req in enumerate(self.queue, start=1):
+            self.channel.send(req.peer, Envelope(type=MessageType.SMPC_QUEUED,
+                                                 body={"session": req.record.session, "position": pos}))
+
     def handle_other(self, inc: Incoming) -> None:
         """A message that is not part of the running session: queue a request, refuse the rest."""
         env = inc.envelope
@@ -311,6 +325,7 @@ class ModelServer:
         while not (opener.done and relayed_last):
             if time.monotonic() > deadline:
                 raise SessionAborted(f"no dealer material within {self.timeout_s:g} s", code="timeout")
+            self.tick()
             env = self.dealer.recv(100)
             if env is None:
                 if self.channel.poll(0):  # the data owner may abort meanwhile; others are queued
