@@ -250,16 +250,18 @@ def test_medfl_infer_encrypted_compare_plain_on_png_jpeg_and_dicom(tmp_path):
     assert "decisions agree" in proc.stdout and "cr.dcm" in proc.stdout
 
 
-def test_standalone_model_server_killed_mid_session_the_agent_aborts_within_the_timeout(setup):
-    """`medfl-coordinator model-server` as its own process; SIGKILL it while the agent is online."""
+def test_standalone_model_server_killed_mid_session_the_agents_abort_within_the_timeout(setup):
+    """`medfl-coordinator model-server` as its own process; SIGKILL it while one agent is online and one queued."""
     fed = setup.fed
     agent = setup.agent("a")
+    queued = setup.agent("b")
     status = fed.root / "sessions.json"
     fed._spawn("dealer", ["coordinator.cli", "dealer", "--bind", setup.dealer_ep, "--key", str(setup.dealer_sec),
                           "--allow", str(fed.coord_dir / "keys" / "coordinator.key")])
     fed._spawn("model-server", ["coordinator.cli", "model-server", "--checkpoint", str(fed.root / "served.safetensors"),
                                 "--bind", setup.ms_ep, "--key", str(fed.coord_dir / "keys" / "coordinator.key_secret"),
-                                "--allow", str(agent / "keys" / "agent.key"), "--dealer", setup.dealer_ep,
+                                "--allow", str(agent / "keys" / "agent.key"),
+                                "--allow", str(queued / "keys" / "agent.key"), "--dealer", setup.dealer_ep,
                                 "--dealer-key", str(setup.dealer_pub), "--timeout", str(TIMEOUT_S),
                                 "--status-file", str(status)])
     fed.wait_for("model server up", lambda: "listening on" in fed.log("model-server"), 240)
@@ -269,12 +271,16 @@ def test_standalone_model_server_killed_mid_session_the_agent_aborts_within_the_
         return status.exists() and any(s["stage"] == "online" for s in json.loads(status.read_text()))
 
     fed.wait_for("session online", online, 240)
+    proc_b = setup.infer("b", _images(fed.root / "imgs-b", 1, seed=10))
+    fed.wait_for("b queued", lambda: len(json.loads(status.read_text())) == 2, 60)
     fed.kill("model-server")
     t_kill = time.monotonic()
     assert _wait(proc, TIMEOUT_S + 60) == 8  # ExitCode.SESSION_ABORTED
+    assert _wait(proc_b, TIMEOUT_S + 60) == 8  # the queued one too: its position updates stopped
     assert time.monotonic() - t_kill < TIMEOUT_S + 60
-    log = fed.log("a-infer")
-    assert "session aborted (timeout)" in log and "disappeared" in log, log
+    for name in ("a-infer", "b-infer"):
+        log = fed.log(name)
+        assert "session aborted (timeout)" in log and "disappeared" in log, log
 
 
 def test_pacs_scoring_by_encrypted_inference_and_the_sr_says_so(tmp_path):
