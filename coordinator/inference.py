@@ -27,9 +27,10 @@ from medfl.errors import StateError
 from medfl.smpc.evaluator import calibrate
 from medfl.smpc.provider import DealerService
 from medfl.smpc.server import ModelServer, ServedModel
-from medfl.wire import ClientChannel, KeyPair, ServerChannel, read_keypair, read_public_key
+from medfl.wire import ClientChannel, KeyPair, ServerChannel, read_public_key
 
-__all__ = ["HostedModelServer", "load_served", "make_dealer", "make_model_server", "raw_key"]
+__all__ = ["HostedModelServer", "load_served", "make_dealer", "make_model_server", "public_keys", "raw_key",
+           "store_writer"]
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,6 @@ def store_writer(db_path: pathlib.Path) -> Any:
         holder[tid].set_meta(SESSIONS_META, json.dumps(records))
 
     return write
-
-
-def read_keys(secret_file: pathlib.Path) -> KeyPair:
-    """Read a key pair (clear error if missing)."""
-    return read_keypair(secret_file)
 
 
 def public_keys(sources: list[str]) -> set[bytes]:

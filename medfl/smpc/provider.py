@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgpack
 import numpy as np
@@ -228,8 +227,3 @@ class DealerService:
         log.warning("dealer refused a request from %s: %s", inc.user_id or inc.peer.hex()[:16], message)
         self.channel.send(inc.peer, Envelope(type=MessageType.SMPC_ABORT,
                                              body={"session": session, "code": code, "message": message}))
-
-
-def stats(service: DealerService) -> dict[str, Any]:
-    """What the dealer reports about itself (served sessions, pool)."""
-    return {"served": service.served, "pooled": service.pooled(), "pool_bound": service.pool_size}

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import zmq
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from torch import nn
@@ -356,8 +355,3 @@ class ModelServer:
         return PartyRunner(party=1, model=self.served.model, in_shape=self.served.in_shape,
                            calibration=self.served.calibration, dealer=ReplayDealer(1, items), session=rec.session,
                            link=link, timeout_s=channel_timeout, frac_bits=self.served.frac_bits)
-
-
-def zero_image(in_shape: tuple[int, int, int]) -> np.ndarray:
-    """The model server's stand-in for the data owner's image (its share of it is zero)."""
-    return np.zeros(in_shape, np.float32)
