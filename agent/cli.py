@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--data", type=pathlib.Path, required=True,
                       help="data folder (train/<CLASS>/..., val/<CLASS>/...) or a .npz file")
     init.add_argument("--min-parties", type=int, default=2, help="refuse aggregates with fewer hospitals")
+    init.add_argument("--require-secure-aggregation", action=argparse.BooleanOptionalAction, default=True,
+                      help="refuse jobs with plain aggregation (default: require secure aggregation)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
     pacs = sub.add_parser("pacs", help="the agent as a DICOM node (PACS hooks)")
     psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
@@ -74,7 +76,8 @@ def _init(args: argparse.Namespace) -> None:
         "coordinator": {"endpoint": args.coordinator, "public_key_file": str(pinned.relative_to(root))},
         "keys": {"secret_key_file": str(sec.relative_to(root))},
         "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data)},
-        "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties},
+        "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties,
+                   "require_secure_aggregation": args.require_secure_aggregation},
         "training": {"torch_threads": 0, "device": "cpu"},
         "transport": {"curve": True, "max_message_mb": 256},
     }

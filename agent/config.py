@@ -20,6 +20,7 @@ Example::
     [policy]
     allowed_models = ["cnn", "resnet18"]
     min_parties = 2                             # refuse aggregates with fewer agents
+    require_secure_aggregation = true           # refuse jobs whose updates would be seen in the clear
 
     [training]
     torch_threads = 0                           # 0: torch's default
@@ -92,6 +93,7 @@ class PolicySection:
 
     allowed_models: tuple[str, ...] = ("cnn", "resnet18")
     min_parties: int = 2
+    require_secure_aggregation: bool = True
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks."""

@@ -1,6 +1,6 @@
 """PACS scoring latency: a burst of CR images into a real Orthanc, each scored and answered by SR.
 
-    python benchmarks/pacs.py [--images 200] [--models cnn resnet18] [--json PATH]
+    python benchmarks/pacs.py [--images 200] [--models cnn resnet18] [--max-batch 1 8] [--json PATH]
 
 For each model: start Orthanc (the shipped config and Lua routing) and `medfl-agent pacs serve`,
 send the burst with DCMTK's storescu, and follow Orthanc's change log (polled every 20 ms) to
@@ -59,7 +59,7 @@ def make_burst(folder: pathlib.Path, n: int, size: int) -> list[pathlib.Path]:
     return paths
 
 
-def run_one(model: str, paths: list[pathlib.Path], work: pathlib.Path, workers: int) -> dict:
+def run_one(model: str, paths: list[pathlib.Path], work: pathlib.Path, workers: int, max_batch: int) -> dict:
     import torch
     from pydicom import dcmread
 
@@ -93,6 +93,7 @@ bind = "127.0.0.1"
 port = {agent_port}
 model_file = "{model_file}"
 workers = {workers}
+max_batch = {max_batch}
 [pacs.destination]
 ae_title = "ORTHANC"
 host = "127.0.0.1"
@@ -154,7 +155,8 @@ port = {dicom_port}
         return {"model": model, "image_size": image_size, "images": len(paths), "received": len(by_uid),
                 "srs": len(latencies), "lost": len(paths) - len(latencies), "p50_s": float(np.percentile(lat, 50)),
                 "p95_s": float(np.percentile(lat, 95)), "max_s": float(lat.max()),
-                "images_per_s": len(latencies) / wall, "wall_s": wall, "workers": workers}
+                "images_per_s": len(latencies) / wall, "wall_s": wall, "workers": workers,
+                "max_batch": max_batch}
     finally:
         for p in procs:
             p.terminate()
@@ -172,6 +174,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024, help="CR image side in pixels (12-bit)")
     ap.add_argument("--models", nargs="+", default=["cnn", "resnet18"])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-batch", type=int, nargs="+", default=[8],
+                    help="[pacs] max_batch; several values run one after the other (A/B in one run)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--keep", type=pathlib.Path, default=None, help="keep logs and state in this new folder")
     args = ap.parse_args()
@@ -179,10 +183,10 @@ def main() -> None:
         root = args.keep or pathlib.Path(tmp)
         paths = make_burst(root / "burst", args.images, args.size)
         rows = []
-        for model in args.models:
-            row = run_one(model, paths, root / model, args.workers)
+        for model, mb in [(m, b) for m in args.models for b in args.max_batch]:
+            row = run_one(model, paths, root / f"{model}-b{mb}", args.workers, mb)
             rows.append(row)
-            print(f"{model:9s} {row['images']} images {args.size}px: p50 {row['p50_s']:.2f} s  "
+            print(f"{model:9s} max_batch {mb:3d} {row['images']} images {args.size}px: p50 {row['p50_s']:.2f} s  "
                   f"p95 {row['p95_s']:.2f} s  "
                   f"max {row['max_s']:.2f} s  {row['images_per_s']:.1f} images/s  lost {row['lost']}", flush=True)
     if args.json:

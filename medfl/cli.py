@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--plain", action="store_true",
+                   help="plain FedAvg instead of secure aggregation (the coordinator then sees every update)")
+    d.add_argument("--neighbours", type=int, default=0,
+                   help="SecAgg+ neighbourhood size (default 0: every agent masks with every other, SecAgg)")
     d.add_argument("--encrypted-images", type=int, default=2,
                    help="validation images scored by encrypted inference at the end (default 2; 0 skips)")
     inf = sub.add_parser("infer", help="score images with a checkpoint, in the clear or by encrypted inference")
@@ -106,6 +110,7 @@ def _demo(args: argparse.Namespace) -> None:
     opts = DemoOptions(agents=args.agents, rounds=args.rounds, out=args.out, json_path=args.json, model=args.model,
                        train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
                        image_size=args.image_size, seed=args.seed, progress=not args.no_progress,
+                       secure=not args.plain, neighbours=args.neighbours,
                        encrypted_images=args.encrypted_images)
     try:
         summary = run_demo(opts)
@@ -118,7 +123,8 @@ def _demo(args: argparse.Namespace) -> None:
     print()
     auc = summary["final_val_auc"]
     print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
-          f"{summary['transport']}; final validation AUC {auc:.4f}" if auc is not None else "no AUC")
+          f"{summary['transport']} with {summary['aggregation']} aggregation; final validation AUC {auc:.4f}"
+          if auc is not None else "no AUC")
     print(f"curves: {summary['plot']}")
     print(f"summary: {summary['json']}")
     print(f"final global model: {summary['checkpoint']}")

@@ -48,6 +48,8 @@ class DemoOptions:
     seed: int = 7
     timeout_s: float = 1800.0
     progress: bool = True
+    secure: bool = True
+    neighbours: int = 0
     encrypted_images: int = 2
 
 
@@ -132,6 +134,8 @@ lr = 0.001
 
 [aggregation]
 strategy = "fedavg"
+secure = {"true" if opts.secure and opts.agents >= 2 else "false"}   # the coordinator learns only the sum
+neighbours = {opts.neighbours}              # 0: SecAgg (complete graph); k >= 2: SecAgg+ with k neighbours
 """
 
 
@@ -154,10 +158,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     coord = out / "coordinator"
     _run(["coordinator.cli", "init", "--dir", str(coord), "--bind", endpoint, "--name", "demo-coordinator"])
     ccfg = str(coord / "coordinator.toml")
+    secure = opts.secure and opts.agents >= 2
     for name in names:
         _run(["agent.cli", "init", "--dir", str(out / name), "--name", name, "--coordinator", endpoint,
               "--coordinator-key", str(coord / "keys" / "coordinator.key"), "--data", str(out / name / "data"),
-              "--min-parties", str(min(2, opts.agents))])
+              "--min-parties", str(min(2, opts.agents)),
+              "--require-secure-aggregation" if secure else "--no-require-secure-aggregation"])
         _run(["coordinator.cli", "nodes", "approve", str(out / name / "keys" / "agent.key"), "--name", name,
               "--config", ccfg])
     job_file = out / "job.toml"
@@ -175,7 +181,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     summary = {
         "job_id": job_id, "status": job["status"], "message": job["message"], "agents": names,
         "rounds": rounds, "final_val_auc": rounds[-1]["val_auc"] if rounds else None,
-        "transport": "zmq+curve", "checkpoint": job["rounds_table"][-1]["checkpoint"] if rounds else None,
+        "transport": "zmq+curve", "aggregation": _aggregation_label(job_file),
+        "checkpoint": job["rounds_table"][-1]["checkpoint"] if rounds else None,
         "wall_seconds": round(time.monotonic() - started, 1), "out": str(out),
     }
     summary["plot"] = str(_plot(rounds, out / "training_curves.png"))
@@ -186,6 +193,14 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     json_path.write_text(json.dumps(summary, indent=2))
     summary["json"] = str(json_path)
     return summary
+
+
+def _aggregation_label(job_file: pathlib.Path) -> str:
+    """"secagg", "secagg+" (SecAgg+ neighbourhoods smaller than the federation) or "fedavg" (plain)."""
+    from medfl.jobspec import load_job
+
+    agg = load_job(job_file).aggregation
+    return "fedavg" if agg.label == "plain" else agg.label
 
 
 def _encrypted_inference(opts: DemoOptions, checkpoint: pathlib.Path, hospital: str) -> dict[str, Any]:

@@ -36,5 +36,11 @@ void chacha20_keystream_cuda(const uint8_t key[32], const uint8_t nonce[12], uin
                              uint64_t nbytes, void* stream);
 void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys, const int8_t* signs,
                       std::size_t n_masks, const uint8_t nonce[12], void* stream);
+// Fused quantize + mask on the device (x and out device pointers); synchronises the stream to
+// read the status; (code, index) as in quantize_and_mask. At most 512 masks (shared memory).
+std::pair<int64_t, int64_t> quantize_and_mask_cuda(const float* x, void* out, int ring_bits, uint64_t n,
+                                                   int frac_bits, uint64_t seed, const uint8_t* keys,
+                                                   const int8_t* signs, std::size_t n_masks,
+                                                   const uint8_t nonce[12], void* stream);
 }  // namespace medfl::secagg
 #endif

@@ -53,11 +53,11 @@ void apply_masks(py::array vec, py::array_t<uint8_t, py::array::c_style> keys,
   const std::size_t n = static_cast<std::size_t>(vec.size());
   const std::size_t word = static_cast<std::size_t>(vec.itemsize());
   check_counter(0, n * word);
-  if (vec.dtype().is(py::dtype::of<uint32_t>())) {
+  if (vec.dtype().equal(py::dtype::of<uint32_t>())) {
     uint32_t* v = medfl::native::data_of<uint32_t>(vec, "vec", true);
     py::gil_scoped_release release;
     medfl::secagg::apply_masks<uint32_t>(v, n, keys.data(), signs.data(), m, nn);
-  } else if (vec.dtype().is(py::dtype::of<uint64_t>())) {
+  } else if (vec.dtype().equal(py::dtype::of<uint64_t>())) {
     uint64_t* v = medfl::native::data_of<uint64_t>(vec, "vec", true);
     py::gil_scoped_release release;
     medfl::secagg::apply_masks<uint64_t>(v, n, keys.data(), signs.data(), m, nn);
@@ -83,13 +83,13 @@ std::pair<int64_t, int64_t> quantize_and_mask(py::array x, py::array out, int fr
   const float* xp = medfl::native::data_of<float>(x, "x", false);
   const std::size_t n = static_cast<std::size_t>(x.size());
   check_counter(0, n * static_cast<uint64_t>(out.itemsize()));
-  if (out.dtype().is(py::dtype::of<uint32_t>())) {
+  if (out.dtype().equal(py::dtype::of<uint32_t>())) {
     if (frac_bits < 0 || frac_bits > 30) throw py::value_error("frac_bits must be in [0, 30] for a 32-bit ring");
     uint32_t* o = medfl::native::data_of<uint32_t>(out, "out", true);
     py::gil_scoped_release release;
     return medfl::secagg::quantize_and_mask<uint32_t>(xp, o, n, frac_bits, seed, keys.data(), signs.data(), m, nn);
   }
-  if (out.dtype().is(py::dtype::of<uint64_t>())) {
+  if (out.dtype().equal(py::dtype::of<uint64_t>())) {
     if (frac_bits < 0 || frac_bits > 62) throw py::value_error("frac_bits must be in [0, 62] for a 64-bit ring");
     uint64_t* o = medfl::native::data_of<uint64_t>(out, "out", true);
     py::gil_scoped_release release;
@@ -131,12 +131,49 @@ static medfl::native::Registration reg("secagg", [](py::module_& m) {
         for (std::size_t j = 0; j < m; ++j)
           if (signs.data()[j] != 1 && signs.data()[j] != -1)
             throw py::value_error("apply_masks_cuda: sign " + std::to_string(int(signs.data()[j])) + " is not +1 or -1");
+        if (m > 512)
+          throw py::value_error("apply_masks_cuda: at most 512 masks per call (got " + std::to_string(m) +
+                                "); apply them in several calls");
         check_counter(0, n * static_cast<uint64_t>(ring_bits / 8));
         medfl::secagg::apply_masks_cuda(medfl::native::ptr(vec), ring_bits, n, keys.data(), signs.data(), m, nn,
                                         medfl::native::ptr(stream));
       },
       py::arg("vec"), py::arg("ring_bits"), py::arg("n"), py::arg("keys"), py::arg("signs"), py::arg("nonce"),
       py::arg("stream"));
+  m.def(
+      "quantize_and_mask_cuda",
+      [](uintptr_t x, uintptr_t out, int ring_bits, uint64_t n, int frac_bits, uint64_t seed,
+         py::array_t<uint8_t, py::array::c_style> keys, py::array_t<int8_t, py::array::c_style> signs,
+         py::bytes nonce, uintptr_t stream) {
+        const uint8_t* nn = bytes_of(nonce, 12, "nonce");
+        const std::size_t m = static_cast<std::size_t>(signs.size());
+        if (ring_bits != 32 && ring_bits != 64)
+          throw py::value_error("quantize_and_mask_cuda: ring_bits must be 32 or 64, got " +
+                                std::to_string(ring_bits));
+        if (frac_bits < 0 || frac_bits > ring_bits - 2)
+          throw py::value_error("quantize_and_mask_cuda: frac_bits must be in [0, ring_bits - 2], got " +
+                                std::to_string(frac_bits));
+        if (static_cast<std::size_t>(keys.size()) != 32 * m)
+          throw py::value_error("quantize_and_mask_cuda: keys has " + std::to_string(keys.size()) + " bytes for " +
+                                std::to_string(m) + " masks; expected 32 per mask");
+        if (m > 512)
+          throw py::value_error("quantize_and_mask_cuda: at most 512 masks per call (got " + std::to_string(m) + ")");
+        for (std::size_t j = 0; j < m; ++j)
+          if (signs.data()[j] != 1 && signs.data()[j] != -1)
+            throw py::value_error("quantize_and_mask_cuda: sign " + std::to_string(int(signs.data()[j])) +
+                                  " is not +1 or -1");
+        check_counter(0, n * static_cast<uint64_t>(ring_bits / 8));
+        std::pair<int64_t, int64_t> st;
+        {
+          py::gil_scoped_release release;
+          st = medfl::secagg::quantize_and_mask_cuda(reinterpret_cast<const float*>(x), medfl::native::ptr(out),
+                                                     ring_bits, n, frac_bits, seed, keys.data(), signs.data(), m, nn,
+                                                     medfl::native::ptr(stream));
+        }
+        return py::make_tuple(st.first, st.second);
+      },
+      py::arg("x"), py::arg("out"), py::arg("ring_bits"), py::arg("n"), py::arg("frac_bits"), py::arg("seed"),
+      py::arg("keys"), py::arg("signs"), py::arg("nonce"), py::arg("stream"));
 #endif
 });
 

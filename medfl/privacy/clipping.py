@@ -24,12 +24,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv2d_weight as _conv2d_weight
 
 from medfl.errors import NonFiniteError, StateError
 
 __all__ = ["SUPPORTED", "GradSampleClipper"]
 
 SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm, nn.Embedding)
+
+
+#: Conv2d with at most this many (input channels / groups) x kernel taps per output unfold their
+#: input for direct per-sample gradients; wider ones use one grouped backward-weight
+#: convolution instead (measured here on a 2-core CPU: unfold + bmm 53 ms vs grouped 82 ms for
+#: 1 -> 24 channels at 128 px, batch 32; 381 vs 106 ms for 24 -> 48 at 64 px).
+_UNFOLD_MAX_D = 32
 
 
 def _pairs(a: Tensor, g: Tensor) -> Tensor:
@@ -47,6 +55,8 @@ class _Layer:
         self.module = module
         self.a: Tensor | None = None
         self.g: Tensor | None = None
+        self._affine: tuple[Tensor, Tensor] | None = None  # per-sample GroupNorm/LayerNorm grads, this step
+        self._per_sample: Tensor | None = None  # (B, weight.numel()) per-sample Conv2d weight grads, if kept
 
     def _flat(self) -> tuple[Tensor, Tensor]:
         m, a, g = self.module, self.a, self.g
@@ -68,9 +78,50 @@ class _Layer:
             return F.group_norm(a, m.num_groups, eps=m.eps)
         return F.layer_norm(a, m.normalized_shape, eps=m.eps)  # type: ignore[arg-type]
 
+    def _conv_sq_norms(self) -> Tensor:
+        """Per-sample squared norm of a Conv2d weight gradient.
+
+        Ghost norm over unfolded inputs when the output map is small; direct per-sample
+        gradients over unfolded inputs when the input is narrow; otherwise each sample's
+        weight gradient from one grouped backward-weight convolution (the batch folded into
+        the groups), which never builds the unfolded input. Grouped convolutions always take
+        the last way. Per-sample gradients up to four times the size of the layer's saved input and
+        output gradient are kept for :meth:`accumulate`, which then needs no second contraction.
+        """
+        m, a, g = self.module, self.a, self.g
+        assert isinstance(m, nn.Conv2d) and a is not None and g is not None
+        b, c_in, h, w = a.shape
+        p = g.shape[1]
+        t = g.shape[2] * g.shape[3]
+        d = c_in // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        small = b * p * d <= 4 * (a.numel() + g.numel())
+        if m.groups == 1 and t * t * (d + p) < t * d * p:
+            cols, gg = self._flat()  # ghost norm [2]
+            return (torch.bmm(cols, cols.transpose(1, 2)) * torch.bmm(gg, gg.transpose(1, 2))).sum((1, 2))
+        if m.groups == 1 and d <= _UNFOLD_MAX_D:
+            cols, gg = self._flat()  # a cheap unfold (few input channels) [1]
+            per_sample = torch.bmm(gg.transpose(1, 2), cols)
+        else:
+            per_sample = _conv2d_weight(
+                a.reshape(1, b * c_in, h, w), (b * p, c_in // m.groups, *m.kernel_size),
+                g.reshape(1, b * p, *g.shape[2:]), stride=m.stride, padding=m.padding, dilation=m.dilation,
+                groups=b * m.groups)  # type: ignore[arg-type]
+        per_sample = per_sample.reshape(b, -1)
+        if small:
+            self._per_sample = per_sample
+        return per_sample.pow(2).sum(1)
+
     def sq_norms(self) -> Tensor:
         """Per-sample squared gradient norm over this module's trainable parameters."""
         m = self.module
+        if isinstance(m, nn.Conv2d):
+            g = self.g
+            if g is None or self.a is None:
+                raise StateError(f"{type(m).__name__} saw no forward/backward; call backward() on the loss first")
+            out = self._conv_sq_norms() if m.weight.requires_grad else g.new_zeros(g.shape[0])
+            if m.bias is not None and m.bias.requires_grad:
+                out = out + g.sum((2, 3)).pow(2).sum(1)
+            return out
         a, g = self._flat()
         b = g.shape[0]
         if isinstance(m, (nn.Linear, nn.Conv2d)):
@@ -89,6 +140,11 @@ class _Layer:
         return wg.pow(2).flatten(1).sum(1) + bg.pow(2).flatten(1).sum(1)
 
     def _affine_grads(self, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        if self._affine is None:
+            self._affine = self._compute_affine_grads(a, g)
+        return self._affine
+
+    def _compute_affine_grads(self, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         m = self.module
         xhat = self._norm_terms()
         if isinstance(m, nn.GroupNorm):
@@ -102,8 +158,25 @@ class _Layer:
     def accumulate(self, c: Tensor) -> None:
         """Write the clipped sum ``sum_i c_i G_i`` into each parameter's ``grad`` [3]."""
         m = self.module
-        a, g = self._flat()
         grads: dict[str, Tensor] = {}
+        if isinstance(m, nn.Conv2d) and self._per_sample is not None and self.g is not None:
+            grads["weight"] = (c @ self._per_sample).reshape(m.weight.shape)
+            grads["bias"] = torch.einsum("bp,b->p", self.g.sum((2, 3)), c)
+            self._write(grads)
+            return
+        if isinstance(m, nn.Conv2d) and self.a is not None and self.g is not None:
+            a, g, cv = self.a, self.g, c.view(-1, 1, 1, 1)
+            # sum_i c_i G_i is linear in either factor: scale the smaller tensor
+            if a.numel() <= g.numel():
+                a = a * cv
+            else:
+                g = g * cv
+            grads["weight"] = _conv2d_weight(a, m.weight.shape, g, stride=m.stride,  # type: ignore[arg-type]
+                                             padding=m.padding, dilation=m.dilation, groups=m.groups)
+            grads["bias"] = torch.einsum("bp,b->p", self.g.sum((2, 3)), c)
+            self._write(grads)
+            return
+        a, g = self._flat()
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             grads["weight"] = torch.einsum("btp,btd,b->pd", g, a, c).reshape(m.weight.shape)
             grads["bias"] = torch.einsum("btp,b->p", g, c)
@@ -118,11 +191,16 @@ class _Layer:
             wg, bg = self._affine_grads(a, g)
             grads["weight"] = torch.einsum("b...,b->...", wg, c).reshape(m.weight.shape)  # type: ignore[union-attr,arg-type]
             grads["bias"] = torch.einsum("b...,b->...", bg, c).reshape(m.bias.shape)  # type: ignore[union-attr,arg-type]
+        self._write(grads)
+
+    def _write(self, grads: dict[str, Tensor]) -> None:
         for name, value in grads.items():
-            p = getattr(m, name, None)
+            p = getattr(self.module, name, None)
             if isinstance(p, nn.Parameter) and p.requires_grad:
                 p.grad = value if p.grad is None else p.grad + value
         self.a = self.g = None
+        self._affine = None
+        self._per_sample = None
 
 
 class GradSampleClipper:
@@ -164,6 +242,29 @@ class GradSampleClipper:
                 layer = _Layer(m)
                 self.layers.append(layer)
                 self._handles.append(m.register_forward_hook(self._forward_hook(layer)))
+        # Autograd's own weight gradients are never used (clip_and_accumulate forms the clipped
+        # sums), so the model's forward runs with these parameters frozen and the backward pass
+        # computes activation gradients only [3]; the input is made to require grad so that
+        # every layer's output gradient still flows. Embedding weights stay as they are (their
+        # integer inputs cannot carry a gradient).
+        self._frozen = [p for layer in self.layers if not isinstance(layer.module, nn.Embedding)
+                        for p in layer.module.parameters(recurse=False) if p.requires_grad]
+        self._handles.append(model.register_forward_pre_hook(self._freeze))
+        self._handles.append(model.register_forward_hook(self._thaw, always_call=True))
+
+    def _freeze(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not torch.is_grad_enabled() or not args:
+            return None
+        for p in self._frozen:
+            p.requires_grad_(False)
+        x = args[0]
+        if isinstance(x, Tensor) and x.is_floating_point() and not x.requires_grad:
+            return (x.detach().requires_grad_(True), *args[1:])
+        return None
+
+    def _thaw(self, *_: Any) -> None:
+        for p in self._frozen:
+            p.requires_grad_(True)
 
     def _forward_hook(self, layer: _Layer) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -172,7 +273,8 @@ class GradSampleClipper:
             layer.a = inputs[0].detach()
 
             def grad_hook(grad: Tensor) -> None:
-                layer.g = grad.detach() * (grad.shape[0] if self.loss_reduction == "mean" else 1)
+                layer.g = grad.detach() * grad.shape[0] if self.loss_reduction == "mean" else grad.detach()
+                layer._affine = layer._per_sample = None
 
             if output.requires_grad:
                 output.register_hook(grad_hook)
@@ -205,7 +307,8 @@ class GradSampleClipper:
         return norms
 
     def remove(self) -> None:
-        """Remove every hook this clipper installed."""
+        """Remove every hook this clipper installed (parameters trainable again)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._thaw()

@@ -17,9 +17,11 @@ References
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
@@ -105,34 +107,90 @@ def dequantize_sum(total: np.ndarray, *, spec: QuantSpec) -> np.ndarray:
     return fxp.decode_reference(np.asarray(total, dtype=spec.dtype), frac_bits=spec.frac_bits)
 
 
-def apply_masks(vec: np.ndarray, masks: Sequence[MaskSeed], nonce: bytes) -> None:
+def _mask_arrays(masks: Sequence[MaskSeed]) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.frombuffer(b"".join(m.seed for m in masks), dtype=np.uint8)
+    return keys, np.array([m.sign for m in masks], dtype=np.int8)
+
+
+_CUDA_MASKS_PER_CALL = 512
+
+
+def _apply_masks_device(vec: Any, masks: Sequence[MaskSeed], nonce: bytes) -> None:
+    """:func:`apply_masks` for a contiguous torch CUDA tensor or CuPy array, on its current stream."""
+    from medfl import native
+
+    native.active_backend(device=True)
+    ptr, dtype, shape, stream, ctx = native._Cuda._info(vec, "vec")
+    if dtype not in ("uint32", "uint64"):
+        raise TypeError(f"vec must be a uint32 or uint64 ring vector, got {dtype}")
+    mod = native.native_module()
+    with ctx:
+        for i in range(0, len(masks), _CUDA_MASKS_PER_CALL):
+            keys, signs = _mask_arrays(masks[i:i + _CUDA_MASKS_PER_CALL])
+            mod.apply_masks_cuda(ptr, 32 if dtype == "uint32" else 64, math.prod(shape), keys,  # type: ignore[union-attr]
+                                 signs, nonce, stream)
+
+
+def _quantize_and_mask_device(x: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
+                              rounding_seed: int) -> Any:
+    """:func:`quantize_and_mask` of a flat float32 device array: one fused kernel on its stream."""
+    from medfl import native
+
+    native.active_backend(device=True)
+    ptr, dtype, shape, stream, ctx = native._Cuda._info(x, "update")
+    if dtype != "float32":
+        raise TypeError(f"update must be float32, got {dtype}")
+    seed = operator.index(rounding_seed) % 2**64
+    if len(masks) > _CUDA_MASKS_PER_CALL:  # more masks than shared memory holds: encode, then mask in slices
+        q = fxp.encode(x, frac_bits=spec.frac_bits, ring_bits=spec.ring_bits, rounding="stochastic", seed=seed)
+        _apply_masks_device(q, masks, nonce)
+        return q
+    out = native._Cuda._empty(x, shape, "uint32" if spec.ring_bits == 32 else "uint64")
+    keys, signs = _mask_arrays(masks)
+    mod = native.native_module()
+    with ctx:
+        code, index = mod.quantize_and_mask_cuda(ptr, native._Cuda._info(out, "out")[0],  # type: ignore[union-attr]
+                                                 spec.ring_bits, math.prod(shape), spec.frac_bits, seed, keys, signs,
+                                                 nonce, stream)
+    if code:
+        host = x.cpu().numpy() if hasattr(x, "cpu") else x.get()
+        fxp.raise_for_status(code, index, host, spec.frac_bits, spec.ring_bits)
+    return out
+
+
+def apply_masks(vec: Any, masks: Sequence[MaskSeed], nonce: bytes) -> None:
     """Add ``sign * PRG(seed)`` of every mask to the C-contiguous ring vector ``vec`` in place.
 
     Native (one pass, each keystream tile consumed while in cache) where ``medfl._native`` is
-    built, else :func:`apply_masks_reference`.
+    built, else :func:`apply_masks_reference`. A torch CUDA tensor or CuPy array is masked on
+    its device, on the caller's current stream (one thread per 64-byte block, every keystream
+    block generated in registers).
     """
     from medfl import native
 
     _check_nonce(nonce)
     if not masks:
         return
+    if native._is_device_array(vec):
+        _apply_masks_device(vec, masks, nonce)
+        return
     if native.active_backend() == "reference" or not vec.flags.c_contiguous:
         apply_masks_reference(vec, masks, nonce)
         return
-    keys = np.frombuffer(b"".join(m.seed for m in masks), dtype=np.uint8)
-    signs = np.array([m.sign for m in masks], dtype=np.int8)
+    keys, signs = _mask_arrays(masks)
     native.native_module().apply_masks(vec.reshape(-1), keys, signs, nonce)  # type: ignore[union-attr]
 
 
-def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
-                      rounding_seed: int) -> np.ndarray:
+def quantize_and_mask(update: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
+                      rounding_seed: int) -> Any:
     """Encode a clipped float32 update into Z_2^k and add every mask, in one pass where native.
 
     Parameters
     ----------
-    update : ndarray of float32
+    update : ndarray, torch CUDA tensor or CuPy array of float32
         Flat update, already clipped (:func:`medfl.secagg.quantization.clip_to_norm`) and
-        weighted; every coordinate within ``spec.clip_norm``.
+        weighted; every coordinate within ``spec.clip_norm``. A device array is quantized and
+        masked on its device (two kernels on the current stream) and the result stays there.
     spec : QuantSpec
         Ring and fractional bits.
     masks : sequence of MaskSeed
@@ -144,8 +202,8 @@ def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[Ma
 
     Returns
     -------
-    ndarray of uint32 or uint64
-        The masked upload.
+    ndarray (or device array) of uint32 or uint64
+        The masked upload, flat.
 
     References
     ----------
@@ -154,6 +212,9 @@ def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[Ma
     from medfl import native
 
     _check_nonce(nonce)
+    if native._is_device_array(update):
+        return _quantize_and_mask_device(update.reshape(-1), spec=spec, masks=masks, nonce=nonce,
+                                         rounding_seed=rounding_seed)
     x = np.ascontiguousarray(update, dtype=np.float32).reshape(-1)
     mod = native.native_module()
     if native.active_backend() == "reference" or mod is None or not hasattr(mod, "quantize_and_mask"):
@@ -162,16 +223,15 @@ def quantize_and_mask(update: np.ndarray, *, spec: QuantSpec, masks: Sequence[Ma
         apply_masks(q, masks, nonce)
         return q
     out = np.empty(x.shape, dtype=spec.dtype)
-    keys = np.frombuffer(b"".join(m.seed for m in masks), dtype=np.uint8)
-    signs = np.array([m.sign for m in masks], dtype=np.int8)
+    keys, signs = _mask_arrays(masks)
     code, index = mod.quantize_and_mask(x, out, spec.frac_bits, operator.index(rounding_seed) % 2**64, keys, signs,
                                         nonce)
     fxp.raise_for_status(code, index, x, spec.frac_bits, spec.ring_bits)
     return out
 
 
-def unmask_and_dequantize(total: np.ndarray, *, spec: QuantSpec, masks: Sequence[MaskSeed],
-                          nonce: bytes) -> np.ndarray:
+def unmask_and_dequantize(total: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed],
+                          nonce: bytes) -> Any:
     """Remove masks from the ring sum of the masked uploads and decode it to float32.
 
     Parameters
@@ -192,7 +252,12 @@ def unmask_and_dequantize(total: np.ndarray, *, spec: QuantSpec, masks: Sequence
     ndarray of float32
         The sum of the survivors' (clipped, weighted) updates.
     """
+    from medfl import native
+
     _check_nonce(nonce)
-    acc = np.array(total, dtype=spec.dtype, copy=True).reshape(-1)
+    if native._is_device_array(total):
+        acc = total.reshape(-1).clone() if hasattr(total, "clone") else total.reshape(-1).copy()
+    else:
+        acc = np.array(total, dtype=spec.dtype, copy=True).reshape(-1)
     apply_masks(acc, [MaskSeed(m.seed, -m.sign) for m in masks], nonce)
     return fxp.decode(acc, frac_bits=spec.frac_bits)

@@ -110,7 +110,9 @@ def _calibration(desc: dict[str, Any]) -> Calibration | None:
     cal = desc.get("calibration")
     if cal is None:
         return None
-    return Calibration(float(cal["input_bound"]), tuple((float(a), float(b)) for a, b in cal["variances"]))
+    acts = cal.get("act_bounds")
+    return Calibration(float(cal["input_bound"]), tuple((float(a), float(b)) for a, b in cal["variances"]),
+                       None if acts is None else tuple(float(a) for a in acts))
 
 
 def _abort_peer(link: _ClientLink, session: str, exc: SessionAborted) -> None:

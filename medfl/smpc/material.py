@@ -66,7 +66,8 @@ class PlanEntry:
     shape : tuple of int
         Weight-mask (k, n); matrix-triple (m,); truncation/element-wise shape; ReLU (n,).
     extra : int
-        Truncation: fractional bits; matrix triple: index of its weight mask in the plan; else 0.
+        Truncation: fractional bits; matrix triple: index of its weight mask in the plan; ReLU keys:
+        the planned comparison range in bits (2..64); else 0.
     """
 
     kind: str
@@ -104,6 +105,8 @@ def plan_from_wire(raw: Any) -> list[PlanEntry]:
             raise MalformedMessage(f"plan entry {i}: matrix triple refers to entry {extra}, not an earlier weight mask")
         if e["k"] == "trunc_pair" and not 1 <= extra < 62:
             raise MalformedMessage(f"plan entry {i}: truncation by {extra} bits")
+        if e["k"] == "relu_keys" and not 2 <= extra <= 64:
+            raise MalformedMessage(f"plan entry {i}: comparison range of {extra} bits (2..64)")
         total += math.prod(shape)
         plan.append(PlanEntry(e["k"], tuple(shape), extra))
     if total > MAX_PLAN_ELEMENTS:
@@ -121,12 +124,9 @@ def _party_arrays(kind: str, item: Any, p: int) -> dict[str, np.ndarray]:
     if kind == "mul_triple":
         return {"a": item[0].of(p), "b": item[1].of(p), "c": item[2].of(p)}
     k: ReluKeys = item
-    out = {"r": k.r.of(p), "wrap": k.wrap.of(p), "a": k.a.of(p), "b": k.b.of(p), "c": k.c.of(p)}
-    for tag, pair in (("q", k.dcf_q), ("p", k.dcf_r)):
-        key = pair[p]
-        out.update({f"{tag}seed": key.seed, f"{tag}scw": key.s_cw, f"{tag}vcw": key.v_cw, f"{tag}tcw": key.t_cw,
-                    f"{tag}fin": key.final})
-    return out
+    key = k.dcf[p]
+    return {"r": k.r.of(p), "msb": k.r_msb.of(p), "rmsb": k.r_r_msb.of(p), "seed": key.seed, "scw": key.s_cw,
+            "vcw": key.v_cw, "tcw": key.t_cw, "fin": key.final}
 
 
 def generate(plan: Sequence[PlanEntry], dealer: Any) -> Iterator[tuple[int, str, dict[str, np.ndarray],
@@ -147,7 +147,7 @@ def generate(plan: Sequence[PlanEntry], dealer: Any) -> Iterator[tuple[int, str,
         elif e.kind == "trunc_pair":
             item = dealer.trunc_pair(e.shape, e.extra)
         elif e.kind == "relu_keys":
-            item = dealer.relu_keys(e.shape[0])
+            item = dealer.relu_keys(e.shape[0], bits=e.extra)
         else:
             item = dealer.mul_triple(e.shape)
         yield i, e.kind, _party_arrays(e.kind, item, 0), _party_arrays(e.kind, item, 1)
@@ -308,7 +308,6 @@ class Opener:
         return plain
 
 
-def dcf_of(arrays: dict[str, np.ndarray], tag: str) -> DcfKey:
-    """Rebuild one party's :class:`DcfKey` from its record arrays (``tag`` q or p)."""
-    return DcfKey(arrays[f"{tag}seed"], arrays[f"{tag}scw"], arrays[f"{tag}vcw"], arrays[f"{tag}tcw"],
-                  arrays[f"{tag}fin"])
+def dcf_of(arrays: dict[str, np.ndarray]) -> DcfKey:
+    """Rebuild one party's :class:`DcfKey` from its record arrays."""
+    return DcfKey(arrays["seed"], arrays["scw"], arrays["vcw"], arrays["tcw"], arrays["fin"])

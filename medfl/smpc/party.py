@@ -32,7 +32,7 @@ from medfl.errors import SessionAborted
 from medfl.smpc import ring
 from medfl.smpc.dealer import MatmulTriple, TruncPair
 from medfl.smpc.evaluator import Calibration, SecureModel
-from medfl.smpc.fss import BITS, DcfKey
+from medfl.smpc.fss import DcfKey
 from medfl.smpc.layers import Session
 from medfl.smpc.material import PlanEntry, dcf_of
 from medfl.smpc.relu import ReluKeys
@@ -197,19 +197,16 @@ class ReplayDealer:
         return TruncPair(_slot(self.party, arr["r"]), _slot(self.party, arr["low"]), _slot(self.party, arr["msb"]),
                          frac_bits)
 
-    def relu_keys(self, n: int) -> ReluKeys:
-        """See :class:`medfl.smpc.dealer.Dealer`; the absent party's DCF keys are zero seeds."""
+    def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
+        """See :class:`medfl.smpc.dealer.Dealer`; the absent party's DCF key has zero seeds."""
         arr = self._take("relu_keys", (n,), "r")
-
-        def pair(tag: str) -> tuple[DcfKey, DcfKey]:
-            own = dcf_of(arr, tag)
-            if own.s_cw.shape != (BITS, n, 2) or own.seed.shape != (n, 2):
-                raise SessionAborted(f"DCF key of {own.seed.shape} seeds for {n} comparisons", code="plan")
-            blank = DcfKey(np.zeros_like(own.seed), own.s_cw, own.v_cw, own.t_cw, own.final)
-            return (own, blank) if self.party == 0 else (blank, own)
-
-        return ReluKeys(_slot(self.party, arr["r"]), pair("q"), pair("p"), _slot(self.party, arr["wrap"]),
-                        _slot(self.party, arr["a"]), _slot(self.party, arr["b"]), _slot(self.party, arr["c"]))
+        own = dcf_of(arr)
+        if own.seed.shape != (n, 2) or own.s_cw.shape[:2] != (n, bits - 1):
+            raise SessionAborted(f"ReLU keys of {own.s_cw.shape[1]} levels for {own.seed.shape[0]} comparisons; the "
+                                 f"protocol asks for {bits - 1} levels and {n}", code="plan")
+        blank = DcfKey(np.zeros_like(own.seed), own.s_cw, own.v_cw, own.t_cw, own.final)
+        return ReluKeys(_slot(self.party, arr["r"]), _slot(self.party, arr["msb"]), _slot(self.party, arr["rmsb"]),
+                        (own, blank) if self.party == 0 else (blank, own))
 
     def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
         """See :class:`medfl.smpc.dealer.Dealer`."""
@@ -252,13 +249,14 @@ class PlanRecorder:
         self.plan.append(PlanEntry("trunc_pair", tuple(shape), frac_bits))
         return TruncPair(self._z(shape), self._z(shape), self._z(shape), frac_bits)
 
-    def relu_keys(self, n: int) -> ReluKeys:
-        """Record ReLU keys."""
-        self.plan.append(PlanEntry("relu_keys", (n,)))
-        key = DcfKey(np.zeros((n, 2), np.uint64), np.zeros((BITS, n, 2), np.uint64), np.zeros((BITS, n), np.uint64),
-                     np.zeros((BITS, n, 2), np.uint8), np.zeros(n, np.uint64))
+    def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
+        """Record ReLU keys (the planned comparison range goes into the plan)."""
+        self.plan.append(PlanEntry("relu_keys", (n,), bits))
+        lv = bits - 1
+        key = DcfKey(np.zeros((n, 2), np.uint64), np.zeros((n, lv, 2), np.uint64), np.zeros((n, lv, 2), np.uint64),
+                     np.zeros((n, lv, 2), np.uint8), np.zeros((n, 2), np.uint64))
         z = self._z((n,))
-        return ReluKeys(z, (key, key), (key, key), z, z, z, z)
+        return ReluKeys(z, z, z, (key, key))
 
     def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
         """Record an element-wise triple."""
@@ -365,7 +363,8 @@ class PartyRunner:
 def describe(model_name: str, kwargs: dict[str, Any], in_shape: Sequence[int], calibration: Calibration | None,
              frac_bits: int) -> dict[str, Any]:
     """The announcement of a served model: registry name, arguments, shapes, ranges (data only)."""
-    cal = None if calibration is None else {"input_bound": calibration.input_bound,
-                                            "variances": [list(v) for v in calibration.variances]}
+    cal = None if calibration is None else {
+        "input_bound": calibration.input_bound, "variances": [list(v) for v in calibration.variances],
+        "act_bounds": None if calibration.act_bounds is None else list(calibration.act_bounds)}
     return {"model": model_name, "kwargs": dict(kwargs), "in_shape": list(in_shape), "frac_bits": frac_bits,
             "calibration": cal}

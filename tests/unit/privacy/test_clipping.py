@@ -25,6 +25,15 @@ def _cnn() -> nn.Module:
     )
 
 
+def _cnn_grouped() -> nn.Module:  # grouped, dilated and strided convolutions on every norm path
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=2), nn.GroupNorm(2, 8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, bias=False), nn.GroupNorm(4, 16), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 4 * 4, 3),
+    )
+
+
 class _Emb(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -40,7 +49,7 @@ def _data(kind: str, b: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(b)
     if kind == "mlp":
         return torch.randn(b, 10, generator=g, dtype=torch.float64)
-    if kind == "cnn":
+    if kind in ("cnn", "cnn_grouped"):
         return torch.randn(b, 1, 10, 10, generator=g, dtype=torch.float64)
     return torch.randint(0, 12, (b, 5), generator=g)
 
@@ -58,7 +67,8 @@ def _reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: float) -> 
     return {k: torch.einsum("b...,b->...", g, f) for k, g in per.items()}
 
 
-@pytest.mark.parametrize("kind,factory", [("mlp", _mlp), ("cnn", _cnn), ("emb", _Emb)])
+@pytest.mark.parametrize("kind,factory", [("mlp", _mlp), ("cnn", _cnn), ("cnn_grouped", _cnn_grouped),
+                                          ("emb", _Emb)])
 @pytest.mark.parametrize("batch", [1, 7, 64])
 @pytest.mark.parametrize("clip", [1e-3, 1.0, 1e4])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

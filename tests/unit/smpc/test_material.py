@@ -21,7 +21,7 @@ def _keys():
 def _sealed(n_chunks_bytes: int = 4096):
     dealer, party = _keys()
     mat = make_material([PlanEntry("weight_mask", (8, 4)), PlanEntry("matmul_triple", (300,), 0),
-                         PlanEntry("trunc_pair", (300, 4), 16), PlanEntry("relu_keys", (50,)),
+                         PlanEntry("trunc_pair", (300, 4), 16), PlanEntry("relu_keys", (50,), 20),
                          PlanEntry("mul_triple", (7,))])
     sealer = Sealer(dealer_secret=dealer.private_bytes_raw(), party_public=party.public_key().public_bytes_raw(),
                     session=SESSION, party=0)

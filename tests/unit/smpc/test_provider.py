@@ -12,7 +12,7 @@ from medfl.smpc.provider import DealerService
 from medfl.wire import ClientChannel, Envelope, MessageType, ServerChannel
 
 PLAN = [PlanEntry("weight_mask", (6, 3)), PlanEntry("matmul_triple", (40,), 0), PlanEntry("trunc_pair", (40, 3), 16),
-        PlanEntry("relu_keys", (120,)), PlanEntry("mul_triple", (5, 2))]
+        PlanEntry("relu_keys", (120,), 64), PlanEntry("mul_triple", (5, 2))]
 
 
 @pytest.fixture
