@@ -167,8 +167,9 @@ def test_agent_killed_mid_session_aborts_it_and_the_next_request_is_served(setup
     setup.agent("a")
     setup.agent("b")
     setup.start()
-    proc = setup.infer("a", _images(setup.fed.root / "imgs-a", 4, seed=3))
-    setup.fed.wait_for("session online", lambda: any(s["stage"] == "online" for s in setup.sessions()), 240)
+    proc = setup.infer("a", _images(setup.fed.root / "imgs-a", 16, seed=3))
+    setup.fed.wait_for("session online", lambda: any(s["stage"] == "online" for s in setup.sessions()), 240,
+                       every=0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     t_kill = time.monotonic()
@@ -262,7 +263,7 @@ def test_standalone_model_server_killed_mid_session_the_agents_abort_within_the_
                                 "--bind", setup.ms_ep, "--key", str(fed.coord_dir / "keys" / "coordinator.key_secret"),
                                 "--allow", str(agent / "keys" / "agent.key"),
                                 "--allow", str(queued / "keys" / "agent.key"), "--dealer", setup.dealer_ep,
-                                "--dealer-key", str(setup.dealer_pub), "--timeout", str(TIMEOUT_S),
+                                "--dealer-key", str(setup.dealer_pub), "--timeout", "60",
                                 "--status-file", str(status)])
     fed.wait_for("model server up", lambda: "listening on" in fed.log("model-server"), 240)
     proc = setup.infer("a", _images(fed.root / "imgs", 4, seed=9))
@@ -270,11 +271,13 @@ def test_standalone_model_server_killed_mid_session_the_agents_abort_within_the_
     def online() -> bool:
         return status.exists() and any(s["stage"] == "online" for s in json.loads(status.read_text()))
 
-    fed.wait_for("session online", online, 240)
+    fed.wait_for("session online", online, 240, every=0.05)
+    proc.send_signal(signal.SIGSTOP)  # hold agent a mid-session (the model server waits up to 60 s for it)
     proc_b = setup.infer("b", _images(fed.root / "imgs-b", 1, seed=10))
     fed.wait_for("b queued", lambda: len(json.loads(status.read_text())) == 2, 60)
     fed.kill("model-server")
     t_kill = time.monotonic()
+    proc.send_signal(signal.SIGCONT)
     assert _wait(proc, TIMEOUT_S + 60) == 8  # ExitCode.SESSION_ABORTED
     assert _wait(proc_b, TIMEOUT_S + 60) == 8  # the queued one too: its position updates stopped
     assert time.monotonic() - t_kill < TIMEOUT_S + 60
