@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
     ps = psub.add_parser("serve", help="run only the DICOM node: receive, score, send SRs back")
     ps.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
+    inf = sub.add_parser("infer", help="score images by encrypted inference with the federation's model server")
+    inf.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    inf.add_argument("--encrypted", action="store_true", required=True,
+                     help="2PC + dealer (the only mode: the agent does not hold the served model)")
+    inf.add_argument("--json", type=pathlib.Path, default=None, help="write the results here")
+    inf.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
     for name, text in (("serve", "run the agent daemon"), ("fingerprint", "print this agent's key fingerprint"),
                        ("check", "validate agent.toml and the data set, then exit"),
                        ("privacy", "show the privacy ledger: epsilon spent per job and in total on this data")):
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-agent``."""
     args = _parser().parse_args(argv)
     commands = {"init": _init, "serve": _serve, "fingerprint": _fingerprint, "check": _check, "pacs": _pacs_serve,
-                "privacy": _privacy}
+                "privacy": _privacy, "infer": _infer}
     run_command(commands[args.cmd], args)
 
 
@@ -179,6 +185,23 @@ def _pacs_serve(args: argparse.Namespace) -> None:
         service.wait()
     finally:
         service.stop()
+
+
+def _infer(args: argparse.Namespace) -> None:
+    import json
+
+    from agent.infer import run_agent_infer
+    from medfl.infer import format_table
+
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        raise StateError(f"image(s) not found: {', '.join(missing)}")
+    summary = run_agent_infer(_load(args), args.images)
+    print(format_table(summary))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+        print(f"results: {args.json}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ Example::
 
     [training]
     torch_threads = 0                           # 0: torch's default
+
+    [inference]                                 # encrypted inference as a data owner
+    allow_encrypted = true                      # may this agent request it at all
+    endpoint = "tcp://coordinator.example.org:7778"  # default: the coordinator's host, port 7778
+    model_server_key_file = "keys/coordinator.key"   # pinned; default: the coordinator's key
+    trusted_dealers = ["keys/dealer.key"]       # dealer public keys (files or Z85) accepted
+    image_size = 64                             # must match the announced model
 """
 
 from __future__ import annotations
@@ -175,6 +182,7 @@ class PacsSection:
     max_batch: int = 8
     watch_folder: pathlib.Path | None = None
     send_retries: int = 5
+    scoring: Literal["plain", "encrypted"] = "plain"
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks."""
@@ -198,6 +206,30 @@ class PacsSection:
 
 
 @dataclass(frozen=True)
+class InferenceSection:
+    """The ``[inference]`` table: whether and where this agent asks for encrypted inference."""
+
+    allow_encrypted: bool = False
+    endpoint: str = ""
+    model_server_key_file: pathlib.Path | None = None
+    trusted_dealers: tuple[str, ...] = ()
+    model: str = "cnn"
+    image_size: int = 64
+    timeout_s: float = 120.0
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        out = []
+        if self.endpoint and not self.endpoint.startswith(("tcp://", "ipc://")):
+            out.append(("endpoint", f"must be a ZeroMQ endpoint like tcp://host:7778, got {self.endpoint!r}"))
+        if not 28 <= self.image_size <= 4096:
+            out.append(("image_size", f"must be 28-4096, got {self.image_size}"))
+        if self.timeout_s <= 0:
+            out.append(("timeout_s", f"must be positive, got {self.timeout_s}"))
+        return out
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole agent.toml."""
 
@@ -209,6 +241,7 @@ class AgentConfig:
     training: TrainingSection = field(default_factory=TrainingSection)
     transport: TransportSection = field(default_factory=TransportSection)
     pacs: PacsSection = field(default_factory=PacsSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-table checks."""

@@ -7,11 +7,11 @@ with the value seen and the fix; the agent sends the message back as JOB_REFUSE.
 
 from __future__ import annotations
 
-from agent.config import PolicySection
+from agent.config import InferenceSection, PolicySection
 from medfl.errors import PolicyViolation
 from medfl.jobspec import JobSpec
 
-__all__ = ["check_budget", "check_job", "check_round"]
+__all__ = ["check_budget", "check_inference", "check_job", "check_round"]
 
 
 def check_job(policy: PolicySection, job: JobSpec) -> None:
@@ -113,3 +113,26 @@ def check_round(policy: PolicySection, participants: int) -> None:
         raise PolicyViolation(
             f"round has {participants} participant(s) but agent.toml policy.min_parties={policy.min_parties}; "
             "wait for more hospitals or lower the local minimum")
+
+
+def check_inference(policy: PolicySection, inference: InferenceSection, model: str) -> None:
+    """Raise PolicyViolation unless this agent may ask for encrypted inference of ``model``.
+
+    Parameters
+    ----------
+    policy : PolicySection
+        The ``[policy]`` table (allowed models).
+    inference : InferenceSection
+        The ``[inference]`` table (allowed at all, where, which keys are trusted).
+    model : str
+        The model id to ask for.
+    """
+    if not inference.allow_encrypted:
+        raise PolicyViolation("agent.toml inference.allow_encrypted=false; set it to true to let this agent "
+                              "request encrypted inference")
+    if model not in policy.allowed_models:
+        raise PolicyViolation(f"encrypted inference of model {model!r} but agent.toml policy.allowed_models="
+                              f"{list(policy.allowed_models)}; add it or ask for an allowed model")
+    if not inference.trusted_dealers:
+        raise PolicyViolation("agent.toml inference.trusted_dealers is empty; add the dealer's public key "
+                              "(its operator hands over dealer.key) so its material can be checked")

@@ -49,7 +49,32 @@ def _parser() -> argparse.ArgumentParser:
     cn = with_config(jsub.add_parser("cancel", help="cancel a job"))
     cn.add_argument("job_id")
 
-    st = with_config(sub.add_parser("status", help="daemon, agents, jobs and rounds"))
+    dl = sub.add_parser("dealer", help="run the crypto provider (dealer) of encrypted inference, its own process")
+    dl.add_argument("--bind", default="tcp://0.0.0.0:7779", help="endpoint model servers connect to")
+    dl.add_argument("--key", type=pathlib.Path, required=True, help="the dealer's secret key file")
+    dl.add_argument("--create-key", action="store_true", help="create the key pair if --key does not exist")
+    dl.add_argument("--allow", action="append", default=[], metavar="KEY",
+                    help="public key (file or Z85) of a model server allowed to ask (repeat)")
+    dl.add_argument("--pool", type=int, default=0, metavar="N",
+                    help="keep up to N sessions of material ready for the last plan (bounded; default 0)")
+
+    ms = sub.add_parser("model-server", help="run a model server for encrypted inference in its own process")
+    ms.add_argument("--config", type=pathlib.Path, default=None,
+                    help="coordinator.toml: its [inference] table, key, approved agents and status store")
+    ms.add_argument("--checkpoint", type=pathlib.Path, default=None, help="safetensors model to serve")
+    ms.add_argument("--bind", default=None, help="endpoint data owners connect to")
+    ms.add_argument("--key", type=pathlib.Path, default=None, help="secret key file (default: the coordinator's)")
+    ms.add_argument("--allow", action="append", default=[], metavar="KEY",
+                    help="without --config: public key of a data owner allowed in (repeat)")
+    ms.add_argument("--dealer", default=None, help="the dealer's endpoint")
+    ms.add_argument("--dealer-key", default=None, help="the dealer's public key (file or Z85), pinned")
+    ms.add_argument("--calibration-dir", type=pathlib.Path, default=None, help="representative images")
+    ms.add_argument("--image-size", type=int, default=None,
+                    help="input side when the checkpoint's metadata lacks image_size (default 64)")
+    ms.add_argument("--timeout", type=float, default=None, help="abort a session after this silence (s)")
+    ms.add_argument("--status-file", type=pathlib.Path, default=None, help="write session records here (JSON)")
+
+    st = with_config(sub.add_parser("status", help="daemon, agents, jobs, rounds and inference sessions"))
     st.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -57,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-coordinator``."""
     args = _parser().parse_args(argv)
-    commands = {"init": _init, "serve": _serve, "nodes": _nodes, "jobs": _jobs, "status": _status}
+    commands = {"init": _init, "serve": _serve, "nodes": _nodes, "jobs": _jobs, "status": _status,
+                "dealer": _dealer, "model-server": _model_server}
     run_command(commands[args.cmd], args)
 
 
@@ -88,7 +114,8 @@ def _init(args: argparse.Namespace) -> None:
     doc = {"coordinator": {"name": args.name, "bind": args.bind, "state_dir": "state"},
            "keys": {"secret_key_file": str(sec.relative_to(root))},
            "transport": {"curve": True, "max_message_mb": 256},
-           "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0}}
+           "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0},
+           "inference": {"enabled": False, "bind": "tcp://0.0.0.0:7778", "timeout_s": 60.0}}
     cfg_path.write_text("# medfl coordinator configuration (see README: 'Run a coordinator')\n" + tomli_w.dumps(doc))
     print(f"wrote {cfg_path}")
     print(f"coordinator public key: {pub}  (fingerprint {fingerprint(pair.public)})")
@@ -112,6 +139,101 @@ def _serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
     service.serve()
+
+
+def _dealer(args: argparse.Namespace) -> None:
+    import threading
+
+    from coordinator.inference import make_dealer, public_keys
+    from medfl.logs import setup_logging
+    from medfl.wire import fingerprint, generate_keypair, read_keypair, write_keypair
+
+    setup_logging("dealer")
+    key: pathlib.Path = args.key
+    if not key.exists() and args.create_key:
+        name = key.name.removesuffix("_secret").removesuffix(".key")
+        pub, key = write_keypair(key.parent, name, generate_keypair())
+        print(f"dealer public key: {pub}; give it to the model servers and the agents (they pin it)")
+    keys = read_keypair(key)
+    if not args.allow:
+        die(ExitCode.USAGE, "give at least one --allow KEY: the model servers that may ask this dealer")
+    if args.pool < 0:
+        die(ExitCode.USAGE, f"--pool must be >= 0, got {args.pool}")
+    service = make_dealer(bind=args.bind, keys=keys, allowed=public_keys(args.allow), pool=args.pool)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"dealer {fingerprint(keys.public)} listening on {service.channel.endpoint} (pool {args.pool})",
+          flush=True)
+    try:
+        service.serve(stop)
+    finally:
+        service.channel.close()
+
+
+def _model_server(args: argparse.Namespace) -> None:
+    import threading
+
+    from coordinator.inference import load_served, make_model_server, public_keys, store_writer
+    from medfl.logs import setup_logging
+    from medfl.wire import read_keypair, read_public_key
+
+    setup_logging("model-server")
+    cfg = _load(args) if args.config is not None else None
+    inf = cfg.inference if cfg is not None else None
+    checkpoint = args.checkpoint or (inf.checkpoint if inf else None)
+    bind = args.bind or (inf.bind if inf else None)
+    dealer = args.dealer or (inf.dealer if inf else None)
+    dealer_key_src = args.dealer_key or (str(inf.dealer_key_file) if inf and inf.dealer_key_file else None)
+    key_file = args.key or (cfg.keys.secret_key_file if cfg else None)
+    missing = [n for n, v in (("--checkpoint", checkpoint), ("--bind", bind), ("--dealer", dealer),
+                              ("--dealer-key", dealer_key_src), ("--key", key_file)) if not v]
+    if missing:
+        die(ExitCode.USAGE, f"model-server needs {', '.join(missing)} (or --config with an [inference] table)")
+    keys = read_keypair(pathlib.Path(str(key_file)))
+    if cfg is not None:
+        from coordinator.store import Store
+
+        store = Store(cfg.db_path)
+        allowed_store = store.is_approved
+
+        def is_allowed(k: bytes) -> bool:
+            return allowed_store(k.decode("ascii") if isinstance(k, bytes) else str(k))
+
+        on_change = store_writer(cfg.db_path)
+    else:
+        allowed = public_keys(args.allow)
+        if not allowed:
+            die(ExitCode.USAGE, "without --config give at least one --allow KEY (a data owner's public key)")
+
+        def is_allowed(k: bytes) -> bool:
+            return bytes(k) in allowed
+
+        on_change = None
+    if args.status_file is not None:
+        status_file: pathlib.Path = args.status_file
+
+        def on_change(records: list[dict[str, Any]]) -> None:  # noqa: F811 - the file wins over the store
+            tmp = status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(records, indent=1))
+            tmp.replace(status_file)
+
+    cal = args.calibration_dir or (inf.calibration_dir if inf else None)
+    served = load_served(pathlib.Path(str(checkpoint)), calibration_dir=cal, image_size=args.image_size)
+    timeout = args.timeout or (inf.timeout_s if inf else 60.0)
+    server = make_model_server(served=served, bind=str(bind), keys=keys, is_allowed=is_allowed, dealer=str(dealer),
+                               dealer_key=read_public_key(str(dealer_key_src)), timeout_s=timeout,
+                               on_change=on_change)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"model server for {served.name}{list(served.in_shape)} listening on {server.channel.endpoint}",
+          flush=True)
+    try:
+        server.serve(stop)
+    finally:
+        server.channel.close()
+        server.dealer.close()
 
 
 def _nodes(args: argparse.Namespace) -> None:
@@ -171,8 +293,9 @@ def status_dict(store: Any) -> dict[str, Any]:
                      "rounds": j.spec["job"]["rounds"], "message": j.message,
                      "aggregation": _aggregation_label(j.spec),
                      "rounds_table": [r.__dict__ for r in store.rounds(j.id)]})
+    sessions = json.loads(store.get_meta("smpc_sessions") or "[]")
     return {"daemon": daemon, "nodes": [n.__dict__ for n in store.nodes()], "jobs": jobs,
-            "events": store.events(limit=10)}
+            "events": store.events(limit=10), "inference_sessions": sessions}
 
 
 def _aggregation_label(spec: dict) -> str:
@@ -205,6 +328,10 @@ def _status(args: argparse.Namespace) -> None:
             auc = f"{r['val_auc']:.4f}" if r["val_auc"] is not None else "n/a"
             dp = f"  epsilon {r['epsilon']:.3f} (delta {r['delta']:g})" if r.get("epsilon") is not None else ""
             print(f"  round {r['round']:3d}  agents {r['agents']}  val_auc {auc}  {r['seconds']:.1f} s{dp}")
+    for sess in st["inference_sessions"][-10:]:
+        online = f"{sess['online_seconds']:.1f} s online" if sess.get("online_seconds") is not None else ""
+        print(f"inference session {sess['session']} {sess['model']} agent {sess['agent'][:23]}: "
+              f"{sess['stage']} ({sess['images']} image(s)) {online} {sess['message']}")
     for e in st["events"]:
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['t']))} {e['kind']}: {e['detail']}")
 

@@ -16,6 +16,15 @@ Example::
 
     [liveness]
     agent_timeout_s = 20                     # silent this long -> offline
+
+    [inference]                              # encrypted inference (model server hosted by serve)
+    enabled = false
+    bind = "tcp://0.0.0.0:7778"              # agents connect here (same key as the coordinator)
+    checkpoint = "state/checkpoints/<job>/round-0005.safetensors"  # default: the newest federated model
+    dealer = "tcp://dealer.example.org:7779"  # the crypto provider (medfl-coordinator dealer)
+    dealer_key_file = "keys/dealer.key"       # its public key, pinned
+    calibration_dir = "calibration"           # representative images; omit for synthetic ones
+    timeout_s = 60                            # a silent party aborts the session after this
 """
 
 from __future__ import annotations
@@ -82,6 +91,31 @@ class LivenessSection:
 
 
 @dataclass(frozen=True)
+class InferenceSection:
+    """The ``[inference]`` table: the model server the daemon hosts."""
+
+    enabled: bool = False
+    bind: str = "tcp://0.0.0.0:7778"
+    checkpoint: pathlib.Path | None = None
+    dealer: str = ""
+    dealer_key_file: pathlib.Path | None = None
+    calibration_dir: pathlib.Path | None = None
+    timeout_s: float = 60.0
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks; an enabled model server needs a checkpoint and a dealer."""
+        out = []
+        if self.timeout_s <= 0:
+            out.append(("timeout_s", f"must be positive, got {self.timeout_s}"))
+        if self.enabled:
+            if not self.dealer.startswith(("tcp://", "ipc://")):
+                out.append(("dealer", f"required when enabled = true: the dealer's endpoint, got {self.dealer!r}"))
+            if self.dealer_key_file is None:
+                out.append(("dealer_key_file", "required when enabled = true: the dealer's public key file"))
+        return out
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     """The whole coordinator.toml."""
 
@@ -89,6 +123,7 @@ class CoordinatorConfig:
     keys: KeysSection = field(default_factory=KeysSection)
     transport: TransportSection = field(default_factory=TransportSection)
     liveness: LivenessSection = field(default_factory=LivenessSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-table checks."""

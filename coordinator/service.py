@@ -69,6 +69,52 @@ class CoordinatorService:
         log.info("coordinator %s listening on %s (curve=%s)", cfg.coordinator.name, self.channel.endpoint,
                  cfg.transport.curve)
         self.store.set_meta("endpoint", self.channel.endpoint)
+        self.model_server = self._start_model_server(keys) if cfg.inference.enabled else None
+
+    def _served_checkpoint(self) -> tuple[Any, int | None]:
+        """``[inference] checkpoint``, else the newest global model of the federation (and its job's image size)."""
+        import pathlib
+
+        from medfl.errors import NotFound
+
+        inf = self.cfg.inference
+        if inf.checkpoint is not None:
+            return inf.checkpoint, None
+        files = sorted(self.cfg.checkpoint_dir.glob("*/round-*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+        if not files:
+            raise StateError(f"[inference] has no checkpoint and no federated model exists yet under "
+                             f"{self.cfg.checkpoint_dir}; run a job first or set inference.checkpoint")
+        newest: pathlib.Path = files[-1]
+        try:
+            side = int(self.store.job(newest.parent.name).spec["job"]["image_size"])
+        except (NotFound, KeyError, TypeError, ValueError):
+            side = None
+        log.info("serving the newest federated model %s", newest)
+        return newest, side
+
+    def _start_model_server(self, keys: Any) -> Any:
+        """Host the model server of ``[inference]`` in a thread (same key, same approved agents)."""
+        from coordinator.inference import HostedModelServer, load_served, make_model_server, store_writer
+        from medfl.wire import read_public_key
+
+        inf = self.cfg.inference
+        if keys is None:
+            raise ConfigError([("inference.enabled", "encrypted inference needs transport.curve = true")])
+        checkpoint, side = self._served_checkpoint()
+        served = load_served(checkpoint, calibration_dir=inf.calibration_dir, image_size=side)
+        auth_store = Store(self.cfg.db_path)
+
+        def is_allowed(k: bytes) -> bool:
+            return auth_store.is_approved(k.decode("ascii") if isinstance(k, bytes) else str(k))
+
+        server = make_model_server(served=served, bind=inf.bind, keys=keys, is_allowed=is_allowed, dealer=inf.dealer,
+                                   dealer_key=read_public_key(str(inf.dealer_key_file)), timeout_s=inf.timeout_s,
+                                   on_change=store_writer(self.cfg.db_path))
+        hosted = HostedModelServer(server=server)
+        hosted.start()
+        log.info("model server for %s hosted on %s (dealer %s)", served.name, server.channel.endpoint, inf.dealer)
+        self.store.set_meta("inference_endpoint", server.channel.endpoint)
+        return hosted
 
     # ---- authentication (runs in the ZAP thread) ---------------------------------------
     def _is_allowed(self, public_key: bytes) -> bool:
@@ -99,6 +145,8 @@ class CoordinatorService:
                             break
                 self._housekeeping()
         finally:
+            if self.model_server is not None:
+                self.model_server.stop()
             self.channel.close()
             self.store.set_meta("daemon", json.dumps({"pid": os.getpid(), "state": "stopped", "t": time.time()}))
             self.store.close()

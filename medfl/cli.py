@@ -32,6 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--no-dp", action="store_true", help="train without differential privacy (default: DP-SGD on)")
     d.add_argument("--noise-multiplier", type=float, default=None,
                    help="DP-SGD noise multiplier of the demo job (default 1.0)")
+    d.add_argument("--encrypted-images", type=int, default=2,
+                   help="validation images scored by encrypted inference at the end (default 2; 0 skips)")
+    inf = sub.add_parser("infer", help="score images with a checkpoint, in the clear or by encrypted inference")
+    inf.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
+    inf.add_argument("--checkpoint", type=pathlib.Path, required=True, help="safetensors model (e.g. the demo's)")
+    inf.add_argument("--encrypted", action="store_true",
+                     help="2PC + dealer: the model server never sees the image, this side never sees the weights")
+    inf.add_argument("--compare-plain", action="store_true", help="also run the plain model and report the difference")
+    inf.add_argument("--json", type=pathlib.Path, default=None, help="write the results here")
+    inf.add_argument("--server", default=None, help="a remote model server's endpoint (default: start one locally)")
+    inf.add_argument("--server-key", default=None, help="its public key (file or Z85), pinned")
+    inf.add_argument("--key", type=pathlib.Path, default=None, help="this data owner's secret key file (remote)")
+    inf.add_argument("--dealer-key", default=None, help="the dealer's public key to accept (remote; pinned)")
+    inf.add_argument("--calibration-dir", type=pathlib.Path, default=None,
+                     help="representative images for the local model server's range calibration")
+    inf.add_argument("--timeout", type=float, default=120.0, help="abort when a party is silent this long (s)")
     sub.add_parser("version", help="print the version")
     sub.add_parser("models", help="list the models in the registry")
     return p
@@ -50,6 +66,43 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(list_models()))
     elif args.cmd == "demo":
         _demo(args)
+    elif args.cmd == "infer":
+        _infer(args)
+
+
+def _infer(args: argparse.Namespace) -> None:
+    import json
+
+    from medfl.errors import DataError, MedflError, SessionAborted, StateError
+    from medfl.infer import InferOptions, format_table, run_infer
+    from medfl.logs import setup_logging
+
+    setup_logging("medfl-infer", level="WARNING")
+    missing = [str(p) for p in args.images if not p.is_file()]
+    if missing:
+        die(ExitCode.USAGE, f"image(s) not found: {', '.join(missing)}")
+    if not args.checkpoint.is_file():
+        die(ExitCode.USAGE, f"checkpoint {args.checkpoint} not found; give a .safetensors model (the demo writes "
+                            "one under demo-out/coordinator/state/checkpoints/)")
+    opts = InferOptions(checkpoint=args.checkpoint, images=tuple(args.images), encrypted=args.encrypted,
+                        compare_plain=args.compare_plain, server=args.server, server_key=args.server_key,
+                        key=args.key, dealer_key=args.dealer_key, calibration_dir=args.calibration_dir,
+                        timeout_s=args.timeout)
+    try:
+        summary = run_infer(opts)
+    except SessionAborted as exc:
+        die(ExitCode.SESSION_ABORTED, f"session aborted ({exc.code}): {exc}")
+    except (StateError, DataError) as exc:
+        die(ExitCode.STATE if isinstance(exc, StateError) else ExitCode.CONFIG, str(exc))
+    except MedflError as exc:
+        die(ExitCode.FAILURE if not isinstance(exc, PermissionError) else ExitCode.AUTH, str(exc))
+    except KeyboardInterrupt:
+        die(ExitCode.INTERRUPTED)
+    print(format_table(summary))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+        print(f"results: {args.json}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -61,6 +114,7 @@ def _demo(args: argparse.Namespace) -> None:
                        train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
                        image_size=args.image_size, seed=args.seed, progress=not args.no_progress,
                        secure=not args.plain, neighbours=args.neighbours, dp=not args.no_dp,
+                       encrypted_images=args.encrypted_images,
                        **({"noise_multiplier": args.noise_multiplier} if args.noise_multiplier is not None else {}))
     try:
         summary = run_demo(opts)
@@ -86,6 +140,14 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"curves: {summary['plot']}")
     print(f"summary: {summary['json']}")
     print(f"final global model: {summary['checkpoint']}")
+    enc = summary.get("encrypted_inference")
+    if enc and "error" not in enc:
+        print(f"encrypted inference of {enc['images']} validation image(s): max |logit diff| "
+              f"{enc['max_abs_diff']:.2e}, decisions {'agree' if enc['decisions_agree'] else 'DIFFER'}, "
+              f"{enc['seconds_per_image']:.1f} s per image end to end ({enc['online_seconds_per_image']:.1f} s "
+              f"online), {enc['bytes_per_image'] / 1e6:.1f} MB online per image")
+    elif enc:
+        print(f"encrypted inference failed: {enc['error']}")
     if summary["status"] != "done":
         die(ExitCode.JOB_FAILED, f"job ended {summary['status']}: {summary['message']}")
 

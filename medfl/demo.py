@@ -29,6 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from medfl.errors import MedflError
+
 __all__ = ["DemoOptions", "run_demo"]
 
 MARKER = ".medfl-demo"
@@ -62,6 +66,7 @@ class DemoOptions:
     delta: float = 1e-5
     max_epsilon_per_job: float = 20.0
     max_total_epsilon: float = 100.0
+    encrypted_images: int = 2
 
 
 def _free_port() -> int:
@@ -231,6 +236,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         "wall_seconds": round(time.monotonic() - started, 1), "out": str(out),
     }
     summary["plot"] = str(_plot(rounds, out / "training_curves.png"))
+    if opts.encrypted_images > 0 and summary["checkpoint"]:
+        summary["encrypted_inference"] = _encrypted_inference(opts, pathlib.Path(summary["checkpoint"]), names[0])
     json_path = opts.json_path or out / "summary.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(summary, indent=2))
@@ -244,6 +251,49 @@ def _aggregation_label(job_file: pathlib.Path) -> str:
 
     agg = load_job(job_file).aggregation
     return "fedavg" if agg.label == "plain" else agg.label
+
+
+def _encrypted_inference(opts: DemoOptions, checkpoint: pathlib.Path, hospital: str) -> dict[str, Any]:
+    """Score a few of a hospital's validation images by encrypted inference on the model just trained.
+
+    A dealer and a model server run as separate processes on loopback (CurveZMQ); the model
+    server calibrates its ranges on its own images (a synthetic set standing in for the model
+    owner's data, not a hospital's), and this process acts as the hospital's data owner.
+    """
+    from medfl.data.synthetic import write_image_folder
+    from medfl.infer import encrypted_session, local_parties, plain_logits, read_images
+
+    if not checkpoint.is_absolute():
+        checkpoint = opts.out / "coordinator" / checkpoint
+    val = opts.out / hospital / "data" / "val"
+    classes = sorted(d for d in val.iterdir() if d.is_dir())
+    per_class = [sorted(c.iterdir()) for c in classes]
+    paths = [per_class[i % len(per_class)][i // len(per_class)] for i in range(opts.encrypted_images)]
+    calib = opts.out / "model-server-calibration"
+    write_image_folder(calib, n_train=8, n_val=0, n_test=0, seed=opts.seed * 7919 + 1, image_size=opts.image_size)
+    images = read_images(paths, opts.image_size)
+    plain = plain_logits(checkpoint, images)
+    t0 = time.monotonic()
+    try:
+        with local_parties(checkpoint, calibration_dir=calib / "train", timeout_s=300.0,
+                           image_size=opts.image_size, workdir=opts.out / "encrypted-inference") as lp:
+            report = encrypted_session(endpoint=lp["endpoint"], server_key=lp["server_key"],
+                                       client_keys=lp["client_keys"], dealer_key=lp["dealer_key"],
+                                       model=opts.model, images=images, timeout_s=300.0)
+    except MedflError as exc:
+        return {"images": len(paths), "error": str(exc)}
+    n = len(report.images)
+    diffs = [float(np.max(np.abs(im.logits - p))) for im, p in zip(report.images, plain, strict=True)]
+    return {"images": n, "paths": [str(p) for p in paths],
+            "max_abs_diff": max(diffs),
+            "decisions_agree": all(int(np.argmax(im.logits)) == int(np.argmax(p))
+                                   for im, p in zip(report.images, plain, strict=True)),
+            "scores": [im.score for im in report.images],
+            "seconds_per_image": (time.monotonic() - t0) / n,
+            "online_seconds_per_image": sum(im.online_seconds for im in report.images) / n,
+            "bytes_per_image": sum(im.bytes_online for im in report.images) // n + report.prepare_bytes // n,
+            "offline_bytes_per_image": report.bytes_offline // n,
+            "rounds_per_image": sum(im.rounds for im in report.images) // n}
 
 
 def _follow(opts: DemoOptions, ccfg: str, job_id: str, procs: dict[str, subprocess.Popen],

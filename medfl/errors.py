@@ -24,6 +24,7 @@ __all__ = [
     "Rejected",
     "RingOverflowError",
     "SecAggAbort",
+    "SessionAborted",
     "ShareError",
     "StateError",
     "UnknownPeer",
@@ -95,6 +96,20 @@ class ShareError(MedflError, ValueError):
 
 class SecAggAbort(MedflError, RuntimeError):
     """A secure-aggregation round cannot finish: fewer than the threshold of agents remain."""
+
+
+class SessionAborted(MedflError, RuntimeError):
+    """An encrypted-inference session stopped before its end.
+
+    A party vanished, a dealer message failed authentication, was replayed or belongs to
+    another session, or a party refused a step.
+    ``code`` names the cause (``timeout``, ``auth``, ``replay``, ``foreign_session``, ``peer``,
+    ``policy``, ``plan``) and is sent to the other party in the SMPC_ABORT message.
+    """
+
+    def __init__(self, message: str, *, code: str = "aborted"):
+        super().__init__(message)
+        self.code = code
 
 
 class WireError(MedflError):

@@ -27,6 +27,8 @@ class ExitCode(enum.IntEnum):
     STATE = 5
     PORT_IN_USE = 6
     JOB_FAILED = 7
+    SESSION_ABORTED = 8
+    POLICY = 9
     INTERRUPTED = 130
 
 
@@ -41,6 +43,10 @@ HELP: dict[ExitCode, str] = {
                     "the config at a fresh folder",
     ExitCode.PORT_IN_USE: "the address is taken; stop the other process or change the bind address",
     ExitCode.JOB_FAILED: "the job failed; 'medfl-coordinator status' shows why",
+    ExitCode.SESSION_ABORTED: "the encrypted-inference session was aborted; the message names the party or "
+                              "check that stopped it (a timeout means a party is down: check the model server "
+                              "and the dealer)",
+    ExitCode.POLICY: "the local policy (agent.toml) forbids this; change the request or the policy",
     ExitCode.INTERRUPTED: "stopped by the operator",
 }
 
@@ -73,7 +79,16 @@ def run_command(command: Callable[..., Any], *args: Any) -> None:
     *args
         Its arguments.
     """
-    from medfl.errors import AuthError, ConfigError, DataError, MedflError, NotFound, StateError
+    from medfl.errors import (
+        AuthError,
+        ConfigError,
+        DataError,
+        MedflError,
+        NotFound,
+        PolicyViolation,
+        SessionAborted,
+        StateError,
+    )
 
     try:
         command(*args)
@@ -85,6 +100,10 @@ def run_command(command: Callable[..., Any], *args: Any) -> None:
         die(ExitCode.AUTH, str(exc))
     except (StateError, NotFound) as exc:
         die(ExitCode.STATE, str(exc))
+    except SessionAborted as exc:
+        die(ExitCode.SESSION_ABORTED, f"session aborted ({exc.code}): {exc}")
+    except PolicyViolation as exc:
+        die(ExitCode.POLICY, str(exc))
     except MedflError as exc:
         die(ExitCode.FAILURE, str(exc))
     except KeyboardInterrupt:

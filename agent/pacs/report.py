@@ -26,7 +26,8 @@ NORMAL = hd.sr.CodedConcept(value="17621005", scheme_designator="SCT", meaning="
 RADIOGRAPHY = hd.sr.CodedConcept(value="363680008", scheme_designator="SCT", meaning="Radiographic imaging procedure")
 
 
-def build_sr(source: Dataset, *, score: float, threshold: float, model_id: str, version: str) -> Dataset:
+def build_sr(source: Dataset, *, score: float, threshold: float, model_id: str, version: str,
+             encrypted: bool = False) -> Dataset:
     """A Comprehensive SR with the AI result for ``source``.
 
     Parameters
@@ -41,9 +42,13 @@ def build_sr(source: Dataset, *, score: float, threshold: float, model_id: str, 
         Which model produced the score.
     version : str
         medfl's version.
+    encrypted : bool
+        The score came from encrypted inference (the hospital does not hold the model); the
+        algorithm name and the series description say so.
     """
     uid = str(source.SOPInstanceUID)
-    algo = hd.sr.AlgorithmIdentification(name="medfl pneumonia classifier", version=f"{version} {model_id}"[:64])
+    name = "medfl pneumonia classifier" + (" (encrypted inference)" if encrypted else "")
+    algo = hd.sr.AlgorithmIdentification(name=name, version=f"{version} {model_id}"[:64])
     device = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -66,5 +71,6 @@ def build_sr(source: Dataset, *, score: float, threshold: float, model_id: str, 
         series_instance_uid=generate_uid(entropy_srcs=["medfl-sr-series", str(source.StudyInstanceUID)]),
         series_number=9901, sop_instance_uid=generate_uid(entropy_srcs=["medfl-sr", uid, model_id]),
         instance_number=1, manufacturer="medfl", is_complete=True, is_final=False, is_verified=False)
-    sr.SeriesDescription = "AI RESULT medfl (not verified by a radiologist)"
+    sr.SeriesDescription = ("AI RESULT medfl encrypted inference (not verified)" if encrypted
+                            else "AI RESULT medfl (not verified by a radiologist)")
     return sr

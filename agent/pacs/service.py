@@ -30,7 +30,7 @@ from agent.pacs.audit import AuditLog
 from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
 from agent.pacs.report import build_sr
 from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, LoadedModel, Scorer, check_dataset, preprocess
-from medfl.errors import StateError
+from medfl.errors import PolicyViolation, SessionAborted, StateError
 
 __all__ = ["PacsService"]
 
@@ -65,7 +65,13 @@ class PacsService:
         self.results_dir = root / "results"
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(root / "audit.sqlite")
-        self.scorer = Scorer(model_file=self.pcfg.model_file, models_dir=cfg.agent.state_dir / "models")
+        self.encrypted = self.pcfg.scoring == "encrypted"
+        if self.encrypted:
+            from agent.pacs.encrypted import EncryptedScorer
+
+            self.scorer: Any = EncryptedScorer(cfg)
+        else:
+            self.scorer = Scorer(model_file=self.pcfg.model_file, models_dir=cfg.agent.state_dir / "models")
         self._stop = threading.Event()
         self._results_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -139,7 +145,7 @@ class PacsService:
         """Score a burst's worth of claimed instances with one forward pass, then finish each."""
         try:
             loaded = self.scorer.current()
-        except (FileNotFoundError, StateError) as exc:  # no usable model yet: keep the scans, retry later
+        except (FileNotFoundError, StateError, PolicyViolation) as exc:  # no usable model: keep scans, retry
             log.warning("%s; %d scan(s) wait in the inbox", exc, len(paths))
             for path in paths:
                 self.inbox.release(path)
@@ -163,7 +169,14 @@ class PacsService:
                 self.inbox.done(path)
         if not ready:
             return
-        scores = self.scorer.predict(loaded, [image for _, _, image in ready])
+        try:
+            scores = self.scorer.predict(loaded, [image for _, _, image in ready])
+        except SessionAborted as exc:  # the model server or the dealer is down: keep the scans, retry later
+            log.warning("encrypted inference session aborted (%s); %d scan(s) wait in the inbox", exc, len(ready))
+            for path, _, _ in ready:
+                self.inbox.release(path)
+            self._stop.wait(5.0)
+            return
         for (path, ds, _), score in zip(ready, scores, strict=True):
             self._finish(path, ds, score, loaded)
 
@@ -173,14 +186,16 @@ class PacsService:
 
         key = path.stem
         decision = "pneumonia" if score >= self.pcfg.threshold else "normal"
-        sr = build_sr(ds, score=score, threshold=self.pcfg.threshold, model_id=model.model_id, version=__version__)
+        sr = build_sr(ds, score=score, threshold=self.pcfg.threshold, model_id=model.model_id, version=__version__,
+                      encrypted=self.encrypted)
         buf = io.BytesIO()
         sr.save_as(buf, enforce_file_format=True)
         sr_key = uid_hash(str(sr.SOPInstanceUID))
         self.outbox.put(sr_key, buf.getvalue())
         self._append_result({"uid_sha256": key, "score": score, "decision": decision, "threshold": self.pcfg.threshold,
                              "model_id": model.model_id, "model_round": model.model_round, "time": time.time(),
-                             "sr_sha256": sr_key, "ai_result": True})
+                             "sr_sha256": sr_key, "ai_result": True,
+                             "scoring": "encrypted" if self.encrypted else "plain"})
         if self.audit.scored(key, score=score, decision=decision, model_id=model.model_id,
                              model_round=model.model_round, sr_sha256=sr_key):
             log.info("scored %s: %.4f (%s) with %s", key[:16], score, decision, model.model_id)
@@ -302,6 +317,12 @@ class PacsService:
         from medfl import __version__
         from medfl.data.dicom import synthetic_cr
 
+        if self.encrypted:  # a warm-up would run a whole session; check the policy only
+            try:
+                self.scorer.current()
+            except PolicyViolation as exc:
+                log.error("%s; scans will wait in the inbox", exc)
+            return
         try:
             probe = synthetic_cr(np.zeros((64, 64)), patient_id="WARMUP")
             score, model = self.scorer.score(probe)

@@ -1,5 +1,11 @@
 """Encrypted inference: two-party computation over Z_2^64 with a dealer.
 
+In one process: :mod:`~medfl.smpc.evaluator` (both parties side by side, tests and
+benchmarks). Over the network: :mod:`~medfl.smpc.party` (one party's run),
+:mod:`~medfl.smpc.material` (plans and sealed dealer material), :mod:`~medfl.smpc.provider`
+(the dealer service), :mod:`~medfl.smpc.server` (the model server), :mod:`~medfl.smpc.client`
+(the data owner) and :mod:`~medfl.smpc.session` (session stages).
+
 References
 ----------
 .. [1] Beaver, "Efficient Multiparty Protocols Using Circuit Randomization", CRYPTO 1991.

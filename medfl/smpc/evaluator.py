@@ -161,8 +161,8 @@ def _identity(x: Shared, s: Session) -> Shared:
     return x
 
 
-def _shared_param(t: object) -> Shared:
-    return share(ring.encode(np.asarray(t.detach().numpy(), dtype=np.float32)))  # type: ignore[attr-defined]
+def _encoded(t: object) -> np.ndarray:
+    return ring.encode(np.asarray(t.detach().numpy(), dtype=np.float32))  # type: ignore[attr-defined]
 
 
 class SecureModel:
@@ -183,9 +183,16 @@ class SecureModel:
     """
 
     def __init__(self, model: nn.Module, session: Session, in_shape: tuple[int, int, int],
-                 calibration: Calibration | None = None) -> None:
-        """Share the weights and open their masks once (one round per weight)."""
+                 calibration: Calibration | None = None, *,
+                 param_share: Callable[[np.ndarray], Shared] = share) -> None:
+        """Share the weights and open their masks once (one round per weight).
+
+        ``param_share`` turns an encoded parameter into shares; in one process it is
+        :func:`~medfl.smpc.sharing.share`, in a networked party it gives the model server's
+        share (the parameter) and the data owner's (zero), see :mod:`medfl.smpc.party`.
+        """
         self.session = session
+        self._share_param = param_share
         self.in_shape = in_shape
         self.calibration = calibration
         self._gn = 0
@@ -211,6 +218,9 @@ class SecureModel:
                 i += 1
             if step is not None:
                 self.steps.append(step)
+
+    def _param(self, t: object) -> Shared:
+        return self._share_param(_encoded(t))
 
     def _bits(self, mod: nn.Module) -> int:
         return comparison_bits(self._bounds.get(id(mod)), self.session.frac_bits)
@@ -257,15 +267,15 @@ class SecureModel:
         if isinstance(mod, nn.Conv2d):
             k, st, pd = mod.kernel_size[0], mod.stride[0], mod.padding
             p = pd[0] if isinstance(pd, tuple) else 0
-            w = layers.prepare_weight(_shared_param(mod.weight.reshape(mod.out_channels, -1).T), s)
-            b = None if mod.bias is None else _shared_param(mod.bias)
+            w = layers.prepare_weight(self._param(mod.weight.reshape(mod.out_channels, -1).T), s)
+            b = None if mod.bias is None else self._param(mod.bias)
             ho = (shape[1] + 2 * p - k) // st + 1
             wo = (shape[2] + 2 * p - k) // st + 1
             return (lambda x, s_: layers.conv2d(x, w, b, s_, kernel=k, stride=st, padding=p),
                     (mod.out_channels, ho, wo))
         if isinstance(mod, nn.Linear):
-            lw = layers.prepare_weight(_shared_param(mod.weight.T), s)
-            lb = None if mod.bias is None else _shared_param(mod.bias)
+            lw = layers.prepare_weight(self._param(mod.weight.T), s)
+            lb = None if mod.bias is None else self._param(mod.bias)
             return (lambda x, s_: layers.linear(Shared(x.s0.reshape(1, -1), x.s1.reshape(1, -1)), lw, lb, s_),
                     (mod.out_features,))
         if isinstance(mod, nn.GroupNorm):
@@ -273,13 +283,20 @@ class SecureModel:
                 raise ValueError("GroupNorm needs a calibration (medfl.smpc.evaluator.calibrate) of this model")
             vr = self.calibration.variances[self._gn]
             self._gn += 1
-            gamma, beta, groups, eps = _shared_param(mod.weight), _shared_param(mod.bias), mod.num_groups, mod.eps
+            gamma, beta, groups, eps = self._param(mod.weight), self._param(mod.bias), mod.num_groups, mod.eps
             return (lambda x, s_: group_norm(x, groups, gamma, beta, s_, eps=eps, v_range=vr)), shape
         if isinstance(mod, nn.ReLU):
             bits = self._bits(mod)
             return (lambda x, s_: layers.relu_layer(x, s_, bits=bits)), shape
         if isinstance(mod, nn.MaxPool2d):
             return self._pool(mod, shape, relu_before=None)
+        if isinstance(mod, nn.AdaptiveAvgPool2d) and isinstance(mod.output_size, int) \
+                and mod.output_size > shape[1] and mod.output_size % shape[1] == 0 and shape[1] == shape[2]:
+            # output larger than input: every output cell averages exactly one input cell, so the
+            # layer is a local repeat of each share (no rounds), e.g. a 32 px image in medfl's cnn
+            r = mod.output_size // shape[1]
+            return (lambda x, s_: Shared(*(np.ascontiguousarray(np.repeat(np.repeat(x.of(p), r, axis=1), r, axis=2))
+                                           for p in (0, 1)))), (shape[0], mod.output_size, mod.output_size)
         if isinstance(mod, nn.AdaptiveAvgPool2d | nn.AvgPool2d):
             out = mod.output_size if isinstance(mod, nn.AdaptiveAvgPool2d) else None
             k = shape[1] // int(out) if out is not None else int(mod.kernel_size)  # type: ignore[arg-type]
@@ -296,14 +313,22 @@ class SecureModel:
                                   f"(supported: Conv2d, Linear, ReLU, MaxPool2d, AvgPool2d, GroupNorm, Flatten, "
                                   f"Dropout, medfl's ResNet BasicBlock)")
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Run one (C, H, W) image; return the logits as the data owner reconstructs them."""
+    def check_input(self, image: np.ndarray) -> np.ndarray:
+        """Check an image's shape and calibrated range before it is shared; return it encoded."""
         if tuple(image.shape) != self.in_shape:
             raise ValueError(f"image shape {image.shape} != prepared shape {self.in_shape}")
         if self.calibration is not None and float(np.max(np.abs(image))) > self.calibration.input_bound:
             raise RingOverflowError(f"image max |x|={float(np.max(np.abs(image))):.4g} is outside the calibrated "
                                     f"range {self.calibration.input_bound:.4g}; preprocess it as in training")
-        x = share(ring.encode(image))
+        return ring.encode(image)
+
+    def forward(self, x: Shared) -> Shared:
+        """Run the layers on shares of one encoded image; return shares of the logits."""
         for step in self.steps:
             x = step(x, self.session)
+        return x
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Run one (C, H, W) image; return the logits as the data owner reconstructs them."""
+        x = self.forward(share(self.check_input(image)))
         return ring.decode(reconstruct(x), frac_bits=self.session.frac_bits).reshape(-1)

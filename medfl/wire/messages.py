@@ -27,6 +27,19 @@ as raw tensor frames, never pickled):
 - ERROR (either way): code, message, in_reply_to (the offending seq, or None).
 - BYE (agent -> coordinator): {}; the agent is shutting down.
 
+Encrypted inference (:mod:`medfl.smpc`; the model server's and the dealer's own sockets):
+
+- SMPC_REQUEST (data owner -> model server): model, images, party_key (raw X25519, 32 bytes).
+- SMPC_QUEUED (model server -> data owner): session, position (requests are served in order).
+- SMPC_ANNOUNCE (model server -> data owner): session, description (registry name, kwargs,
+  in_shape, frac_bits, calibration ranges: data, never code), dealer_key, images, rounds.
+- DEALER_REQUEST (model server -> dealer): session, plan (kinds and shapes), party_keys.
+- SMPC_MATERIAL (dealer -> model server, relayed to the data owner for party 0): session,
+  party, seq, last; tensors c = ChaCha20-Poly1305 ciphertext sealed to that party alone.
+- SMPC_SHARE (either compute party): session, step; tensors s = one share of one opening.
+- SMPC_DONE (data owner -> model server): session; the session is closed.
+- SMPC_ABORT (any party): session, code, message.
+
 Compatibility rules: message types and body fields are never removed or re-purposed; new
 fields are optional and ignored by older peers; a change that breaks these rules bumps
 :data:`PROTOCOL_VERSION`, which each side checks on every message.
@@ -69,3 +82,11 @@ class MessageType(enum.StrEnum):
     SECAGG_UNMASK = "secagg_unmask"
     ERROR = "error"
     BYE = "bye"
+    SMPC_REQUEST = "smpc_request"
+    SMPC_QUEUED = "smpc_queued"
+    SMPC_ANNOUNCE = "smpc_announce"
+    DEALER_REQUEST = "dealer_request"
+    SMPC_MATERIAL = "smpc_material"
+    SMPC_SHARE = "smpc_share"
+    SMPC_DONE = "smpc_done"
+    SMPC_ABORT = "smpc_abort"

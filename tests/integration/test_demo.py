@@ -19,7 +19,7 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "medfl.cli", "demo", "--agents", "2", "--rounds", "2", "--out", str(out),
          "--json", str(summary_path), "--train-per-agent", "64", "--val-per-agent", "32", "--image-size", "32",
-         "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+         "--no-progress"], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(summary_path.read_text())
     assert summary["transport"] == "zmq+curve" and summary["status"] == "done"
@@ -35,6 +35,12 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     assert all(e is not None and e > 0 for e in eps) and eps[1] > eps[0]
     assert summary["final_epsilon"] == eps[-1] and set(summary["rounds"][0]["epsilons"]) == set(summary["agents"])
     assert "eps@1e-05" in proc.stdout and "differential privacy: DP-SGD" in proc.stdout
+    # the demo ends with encrypted inference of two validation images on the model it trained
+    enc = summary["encrypted_inference"]
+    assert "error" not in enc, enc
+    assert enc["images"] == 2 and enc["decisions_agree"] is True and enc["max_abs_diff"] < 5e-2
+    assert enc["seconds_per_image"] > 0 and enc["bytes_per_image"] > 0 and enc["rounds_per_image"] > 0
+    assert "encrypted inference of 2 validation image(s)" in proc.stdout
     # a second run replaces the folder it made, but refuses to touch a folder it did not make
     foreign = tmp_path / "foreign"
     foreign.mkdir()
