@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--data", type=pathlib.Path, required=True,
                       help="data folder (train/<CLASS>/..., val/<CLASS>/...) or a .npz file")
     init.add_argument("--min-parties", type=int, default=2, help="refuse aggregates with fewer hospitals")
+    init.add_argument("--require-secure-aggregation", action=argparse.BooleanOptionalAction, default=True,
+                      help="refuse jobs with plain aggregation (default: require secure aggregation)")
     init.add_argument("--max-epsilon-per-job", type=float, default=None,
                       help="refuse rounds that take a job past this epsilon (default: no limit)")
     init.add_argument("--max-total-epsilon", type=float, default=None,
@@ -74,6 +76,7 @@ def _init(args: argparse.Namespace) -> None:
         "keys": {"secret_key_file": str(sec.relative_to(root))},
         "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data)},
         "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties,
+                   "require_secure_aggregation": args.require_secure_aggregation,
                    **({"max_epsilon_per_job": args.max_epsilon_per_job} if args.max_epsilon_per_job else {}),
                    **({"max_total_epsilon": args.max_total_epsilon} if args.max_total_epsilon else {})},
         "training": {"torch_threads": 0, "device": "cpu"},

@@ -20,6 +20,7 @@ Example::
     [policy]
     allowed_models = ["cnn", "resnet18"]
     min_parties = 2                             # refuse aggregates with fewer agents
+    require_secure_aggregation = true           # refuse jobs whose updates would be seen in the clear
     max_epsilon_per_job = 8.0                   # refuse rounds that would take a job past this
     max_total_epsilon = 20.0                    # ... or this dataset past this, over all jobs
     total_delta = 1e-5                          # delta of the dataset's total epsilon
@@ -89,6 +90,7 @@ class PolicySection:
 
     allowed_models: tuple[str, ...] = ("cnn", "resnet18")
     min_parties: int = 2
+    require_secure_aggregation: bool = True
     #: differential privacy limits (unset: no limit). Any limit set refuses jobs without DP.
     max_epsilon_per_job: float | None = None
     max_total_epsilon: float | None = None

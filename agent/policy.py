@@ -32,6 +32,17 @@ def check_job(policy: PolicySection, job: JobSpec) -> None:
         raise PolicyViolation(
             f"job {job.job.name!r} allows aggregates of min_agents={job.job.min_agents} but agent.toml "
             f"policy.min_parties={policy.min_parties}; raise the job's min_agents or lower the local minimum")
+    agg = job.aggregation
+    if not agg.secure and policy.require_secure_aggregation:
+        raise PolicyViolation(
+            f"job {job.job.name!r} uses plain aggregation (aggregation.secure = false), so the coordinator would see "
+            "this hospital's model update, but agent.toml policy.require_secure_aggregation = true; submit the job "
+            "with secure aggregation or set require_secure_aggregation = false")
+    if agg.secure and agg.threshold and agg.threshold < policy.min_parties:
+        raise PolicyViolation(
+            f"job {job.job.name!r} sets aggregation.threshold={agg.threshold}: a sum of that many agents could be "
+            f"unmasked, but agent.toml policy.min_parties={policy.min_parties}; raise the threshold or lower the "
+            "local minimum")
     _check_privacy(policy, job)
 
 

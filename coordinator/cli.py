@@ -169,9 +169,18 @@ def status_dict(store: Any) -> dict[str, Any]:
     for j in store.jobs():
         jobs.append({"id": j.id, "name": j.name, "status": j.status, "rounds_done": j.rounds_done,
                      "rounds": j.spec["job"]["rounds"], "message": j.message,
+                     "aggregation": _aggregation_label(j.spec),
                      "rounds_table": [r.__dict__ for r in store.rounds(j.id)]})
     return {"daemon": daemon, "nodes": [n.__dict__ for n in store.nodes()], "jobs": jobs,
             "events": store.events(limit=10)}
+
+
+def _aggregation_label(spec: dict) -> str:
+    """"secagg", "secagg+" or "plain", as the job file says (secure is the default)."""
+    agg = spec.get("aggregation") or {}
+    if agg.get("secure", True) is False:
+        return "plain"
+    return "secagg+" if agg.get("neighbours") else "secagg"
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -190,7 +199,8 @@ def _status(args: argparse.Namespace) -> None:
     print(f"nodes: {sum(n['status'] == 'approved' for n in st['nodes'])} approved, "
           f"{sum(n['status'] == 'pending' for n in st['nodes'])} pending")
     for j in st["jobs"]:
-        print(f"job {j['id']} {j['name']}: {j['status']} {j['rounds_done']}/{j['rounds']} {j['message']}")
+        print(f"job {j['id']} {j['name']} ({j['aggregation']} aggregation): {j['status']} {j['rounds_done']}/"
+              f"{j['rounds']} {j['message']}")
         for r in j["rounds_table"]:
             auc = f"{r['val_auc']:.4f}" if r["val_auc"] is not None else "n/a"
             dp = f"  epsilon {r['epsilon']:.3f} (delta {r['delta']:g})" if r.get("epsilon") is not None else ""

@@ -6,7 +6,15 @@ weights (UPDATE) until all answered or the round deadline passed, aggregate (Fed
 by sample count, or FedProx), send the new global model for validation (EVALUATE), collect the
 metrics, then persist the checkpoint (safetensors) and the round row (SQLite) before moving on.
 A round whose deadline passes with fewer than ``min_agents`` updates is retried, up to
-``max_round_retries`` times. The object is pure logic: it returns the messages to send and
+``max_round_retries`` times.
+
+With secure aggregation (the default, ``[aggregation] secure = true``) the agents never send
+their weights or metrics in the clear: TRAIN and EVALUATE carry the secure-sum parameters, and
+each phase runs a :class:`~coordinator.secure.SecureSum` (advertise keys -> share keys ->
+masked input -> unmask) whose unmasked result is the weighted sum of the deltas, the sample
+counts and the losses (fit) or of the validation metrics (evaluate), laid out as
+:mod:`medfl.secagg.vector` says. A secure sum that falls below its threshold aborts and the
+round is retried like a round short of ``min_agents``. The object is pure logic: it returns the messages to send and
 never touches a socket, so it is tested without a network.
 
 Stages and transitions (checked before any state changes)::
@@ -33,16 +41,20 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from coordinator.secure import SecureSum
 from coordinator.store import RoundRow, Store
 from medfl.aggregation import aggregate
-from medfl.errors import OutOfOrder, StateError
+from medfl.errors import NonFiniteError, OutOfOrder, Rejected, ShareError, StateError
 from medfl.jobspec import JobSpec
+from medfl.secagg import envelopes
+from medfl.secagg.quantization import choose_spec
+from medfl.secagg.vector import METRICS_LENGTH, FitSum, MetricsSum, fit_length, unpack_fit, unpack_metrics
 from medfl.wire import Envelope, MessageType
 
 __all__ = ["JobRun", "Outgoing", "Stage"]
@@ -92,6 +104,9 @@ class RunState:
     candidate: dict[str, np.ndarray] | None = None
     message: str = ""
     waiting_since: float | None = None
+    secure: SecureSum | None = None              # the open secure sum (fit or evaluate phase)
+    fit_sum: FitSum | None = None                # what the unmasked fit sum revealed
+    survivors: list[str] = field(default_factory=list)  # agents whose masked update is in the sum
 
 
 class JobRun:
@@ -147,8 +162,9 @@ class JobRun:
     def describe(self) -> str:
         """One line for ``status``."""
         s = self.state
+        secure = f", secagg {s.secure.session.phase}:{s.secure.stage}" if s.secure is not None else ""
         return (f"job {self.job_id} round {s.round}/{self.spec.job.rounds} attempt {s.attempt} {s.stage}: "
-                f"{len(s.accepted)} accepted, {len(s.participants)} in round, {len(s.updates)} updates")
+                f"{len(s.accepted)} accepted, {len(s.participants)} in round, {len(s.updates)} updates{secure}")
 
     # ---- start / resume ----------------------------------------------------------------
     def start(self) -> None:
@@ -196,8 +212,9 @@ class JobRun:
     def on_refuse(self, fingerprint: str, reason: str, *, name: str = "") -> list[Outgoing]:
         """An agent refused the job (or a round, e.g. its privacy budget is spent) under its policy.
 
-        A refused round no longer waits for that agent: when every remaining participant has
-        answered, the round closes now instead of at its deadline.
+        A refused plain round no longer waits for that agent: when every remaining participant has
+        answered, the round closes now instead of at its deadline. A secure sum forgets it (its
+        masks are recovered from the others' shares).
         """
         s = self.state
         s.accepted.pop(fingerprint, None)
@@ -205,14 +222,25 @@ class JobRun:
         who = f"{name} ({fingerprint[:16]})" if name else fingerprint[:16]
         log.warning("job %s: agent %s refused: %s", self.job_id, who, reason)
         self.store.event(self.job_id, "refused", f"{who}: {reason}")
-        if s.stage == Stage.FIT and s.participants.pop(fingerprint, None) is not None \
+        if s.stage == Stage.FIT and s.participants.pop(fingerprint, None) is not None and s.secure is None \
                 and set(s.updates) >= set(s.participants):
             return self._close_fit()
-        return []
+        return self._forget(fingerprint)
 
-    def on_offline(self, fingerprint: str) -> None:
-        """An agent disconnected or stopped heart-beating; it stays a participant until the deadline."""
+    def on_offline(self, fingerprint: str) -> list[Outgoing]:
+        """An agent disconnected or stopped heart-beating.
+
+        A plain round keeps it as a participant until the deadline; a secure sum stops waiting
+        for it (its masks are rebuilt from the others' shares if it had shared its keys).
+        """
         self.state.accepted.pop(fingerprint, None)
+        return self._forget(fingerprint)
+
+    def _forget(self, fingerprint: str) -> list[Outgoing]:
+        s = self.state
+        if s.secure is None or s.stage not in (Stage.FIT, Stage.EVALUATE):
+            return []
+        return s.secure.forget(fingerprint) + self._after_secure()
 
     # ---- the round ---------------------------------------------------------------------
     def tick(self, online: set[str]) -> list[Outgoing]:
@@ -226,16 +254,43 @@ class JobRun:
                 s.waiting_since = now
             # start once enough agents are ready and every online agent has answered the offer
             # (or OFFER_GRACE_S has passed), so a round includes every hospital that is there
-            enough = len(ready) >= self.spec.job.min_agents
+            enough = len(ready) >= self._min_ready()
             if enough and (not undecided or now - s.waiting_since >= OFFER_GRACE_S):
                 s.waiting_since = None
                 return self._start_fit(ready)
-            s.message = f"waiting for agents: {len(ready)}/{self.spec.job.min_agents} ready"
+            s.message = f"waiting for agents: {len(ready)}/{self._min_ready()} ready"
+        elif s.secure is not None and s.stage in (Stage.FIT, Stage.EVALUATE):
+            return s.secure.tick() + self._after_secure()
         elif s.stage == Stage.FIT and now >= s.deadline:
             return self._close_fit()
         elif s.stage == Stage.EVALUATE and now >= s.deadline:
             return self._close_evaluate()
         return []
+
+    def _min_ready(self) -> int:
+        """Agents a round needs before it starts (secure aggregation: at least 2 and the threshold)."""
+        agg = self.spec.aggregation
+        if not agg.secure:
+            return self.spec.job.min_agents
+        return max(self.spec.job.min_agents, agg.threshold, 2)
+
+    def _secure_sum(self, phase: str, agents: list[str], length: int, collect_deadline_s: float) -> SecureSum:
+        agg = self.spec.aggregation
+        spec = choose_spec(n_agents=len(agents), clip_norm=agg.clip_norm, frac_bits=agg.frac_bits)
+        session = envelopes.Session(job=self.job_id, round=self.state.round, attempt=self.state.attempt, phase=phase)
+        return SecureSum(session=session, agents=agents, threshold=agg.threshold_for(len(agents)),
+                         degree=agg.neighbours, spec=spec, length=length, stage_deadline_s=agg.stage_deadline_s,
+                         collect_deadline_s=collect_deadline_s, clock=self.clock)
+
+    def _secure_envelopes(self, mtype: MessageType, body: Mapping[str, Any],
+                          tensors: Mapping[str, np.ndarray]) -> list[Outgoing]:
+        """One envelope per agent of the open secure sum (each is told its own agent id)."""
+        s, agg = self.state, self.spec.aggregation
+        if s.secure is None:
+            raise StateError("no secure sum is open")
+        return [(fp, self._env(mtype, {**body, "secure": {**s.secure.params(fp), "clip_norm": agg.clip_norm,
+                                                          "sample_cap": agg.sample_cap}}, tensors))
+                for fp in sorted(s.secure.expected)]
 
     def _start_fit(self, ready: list[str]) -> list[Outgoing]:
         s = self.state
@@ -249,14 +304,86 @@ class JobRun:
         s.candidate = None
         s.round_started = self.clock()
         s.deadline = s.round_started + self.spec.job.round_deadline_s
+        s.secure, s.fit_sum, s.survivors = None, None, []
         t = self.spec.training
         body = {"participants": len(ready), "local_epochs": t.local_epochs, "batch_size": t.batch_size,
                 "optimizer": t.optimizer,
                 "lr": t.lr, "momentum": t.momentum, "weight_decay": t.weight_decay,
                 "fedprox_mu": self.spec.prox_mu, "attempt": s.attempt}
-        log.info("job %s round %d attempt %d: training on %d agents", self.job_id, s.round, s.attempt, len(ready))
+        log.info("job %s round %d attempt %d: training on %d agents (%s aggregation)", self.job_id, s.round,
+                 s.attempt, len(ready), self.spec.aggregation.label)
+        if self.spec.aggregation.secure:
+            s.deadline = math.inf  # the secure sum's stages carry the deadlines
+            s.secure = self._secure_sum("fit", ready, fit_length(self.global_arrays), self.spec.job.round_deadline_s)
+            return self._secure_envelopes(MessageType.TRAIN, body, self.global_arrays)
         env = self._env(MessageType.TRAIN, body, self.global_arrays)
         return [(fp, env) for fp in ready]
+
+    # ---- secure rounds -----------------------------------------------------------------
+    def on_secagg(self, fingerprint: str, env: Envelope) -> list[Outgoing]:
+        """A secure-aggregation message of an agent (keys, sealed shares, masked input, unmask shares)."""
+        s = self.state
+        session = envelopes.Session.of(env)
+        if s.secure is None or s.secure.session != session:
+            raise OutOfOrder(f"{env.type} for {session.phase} attempt {session.attempt} of round {session.round}, "
+                             f"but job {self.job_id} is in round {s.round} attempt {s.attempt} stage {s.stage}")
+        return s.secure.on_message(fingerprint, env) + self._after_secure()
+
+    def _after_secure(self) -> list[Outgoing]:
+        s = self.state
+        if s.secure is None or not s.secure.done:
+            return []
+        if s.stage == Stage.FIT:
+            return self._close_fit_secure()
+        if s.stage == Stage.EVALUATE:
+            return self._close_evaluate()
+        return []
+
+    def _close_fit_secure(self) -> list[Outgoing]:
+        s, agg = self.state, self.spec.aggregation
+        run = s.secure
+        if run is None:
+            raise StateError("no secure sum to close")
+        if run.error is not None or run.result is None:
+            return self._retry(f"round {s.round} attempt {s.attempt}: secure aggregation aborted: {run.error}")
+        if len(run.survivors) < self.spec.job.min_agents:
+            return self._retry(f"round {s.round} attempt {s.attempt}: {len(run.survivors)} masked update(s) in the "
+                               f"sum, min_agents={self.spec.job.min_agents}")
+        try:
+            fit = unpack_fit(run.result, self.global_arrays, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap)
+        except (ShareError, NonFiniteError) as exc:
+            return self._retry(f"round {s.round} attempt {s.attempt}: the unmasked sum is unusable: {exc}")
+        moved = {k: (v + fit.mean_delta[k]).astype(np.float32) if k in fit.mean_delta else v
+                 for k, v in self.global_arrays.items()}
+        try:
+            s.candidate = aggregate(agg.strategy, self.global_arrays, [(moved, 1)], server_lr=agg.server_lr)
+        except ValueError as exc:
+            self._goto(Stage.FAILED)
+            s.message = f"aggregation failed in round {s.round}: {exc}"
+            return []
+        s.fit_sum, s.survivors = fit, list(run.survivors)
+        s.epsilons = {fp: rep for fp, rep in run.reports.items() if fp in s.survivors}
+        if self.spec.privacy.enabled and set(s.survivors) - set(s.epsilons):
+            log.warning("job %s round %d: %d agent(s) sent no epsilon for a DP job", self.job_id, s.round,
+                        len(set(s.survivors) - set(s.epsilons)))
+        self._goto(Stage.EVALUATE)
+        s.deadline = math.inf
+        s.secure = self._secure_sum("evaluate", s.survivors, METRICS_LENGTH, self.eval_deadline_s)
+        return self._secure_envelopes(MessageType.EVALUATE, {}, s.candidate)
+
+    def _retry(self, msg: str) -> list[Outgoing]:
+        s = self.state
+        log.warning("job %s: %s", self.job_id, msg)
+        self.store.event(self.job_id, "retry", msg)
+        s.secure = None
+        if s.attempt > self.spec.job.max_round_retries:
+            self._goto(Stage.FAILED)
+            s.message = msg + "; out of retries"
+            return []
+        self._goto(Stage.WAITING)
+        s.attempt += 1
+        s.participants = {}
+        return []
 
     def _check_stage(self, env: Envelope, stage: Stage) -> None:
         if env.job != self.job_id or env.round != self.state.round or self.state.stage != stage:
@@ -267,6 +394,9 @@ class JobRun:
         """An agent's trained weights for the open round."""
         self._check_stage(env, Stage.FIT)
         s = self.state
+        if self.spec.aggregation.secure:
+            raise Rejected(f"plain UPDATE in round {s.round} of job {self.job_id}, which uses secure aggregation; "
+                           "send a MASKED_INPUT")
         if fingerprint not in s.participants:
             raise OutOfOrder(f"agent {fingerprint[:16]} is not a participant of round {s.round}")
         arrays = {k: np.asarray(v) for k, v in env.tensors.items()}
@@ -291,18 +421,8 @@ class JobRun:
         s = self.state
         if len(s.updates) < self.spec.job.min_agents:
             missing = sorted(set(s.participants) - set(s.updates))
-            msg = (f"round {s.round} attempt {s.attempt}: {len(s.updates)} update(s) by the deadline, "
-                   f"min_agents={self.spec.job.min_agents}; missing {[m[:16] for m in missing]}")
-            log.warning("job %s: %s", self.job_id, msg)
-            self.store.event(self.job_id, "retry", msg)
-            if s.attempt > self.spec.job.max_round_retries:
-                self._goto(Stage.FAILED)
-                s.message = msg + "; out of retries"
-                return []
-            self._goto(Stage.WAITING)
-            s.attempt += 1
-            s.participants = {}
-            return []
+            return self._retry(f"round {s.round} attempt {s.attempt}: {len(s.updates)} update(s) by the deadline, "
+                               f"min_agents={self.spec.job.min_agents}; missing {[m[:16] for m in missing]}")
         try:
             s.candidate = aggregate(self.spec.aggregation.strategy, self.global_arrays,
                                     [(a, n) for a, n, _ in s.updates.values()],
@@ -321,6 +441,9 @@ class JobRun:
         """An agent's validation metrics of the new global model."""
         self._check_stage(env, Stage.EVALUATE)
         s = self.state
+        if self.spec.aggregation.secure:
+            raise Rejected(f"plain METRICS in round {s.round} of job {self.job_id}, which uses secure aggregation; "
+                           "send a MASKED_INPUT")
         if fingerprint not in s.updates:
             raise OutOfOrder(f"agent {fingerprint[:16]} was not asked to evaluate round {s.round}")
         s.metrics[fingerprint] = {k: float(env.body.get(k, math.nan)) for k in ("n", "auc", "accuracy", "loss")}
@@ -338,20 +461,22 @@ class JobRun:
         save_checkpoint(path, s.candidate, {"job_id": self.job_id, "round": str(s.round),
                                             "model": self.spec.job.model,
                                             "model_args": json.dumps(self.spec.job.model_args, sort_keys=True)})
-        n_train = sum(n for _, n, _ in s.updates.values())
-        eps = {s.participants.get(fp, fp[:16]): e for fp, (e, _) in s.epsilons.items() if fp in s.updates}
-        deltas = [d for fp, (_, d) in s.epsilons.items() if fp in s.updates and math.isfinite(d)]
-        row = RoundRow(
-            job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.updates),
-            agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.updates)),
-            num_samples=n_train,
-            train_loss=_weighted([(n, loss) for _, n, loss in s.updates.values()]),
-            val_auc=_weighted([(m["n"], m["auc"]) for m in s.metrics.values()]),
-            val_accuracy=_weighted([(m["n"], m["accuracy"]) for m in s.metrics.values()]),
-            val_loss=_weighted([(m["n"], m["loss"]) for m in s.metrics.values()]),
-            val_samples=int(sum(m["n"] for m in s.metrics.values() if math.isfinite(m["n"]))),
-            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
-            epsilon=max(eps.values()) if eps else None, delta=max(deltas) if deltas else None, epsilons=eps)
+        if s.secure is not None:
+            row = self._secure_row(path)
+        else:
+            n_train = sum(n for _, n, _ in s.updates.values())
+            row = RoundRow(
+                job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.updates),
+                agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.updates)),
+                num_samples=n_train,
+                train_loss=_weighted([(n, loss) for _, n, loss in s.updates.values()]),
+                val_auc=_weighted([(m["n"], m["auc"]) for m in s.metrics.values()]),
+                val_accuracy=_weighted([(m["n"], m["accuracy"]) for m in s.metrics.values()]),
+                val_loss=_weighted([(m["n"], m["loss"]) for m in s.metrics.values()]),
+                val_samples=int(sum(m["n"] for m in s.metrics.values() if math.isfinite(m["n"]))),
+                seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+                **self._privacy_columns(s.updates))
+        s.secure = None
         self.store.record_round(row)
         log.info("job %s round %d done: %d agents, val_auc=%s%s", self.job_id, s.round, row.agents,
                  f"{row.val_auc:.4f}" if row.val_auc is not None else "n/a",
@@ -366,6 +491,39 @@ class JobRun:
         s.attempt = 1
         s.participants = {}
         return []
+
+
+    def _secure_row(self, path: pathlib.Path) -> RoundRow:
+        """The round's row from the two secure sums (the evaluate sum may have aborted: no metrics)."""
+        s, agg = self.state, self.spec.aggregation
+        fit, run = s.fit_sum, s.secure
+        if fit is None or run is None:
+            raise StateError(f"job {self.job_id}: secure round {s.round} closed without its fit sum")
+        metrics = MetricsSum(n=0, auc=None, accuracy=None, loss=None)
+        if run.result is not None:
+            try:
+                metrics = unpack_metrics(run.result, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap)
+            except ShareError as exc:
+                self.store.event(self.job_id, "metrics", f"round {s.round}: validation sum unusable: {exc}")
+        else:
+            self.store.event(self.job_id, "metrics", f"round {s.round}: validation metrics not aggregated: "
+                                                     f"{run.error}")
+        return RoundRow(
+            job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.survivors),
+            agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.survivors)),
+            num_samples=fit.num_samples, train_loss=fit.train_loss, val_auc=metrics.auc,
+            val_accuracy=metrics.accuracy, val_loss=metrics.loss, val_samples=metrics.n,
+            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+            **self._privacy_columns(s.survivors))
+
+    def _privacy_columns(self, agents: Iterable[str]) -> dict[str, Any]:
+        """Epsilon (the largest over the agents), delta and each agent's epsilon, from their reports."""
+        s = self.state
+        members = set(agents)
+        eps = {s.participants.get(fp, fp[:16]): e for fp, (e, _) in s.epsilons.items() if fp in members}
+        deltas = [d for fp, (_, d) in s.epsilons.items() if fp in members and math.isfinite(d)]
+        return {"epsilon": max(eps.values()) if eps else None, "delta": max(deltas) if deltas else None,
+                "epsilons": eps}
 
 
 def _weighted(pairs: list[tuple[float, float]]) -> float | None:

@@ -23,6 +23,7 @@ from coordinator.rounds import JobRun, Outgoing
 from coordinator.store import Store
 from medfl.errors import ConfigError, MedflError, Rejected, StateError, WireError
 from medfl.jobspec import job_from_dict
+from medfl.secagg.envelopes import SECAGG_FROM_AGENT
 from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
 
 __all__ = ["CoordinatorService"]
@@ -145,6 +146,12 @@ class CoordinatorService:
             log.warning("agent %s reported error %s: %s", sess.name, env.body.get("code"), env.body.get("message"))
             return
         run = self.run
+        if mtype in SECAGG_FROM_AGENT:
+            if run is None or env.job != run.job_id:
+                raise OutOfOrder(f"{mtype} for job {env.job!r} but the running job is "
+                                 f"{run.job_id if run else 'none'}")
+            self._send(run.on_secagg(fp, env))
+            return
         if mtype in (MessageType.JOB_ACCEPT, MessageType.JOB_REFUSE, MessageType.UPDATE, MessageType.METRICS):
             if run is None or env.job != run.job_id:
                 raise OutOfOrder(f"{mtype} for job {env.job!r} but the running job is "
@@ -184,7 +191,7 @@ class CoordinatorService:
         self.by_peer.pop(sess.peer, None)
         self.channel.forget(sess.peer)
         if self.run is not None:
-            self.run.on_offline(fp)
+            self._send(self.run.on_offline(fp))
         log.info("agent %s offline: %s", sess.name, why)
 
     # ---- housekeeping ------------------------------------------------------------------

@@ -43,7 +43,7 @@ py::tuple encode(py::array x, py::array out, int frac_bits, bool stochastic, uin
   same_size(x, out, "encode");
   const int64_t n = x.size();
   fp::Status st{};
-  if (out.dtype().is(py::dtype::of<uint32_t>())) {
+  if (out.dtype().equal(py::dtype::of<uint32_t>())) {
     check_bits(frac_bits, 32);
     uint32_t* op = data_of<uint32_t>(out, "out", true);
     py::gil_scoped_release nogil;
@@ -61,7 +61,7 @@ void decode(py::array v, py::array out, int frac_bits) {
   float* op = data_of<float>(out, "out", true);
   same_size(v, out, "decode");
   const int64_t n = v.size();
-  if (v.dtype().is(py::dtype::of<uint32_t>())) {
+  if (v.dtype().equal(py::dtype::of<uint32_t>())) {
     check_bits(frac_bits, 32);
     const uint32_t* vp = data_of<uint32_t>(v, "v", false);
     py::gil_scoped_release nogil;
@@ -80,7 +80,7 @@ void ring_sum(py::array rows, py::array out) {
   if (out.size() != n) {
     throw py::value_error("out must have n = " + std::to_string(n) + " elements, got " + std::to_string(out.size()));
   }
-  if (rows.dtype().is(py::dtype::of<uint32_t>())) {
+  if (rows.dtype().equal(py::dtype::of<uint32_t>())) {
     const uint32_t* rp = data_of<uint32_t>(rows, "rows", false);
     uint32_t* op = data_of<uint32_t>(out, "out", true);
     py::gil_scoped_release nogil;
@@ -96,7 +96,7 @@ void ring_sum(py::array rows, py::array out) {
 void ring_add(py::array acc, py::array v) {
   same_size(acc, v, "ring_add");
   const int64_t n = acc.size();
-  if (acc.dtype().is(py::dtype::of<uint32_t>())) {
+  if (acc.dtype().equal(py::dtype::of<uint32_t>())) {
     uint32_t* ap = data_of<uint32_t>(acc, "acc", true);
     const uint32_t* vp = data_of<uint32_t>(v, "v", false);
     py::gil_scoped_release nogil;

@@ -35,7 +35,7 @@ struct Registration {
 template <typename T>
 T* data_of(pybind11::array& a, const char* what, bool writable) {
   namespace py = pybind11;
-  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>())) {
+  if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().equal(py::dtype::of<T>())) {
     throw py::value_error(std::string(what) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                           ", got " + std::string(py::str(a.dtype())));
   }

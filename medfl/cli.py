@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--plain", action="store_true",
+                   help="plain FedAvg instead of secure aggregation (the coordinator then sees every update)")
+    d.add_argument("--neighbours", type=int, default=0,
+                   help="SecAgg+ neighbourhood size (default 0: every agent masks with every other, SecAgg)")
     d.add_argument("--no-dp", action="store_true", help="train without differential privacy (default: DP-SGD on)")
     d.add_argument("--noise-multiplier", type=float, default=None,
                    help="DP-SGD noise multiplier of the demo job (default 1.0)")
@@ -56,7 +60,8 @@ def _demo(args: argparse.Namespace) -> None:
         die(ExitCode.USAGE, f"--agents and --rounds must be at least 1, got {args.agents} and {args.rounds}")
     opts = DemoOptions(agents=args.agents, rounds=args.rounds, out=args.out, json_path=args.json, model=args.model,
                        train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
-                       image_size=args.image_size, seed=args.seed, progress=not args.no_progress, dp=not args.no_dp,
+                       image_size=args.image_size, seed=args.seed, progress=not args.no_progress,
+                       secure=not args.plain, neighbours=args.neighbours, dp=not args.no_dp,
                        **({"noise_multiplier": args.noise_multiplier} if args.noise_multiplier is not None else {}))
     try:
         summary = run_demo(opts)
@@ -69,7 +74,8 @@ def _demo(args: argparse.Namespace) -> None:
     print()
     auc = summary["final_val_auc"]
     print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
-          f"{summary['transport']}; final validation AUC {auc:.4f}" if auc is not None else "no AUC")
+          f"{summary['transport']} with {summary['aggregation']} aggregation; final validation AUC {auc:.4f}"
+          if auc is not None else "no AUC")
     if summary["privacy"]["enabled"]:
         p = summary["privacy"]
         print(f"differential privacy: DP-SGD at every hospital, noise multiplier {p['noise_multiplier']}, clip "

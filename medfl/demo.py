@@ -63,6 +63,8 @@ class DemoOptions:
     seed: int = 7
     timeout_s: float = 1800.0
     progress: bool = True
+    secure: bool = True
+    neighbours: int = 0
     dp: bool = True
     noise_multiplier: float = DEMO_NOISE_MULTIPLIER
     max_grad_norm: float = DEMO_MAX_GRAD_NORM
@@ -171,6 +173,8 @@ image_size = {opts.image_size}
 {_training_toml(opts)}
 [aggregation]
 strategy = "fedavg"
+secure = {"true" if opts.secure and opts.agents >= 2 else "false"}   # the coordinator learns only the sum
+neighbours = {opts.neighbours}              # 0: SecAgg (complete graph); k >= 2: SecAgg+ with k neighbours
 """ + (f"""
 [privacy]
 noise_multiplier = {opts.noise_multiplier}
@@ -199,10 +203,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     coord = out / "coordinator"
     _run(["coordinator.cli", "init", "--dir", str(coord), "--bind", endpoint, "--name", "demo-coordinator"])
     ccfg = str(coord / "coordinator.toml")
+    secure = opts.secure and opts.agents >= 2
     for name in names:
         _run(["agent.cli", "init", "--dir", str(out / name), "--name", name, "--coordinator", endpoint,
               "--coordinator-key", str(coord / "keys" / "coordinator.key"), "--data", str(out / name / "data"),
               "--min-parties", str(min(2, opts.agents)),
+              "--require-secure-aggregation" if secure else "--no-require-secure-aggregation",
               *(["--max-epsilon-per-job", str(opts.max_epsilon_per_job), "--max-total-epsilon",
                  str(opts.max_total_epsilon)] if opts.dp else [])])
         _run(["coordinator.cli", "nodes", "approve", str(out / name / "keys" / "agent.key"), "--name", name,
@@ -229,7 +235,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                      "max_total_epsilon": opts.max_total_epsilon} if opts.dp else {"enabled": False}),
         "delta": opts.delta if opts.dp else None,
         "final_epsilon": rounds[-1]["epsilon"] if rounds else None,
-        "transport": "zmq+curve", "checkpoint": job["rounds_table"][-1]["checkpoint"] if rounds else None,
+        "transport": "zmq+curve", "aggregation": _aggregation_label(job_file),
+        "checkpoint": job["rounds_table"][-1]["checkpoint"] if rounds else None,
         "wall_seconds": round(time.monotonic() - started, 1), "out": str(out),
     }
     summary["plot"] = str(_plot(rounds, out / "training_curves.png"))
@@ -238,6 +245,14 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     json_path.write_text(json.dumps(summary, indent=2))
     summary["json"] = str(json_path)
     return summary
+
+
+def _aggregation_label(job_file: pathlib.Path) -> str:
+    """"secagg", "secagg+" (SecAgg+ neighbourhoods smaller than the federation) or "fedavg" (plain)."""
+    from medfl.jobspec import load_job
+
+    agg = load_job(job_file).aggregation
+    return "fedavg" if agg.label == "plain" else agg.label
 
 
 def _follow(opts: DemoOptions, ccfg: str, job_id: str, procs: dict[str, subprocess.Popen],

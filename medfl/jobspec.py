@@ -22,6 +22,13 @@ Example::
 
     [aggregation]
     strategy = "fedavg"      # or "fedprox"
+    secure = true            # the default: the coordinator learns only the sum (SecAgg / SecAgg+)
+    threshold = 0            # 0: max(2, ceil(2n/3)) of the round's n participants
+    neighbours = 0           # SecAgg+ neighbourhood size; 0: every agent masks with every other (SecAgg)
+    clip_norm = 10.0         # L2 bound of each agent's model delta before quantization
+    frac_bits = 24           # fixed-point precision 2^-frac_bits of the quantized updates
+    sample_cap = 10000       # FedAvg weight = min(samples, sample_cap) / sample_cap
+    stage_deadline_s = 30    # deadline of each key-exchange / unmasking stage
 
     [privacy]                # sample-level DP-SGD at every agent; the section turns it on
     noise_multiplier = 1.0   # or target_epsilon = 8.0 (for the whole job; agents pick sigma)
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -119,6 +127,33 @@ class AggregationSpec:
     strategy: str = "fedavg"
     fedprox_mu: float = 0.01
     server_lr: float = 1.0
+    secure: bool = True
+    threshold: int = 0
+    neighbours: int = 0
+    clip_norm: float = 10.0
+    frac_bits: int = 24
+    sample_cap: int = 10_000
+    stage_deadline_s: float = 30.0
+
+    def threshold_for(self, n: int) -> int:
+        """The secure-aggregation threshold of a round with ``n`` participants.
+
+        An explicit ``threshold`` is used as given; ``0`` means ``max(2, ceil(2n/3))``, which
+        survives the loss of a third of the agents.
+
+        References
+        ----------
+        .. [1] Bonawitz et al., CCS 2017, section 4 (t > 2n/3 against a semi-honest server
+           colluding with up to n/3 users).
+        """
+        return self.threshold if self.threshold else max(2, -(-2 * n // 3))
+
+    @property
+    def label(self) -> str:
+        """What the demo and the status call this aggregation: "secagg", "secagg+" or "plain"."""
+        if not self.secure:
+            return "plain"
+        return "secagg+" if self.neighbours else "secagg"
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks, reported by TOML key."""
@@ -126,6 +161,20 @@ class AggregationSpec:
         from medfl.errors import did_you_mean
 
         out = []
+        if self.threshold == 1 or self.threshold < 0:
+            out.append(("threshold", f"must be 0 (automatic) or at least 2, got {self.threshold}; a threshold of 1 "
+                                     "would let one agent's masked update be unmasked alone"))
+        if self.neighbours < 0 or self.neighbours == 1:
+            out.append(("neighbours", f"must be 0 (complete graph, SecAgg) or at least 2 (SecAgg+), got "
+                                      f"{self.neighbours}"))
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            out.append(("clip_norm", f"must be a finite number > 0, got {self.clip_norm}"))
+        if not 8 <= self.frac_bits <= 48:
+            out.append(("frac_bits", f"must be between 8 and 48, got {self.frac_bits}"))
+        if self.sample_cap < 1:
+            out.append(("sample_cap", f"must be at least 1, got {self.sample_cap}"))
+        if not self.stage_deadline_s > 0:
+            out.append(("stage_deadline_s", f"must be positive, got {self.stage_deadline_s}"))
         if self.strategy not in list_strategies():
             out.append(("strategy", f"unknown strategy {self.strategy!r}; known: "
                         f"{', '.join(list_strategies())}" + did_you_mean(self.strategy, list_strategies())))
@@ -194,6 +243,27 @@ class JobSpec:
     training: TrainingSpec = TrainingSpec()
     aggregation: AggregationSpec = AggregationSpec()
     privacy: PrivacySpec = NO_PRIVACY
+
+    def check(self) -> list[tuple[str, str]]:
+        """Checks across tables (secure aggregation against the job's party counts)."""
+        out: list[tuple[str, str]] = []
+        agg, job = self.aggregation, self.job
+        if not agg.secure:
+            return out
+        if job.min_agents < 2:
+            out.append(("job.min_agents", f"secure aggregation needs at least 2 agents per round, got min_agents="
+                                          f"{job.min_agents}; raise it or set aggregation.secure = false"))
+        if agg.threshold and job.max_agents and agg.threshold > job.max_agents:
+            out.append(("aggregation.threshold", f"threshold {agg.threshold} exceeds max_agents={job.max_agents}; "
+                                                 "no round could ever be unmasked"))
+        if not (math.isfinite(agg.clip_norm) and agg.clip_norm > 0 and 8 <= agg.frac_bits <= 48):
+            return out  # reported by the table's own checks
+        most = job.max_agents or 1000  # the same bound QuantSpec checks, for the most agents a round may have
+        if not most * (math.ceil(agg.clip_norm * 2.0**agg.frac_bits) + 1) < 2**63:
+            out.append(("aggregation.clip_norm", f"{most} agents x clip_norm {agg.clip_norm} x 2^{agg.frac_bits} do "
+                                                 "not fit a 64-bit ring; lower clip_norm or frac_bits (or set "
+                                                 "job.max_agents)"))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON and msgpack safe) that :func:`job_from_dict` reads back."""

@@ -20,7 +20,7 @@ import numpy as np
 from medfl import envvars
 from medfl import fixed_point as fxp
 
-__all__ = ["active_backend", "backend_for", "native_module"]
+__all__ = ["active_backend", "backend_for", "native_module", "ring_matmul"]
 
 log = logging.getLogger(__name__)
 _CHOICES = ("cuda", "cpu", "reference")
@@ -115,7 +115,77 @@ def _host_ring(v: Any, name: str) -> np.ndarray:
     return _c_order(v)
 
 
+def _ring_operands(a: Any, b: Any, out: Any, accumulate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check ``a`` (m, k) and ``b`` (k, n) uint64 host matrices; return them C-ordered and the output."""
+    for name, v in (("a", a), ("b", b)):
+        if not isinstance(v, np.ndarray) or v.dtype != np.uint64 or v.ndim != 2:
+            raise TypeError(f"{name} must be a 2-D uint64 NumPy array (ring elements), got "
+                            f"{type(v).__name__} {getattr(v, 'dtype', '')}{getattr(v, 'shape', '')}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"cannot multiply a {a.shape} by b {b.shape}: inner sizes differ")
+    shape = (a.shape[0], b.shape[1])
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs out (the matrix to add the product to)")
+        out = np.empty(shape, np.uint64)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.uint64 or out.shape != shape
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writable C-contiguous uint64 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)}{getattr(out, 'shape', '')}")
+    return _c_order(a), _c_order(b), out
+
+
+def ring_matmul(a: Any, b: Any, *, out: Any = None, accumulate: bool = False) -> Any:
+    """Return ``a @ b mod 2^64`` (``out += a @ b`` with ``accumulate``) on the best backend.
+
+    Parameters
+    ----------
+    a, b : ndarray of uint64, shapes (m, k) and (k, n)
+        Ring matrices (non-contiguous host inputs are copied).
+    out : ndarray of uint64, shape (m, n), optional
+        Where the result goes (required with ``accumulate``).
+    accumulate : bool
+        Add the product to ``out`` instead of overwriting it.
+
+    Returns
+    -------
+    ndarray of uint64, shape (m, n)
+        ``out``, or a new array.
+
+    References
+    ----------
+    .. [1] Goto and van de Geijn, "Anatomy of High-Performance Matrix Multiplication", ACM TOMS 2008.
+    """
+    return backend_for(a).ring_matmul(a, b, out=out, accumulate=accumulate)
+
+
+def _dcf_out(n: int, payload: int) -> np.ndarray:
+    return np.empty((n, payload), np.uint64)
+
+
 class _Reference:
+    @staticmethod
+    def dcf_gen(alpha, beta, roots, bits):
+        from medfl.smpc import fss
+
+        return fss.dcf_gen_reference(alpha, beta, roots, bits)
+
+    @staticmethod
+    def dcf_eval(party, key, x):
+        from medfl.smpc import fss
+
+        return fss.dcf_eval_reference(party, key, x)
+
+    @staticmethod
+    def ring_matmul(a, b, *, out, accumulate):
+        a, b, out = _ring_operands(a, b, out, accumulate)
+        prod = a @ b  # NumPy's integer matmul wraps modulo 2^64 (no BLAS for integers)
+        if accumulate:
+            out += prod
+        else:
+            out[...] = prod
+        return out
+
     @staticmethod
     def encode(x, *, frac_bits, ring_bits, rounding, seed, offset):
         return fxp.encode_reference(_host_float32(x), frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding,
@@ -136,6 +206,28 @@ class _Reference:
 
 
 class _Cpu:
+    @staticmethod
+    def dcf_gen(alpha, beta, roots, bits):
+        n, payload = alpha.size, beta.shape[1]
+        s_cw, v_cw = np.empty((n, bits, 2), np.uint64), np.empty((n, bits, payload), np.uint64)
+        t_cw, final = np.empty((n, bits, 2), np.uint8), _dcf_out(n, payload)
+        native_module().dcf_gen(_c_order(alpha), _c_order(beta), _c_order(roots), s_cw, v_cw, t_cw, final, bits,
+                                payload)
+        return s_cw, v_cw, t_cw, final
+
+    @staticmethod
+    def dcf_eval(party, key, x):
+        out = _dcf_out(x.size, key.payload)
+        native_module().dcf_eval(party, _c_order(key.seed), _c_order(key.s_cw), _c_order(key.v_cw),
+                                 _c_order(key.t_cw), _c_order(key.final), _c_order(x), out, key.bits, key.payload)
+        return out
+
+    @staticmethod
+    def ring_matmul(a, b, *, out, accumulate):
+        a, b, out = _ring_operands(a, b, out, accumulate)
+        native_module().ring_matmul(a, b, out, accumulate)
+        return out
+
     @staticmethod
     def encode(x, *, frac_bits, ring_bits, rounding, seed, offset):
         stochastic = _check_rounding(rounding)
@@ -219,6 +311,30 @@ class _Cuda:
     def _same_device(a: Any, b: Any) -> None:
         if str(getattr(a, "device", "")) != str(getattr(b, "device", "")):
             raise ValueError(f"arrays are on different devices: {a.device} and {b.device}")
+
+    @classmethod
+    def ring_matmul(cls, a, b, *, out, accumulate):
+        aptr, adt, ashape, stream, ctx = cls._info(a, "a")
+        if not _is_device_array(b):
+            raise TypeError(f"a is a GPU array but b is {type(b).__name__}; put both on the same device")
+        bptr, bdt, bshape, _, _ = cls._info(b, "b")
+        cls._same_device(a, b)
+        if adt not in ("uint64", "int64") or bdt != adt or len(ashape) != 2 or len(bshape) != 2:
+            raise TypeError(f"a and b must be 2-D uint64 (or int64 holding ring elements) of one dtype, got "
+                            f"{adt}{ashape} and {bdt}{bshape}")
+        if ashape[1] != bshape[0]:
+            raise ValueError(f"cannot multiply a {ashape} by b {bshape}: inner sizes differ")
+        shape = (ashape[0], bshape[1])
+        if out is None:
+            if accumulate:
+                raise ValueError("accumulate=True needs out (the matrix to add the product to)")
+            out = cls._empty(a, shape, adt)
+        optr, odt, oshape, _, _ = cls._info(out, "out")
+        if odt != adt or oshape != shape:
+            raise ValueError(f"out must be {adt}{shape}, got {odt}{oshape}")
+        with ctx:
+            native_module().ring_matmul_cuda(aptr, bptr, optr, shape[0], ashape[1], shape[1], accumulate, stream)
+        return out
 
     @classmethod
     def encode(cls, x, *, frac_bits, ring_bits, rounding, seed, offset):

@@ -53,11 +53,11 @@ void apply_masks(py::array vec, py::array_t<uint8_t, py::array::c_style> keys,
   const std::size_t n = static_cast<std::size_t>(vec.size());
   const std::size_t word = static_cast<std::size_t>(vec.itemsize());
   check_counter(0, n * word);
-  if (vec.dtype().is(py::dtype::of<uint32_t>())) {
+  if (vec.dtype().equal(py::dtype::of<uint32_t>())) {
     uint32_t* v = medfl::native::data_of<uint32_t>(vec, "vec", true);
     py::gil_scoped_release release;
     medfl::secagg::apply_masks<uint32_t>(v, n, keys.data(), signs.data(), m, nn);
-  } else if (vec.dtype().is(py::dtype::of<uint64_t>())) {
+  } else if (vec.dtype().equal(py::dtype::of<uint64_t>())) {
     uint64_t* v = medfl::native::data_of<uint64_t>(vec, "vec", true);
     py::gil_scoped_release release;
     medfl::secagg::apply_masks<uint64_t>(v, n, keys.data(), signs.data(), m, nn);
@@ -83,13 +83,13 @@ std::pair<int64_t, int64_t> quantize_and_mask(py::array x, py::array out, int fr
   const float* xp = medfl::native::data_of<float>(x, "x", false);
   const std::size_t n = static_cast<std::size_t>(x.size());
   check_counter(0, n * static_cast<uint64_t>(out.itemsize()));
-  if (out.dtype().is(py::dtype::of<uint32_t>())) {
+  if (out.dtype().equal(py::dtype::of<uint32_t>())) {
     if (frac_bits < 0 || frac_bits > 30) throw py::value_error("frac_bits must be in [0, 30] for a 32-bit ring");
     uint32_t* o = medfl::native::data_of<uint32_t>(out, "out", true);
     py::gil_scoped_release release;
     return medfl::secagg::quantize_and_mask<uint32_t>(xp, o, n, frac_bits, seed, keys.data(), signs.data(), m, nn);
   }
-  if (out.dtype().is(py::dtype::of<uint64_t>())) {
+  if (out.dtype().equal(py::dtype::of<uint64_t>())) {
     if (frac_bits < 0 || frac_bits > 62) throw py::value_error("frac_bits must be in [0, 62] for a 64-bit ring");
     uint64_t* o = medfl::native::data_of<uint64_t>(out, "out", true);
     py::gil_scoped_release release;

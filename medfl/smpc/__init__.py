@@ -10,8 +10,9 @@ References
 from medfl.smpc.beaver import MaskedWeight, mask_weight, matmul
 from medfl.smpc.channel import Channel, InMemoryChannel
 from medfl.smpc.dealer import Dealer, LocalDealer, MatmulTriple, TruncPair
+from medfl.smpc.prefetch import PrefetchDealer
 from medfl.smpc.sharing import Shared, reconstruct, share
 from medfl.smpc.truncation import check_headroom, truncate
 
-__all__ = ["Channel", "Dealer", "InMemoryChannel", "LocalDealer", "MaskedWeight", "MatmulTriple", "Shared",
-           "TruncPair", "check_headroom", "mask_weight", "matmul", "reconstruct", "share", "truncate"]
+__all__ = ["Channel", "Dealer", "InMemoryChannel", "LocalDealer", "MaskedWeight", "MatmulTriple", "PrefetchDealer",
+           "Shared", "TruncPair", "check_headroom", "mask_weight", "matmul", "reconstruct", "share", "truncate"]

@@ -2,7 +2,11 @@
 
 The model server's weights ``W`` are masked by a dealer matrix ``B`` and ``F = W - B`` is opened
 once per model and session. Each query draws a fresh ``A`` with ``C = A B`` and opens only
-``E = X - A``; then ``X W = E F + E B + A F + C`` is computed locally on shares.
+``E = X - A``; then ``X W = E F + E B + A F + C`` is computed locally on shares. ``A F + C``
+does not depend on the input, so each party computes its share of it as soon as the triple
+arrives (:func:`offline_part`); a dealer that supplies triples ahead of the query (see
+:mod:`medfl.smpc.prefetch`) hands them over with that part done, and the online phase is one
+ring product per party.
 
 References
 ----------
@@ -16,11 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medfl.smpc import ring
 from medfl.smpc.channel import Channel
-from medfl.smpc.dealer import Dealer
+from medfl.smpc.dealer import Dealer, MatmulTriple
 from medfl.smpc.sharing import Shared
 
-__all__ = ["MaskedWeight", "mask_weight", "matmul"]
+__all__ = ["MaskedWeight", "mask_weight", "matmul", "offline_part"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,21 @@ def mask_weight(w: Shared, dealer: Dealer, channel: Channel) -> MaskedWeight:
     return MaskedWeight(w, b, channel.open(w.s0 - b.s0, w.s1 - b.s1))
 
 
+def offline_part(t: MatmulTriple, w: MaskedWeight) -> Shared:
+    """Each party's input-independent share of the product: ``A_p F + C_p``.
+
+    References
+    ----------
+    .. [1] Mohassel and Zhang, "SecureML", S&P 2017 (offline/online split).
+    """
+    parts = []
+    for p in (0, 1):
+        z = t.c.of(p).copy()
+        ring.matmul(t.a.of(p), w.f, out=z, accumulate=True)
+        parts.append(z)
+    return Shared(parts[0], parts[1])
+
+
 def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel) -> Shared:
     """Return shares of ``X @ W mod 2^64`` in one round (opening ``X - A`` only).
 
@@ -72,8 +92,15 @@ def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel) -> Shar
     """
     if x.s0.ndim != 2 or x.s0.shape[1] != w.f.shape[0]:
         raise ValueError(f"cannot multiply {x.s0.shape} by {w.f.shape}")
-    t = dealer.matmul_triple(int(x.s0.shape[0]), w.b)
+    prepared = getattr(dealer, "prepared_triple", None)
+    if prepared is not None:  # a prefetching dealer: the triple came with A_p F + C_p done offline
+        t, base = prepared(int(x.s0.shape[0]), w)
+    else:
+        t = dealer.matmul_triple(int(x.s0.shape[0]), w.b)
+        base = offline_part(t, w)
     e = channel.open(x.s0 - t.a.s0, x.s1 - t.a.s1)
-    z0 = e @ w.f + e @ t.b.s0 + t.a.s0 @ w.f + t.c.s0
-    z1 = e @ t.b.s1 + t.a.s1 @ w.f + t.c.s1
+    # party 0: E (F + B0) + [A0 F + C0]; party 1: E B1 + [A1 F + C1] (one online ring product each)
+    z0, z1 = base.s0.copy(), base.s1.copy()
+    ring.matmul(e, w.f + t.b.s0, out=z0, accumulate=True)
+    ring.matmul(e, t.b.s1, out=z1, accumulate=True)
     return Shared(z0, z1)

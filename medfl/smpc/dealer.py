@@ -70,8 +70,8 @@ class Dealer(Protocol):
         """Return a truncation pair for arrays of ``shape``."""
         ...
 
-    def relu_keys(self, n: int) -> ReluKeys:
-        """Return FSS ReLU material for ``n`` elements."""
+    def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
+        """Return FSS ReLU material for ``n`` elements of raw range ``[-2^(bits-1), 2^(bits-1))``."""
         ...
 
     def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
@@ -109,7 +109,7 @@ class LocalDealer:
         if clear_b is None:
             raise KeyError("weight mask was not issued by this dealer session; ask weight_mask first")
         a = ring.uniform((m, clear_b.shape[0]))
-        t = MatmulTriple(share(a), b, share(a @ clear_b))
+        t = MatmulTriple(share(a), b, share(ring.matmul(a, clear_b)))
         self._count(t.a, t.c)
         return t
 
@@ -122,9 +122,9 @@ class LocalDealer:
         self._count(p.r, p.r_low_shifted, p.r_msb)
         return p
 
-    def relu_keys(self, n: int) -> ReluKeys:
+    def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
         """Return FSS ReLU material for ``n`` elements; see :func:`medfl.smpc.relu.relu_keys`."""
-        keys = make_relu_keys(n)
+        keys = make_relu_keys(n, bits=bits)
         self.bytes_offline += keys.nbytes
         return keys
 

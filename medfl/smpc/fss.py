@@ -2,17 +2,26 @@
 
 Two keys ``k0, k1`` from :func:`dcf_gen` satisfy ``eval(0, k0, x) + eval(1, k1, x) = beta``
 if ``x < alpha`` else ``0`` (mod 2^64), and each key alone is pseudorandom. The tree walks the
-64 bits of ``x`` from the top; its PRG is fixed-key AES-128 in the Matyas-Meyer-Oseas mode
-(``G(s) = AES_k(s xor i) xor s xor i`` for four tweaks ``i``), run by OpenSSL with AES-NI.
-Everything is vectorised over a batch of independent comparisons.
+low ``bits`` bits of ``x`` from the top (inputs are taken mod 2^bits); ``beta`` is one or two
+64-bit words. The PRG is fixed-key AES-128 in the Matyas-Meyer-Oseas mode,
+``G_i(s) = AES_k(s xor i) xor s xor i`` with the tweak ``i`` xored into the low 64-bit word and
+``k`` the public bytes 0..15: ``G_0`` gives the left seed and control bit (bit 0 of the low
+word, then cleared), ``G_1`` the right ones, ``G_2`` (and ``G_3`` for two-word payloads) the
+value words ``vL``, ``vR``, and ``G_4`` converts the leaf seed into output words. Evaluation
+needs two AES blocks per level. :func:`dcf_gen_reference` / :func:`dcf_eval_reference` are the
+NumPy references (AES by OpenSSL through ``cryptography``); the public functions dispatch to the
+native kernels of ``csrc/smpc`` through :mod:`medfl.native`, which match them bit for bit.
+
+Compatibility: a key's layout is its fields below; ``bits`` and the payload width follow from
+the array shapes.
 
 References
 ----------
 .. [1] Boyle, Gilboa and Ishai, "Function Secret Sharing", EUROCRYPT 2015.
 .. [2] Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar and Rathee, "Function Secret Sharing for
    Mixed-Mode and Fixed-Point Secure Computation", EUROCRYPT 2021 (the DCF of Fig. 1).
-.. [3] Ryffel, Tholoniat, Pointcheval and Bach, "AriaNN: Low-Interaction Privacy-Preserving Deep
-   Learning via Function Secret Sharing", PoPETs 2022.
+.. [3] Guo, Katz, Wang and Yu, "Efficient and Secure Multiparty Computation from Fixed-Key Block
+   Ciphers", IEEE S&P 2020 (fixed-key MMO).
 """
 
 from __future__ import annotations
@@ -22,30 +31,31 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from medfl import csprng
+from medfl import csprng, native
 
-__all__ = ["BITS", "DcfKey", "dcf_eval", "dcf_gen"]
+__all__ = ["BITS", "DcfKey", "dcf_eval", "dcf_eval_reference", "dcf_gen", "dcf_gen_reference"]
 
 BITS = 64
 _PRG_KEY = bytes(range(16))  # public fixed key of the MMO construction, not a secret
 _ONE = np.uint64(1)
+_CONVERT = 4  # tweak of the leaf conversion
 
 
 @dataclass(frozen=True)
 class DcfKey:
-    """One party's DCF keys for a batch of ``N`` comparisons.
+    """One party's DCF keys for a batch of ``N`` comparisons on ``bits``-bit inputs, ``P``-word payloads.
 
     Attributes
     ----------
     seed : ndarray of uint64, shape (N, 2)
         The root seed.
-    s_cw : ndarray of uint64, shape (64, N, 2)
+    s_cw : ndarray of uint64, shape (N, bits, 2)
         Seed corrections per level.
-    v_cw : ndarray of uint64, shape (64, N)
+    v_cw : ndarray of uint64, shape (N, bits, P)
         Value corrections per level.
-    t_cw : ndarray of uint8, shape (64, N, 2)
+    t_cw : ndarray of uint8, shape (N, bits, 2)
         Control-bit corrections (left, right) per level.
-    final : ndarray of uint64, shape (N,)
+    final : ndarray of uint64, shape (N, P)
         The last correction word.
 
     References
@@ -60,49 +70,129 @@ class DcfKey:
     final: np.ndarray
 
     @property
+    def bits(self) -> int:
+        """Input bits (tree depth)."""
+        return int(self.s_cw.shape[1])
+
+    @property
+    def payload(self) -> int:
+        """Output words per comparison."""
+        return int(self.final.shape[1])
+
+    @property
     def nbytes(self) -> int:
         """Size of the key material."""
         return int(self.seed.nbytes + self.s_cw.nbytes + self.v_cw.nbytes + self.t_cw.nbytes + self.final.nbytes)
 
 
-_Expansion = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def _prg(seed: np.ndarray) -> _Expansion:
-    """Expand (N, 2) seeds into sL, vL, tL, sR, vR, tR."""
+def _mmo(seed: np.ndarray, tweaks: tuple[int, ...]) -> np.ndarray:
+    """Return ``G_i(seed)`` for every tweak ``i``: shape (N, len(tweaks), 2)."""
     n = seed.shape[0]
-    x = np.repeat(seed[:, None, :], 4, axis=1)
-    x[:, :, 0] ^= np.arange(4, dtype=np.uint64)
+    x = np.repeat(seed[:, None, :], len(tweaks), axis=1)
+    x[:, :, 0] ^= np.asarray(tweaks, dtype=np.uint64)
     x = np.ascontiguousarray(x)
     enc = Cipher(algorithms.AES(_PRG_KEY), modes.ECB()).encryptor()
-    out = np.frombuffer(enc.update(x.tobytes()), dtype=np.uint64).reshape(n, 4, 2) ^ x
-    t = (out[:, 3, :] & _ONE).astype(np.uint8)
-    return out[:, 0], out[:, 2, 0], t[:, 0], out[:, 1], out[:, 2, 1], t[:, 1]
+    return np.frombuffer(enc.update(x.tobytes()), dtype=np.uint64).reshape(n, len(tweaks), 2) ^ x
 
 
-def _pick(right: np.ndarray, left_arr: np.ndarray, right_arr: np.ndarray) -> np.ndarray:
-    """Per element, ``right_arr`` where ``right`` else ``left_arr`` (rows for 2-D arrays)."""
-    cond = right[:, None] if left_arr.ndim == 2 else right
-    return np.asarray(np.where(cond, right_arr, left_arr))
+def _expand(seed: np.ndarray, payload: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds (N, 2, 2) [side, word], control bits (N, 2) and values (N, 2, P) [side, word] of both children."""
+    g = _mmo(seed, tuple(range(2 + payload)))
+    s = g[:, :2, :].copy()
+    t = (s[:, :, 0] & _ONE).astype(np.uint8)
+    s[:, :, 0] &= ~_ONE
+    v = g[:, 2, :].reshape(-1, 2, 1) if payload == 1 else g[:, 2:4, :]
+    return s, t, v
+
+
+def _convert(seed: np.ndarray, payload: int) -> np.ndarray:
+    return _mmo(seed, (_CONVERT,))[:, 0, :payload]
 
 
 def _neg_if(cond: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return np.where(cond.astype(bool), np.uint64(0) - v, v)
+    c = cond.astype(bool)
+    return np.where(c.reshape(c.shape + (1,) * (v.ndim - c.ndim)), np.uint64(0) - v, v)
 
 
-def _bit(a: np.ndarray, i: int) -> np.ndarray:
-    return ((a >> np.uint64(BITS - 1 - i)) & _ONE).astype(np.uint8)
+def _bits_of(a: np.ndarray, bits: int, i: int) -> np.ndarray:
+    return ((a >> np.uint64(bits - 1 - i)) & _ONE).astype(np.intp)
 
 
-def dcf_gen(alpha: np.ndarray, beta: np.ndarray) -> tuple[DcfKey, DcfKey]:
-    """Generate keys sharing ``x -> beta * [x < alpha]`` (unsigned 64-bit comparison).
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, int) or not 1 <= bits <= BITS:
+        raise ValueError(f"bits must be an integer in [1, 64], got {bits!r}")
+
+
+def _payload_of(beta: np.ndarray, n: int) -> np.ndarray:
+    b = np.asarray(beta, dtype=np.uint64)
+    b = b.reshape(n, 1) if b.ndim <= 1 else b.reshape(n, -1)
+    if b.shape[1] not in (1, 2):
+        raise ValueError(f"beta must have 1 or 2 words per comparison, got shape {np.shape(beta)}")
+    return np.ascontiguousarray(b)
+
+
+def dcf_gen_reference(alpha: np.ndarray, beta: np.ndarray, roots: np.ndarray, bits: int = BITS,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Correction words from given root seeds (NumPy + OpenSSL); the reference of the native kernel.
+
+    Parameters
+    ----------
+    alpha : ndarray of uint64, shape (N,)
+        Thresholds (low ``bits`` bits used).
+    beta : ndarray of uint64, shape (N, P)
+        Payloads.
+    roots : ndarray of uint64, shape (2, N, 2)
+        Both parties' root seeds.
+    bits : int
+        Input bits.
+
+    Returns
+    -------
+    s_cw, v_cw, t_cw, final
+        As in :class:`DcfKey`.
+
+    References
+    ----------
+    .. [1] Boyle et al., EUROCRYPT 2021, Fig. 1.
+    """
+    n, payload = alpha.size, beta.shape[1]
+    s = [roots[0].copy(), roots[1].copy()]
+    t: list[np.ndarray] = [np.zeros(n, np.uint8), np.ones(n, np.uint8)]
+    v_alpha = np.zeros((n, payload), np.uint64)
+    s_cw = np.empty((n, bits, 2), np.uint64)
+    v_cw = np.empty((n, bits, payload), np.uint64)
+    t_cw = np.empty((n, bits, 2), np.uint8)
+    rows = np.arange(n)
+    for i in range(bits):
+        a = _bits_of(alpha, bits, i)
+        g = [_expand(s[0], payload), _expand(s[1], payload)]
+        keep, lose = a, 1 - a
+        s_cw[:, i] = g[0][0][rows, lose] ^ g[1][0][rows, lose]
+        vc = _neg_if(t[1], g[1][2][rows, lose] - g[0][2][rows, lose] - v_alpha)
+        vc = vc + np.where(a[:, None] == 1, _neg_if(t[1], beta), np.uint64(0))  # lose = left: x_i=0 < alpha_i=1
+        v_cw[:, i] = vc
+        v_alpha = v_alpha - g[1][2][rows, keep] + g[0][2][rows, keep] + _neg_if(t[1], vc)
+        t_cw[:, i, 0] = g[0][1][:, 0] ^ g[1][1][:, 0] ^ a.astype(np.uint8) ^ 1
+        t_cw[:, i, 1] = g[0][1][:, 1] ^ g[1][1][:, 1] ^ a.astype(np.uint8)
+        tck = t_cw[rows, i, keep]
+        for b in (0, 1):
+            s[b] = g[b][0][rows, keep] ^ (s_cw[:, i] * t[b][:, None].astype(np.uint64))
+            t[b] = g[b][1][rows, keep] ^ (t[b] & tck)
+    final = _neg_if(t[1], _convert(s[1], payload) - _convert(s[0], payload) - v_alpha)
+    return s_cw, v_cw, t_cw, final
+
+
+def dcf_gen(alpha: np.ndarray, beta: np.ndarray, *, bits: int = BITS) -> tuple[DcfKey, DcfKey]:
+    """Generate keys sharing ``x -> beta * [x mod 2^bits < alpha mod 2^bits]`` (unsigned comparison).
 
     Parameters
     ----------
     alpha : ndarray of uint64, shape (N,)
         Secret thresholds.
-    beta : ndarray of uint64, shape (N,)
+    beta : ndarray of uint64, shape (N,) or (N, P) with P in {1, 2}
         Secret payloads.
+    bits : int
+        Input bits, 1..64.
 
     Returns
     -------
@@ -112,38 +202,45 @@ def dcf_gen(alpha: np.ndarray, beta: np.ndarray) -> tuple[DcfKey, DcfKey]:
     ----------
     .. [1] Boyle et al., EUROCRYPT 2021, Fig. 1.
     """
-    alpha = np.asarray(alpha, dtype=np.uint64).reshape(-1)
-    beta = np.asarray(beta, dtype=np.uint64).reshape(-1)
+    _check_bits(bits)
+    alpha = np.ascontiguousarray(np.asarray(alpha, dtype=np.uint64).reshape(-1))
     n = alpha.size
-    roots = [np.frombuffer(csprng.token_bytes(16 * n), dtype=np.uint64).reshape(n, 2).copy() for _ in range(2)]
-    s = [roots[0].copy(), roots[1].copy()]
-    t: list[np.ndarray] = [np.zeros(n, np.uint8), np.ones(n, np.uint8)]
-    v_alpha = np.zeros(n, np.uint64)
-    s_cw = np.empty((BITS, n, 2), np.uint64)
-    v_cw = np.empty((BITS, n), np.uint64)
-    t_cw = np.empty((BITS, n, 2), np.uint8)
-    for i in range(BITS):
-        g: list[_Expansion] = [_prg(s[0]), _prg(s[1])]
-        a = _bit(alpha, i)
-        keep_right = a.astype(bool)
-        s_lose = [_pick(~keep_right, g[b][0], g[b][3]) for b in (0, 1)]
-        v_lose = [_pick(~keep_right, g[b][1], g[b][4]) for b in (0, 1)]
-        s_keep = [_pick(keep_right, g[b][0], g[b][3]) for b in (0, 1)]
-        v_keep = [_pick(keep_right, g[b][1], g[b][4]) for b in (0, 1)]
-        t_keep = [_pick(keep_right, g[b][2], g[b][5]) for b in (0, 1)]
-        s_cw[i] = s_lose[0] ^ s_lose[1]
-        vc = _neg_if(t[1], v_lose[1] - v_lose[0] - v_alpha)
-        vc = vc + np.where(keep_right, _neg_if(t[1], beta), np.uint64(0))  # lose = left: x_i=0 < alpha_i=1
-        v_cw[i] = vc
-        v_alpha = v_alpha - v_keep[1] + v_keep[0] + _neg_if(t[1], vc)
-        t_cw[i, :, 0] = g[0][2] ^ g[1][2] ^ a ^ 1
-        t_cw[i, :, 1] = g[0][5] ^ g[1][5] ^ a
-        tck = np.where(keep_right, t_cw[i, :, 1], t_cw[i, :, 0])
-        for b in (0, 1):
-            s[b] = s_keep[b] ^ (s_cw[i] * t[b][:, None].astype(np.uint64))
-            t[b] = t_keep[b] ^ (t[b] & tck)
-    final = _neg_if(t[1], s[1][:, 0] - s[0][:, 0] - v_alpha)
-    return tuple(DcfKey(roots[b], s_cw, v_cw, t_cw, final) for b in (0, 1))  # type: ignore[return-value]
+    b = _payload_of(beta, n)
+    roots = np.frombuffer(csprng.token_bytes(32 * n), dtype=np.uint64).reshape(2, n, 2).copy()
+    s_cw, v_cw, t_cw, final = native.backend_for(alpha).dcf_gen(alpha, b, roots, bits)
+    return DcfKey(roots[0], s_cw, v_cw, t_cw, final), DcfKey(roots[1], s_cw, v_cw, t_cw, final)
+
+
+def _check_eval(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
+    if party not in (0, 1):
+        raise ValueError(f"party must be 0 or 1, got {party}")
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.uint64).reshape(-1))
+    if x.size != key.seed.shape[0]:
+        raise ValueError(f"{x.size} points for {key.seed.shape[0]} keys")
+    return x
+
+
+def dcf_eval_reference(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
+    """NumPy + OpenSSL evaluation; the reference of the native kernel. Returns shape (N, P).
+
+    References
+    ----------
+    .. [1] Boyle et al., EUROCRYPT 2021, Fig. 1.
+    """
+    x = _check_eval(party, key, x)
+    bits, payload, rows = key.bits, key.payload, np.arange(x.size)
+    s = key.seed.copy()
+    t: np.ndarray = np.full(x.size, party, np.uint8)
+    v = np.zeros((x.size, payload), np.uint64)
+    neg = np.full(x.size, party, np.uint8)
+    for i in range(bits):
+        d = _bits_of(x, bits, i)
+        gs, gt, gv = _expand(s, payload)
+        tm = t.astype(np.uint64)
+        v = v + _neg_if(neg, gv[rows, d] + tm[:, None] * key.v_cw[:, i])
+        s = gs[rows, d] ^ (key.s_cw[:, i] * tm[:, None])
+        t = gt[rows, d] ^ (t & key.t_cw[rows, i, d])
+    return v + _neg_if(neg, _convert(s, payload) + t.astype(np.uint64)[:, None] * key.final)
 
 
 def dcf_eval(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
@@ -160,30 +257,12 @@ def dcf_eval(party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray of uint64, shape (N,)
+    ndarray of uint64, shape (N,) for one-word payloads, else (N, P)
 
     References
     ----------
     .. [1] Boyle et al., EUROCRYPT 2021, Fig. 1.
     """
-    if party not in (0, 1):
-        raise ValueError(f"party must be 0 or 1, got {party}")
-    x = np.asarray(x, dtype=np.uint64).reshape(-1)
-    if x.size != key.seed.shape[0]:
-        raise ValueError(f"{x.size} points for {key.seed.shape[0]} keys")
-    s = key.seed.copy()
-    t: np.ndarray = np.full(x.size, party, np.uint8)
-    v = np.zeros(x.size, np.uint64)
-    neg = np.full(x.size, party, np.uint8)
-    for i in range(BITS):
-        sl, vl, tl, sr, vr, tr = _prg(s)
-        tm = t.astype(np.uint64)
-        sl = sl ^ (key.s_cw[i] * tm[:, None])
-        sr = sr ^ (key.s_cw[i] * tm[:, None])
-        tl = tl ^ (t & key.t_cw[i, :, 0])
-        tr = tr ^ (t & key.t_cw[i, :, 1])
-        right = _bit(x, i).astype(bool)
-        v = v + _neg_if(neg, np.where(right, vr, vl) + tm * key.v_cw[i])
-        s = np.where(right[:, None], sr, sl)
-        t = np.where(right, tr, tl)
-    return v + _neg_if(neg, s[:, 0] + t.astype(np.uint64) * key.final)
+    x = _check_eval(party, key, x)
+    out = native.backend_for(x).dcf_eval(party, key, x)
+    return np.asarray(out[:, 0] if key.payload == 1 else out)

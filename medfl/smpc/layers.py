@@ -27,7 +27,7 @@ from medfl.smpc.relu import relu
 from medfl.smpc.sharing import Shared
 from medfl.smpc.truncation import truncate
 
-__all__ = ["Session", "add", "avg_pool", "conv2d", "linear", "max_pool2d", "prepare_weight", "relu_layer"]
+__all__ = ["Session", "add", "avg_pool", "divide", "conv2d", "linear", "max_pool2d", "prepare_weight", "relu_layer"]
 
 
 @dataclass(frozen=True)
@@ -86,30 +86,74 @@ def conv2d(x: Shared, w: MaskedWeight, bias: Shared | None, s: Session, *, kerne
     return out
 
 
-def relu_layer(x: Shared, s: Session) -> Shared:
-    """Shares of ``max(x, 0)`` (two rounds)."""
-    return relu(x, s.dealer.relu_keys(x.s0.size), s.channel)
+def relu_layer(x: Shared, s: Session, *, bits: int = 64) -> Shared:
+    """Shares of ``max(x, 0)`` (one round); ``bits`` is the planned raw range (see :mod:`medfl.smpc.relu`)."""
+    return relu(x, s.dealer.relu_keys(x.s0.size, bits=bits), s.channel)
 
 
-def _max(a: Shared, b: Shared, s: Session) -> Shared:
-    d = relu_layer(Shared(a.s0 - b.s0, a.s1 - b.s1), s)
+def _max(a: Shared, b: Shared, s: Session, bits: int) -> Shared:
+    d = relu_layer(Shared(a.s0 - b.s0, a.s1 - b.s1), s, bits=bits)
     return Shared(b.s0 + d.s0, b.s1 + d.s1)
 
 
-def max_pool2d(x: Shared, s: Session) -> Shared:
-    """Shares of a 2x2, stride-2 max pool of (C, H, W) with even H and W (four rounds)."""
-    q = [_map(x, lambda a, i=i, j=j: a[:, i::2, j::2]) for i in (0, 1) for j in (0, 1)]
-    pair = _max(Shared(np.stack([q[0].s0, q[2].s0]), np.stack([q[0].s1, q[2].s1])),
-                Shared(np.stack([q[1].s0, q[3].s0]), np.stack([q[1].s1, q[3].s1])), s)
-    return _max(_map(pair, lambda a: a[0]), _map(pair, lambda a: a[1]), s)
+def _max_tree(cand: Shared, s: Session, bits: int) -> Shared:
+    """Maximum over axis 0 by a tree of pairwise maxima: ceil(log2 k) rounds."""
+    while cand.s0.shape[0] > 1:
+        m = cand.s0.shape[0] // 2
+        best = _max(_map(cand, lambda a, m=m: a[:m]), _map(cand, lambda a, m=m: a[m:2 * m]), s, bits)
+        if cand.s0.shape[0] % 2:
+            best = Shared(np.concatenate([best.s0, cand.s0[-1:]]), np.concatenate([best.s1, cand.s1[-1:]]))
+        cand = best
+    return _map(cand, lambda a: a[0])
+
+
+def max_pool2d(x: Shared, s: Session, *, kernel: int = 2, stride: int = 2, padding: int = 0,
+               bits: int = 64) -> Shared:
+    """Shares of a k x k max pool of (C, H, W) in 2 ceil(log2 k) rounds (k > 2) or ceil(log2 k^2).
+
+    For k > 2 the pool is separable (a max over each row's windows, then over the columns of
+    those), which compares ``k - 1`` times per row window and per output instead of ``k^2 - 1``
+    per output: the 3 x 3 / stride-2 pool of a ResNet stem needs 1.5 instead of 2 comparisons per
+    input element. Padding is with zeros, which is exact only next to a ReLU (the evaluator
+    checks that); ``bits`` is the planned raw range of the differences compared.
+    """
+    c, h, w = x.s0.shape
+    ho = (h + 2 * padding - kernel) // stride + 1
+    wo = (w + 2 * padding - kernel) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"max pool {kernel}x{kernel} (stride {stride}, padding {padding}) does not fit {h}x{w}")
+    span = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+    padded = _map(x, lambda a: np.pad(a, ((0, 0), (padding, padding), (padding, padding))))
+    if kernel <= 2:
+        return _max_tree(_map(padded, lambda p: np.stack([p[:, i:i + span[0]:stride, j:j + span[1]:stride]
+                                                          for i in range(kernel) for j in range(kernel)])), s, bits)
+    rows = _max_tree(_map(padded, lambda p: np.stack([p[:, :, j:j + span[1]:stride] for j in range(kernel)])), s,
+                     bits)  # (C, H + 2 padding, Wo)
+    return _max_tree(_map(rows, lambda p: np.stack([p[:, i:i + span[0]:stride, :] for i in range(kernel)])), s, bits)
+
+
+def divide(x: Shared, n: int, s: Session) -> Shared:
+    """Shares of ``x / n`` for a public integer ``n`` (one round), to about 2^-16 relative precision.
+
+    ``1/n`` in ``frac_bits`` fixed point would be off by up to 50% for large ``n`` (a GroupNorm
+    over 49152 elements would use 1/65536), so the constant ``round(2^(f+e) / n)`` carries
+    ``e = ceil(log2 n)`` extra bits and the truncation removes ``f + e`` bits; the raw product is
+    about ``x 2^(f+e)``, which stays inside the truncation headroom while ``|x / n| < 2^(46-e-f)``
+    in real units (``e`` is at most 22 here).
+    """
+    if n < 1:
+        raise ValueError(f"divisor must be a positive integer, got {n}")
+    e = min(max(int(np.ceil(np.log2(n))), 0), 22)
+    scale = np.uint64(int(round(2.0 ** (s.frac_bits + e) / n)))
+    pair = s.dealer.trunc_pair(x.s0.shape, s.frac_bits + e)
+    return truncate(Shared(x.s0 * scale, x.s1 * scale), pair, s.channel)
 
 
 def avg_pool(x: Shared, k: int, s: Session) -> Shared:
     """Shares of a k x k, stride-k average pool of (C, H, W), H and W divisible by k (one round)."""
     c, h, w = x.s0.shape
     summed = _map(x, lambda a: a.reshape(c, h // k, k, w // k, k).sum(axis=(2, 4), dtype=np.uint64))
-    inv = ring.encode(np.array(1.0 / (k * k)), frac_bits=s.frac_bits)
-    return _trunc(Shared(summed.s0 * inv, summed.s1 * inv), s)
+    return divide(summed, k * k, s)
 
 
 def add(a: Shared, b: Shared) -> Shared:

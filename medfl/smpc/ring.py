@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from medfl import csprng, fixed_point
+from medfl import csprng, fixed_point, native
 
-__all__ = ["FRAC_BITS", "RING_BITS", "decode", "encode", "uniform"]
+__all__ = ["FRAC_BITS", "RING_BITS", "decode", "encode", "matmul", "uniform"]
 
 RING_BITS = 64
 FRAC_BITS = 16
@@ -90,3 +90,26 @@ def decode(v: np.ndarray, *, frac_bits: int = FRAC_BITS) -> np.ndarray:
     .. [1] Mohassel and Zhang, "SecureML", IEEE S&P 2017.
     """
     return np.asarray(v, dtype=np.uint64).view(np.int64).astype(np.float64) * 2.0**-frac_bits
+
+
+def matmul(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None, accumulate: bool = False) -> np.ndarray:
+    """Return the ring matrix product ``a @ b mod 2^64`` (native kernel when built).
+
+    Parameters
+    ----------
+    a, b : ndarray of uint64, shapes (m, k) and (k, n)
+        Ring matrices.
+    out : ndarray of uint64, shape (m, n), optional
+        Destination; with ``accumulate`` the product is added to it.
+    accumulate : bool
+        ``out += a @ b`` instead of ``out = a @ b``.
+
+    Returns
+    -------
+    ndarray of uint64, shape (m, n)
+
+    References
+    ----------
+    .. [1] Mohassel and Zhang, "SecureML", IEEE S&P 2017 (ring products of shares).
+    """
+    return np.asarray(native.ring_matmul(a, b, out=out, accumulate=accumulate))

@@ -15,6 +15,15 @@ as raw tensor frames, never pickled):
 - UPDATE (agent -> coordinator): num_samples, train_loss, seconds; tensors = trained weights.
 - EVALUATE (coordinator -> agent): {}; tensors = the new global weights.
 - METRICS (agent -> coordinator): n, auc, accuracy, loss (on the agent's validation split).
+- SECAGG_KEYS (agent -> coordinator): phase, attempt, c_public, s_public (secure aggregation,
+  round 0; TRAIN and EVALUATE of a secure job carry ``secure``: the round's parameters).
+- SECAGG_ROSTER (coordinator -> agent): phase, attempt, keys {agent: [c_public, s_public]},
+  graph_seed, degree, threshold, nonce.
+- SECAGG_SHARES (agent -> coordinator): phase, attempt, sealed {receiver: AEAD ciphertext}.
+- SECAGG_DELIVERY (coordinator -> agent): phase, attempt, sealed {sender: AEAD ciphertext}.
+- MASKED_INPUT (agent -> coordinator): phase, attempt; tensors = {"masked": uint32/uint64 vector}.
+- SECAGG_UNMASK_REQUEST (coordinator -> agent): phase, attempt, survivors, dropped.
+- SECAGG_UNMASK (agent -> coordinator): phase, attempt, self_mask_shares, key_shares.
 - ERROR (either way): code, message, in_reply_to (the offending seq, or None).
 - BYE (agent -> coordinator): {}; the agent is shutting down.
 
@@ -51,5 +60,12 @@ class MessageType(enum.StrEnum):
     UPDATE = "update"
     EVALUATE = "evaluate"
     METRICS = "metrics"
+    SECAGG_KEYS = "secagg_keys"
+    SECAGG_ROSTER = "secagg_roster"
+    SECAGG_SHARES = "secagg_shares"
+    SECAGG_DELIVERY = "secagg_delivery"
+    MASKED_INPUT = "masked_input"
+    SECAGG_UNMASK_REQUEST = "secagg_unmask_request"
+    SECAGG_UNMASK = "secagg_unmask"
     ERROR = "error"
     BYE = "bye"

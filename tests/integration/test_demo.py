@@ -23,11 +23,12 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(summary_path.read_text())
     assert summary["transport"] == "zmq+curve" and summary["status"] == "done"
+    assert summary["aggregation"] == "secagg"  # secure aggregation is the default
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert all(r["agents"] == 2 and 0 <= r["val_auc"] <= 1 and r["seconds"] > 0 for r in summary["rounds"])
     assert summary["final_val_auc"] == summary["rounds"][-1]["val_auc"]
     assert os.path.exists(summary["checkpoint"]) and os.path.getsize(summary["plot"]) > 10_000
-    assert "round agents  val_auc" in proc.stdout
+    assert "round agents  val_auc" in proc.stdout and "with secagg aggregation" in proc.stdout
     # differential privacy is on by default: epsilon per round, growing, at the summary's delta
     assert summary["privacy"]["enabled"] and summary["delta"] == 1e-5
     eps = [r["epsilon"] for r in summary["rounds"]]

@@ -145,3 +145,37 @@ agent_timeout_s = -1
         load_coordinator(p)
     paths = {path for path, _ in info.value.problems}
     assert {"coordinator.bind", "transport.max_message_mb", "liveness.agent_timeout_s"} <= paths
+
+
+def test_secure_aggregation_is_the_default_and_is_checked(tmp_path):
+    from medfl.jobspec import job_from_dict
+
+    spec = load_job(_write(tmp_path, "ok.toml", '[job]\nname = "ok"\n'))
+    agg = spec.aggregation
+    assert agg.secure and agg.threshold == 0 and agg.neighbours == 0
+    assert [agg.threshold_for(n) for n in (2, 3, 4, 10)] == [2, 2, 3, 7]
+    assert job_from_dict({"job": {"name": "x"}, "aggregation": {"neighbours": 4}}).aggregation.label == "secagg+"
+    assert job_from_dict({"job": {"name": "x"}, "aggregation": {"secure": False}}).aggregation.label == "plain"
+    p = _write(tmp_path, "bad.toml", """
+[job]
+name = "x"
+min_agents = 1
+[aggregation]
+threshold = 1
+neighbours = -2
+clip_norm = 0.0
+frac_bits = 60
+""")
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    paths = {path for path, _ in info.value.problems}
+    assert {"aggregation.threshold", "aggregation.neighbours", "aggregation.clip_norm",
+            "aggregation.frac_bits"} <= paths
+    p = _write(tmp_path, "cross.toml", '[job]\nname = "x"\nmin_agents = 1\n')
+    with pytest.raises(ConfigError, match="secure aggregation needs at least 2 agents"):
+        load_job(p)
+    p = _write(tmp_path, "wrap.toml", '[job]\nname = "x"\n[aggregation]\nclip_norm = 1e9\nfrac_bits = 40\n')
+    with pytest.raises(ConfigError, match="64-bit ring"):
+        load_job(p)
+    plain = _write(tmp_path, "plain.toml", '[job]\nname = "x"\nmin_agents = 1\n[aggregation]\nsecure = false\n')
+    assert not load_job(plain).aggregation.secure

@@ -24,7 +24,8 @@ def _spec(**job):
     base = {"name": "t", "model": "cnn", "rounds": 2, "min_agents": 2, "round_deadline_s": 10.0,
             "max_round_retries": 1, "image_size": 32}
     base.update(job)
-    return job_from_dict({"job": base})
+    # the plain path (the explicit opt-out); secure rounds are in test_secure_rounds.py
+    return job_from_dict({"job": base, "aggregation": {"secure": False}})
 
 
 @pytest.fixture

@@ -79,3 +79,33 @@ def test_model_server_view_is_uniform_for_two_images() -> None:
     pooled = (h[0] + h[1]) / 2
     chi2 = float(np.sum((h[0] - pooled) ** 2 / pooled + (h[1] - pooled) ** 2 / pooled))
     assert chi2 < 380
+
+
+def test_batchnorm_models_are_folded_then_evaluated() -> None:
+    from medfl.models.resnet import BasicBlock
+    from medfl.smpc.evaluator import fold_batchnorm
+
+    torch.manual_seed(2)  # test model weights only
+    blk = BasicBlock(4, 8, 2)
+    blk.norm1, blk.norm2 = nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+    blk.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), blk,
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 2))
+    model.train()
+    with torch.no_grad():  # give the BatchNorms non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(8, 1, 16, 16) * 2 + 1)
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias)
+    with pytest.raises(NotImplementedError, match="fold_batchnorm"):
+        SecureModel(model, Session(LocalDealer(), InMemoryChannel()), (1, 16, 16))
+    folded = fold_batchnorm(model)
+    img = np.random.default_rng(6).normal(size=(1, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(img)[None])[0].double().numpy()
+        assert np.allclose(folded(torch.from_numpy(img)[None])[0].double().numpy(), want, atol=1e-4)
+    got = SecureModel(folded, Session(LocalDealer(), InMemoryChannel()), (1, 16, 16))(img)
+    assert np.max(np.abs(got - want)) < 1e-2

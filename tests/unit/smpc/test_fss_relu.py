@@ -34,16 +34,42 @@ def test_dcf_single_key_output_looks_uniform() -> None:
     assert abs(top.mean() - 0.5) < 6 * 0.5 / np.sqrt(n)
 
 
-@pytest.mark.parametrize("kind", ["random", "all_negative", "near_range"])
+@pytest.mark.parametrize("kind", ["random", "all_negative", "near_range", "full_int64", "zeros"])
 def test_relu_is_exact(kind: str) -> None:
     if kind == "random":
         x = ring.encode(RNG.normal(size=(3, 50)) * 10)
     elif kind == "all_negative":
         x = ring.encode(-np.abs(RNG.normal(size=(3, 50))) - 2.0**-16)
-    else:  # activations at the edge of the truncation headroom |x| < 2^62
+    elif kind == "near_range":  # activations at the edge of the truncation headroom |x| < 2^62
         raw = np.array([2**62 - 1, -(2**62) + 1, 0, 1, -1, 2**61, -(2**61)], dtype=np.int64)
         x = raw.view(np.uint64)
+    elif kind == "full_int64":  # the sign comes out right for every signed 64-bit value
+        raw = np.array([2**63 - 1, -(2**63), -(2**63) + 1, 2**62, -(2**62), 2**63 - 2], dtype=np.int64)
+        x = np.concatenate([raw.view(np.uint64), RNG.integers(0, 2**64, size=200, dtype=np.uint64)])
+    else:
+        x = np.zeros(17, np.uint64)
     ch = InMemoryChannel()
     out = reconstruct(relu(share(x), relu_keys(x.size), ch))
     assert np.array_equal(out.view(np.int64), np.maximum(x.view(np.int64), 0))
-    assert ch.rounds == 2
+    assert ch.rounds == 1
+
+
+@pytest.mark.parametrize("bits", [2, 20, 40, 63])
+def test_relu_with_a_planned_range_is_exact_inside_and_wraps_outside(bits: int) -> None:
+    half = 2 ** (bits - 1)
+    inside = np.concatenate([np.array([half - 1, -half, 0, 1, -1], dtype=np.int64),
+                             RNG.integers(-half, half, size=300, dtype=np.int64)])
+    ch = InMemoryChannel()
+    out = reconstruct(relu(share(inside.view(np.uint64)), relu_keys(inside.size, bits=bits), ch))
+    assert np.array_equal(out.view(np.int64), np.maximum(inside, 0))
+    assert ch.rounds == 1
+    # just outside the plan the sign is that of x mod 2^bits: this is where wrap-around starts
+    outside = np.array([half, -half - 1], dtype=np.int64)
+    out = reconstruct(relu(share(outside.view(np.uint64)), relu_keys(2, bits=bits), InMemoryChannel()))
+    assert np.array_equal(out.view(np.int64), np.array([0, -half - 1], dtype=np.int64))
+
+
+def test_relu_keys_reject_a_bad_range() -> None:
+    for bad in (1, 65):
+        with pytest.raises(ValueError, match="bits must be"):
+            relu_keys(4, bits=bad)

@@ -59,3 +59,13 @@ def test_all_negative_relu_and_maxpool_of_negatives() -> None:
     assert np.all(_open(relu_layer(_sh(img), s)) == 0)
     want = ring.decode(ring.encode(F.max_pool2d(torch.from_numpy(img), 2).numpy()))
     assert np.array_equal(_open(max_pool2d(_sh(img), s)), want)
+
+
+def test_max_pool_3x3_stride2_padded_after_relu_matches_torch() -> None:
+    """The ResNet stem's pool (separable on shares), on post-ReLU values where zero padding is exact."""
+    img = np.maximum(RNG.normal(size=(3, 11, 10)), 0).astype(np.float32)
+    s = _session()
+    got = _open(max_pool2d(_sh(img), s, kernel=3, stride=2, padding=1))
+    want = ring.decode(ring.encode(F.max_pool2d(torch.from_numpy(img), 3, stride=2, padding=1).numpy()))
+    assert np.array_equal(got, want)
+    assert s.channel.rounds == 4  # type: ignore[attr-defined]

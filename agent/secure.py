@@ -1,0 +1,154 @@
+"""One secure sum at the agent: drives :class:`~medfl.secagg.client.SecAggClient` over the wire.
+
+A TRAIN or EVALUATE message of a secure job carries ``secure``: this agent's id in the round,
+the phase and attempt, the threshold, the SecAgg+ degree, the quantization spec and the vector
+length. :class:`SecureRound` checks them against the local policy (the threshold is the fewest
+agents whose sum the coordinator could ever unmask, so it must reach ``policy.min_parties``),
+advertises its keys at once (key exchange overlaps local training), answers the roster with
+sealed shares, masks the vector when both the share delivery and the training result are there,
+and answers the unmask request. It never touches a socket: each method returns the envelopes
+to send.
+
+References
+----------
+.. [1] Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+   CCS 2017, figure 4 (the user's side).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from agent.config import PolicySection
+from medfl.errors import MalformedMessage, OutOfOrder, PolicyViolation, Rejected
+from medfl.secagg import envelopes
+from medfl.secagg.client import SecAggClient
+from medfl.secagg.messages import KeyRoster, ShareDelivery, UnmaskRequest
+from medfl.secagg.quantization import QuantSpec
+from medfl.wire import Envelope
+
+__all__ = ["SecureRound"]
+
+
+def _int(params: Mapping[str, Any], key: str) -> int:
+    v = params.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise MalformedMessage(f"secure.{key} must be an integer, got {v!r}")
+    return v
+
+
+def _float(params: Mapping[str, Any], key: str) -> float:
+    v = params.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise MalformedMessage(f"secure.{key} must be a number, got {v!r}")
+    return float(v)
+
+
+class SecureRound:
+    """The agent's side of one secure sum (one phase of one round attempt).
+
+    Parameters
+    ----------
+    job : str
+        Job id.
+    round : int
+        Round number.
+    params : mapping
+        The ``secure`` field of TRAIN / EVALUATE.
+    policy : PolicySection
+        The local policy (``min_parties``).
+
+    Raises
+    ------
+    PolicyViolation
+        The threshold is below ``policy.min_parties``.
+    MalformedMessage
+        A parameter is missing or of the wrong type.
+    """
+
+    def __init__(self, *, job: str, round: int, params: Mapping[str, Any], policy: PolicySection) -> None:
+        if not isinstance(params, Mapping):
+            raise MalformedMessage(f"'secure' must be a map, got {type(params).__name__}")
+        agent = params.get("agent_id")
+        phase = params.get("phase")
+        if not isinstance(agent, str) or not agent or phase not in envelopes.PHASES:
+            raise MalformedMessage(f"secure.agent_id must be a string and secure.phase one of {envelopes.PHASES}")
+        spec = params.get("spec")
+        if not isinstance(spec, Mapping):
+            raise MalformedMessage("secure.spec must be a map")
+        try:
+            self.spec = QuantSpec.from_dict(dict(spec))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedMessage(f"secure.spec is not a usable quantization spec: {exc}") from exc
+        self.threshold = _int(params, "threshold")
+        self.degree = _int(params, "degree")
+        self.length = _int(params, "length")
+        self.clip_norm = _float(params, "clip_norm")
+        self.sample_cap = _int(params, "sample_cap")
+        if self.sample_cap < 1 or self.length < 1 or self.clip_norm <= 0:
+            raise MalformedMessage(f"secure parameters out of range: sample_cap={self.sample_cap} "
+                                   f"length={self.length} clip_norm={self.clip_norm}")
+        self.min_parties = max(2, policy.min_parties)
+        if self.threshold < self.min_parties:
+            raise PolicyViolation(
+                f"secure aggregation threshold t={self.threshold} lets the coordinator unmask a sum of "
+                f"{self.threshold} agent(s), but agent.toml policy.min_parties={policy.min_parties}; raise the job's "
+                "aggregation.threshold or lower the local minimum")
+        self.session = envelopes.Session(job=job, round=round, attempt=_int(params, "attempt"), phase=str(phase))
+        self.agent = agent
+        self.client = SecAggClient(agent=agent, scope=self.session.scope())
+        self._delivery: ShareDelivery | None = None
+        self._vector: np.ndarray | None = None
+        self._report: dict[str, Any] = {}
+        self.masked_sent = False
+
+    def start(self) -> Envelope:
+        """Round 0: the agent's public keys."""
+        return envelopes.encode(self.client.advertise(), self.session)
+
+    def on_message(self, env: Envelope) -> list[Envelope]:
+        """Take the coordinator's roster, share delivery or unmask request; return the replies."""
+        if envelopes.Session.of(env) != self.session:
+            raise OutOfOrder(f"{env.type} for {envelopes.Session.of(env)}, this secure sum is {self.session}")
+        msg = envelopes.decode(env)
+        if isinstance(msg, KeyRoster):
+            if msg.threshold != self.threshold or msg.degree != self.degree:
+                raise Rejected(f"roster says threshold {msg.threshold} degree {msg.degree}; the round was announced "
+                               f"with threshold {self.threshold} degree {self.degree}")
+            return [envelopes.encode(self.client.share(msg), self.session)]
+        if isinstance(msg, ShareDelivery):
+            self._delivery = msg
+            return self._maybe_mask()
+        if isinstance(msg, UnmaskRequest):
+            if len(msg.survivors) < self.min_parties:
+                raise PolicyViolation(f"unmask request for a sum of {len(msg.survivors)} agent(s), below agent.toml "
+                                      f"policy.min_parties={self.min_parties}; not revealing any share")
+            return [envelopes.encode(self.client.unmask(msg), self.session)]
+        raise OutOfOrder(f"agents do not expect {env.type}")
+
+    def set_vector(self, vector: np.ndarray, *, report: Mapping[str, Any] | None = None) -> list[Envelope]:
+        """The local result (see :mod:`medfl.secagg.vector`); masked and sent once the shares arrived.
+
+        ``report`` holds public facts (the job's epsilon and delta at this agent) sent in the
+        clear beside the masked input.
+        """
+        if vector.shape != (self.length,):
+            raise Rejected(f"local vector has shape {vector.shape}, the round expects ({self.length},)")
+        self._vector = vector
+        self._report = dict(report or {})
+        return self._maybe_mask()
+
+    def _maybe_mask(self) -> list[Envelope]:
+        if self._delivery is None or self._vector is None or self.masked_sent:
+            return []
+        masked = self.client.mask(self._delivery, update=self._vector, spec=self.spec)
+        self._vector = None
+        self.masked_sent = True
+        env = envelopes.encode(masked, self.session)
+        if self._report:
+            env = dataclasses.replace(env, body={**env.body, "report": self._report})
+        return [env]
