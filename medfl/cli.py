@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=pathlib.Path, default=pathlib.Path("demo-out"),
                    help="working folder (default ./demo-out; replaced if made by an earlier demo)")
     d.add_argument("--model", default="cnn", help="model from the registry (default cnn)")
-    d.add_argument("--train-per-agent", type=int, default=360)
+    d.add_argument("--train-per-agent", type=int, default=None,
+                   help="training images per hospital (default 1080 with DP, 360 with --no-dp)")
     d.add_argument("--val-per-agent", type=int, default=120)
     d.add_argument("--image-size", type=int, default=64)
     d.add_argument("--seed", type=int, default=7)

@@ -41,6 +41,15 @@ DEMO_NOISE_MULTIPLIER = 1.2
 DEMO_MAX_GRAD_NORM = 1.0
 DEMO_DP_WIDTH = 8
 DEMO_DP_BATCH = 96
+DEMO_DP_LR = 0.1
+#: DP-SGD's utility grows with the records per hospital: with DP the demo writes more of them
+DEMO_DP_TRAIN = 1080
+
+
+def _n_train(opts: DemoOptions) -> int:
+    if opts.train_per_agent is not None:
+        return opts.train_per_agent
+    return DEMO_DP_TRAIN if opts.dp else 360
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class DemoOptions:
     rounds: int = 5
     out: pathlib.Path = pathlib.Path("demo-out")
     json_path: pathlib.Path | None = None
-    train_per_agent: int = 360
+    train_per_agent: int | None = None  # default: DEMO_DP_TRAIN with DP, 360 without
     val_per_agent: int = 120
     image_size: int = 64
     model: str = "cnn"
@@ -98,7 +107,7 @@ def _write_data(opts: DemoOptions, names: list[str]) -> None:
 
     shifts = hospital_shifts(opts.agents, seed=opts.seed)
     for i, name in enumerate(tqdm(names, desc="synthetic data", unit="hospital", disable=not opts.progress)):
-        write_image_folder(opts.out / name / "data", n_train=opts.train_per_agent, n_val=opts.val_per_agent,
+        write_image_folder(opts.out / name / "data", n_train=_n_train(opts), n_val=opts.val_per_agent,
                            n_test=0, seed=opts.seed * 1000 + i, image_size=opts.image_size, shift=shifts[i])
 
 
@@ -140,9 +149,9 @@ optimizer = "adam"
 lr = 0.001
 """
     # DP-SGD: the noise on a step's averaged gradient has norm about sigma * C * sqrt(params) / batch,
-    # so the demo trains a narrower CNN (16k parameters) with larger Poisson batches and plain
-    # SGD with momentum; measured on the demo data (3 x 360 images): AUC about 0.8-0.9 after
-    # 5 rounds at epsilon about 10 (delta 1e-5), against about 0.99 without DP
+    # so the demo trains a narrower CNN (16k parameters) with larger Poisson batches, plain SGD with
+    # momentum, and 1080 training images per hospital; measured in-process on the demo data: AUC
+    # 0.96 after 5 rounds at epsilon 5.2 (delta 1e-5); with 360 images AUC 0.75-0.9 at epsilon 9.9
     width = f"model_args = {{ width = {DEMO_DP_WIDTH} }}\n" if opts.model == "cnn" else ""
     return f"""
 {width}
@@ -150,7 +159,7 @@ lr = 0.001
 local_epochs = 2
 batch_size = {DEMO_DP_BATCH}
 optimizer = "sgd"
-lr = 0.5
+lr = {DEMO_DP_LR}
 momentum = 0.9
 """
 
