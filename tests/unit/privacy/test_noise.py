@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,3 +39,43 @@ def test_two_draws_differ_and_odd_shapes():
 def test_bad_std():
     with pytest.raises(ValueError, match="std"):
         noise.gaussian((2,), std=float("nan"), like=torch.zeros(1))
+
+
+def test_secure_normal_is_the_keyed_chacha20_stream():
+    from medfl.privacy.noise import _secure_normal
+
+    key = bytes(range(32))
+    a, b = _secure_normal(1001, key=key), _secure_normal(1001, key=key)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, _secure_normal(1001, key=bytes(32)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10_001])
+def test_device_transform_matches_the_host_one(n: int):
+    """The tensor Box-Muller of the CUDA path, run on the host's own keystream bytes."""
+    from medfl import csprng
+    from medfl.privacy.noise import _box_muller, _secure_normal
+
+    key = bytes(range(2, 34))
+    stream = torch.frombuffer(bytearray(csprng.expand(16 * ((n + 1) // 2), key=key)), dtype=torch.uint8)
+    np.testing.assert_allclose(_box_muller(stream, n).numpy(), _secure_normal(n, key=key), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n", [1, 2, 7, 100_001])
+def test_cuda_noise_is_the_host_stream(cuda: str, n: int):
+    from medfl.privacy.noise import _secure_normal, _secure_normal_cuda
+
+    key = bytes(range(1, 33))
+    got = _secure_normal_cuda(n, torch.device("cuda"), key=key).cpu().numpy()
+    np.testing.assert_allclose(got, _secure_normal(n, key=key), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_cuda_gaussian_stays_on_the_device_with_the_right_scale(cuda: str):
+    from medfl.privacy.noise import gaussian
+
+    like = torch.zeros(1, device="cuda", dtype=torch.float32)
+    z = gaussian((400_000,), std=2.5, like=like)
+    assert z.is_cuda and z.dtype == torch.float32
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 2.5) < 0.02
