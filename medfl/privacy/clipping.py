@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight as _conv2d_weight
 
-from medfl.errors import NonFiniteError, StateError
+from medfl.errors import StateError
+from medfl.privacy import kernels
 
 __all__ = ["SUPPORTED", "GradSampleClipper"]
 
@@ -109,10 +110,13 @@ class _Layer:
         per_sample = per_sample.reshape(b, -1)
         if small:
             self._per_sample = per_sample
-        return per_sample.pow(2).sum(1)
+        return kernels.row_sqnorms(per_sample)
 
     def sq_norms(self) -> Tensor:
-        """Per-sample squared gradient norm over this module's trainable parameters."""
+        """Per-sample squared gradient norm over this module's trainable parameters (float64)."""
+        return self._sq_norms().to(torch.float64)
+
+    def _sq_norms(self) -> Tensor:
         m = self.module
         if isinstance(m, nn.Conv2d):
             g = self.g
@@ -137,7 +141,7 @@ class _Layer:
             same = (idx.unsqueeze(2) == idx.unsqueeze(1)).to(g.dtype)
             return (same * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
         wg, bg = self._affine_grads(a, g)
-        return wg.pow(2).flatten(1).sum(1) + bg.pow(2).flatten(1).sum(1)
+        return kernels.row_sqnorms(wg) + kernels.row_sqnorms(bg)
 
     def _affine_grads(self, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         if self._affine is None:
@@ -146,11 +150,10 @@ class _Layer:
 
     def _compute_affine_grads(self, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         m = self.module
+        if isinstance(m, nn.GroupNorm):  # fused: no normalised input is materialised
+            return kernels.group_norm_affine(a, g, m.num_groups, m.eps)
         xhat = self._norm_terms()
-        if isinstance(m, nn.GroupNorm):
-            dims = tuple(range(2, g.dim()))
-        else:
-            dims = tuple(range(1, g.dim() - len(m.normalized_shape)))  # type: ignore[arg-type]
+        dims = tuple(range(1, g.dim() - len(m.normalized_shape)))  # type: ignore[arg-type]
         if not dims:  # torch's sum(()) would reduce every dimension
             return g * xhat, g
         return (g * xhat).sum(dims), g.sum(dims)
@@ -158,9 +161,11 @@ class _Layer:
     def accumulate(self, c: Tensor) -> None:
         """Write the clipped sum ``sum_i c_i G_i`` into each parameter's ``grad`` [3]."""
         m = self.module
+        if self.g is not None:
+            c = c.to(self.g.dtype)
         grads: dict[str, Tensor] = {}
         if isinstance(m, nn.Conv2d) and self._per_sample is not None and self.g is not None:
-            grads["weight"] = (c @ self._per_sample).reshape(m.weight.shape)
+            grads["weight"] = kernels.clipped_sum(self._per_sample, c).reshape(m.weight.shape)
             grads["bias"] = torch.einsum("bp,b->p", self.g.sum((2, 3)), c)
             self._write(grads)
             return
@@ -189,8 +194,8 @@ class _Layer:
             grads["weight"] = w
         else:
             wg, bg = self._affine_grads(a, g)
-            grads["weight"] = torch.einsum("b...,b->...", wg, c).reshape(m.weight.shape)  # type: ignore[union-attr,arg-type]
-            grads["bias"] = torch.einsum("b...,b->...", bg, c).reshape(m.bias.shape)  # type: ignore[union-attr,arg-type]
+            grads["weight"] = kernels.clipped_sum(wg, c).reshape(m.weight.shape)  # type: ignore[union-attr,arg-type]
+            grads["bias"] = kernels.clipped_sum(bg, c).reshape(m.bias.shape)  # type: ignore[union-attr,arg-type]
         self._write(grads)
 
     def _write(self, grads: dict[str, Tensor]) -> None:
@@ -287,23 +292,19 @@ class GradSampleClipper:
         Returns
         -------
         torch.Tensor
-            The per-sample gradient norms before clipping, shape ``(B,)``.
+            The per-sample gradient norms before clipping, shape ``(B,)``, float64.
 
         Raises
         ------
         NonFiniteError
             If any per-sample norm is NaN or infinite.
         """
-        sq = torch.stack([layer.sq_norms() for layer in self.layers]).sum(0)
-        norms = sq.sqrt()
-        if not bool(torch.isfinite(norms).all()):
-            bad = int((~torch.isfinite(norms)).sum())
-            raise NonFiniteError(f"{bad} per-sample gradient norm(s) are NaN or inf; check the loss and inputs")
-        c = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        norms, c = kernels.clip_factors(torch.stack([layer.sq_norms() for layer in self.layers]),
+                                        self.max_grad_norm)
         for layer in self.layers:
             for p in layer.module.parameters(recurse=False):
                 p.grad = None
-            layer.accumulate(c.to(norms.dtype))
+            layer.accumulate(c)
         return norms
 
     def remove(self) -> None:
