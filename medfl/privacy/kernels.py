@@ -64,6 +64,13 @@ def backend(*tensors: Tensor) -> str:
     return "cpu"
 
 
+def _native() -> Any:
+    mod = _module()
+    if mod is None:  # backend() said "cpu" or "cuda", so the module is there
+        raise RuntimeError("medfl._native disappeared")
+    return mod
+
+
 def _stream(t: Tensor) -> int:
     return int(torch.cuda.current_stream(t.device).cuda_stream)
 
@@ -91,7 +98,7 @@ def row_sqnorms(x: Tensor) -> Tensor:
         return row_sqnorms_reference(x)
     flat = x.detach().reshape(x.shape[0], -1).contiguous()
     out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-    mod = _module()
+    mod = _native()
     if where == "cuda":
         mod.dp_row_sqnorms_cuda(_dtype(flat), flat.data_ptr(), flat.shape[0], flat.shape[1], out.data_ptr(),
                                 _stream(flat))
@@ -137,7 +144,7 @@ def clip_factors(sq: Tensor, max_norm: float) -> tuple[Tensor, Tensor]:
         return clip_factors_reference(sq, max_norm)
     norms = torch.empty(sq.shape[1], dtype=torch.float64, device=sq.device)
     factors = torch.empty_like(norms)
-    mod = _module()
+    mod = _native()
     if where == "cuda":
         bad_t = torch.empty(1, dtype=torch.int32, device=sq.device)
         mod.dp_clip_factors_cuda(sq.data_ptr(), sq.shape[0], sq.shape[1], float(max_norm), norms.data_ptr(),
@@ -172,7 +179,7 @@ def clipped_sum(x: Tensor, c: Tensor) -> Tensor:
     flat = x.detach().reshape(x.shape[0], -1).contiguous()
     cc = c.detach().to(device=x.device, dtype=x.dtype).contiguous()
     out = torch.empty(flat.shape[1], dtype=x.dtype, device=x.device)
-    mod = _module()
+    mod = _native()
     if where == "cuda":
         mod.dp_clipped_sum_cuda(_dtype(flat), flat.data_ptr(), cc.data_ptr(), flat.shape[0], flat.shape[1],
                                 out.data_ptr(), False, _stream(flat))
@@ -216,7 +223,7 @@ def group_norm_affine(a: Tensor, g: Tensor, groups: int, eps: float) -> tuple[Te
     g3 = g.detach().reshape(b, c, -1).contiguous()
     wg = torch.empty(b, c, dtype=a.dtype, device=a.device)
     bg = torch.empty_like(wg)
-    mod = _module()
+    mod = _native()
     if where == "cuda":
         mod.dp_group_norm_affine_cuda(_dtype(a3), a3.data_ptr(), g3.data_ptr(), b, c, a3.shape[2], groups, float(eps),
                                       wg.data_ptr(), bg.data_ptr(), _stream(a3))
