@@ -40,6 +40,11 @@ SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn
 #: 1 -> 24 channels at 128 px, batch 32; 381 vs 106 ms for 24 -> 48 at 64 px).
 _UNFOLD_MAX_D = 32
 
+#: A Conv2d's per-sample weight gradients are kept for the clipped sum (instead of its input and
+#: output gradient, which are then released during the backward pass) when they are at most this
+#: many times the size of those two tensors; larger ones are recomputed in :meth:`_Layer.accumulate`.
+_KEEP_PER_SAMPLE = 1.0
+
 
 def _pairs(a: Tensor, g: Tensor) -> Tensor:
     """Per-sample squared norm of ``sum_t g_t a_t^T`` for ``a`` (B,T,d), ``g`` (B,T,p)."""
@@ -58,6 +63,29 @@ class _Layer:
         self.g: Tensor | None = None
         self._affine: tuple[Tensor, Tensor] | None = None  # per-sample GroupNorm/LayerNorm grads, this step
         self._per_sample: Tensor | None = None  # (B, weight.numel()) per-sample Conv2d weight grads, if kept
+        self._bias: Tensor | None = None  # (B, out_channels) per-sample Conv2d bias grads, with _per_sample
+        self._sq: Tensor | None = None  # per-sample squared norms, once settled
+        self.dtype = torch.float32  # of the output gradient (and so of the clipped sums)
+
+    def settle(self) -> None:
+        """Reduce what can be reduced as soon as the output gradient arrives (during backward).
+
+        GroupNorm/LayerNorm layers keep only their per-sample affine gradients, (B, C); Conv2d
+        layers whose per-sample weight gradients are kept keep only those and their bias sums.
+        Their inputs and output gradients are released while the backward pass goes on, so the
+        memory a clipped step holds at its peak stays close to the non-private step's.
+        """
+        m = self.module
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) or (isinstance(m, nn.Conv2d) and m.weight.requires_grad):
+            sq = self._sq_norms()
+            if isinstance(m, nn.Conv2d):
+                if self._per_sample is None:
+                    return
+                g = self.g
+                assert g is not None
+                self._bias = g.sum((2, 3)) if m.bias is not None and m.bias.requires_grad else None
+            self._sq = sq.to(torch.float64)
+            self.a = self.g = None
 
     def _flat(self) -> tuple[Tensor, Tensor]:
         m, a, g = self.module, self.a, self.g
@@ -95,7 +123,7 @@ class _Layer:
         p = g.shape[1]
         t = g.shape[2] * g.shape[3]
         d = c_in // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        small = b * p * d <= 4 * (a.numel() + g.numel())
+        small = b * p * d <= _KEEP_PER_SAMPLE * (a.numel() + g.numel())
         if m.groups == 1 and t * t * (d + p) < t * d * p:
             cols, gg = self._flat()  # ghost norm [2]
             return (torch.bmm(cols, cols.transpose(1, 2)) * torch.bmm(gg, gg.transpose(1, 2))).sum((1, 2))
@@ -114,6 +142,8 @@ class _Layer:
 
     def sq_norms(self) -> Tensor:
         """Per-sample squared gradient norm over this module's trainable parameters (float64)."""
+        if self._sq is not None:
+            return self._sq
         return self._sq_norms().to(torch.float64)
 
     def _sq_norms(self) -> Tensor:
@@ -161,12 +191,20 @@ class _Layer:
     def accumulate(self, c: Tensor) -> None:
         """Write the clipped sum ``sum_i c_i G_i`` into each parameter's ``grad`` [3]."""
         m = self.module
-        if self.g is not None:
-            c = c.to(self.g.dtype)
+        c = c.to(self.dtype)
         grads: dict[str, Tensor] = {}
-        if isinstance(m, nn.Conv2d) and self._per_sample is not None and self.g is not None:
+        if isinstance(m, nn.Conv2d) and self._per_sample is not None:
             grads["weight"] = kernels.clipped_sum(self._per_sample, c).reshape(m.weight.shape)
-            grads["bias"] = torch.einsum("bp,b->p", self.g.sum((2, 3)), c)
+            if self._bias is not None:
+                grads["bias"] = kernels.clipped_sum(self._bias, c)
+            elif self.g is not None:
+                grads["bias"] = kernels.clipped_sum(self.g.sum((2, 3)), c)
+            self._write(grads)
+            return
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            wg, bg = self._affine if self._affine is not None else self._affine_grads(*self._flat())
+            grads["weight"] = kernels.clipped_sum(wg, c).reshape(m.weight.shape)  # type: ignore[union-attr,arg-type]
+            grads["bias"] = kernels.clipped_sum(bg, c).reshape(m.bias.shape)  # type: ignore[union-attr,arg-type]
             self._write(grads)
             return
         if isinstance(m, nn.Conv2d) and self.a is not None and self.g is not None:
@@ -192,10 +230,6 @@ class _Layer:
             if m.padding_idx is not None:
                 w[m.padding_idx] = 0
             grads["weight"] = w
-        else:
-            wg, bg = self._affine_grads(a, g)
-            grads["weight"] = kernels.clipped_sum(wg, c).reshape(m.weight.shape)  # type: ignore[union-attr,arg-type]
-            grads["bias"] = kernels.clipped_sum(bg, c).reshape(m.bias.shape)  # type: ignore[union-attr,arg-type]
         self._write(grads)
 
     def _write(self, grads: dict[str, Tensor]) -> None:
@@ -204,8 +238,7 @@ class _Layer:
             if isinstance(p, nn.Parameter) and p.requires_grad:
                 p.grad = value if p.grad is None else p.grad + value
         self.a = self.g = None
-        self._affine = None
-        self._per_sample = None
+        self._affine = self._per_sample = self._bias = self._sq = None
 
 
 class GradSampleClipper:
@@ -279,7 +312,9 @@ class GradSampleClipper:
 
             def grad_hook(grad: Tensor) -> None:
                 layer.g = grad.detach() * grad.shape[0] if self.loss_reduction == "mean" else grad.detach()
-                layer._affine = layer._per_sample = None
+                layer.dtype = grad.dtype
+                layer._affine = layer._per_sample = layer._bias = layer._sq = None
+                layer.settle()
 
             if output.requires_grad:
                 output.register_hook(grad_hook)
