@@ -92,7 +92,11 @@ class _Layer:
         if a is None or g is None:
             raise StateError(f"{type(m).__name__} saw no forward/backward; call backward() on the loss first")
         if isinstance(m, nn.Conv2d):
-            cols = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # type: ignore[arg-type]
+            # The batch folded into the channels: one im2col over the whole batch (torch's unfold
+            # runs one kernel per sample), the same columns as unfolding each sample.
+            b, c = a.shape[0], a.shape[1]
+            cols = F.unfold(a.reshape(1, b * c, *a.shape[2:]), m.kernel_size, m.dilation, m.padding,  # type: ignore[arg-type]
+                            m.stride).reshape(b, c * m.kernel_size[0] * m.kernel_size[1], -1)
             return cols.transpose(1, 2), g.flatten(2).transpose(1, 2)
         if isinstance(m, nn.Linear):
             return a.reshape(a.shape[0], -1, a.shape[-1]), g.reshape(g.shape[0], -1, g.shape[-1])
