@@ -165,6 +165,16 @@ def test_cuda_plumbing_with_prefetch_and_groupnorm(monkeypatch: pytest.MonkeyPat
         assert np.array_equal(g, w)
 
 
+@pytest.mark.slow
+def test_cuda_plumbing_resnet18_groupnorm(monkeypatch: pytest.MonkeyPatch) -> None:
+    if native.native_module() is None:
+        pytest.skip("medfl._native is not built")
+    model, cal = _resnet(64)
+    want = _logits(monkeypatch, model, 64, cal, "cpu", n=1, prefetch=False)
+    got = _logits(monkeypatch, model, 64, cal, _CpuTensorDevice(), n=1, prefetch=False)
+    assert np.array_equal(got[0], want[0])
+
+
 # ---------------------------------------------------------------- the GPU itself
 
 @pytest.mark.gpu
@@ -204,4 +214,5 @@ def test_resnet18_groupnorm_on_cuda_is_bit_identical_to_cpu(cuda: str, monkeypat
         assert np.array_equal(g, w)
         with torch.no_grad():
             plain = model(torch.from_numpy(img)[None])[0].double().numpy()
+        assert np.max(np.abs(g - plain)) < 5e-2
         assert int(np.argmax(g)) == int(np.argmax(plain))
