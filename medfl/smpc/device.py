@@ -7,8 +7,9 @@ default). :class:`CudaDevice` runs them with the CUDA kernels of ``csrc/smpc`` o
 torch stream: the weight operands of the online products (``F + B_0`` beside ``B_1``) and of
 the offline ones (``F``) are uploaded once per weight and session and stay resident; each
 product moves its left operand to the device and the product back, each comparison layer its
-opened points and keys. Everything else (openings, truncations, the element-wise algebra after
-a DCF, GroupNorm's comparisons, the dealer's generation) stays on the host. Both kernels are
+opened points and keys (GroupNorm's comparisons of the Newton start too). Everything else
+(openings, truncations, im2col, the element-wise algebra after a DCF, the dealer's generation)
+stays on the host. Both kernels are
 exact in Z_2^64, so both devices give the same bits for the same shares and dealer material.
 
 The device is chosen by name: ``device="cpu" | "cuda"`` where a session is built, or
@@ -63,6 +64,10 @@ class SmpcDevice(Protocol):
 
     def dcf_eval_pair(self, keys: tuple[DcfKey, DcfKey], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both parties' DCF outputs at the public points ``x`` (as :func:`medfl.smpc.fss.dcf_eval`)."""
+        ...
+
+    def dcf_eval(self, party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
+        """One party's DCF output at the public points ``x`` (as :func:`medfl.smpc.fss.dcf_eval`)."""
         ...
 
 
@@ -139,6 +144,10 @@ class HostDevice:
     def dcf_eval_pair(self, keys: tuple[DcfKey, DcfKey], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`SmpcDevice`."""
         return dcf_eval(0, keys[0], x), dcf_eval(1, keys[1], x)
+
+    def dcf_eval(self, party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
+        """See :class:`SmpcDevice`."""
+        return dcf_eval(party, key, x)
 
 
 class _DeviceKey(NamedTuple):
@@ -231,12 +240,26 @@ class CudaDevice:
         z = self._get(self._matmul(self._put(np.concatenate([a.s0, a.s1])), self._f_of(w)))
         return z[:m], z[m:]
 
+    def dcf_eval(self, party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
+        """See :class:`SmpcDevice`."""
+        if party not in (0, 1):
+            raise ValueError(f"party must be 0 or 1, got {party}")
+        return self._dcf_many((key, key), x, (party,))[0]
+
     def dcf_eval_pair(self, keys: tuple[DcfKey, DcfKey], x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """See :class:`SmpcDevice`; correction words the two keys share are uploaded once."""
-        dx = self._put(np.asarray(x, dtype=np.uint64).reshape(-1))
+        w0, w1 = self._dcf_many(keys, x, (0, 1))
+        return w0, w1
+
+    def _dcf_many(self, keys: tuple[DcfKey, DcfKey], x: np.ndarray, parties: tuple[int, ...]) -> list[np.ndarray]:
+        x = np.asarray(x, dtype=np.uint64).reshape(-1)
+        if x.size != keys[0].seed.shape[0]:
+            raise ValueError(f"{x.size} points for {keys[0].seed.shape[0]} keys")
+        dx = self._put(x)
         moved: dict[int, Any] = {}
         outs = []
-        for party, key in enumerate(keys):
+        for party in parties:
+            key = keys[party]
             parts = []
             for arr in (key.seed, key.s_cw, key.v_cw, key.t_cw, key.final):
                 if id(arr) not in moved:
@@ -244,4 +267,4 @@ class CudaDevice:
                 parts.append(moved[id(arr)][1])
             out = self._get(self._dcf(party, _DeviceKey(*parts), dx))
             outs.append(out[:, 0] if key.payload == 1 else out)
-        return outs[0], outs[1]
+        return outs

@@ -142,13 +142,14 @@ def relu(x: Shared, keys: ReluKeys, channel: Channel, *, device: SmpcDevice | No
     return Shared(out[0], out[1])
 
 
-def negative_bits(c: np.ndarray, keys: ReluKeys, party: int, rows: np.ndarray) -> np.ndarray:
+def negative_bits(c: np.ndarray, keys: ReluKeys, party: int, rows: np.ndarray, *,
+                  device: SmpcDevice | None = None) -> np.ndarray:
     """One party's arithmetic share of ``[c_i - r_{rows_i} < 0]`` for opened points ``c`` (no round).
 
     Point ``i`` uses the material of element ``rows[i]`` (``c = x + r`` opened once, then shifted by
     public constants, e.g. ``c - t`` to compare ``x`` with several thresholds ``t``); evaluating one
     DCF key at several public points is local and reveals nothing more. Exact while
-    ``|c_i - r| < 2^(bits-1)`` in the signed sense.
+    ``|c_i - r| < 2^(bits-1)`` in the signed sense. ``device`` evaluates the DCF (the host when omitted).
 
     References
     ----------
@@ -158,7 +159,8 @@ def negative_bits(c: np.ndarray, keys: ReluKeys, party: int, rows: np.ndarray) -
     c_msb = (c >> top) & np.uint64(1)
     k = keys.dcf[party]
     key = DcfKey(k.seed[rows], k.s_cw[rows], k.v_cw[rows], k.t_cw[rows], k.final[rows])
-    w = dcf_eval(party, key, c & np.uint64(2 ** (keys.bits - 1) - 1))
+    low = c & np.uint64(2 ** (keys.bits - 1) - 1)
+    w = dcf_eval(party, key, low) if device is None else device.dcf_eval(party, key, low)
     u = keys.r_msb.of(party)[rows] + w[:, 0]
     return (np.uint64(1) - np.uint64(2) * c_msb) * u + (c_msb if party == 0 else np.uint64(0))
 
