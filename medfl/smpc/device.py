@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -68,6 +69,10 @@ class SmpcDevice(Protocol):
 
     def dcf_eval(self, party: int, key: DcfKey, x: np.ndarray) -> np.ndarray:
         """One party's DCF output at the public points ``x`` (as :func:`medfl.smpc.fss.dcf_eval`)."""
+        ...
+
+    def stage_keys(self, keys: tuple[DcfKey, DcfKey]) -> None:
+        """Move a comparison's keys where they will be evaluated, ahead of the query (offline)."""
         ...
 
 
@@ -149,6 +154,9 @@ class HostDevice:
         """See :class:`SmpcDevice`."""
         return dcf_eval(party, key, x)
 
+    def stage_keys(self, keys: tuple[DcfKey, DcfKey]) -> None:
+        """Nothing to move on the host."""
+
 
 class _DeviceKey(NamedTuple):
     seed: Any
@@ -183,6 +191,7 @@ class CudaDevice:
         self.device = device
         self._f: dict[int, tuple[MaskedWeight, Any]] = {}
         self._online: dict[int, tuple[MaskedWeight, Shared, Any]] = {}
+        self._staged: dict[int, tuple[weakref.ref[DcfKey], list[list[Any]]]] = {}
 
     # ---- transfers (int64 views: torch's int64 arithmetic is not used, only the bits move)
     def _put(self, a: np.ndarray) -> Any:
@@ -251,13 +260,10 @@ class CudaDevice:
         w0, w1 = self._dcf_many(keys, x, (0, 1))
         return w0, w1
 
-    def _dcf_many(self, keys: tuple[DcfKey, DcfKey], x: np.ndarray, parties: tuple[int, ...]) -> list[np.ndarray]:
-        x = np.asarray(x, dtype=np.uint64).reshape(-1)
-        if x.size != keys[0].seed.shape[0]:
-            raise ValueError(f"{x.size} points for {keys[0].seed.shape[0]} keys")
-        dx = self._put(x)
-        moved: dict[int, Any] = {}
-        outs = []
+    def _upload_keys(self, keys: tuple[DcfKey, DcfKey], parties: tuple[int, ...]) -> list[list[Any]]:
+        """Per party, the key's five arrays on the device (arrays the keys share uploaded once)."""
+        moved: dict[int, tuple[np.ndarray, Any]] = {}
+        out = []
         for party in parties:
             key = keys[party]
             parts = []
@@ -265,6 +271,32 @@ class CudaDevice:
                 if id(arr) not in moved:
                     moved[id(arr)] = (arr, self._put(arr))
                 parts.append(moved[id(arr)][1])
+            out.append(parts)
+        return out
+
+    def stage_keys(self, keys: tuple[DcfKey, DcfKey]) -> None:
+        """Upload both parties' keys now (offline); the next evaluation of these keys uses them, once.
+
+        Keys that are never evaluated as a pair (GroupNorm evaluates gathered rows) are dropped
+        from the device when the host keys are.
+        """
+        slot = id(keys[0])
+        self._staged[slot] = (weakref.ref(keys[0]), self._upload_keys(keys, (0, 1)))
+        weakref.finalize(keys[0], self._staged.pop, slot, None)
+
+    def _dcf_many(self, keys: tuple[DcfKey, DcfKey], x: np.ndarray, parties: tuple[int, ...]) -> list[np.ndarray]:
+        x = np.asarray(x, dtype=np.uint64).reshape(-1)
+        if x.size != keys[0].seed.shape[0]:
+            raise ValueError(f"{x.size} points for {keys[0].seed.shape[0]} keys")
+        dx = self._put(x)
+        staged = self._staged.get(id(keys[0])) if parties == (0, 1) else None
+        if staged is not None and staged[0]() is keys[0]:
+            del self._staged[id(keys[0])]
+            uploaded = staged[1]
+        else:
+            uploaded = self._upload_keys(keys, parties)
+        outs = []
+        for party, parts in zip(parties, uploaded, strict=True):
             out = self._get(self._dcf(party, _DeviceKey(*parts), dx))
-            outs.append(out[:, 0] if key.payload == 1 else out)
+            outs.append(out[:, 0] if keys[party].payload == 1 else out)
         return outs

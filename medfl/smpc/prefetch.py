@@ -39,7 +39,8 @@ class PrefetchDealer:
         The dealer that generates the material.
     device : SmpcDevice, optional
         Where the parties' input-independent products run (the host when omitted; give the
-        session's device so its resident weights are used).
+        session's device so its resident weights are used); prefetched comparison keys are
+        also moved there ahead of the query.
 
     References
     ----------
@@ -78,7 +79,10 @@ class PrefetchDealer:
             m, w = args
             t = self.inner.matmul_triple(m, w.b)
             return t, offline_part(t, w, self.device)
-        return getattr(self.inner, name)(*args[0], **args[1])
+        item = getattr(self.inner, name)(*args[0], **args[1])
+        if name == "relu_keys" and self.device is not None and not self._recording:
+            self.device.stage_keys(item.dcf)  # a GPU's copy of the comparison keys, moved offline
+        return item
 
     def _serve(self, request: _Request, args: Any) -> Any:
         if self._queue:

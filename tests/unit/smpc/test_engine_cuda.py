@@ -150,6 +150,27 @@ def test_cuda_plumbing_is_bit_identical_and_weights_stay_resident(monkeypatch: p
         assert np.array_equal(g, w)
 
 
+def test_cuda_plumbing_prefetch_moves_keys_and_products_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    if native.native_module() is None:
+        pytest.skip("medfl._native is not built")
+    model = _cnn()
+    want = _logits(monkeypatch, model, 16, None, "cpu", n=1)
+    _seed_csprng(monkeypatch, 11)
+    dev = _CpuTensorDevice()
+    dealer = PrefetchDealer(LocalDealer(), device=dev)
+    sm = SecureModel(model, Session(dealer, InMemoryChannel(), device=dev), (1, 16, 16))
+    got = sm(_images(16, 1)[0])  # the recording query
+    assert np.array_equal(got, want[0])
+    dealer.end_query()
+    for img in _images(16, 2):
+        dealer.prefetch()
+        assert len(dev._staged) == 6  # one pair of keys per ReLU layer, on the device before the query
+        before = dev.puts
+        sm(img)
+        assert dev.puts - before == 3 + 6  # online: E per product, the opened points per ReLU; nothing else
+        assert not dev._staged
+
+
 def test_cuda_plumbing_with_prefetch_and_groupnorm(monkeypatch: pytest.MonkeyPatch) -> None:
     if native.native_module() is None:
         pytest.skip("medfl._native is not built")
@@ -159,10 +180,15 @@ def test_cuda_plumbing_with_prefetch_and_groupnorm(monkeypatch: pytest.MonkeyPat
     model = cnn(width=4).eval()
     torch.nn.init.normal_(model.head[2].weight, std=0.3)
     cal = calibrate(model, _images(32, 2))
-    want = _logits(monkeypatch, model, 32, cal, "cpu", n=2, prefetch=True)
-    got = _logits(monkeypatch, model, 32, cal, _CpuTensorDevice(), n=2, prefetch=True)
+    want = _logits(monkeypatch, model, 32, cal, "cpu", n=3, prefetch=True)
+    dev = _CpuTensorDevice()
+    got = _logits(monkeypatch, model, 32, cal, dev, n=3, prefetch=True)
     for g, w in zip(got, want, strict=True):
         assert np.array_equal(g, w)
+    import gc
+
+    gc.collect()
+    assert not dev._staged  # GroupNorm's keys (evaluated by gathered rows) left the device with the host keys
 
 
 @pytest.mark.slow
