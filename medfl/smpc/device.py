@@ -1,16 +1,17 @@
 """Where a session's heavy kernels run: the host (NumPy + C++) or a CUDA device (torch tensors).
 
 Two kinds of work dominate an encrypted query: the ring matrix products of Conv2d / Linear
-(Beaver products against the session's masked weights) and the DCF evaluations of ReLU and
-max-pool. :class:`HostDevice` runs them through :mod:`medfl.native` on NumPy arrays (the
-default). :class:`CudaDevice` runs them with the CUDA kernels of ``csrc/smpc`` on the current
-torch stream: the weight operands of the online products (``F + B_0`` beside ``B_1``) and of
-the offline ones (``F``) are uploaded once per weight and session and stay resident; each
-product moves its left operand to the device and the product back, each comparison layer its
-opened points and keys (GroupNorm's comparisons of the Newton start too). Everything else
-(openings, truncations, im2col, the element-wise algebra after a DCF, the dealer's generation)
-stays on the host. Both kernels are
-exact in Z_2^64, so both devices give the same bits for the same shares and dealer material.
+(Beaver products against the session's masked weights) and the DCF evaluations of ReLU,
+max-pool and GroupNorm's Newton start. :class:`HostDevice` runs them through
+:mod:`medfl.native` on NumPy arrays (the default). :class:`CudaDevice` runs them with the CUDA
+kernels of ``csrc/smpc`` on the current torch stream: the weight operands of the online
+products (``F + B_0`` beside ``B_1``) and of the offline ones (``F``) are uploaded once per
+weight and session and stay resident; each product moves its left operand to the device and
+the product back, each comparison its opened points and its keys (the keys ahead of the query
+when a :class:`~medfl.smpc.prefetch.PrefetchDealer` with this device fetched them). Shares stay
+NumPy arrays between operations: openings, truncations, im2col, the element-wise algebra after
+a DCF and the dealer's generation run on the host. Both kernels are exact in Z_2^64, so both
+devices give the same bits for the same shares and dealer material.
 
 The device is chosen by name: ``device="cpu" | "cuda"`` where a session is built, or
 ``MEDFL_SMPC_DEVICE`` (see :mod:`medfl.envvars`); the host is the default.
