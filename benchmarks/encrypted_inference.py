@@ -1,6 +1,6 @@
 """Encrypted inference (2PC + dealer): medfl per image vs plaintext (and CrypTen when asked), side by side.
 
-    python benchmarks/encrypted_inference.py [--models cnn resnet18] [--images 2]
+    python benchmarks/encrypted_inference.py [--models cnn resnet18] [--images 2] [--device cpu cuda]
                                              [--crypten-python /path/to/crypten-venv/bin/python]
                                              [--json benchmarks/results/encrypted_inference.json]
 
@@ -26,6 +26,13 @@ are not trivially zero; calibration on two other images as at model registration
 The weights' masks are opened once per session (not per query). Times are wall-clock on a machine
 whose cores may be shared, so they are noisy.
 
+``--device cpu cuda`` runs every medfl row on each device (rows ``<model> <device>``): with ``cuda`` the
+ring products of Conv2d / Linear (online and the offline ``A_p F``) and the ReLU / max-pool DCF
+evaluations run on the GPU (:class:`medfl.smpc.device.CudaDevice`, masked weights resident for the
+session), the dealer's generation, openings, truncations and element-wise algebra stay on the host;
+``bit_identical_to_cpu`` says whether the logits equal the CPU rows' bit for bit (same seeded
+randomness on both devices in that comparison run, see ``--check-identical``).
+
 With ``--crypten-python`` (the Python of a venv with crypten 0.4.1, see benchmarks/crypten_side.py)
 both systems also run the BatchNorm variants of the models (CrypTen cannot import GroupNorm):
 rows ``<model>-bn`` (medfl, BatchNorm folded into the convolutions) and ``crypten <model>-bn``
@@ -35,6 +42,9 @@ rows ``<model>-bn`` (medfl, BatchNorm folded into the convolutions) and ``crypte
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import itertools
 import json
 import os
 import platform
@@ -42,14 +52,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
-from medfl import native
+from medfl import csprng, native
 from medfl.models import create_model
 from medfl.smpc import InMemoryChannel, LocalDealer
+from medfl.smpc.device import DEVICES, smpc_device
 from medfl.smpc.evaluator import SecureModel, calibrate, fold_batchnorm
 from medfl.smpc.layers import Session
 from medfl.smpc.prefetch import PrefetchDealer
@@ -82,8 +94,8 @@ def _plain_seconds(model: torch.nn.Module, img: np.ndarray, repeats: int = 5) ->
     return statistics.median(times)
 
 
-def bench_medfl(name: str, n_images: int, *, batchnorm: bool = False) -> dict[str, Any]:
-    """Run ``n_images`` encrypted queries of one model (or its BatchNorm variant) and return the figures."""
+def bench_medfl(name: str, n_images: int, *, batchnorm: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Run ``n_images`` encrypted queries of one model (or its BatchNorm variant) on ``device``; return the figures."""
     side = SIDES[name]
     plain = batchnorm_variant(name) if batchnorm else _model(name)
     model = fold_batchnorm(plain) if batchnorm else plain
@@ -92,9 +104,10 @@ def bench_medfl(name: str, n_images: int, *, batchnorm: bool = False) -> dict[st
     images = [rng.standard_normal((1, side, side)).astype(np.float32) for _ in range(n_images)]
     cal = calibrate(model, calib)
     inner, channel = LocalDealer(), InMemoryChannel()
-    dealer = PrefetchDealer(inner)
+    dev = smpc_device(device)
+    dealer = PrefetchDealer(inner, device=dev)
     t = time.perf_counter()
-    secure = SecureModel(model, Session(dealer, channel), (1, side, side), cal)  # type: ignore[arg-type]
+    secure = SecureModel(model, Session(dealer, channel, device=dev), (1, side, side), cal)  # type: ignore[arg-type]
     setup = time.perf_counter() - t
     secure(calib[0])  # a first query records the plan of dealer requests
     dealer.end_query()
@@ -121,7 +134,7 @@ def bench_medfl(name: str, n_images: int, *, batchnorm: bool = False) -> dict[st
     med = {k: statistics.median(r[k] for r in rows) for k in ("seconds", "online_seconds", "offline_seconds",
                                                               "online_cpu_seconds", "offline_cpu_seconds",
                                                               "wan_seconds")}
-    return {"input": [1, side, side], "plain_seconds": _plain_seconds(plain, images[0]),
+    return {"input": [1, side, side], "device": device, "plain_seconds": _plain_seconds(plain, images[0]),
             "session_setup_seconds": setup, **med, "offline_bytes": rows[0]["offline_bytes"],
             "online_bytes_per_party": rows[0]["online_bytes_per_party"], "rounds": rows[0]["rounds"],
             "max_abs_error": max(r["max_abs_error"] for r in rows),
@@ -157,6 +170,46 @@ def bench_crypten(name: str, n_images: int, python: str) -> dict[str, Any]:
             "note": "TTP mode: the dealer's work happens during the query, so online includes it"}
 
 
+@contextlib.contextmanager
+def _fixed_randomness(tag: bytes) -> Iterator[None]:
+    """Benchmark check only: medfl's CSPRNG replaced by ChaCha20 streams under fixed, public keys, then restored.
+
+    Two runs under the same tag draw the same shares and dealer material, so their logits can be
+    compared bit for bit; nothing secret may run inside.
+    """
+    counter = itertools.count()
+    real_expand, real_token = csprng.expand, csprng.token_bytes
+
+    def next_key() -> bytes:
+        return hashlib.sha256(tag + next(counter).to_bytes(8, "little")).digest()
+
+    def fixed_expand(nbytes: int, *, key: bytes | None = None) -> bytes:
+        return real_expand(nbytes, key=key or next_key())
+
+    csprng.expand = fixed_expand  # type: ignore[assignment]
+    csprng.token_bytes = lambda n: real_expand(n, key=next_key())
+    try:
+        yield
+    finally:
+        csprng.expand, csprng.token_bytes = real_expand, real_token
+
+
+def _bits_identical(name: str, devices: list[str]) -> bool:
+    """One query of ``name`` per device from the same fixed randomness; True if all logits have the same bits."""
+    side = SIDES[name]
+    model = _model(name)
+    rng = np.random.default_rng(1)  # synthetic benchmark images only
+    cal = calibrate(model, [rng.standard_normal((1, side, side)).astype(np.float32) for _ in range(2)])
+    img = rng.standard_normal((1, side, side)).astype(np.float32)
+    outs = []
+    for device in devices:
+        with _fixed_randomness(name.encode()):
+            secure = SecureModel(model, Session(LocalDealer(), InMemoryChannel()), (1, side, side), cal,
+                                 device=device)
+            outs.append(secure(img))
+    return all(np.array_equal(o, outs[0]) for o in outs[1:])
+
+
 def _table(results: dict[str, Any]) -> str:
     head = (f"{'model':<18}{'plain s':>9}{'total s':>9}{'online s':>10}{'(cpu)':>7}{'offline s':>11}{'(cpu)':>7}"
             f"{'offline MB':>12}{'online MB/party':>17}{'rounds':>8}{'max err':>10}{'WAN s':>8}")
@@ -173,22 +226,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=list(SIDES), choices=list(SIDES))
     ap.add_argument("--images", type=int, default=2, help="encrypted queries per model (default 2)")
+    ap.add_argument("--device", nargs="+", default=["cpu"], choices=list(DEVICES),
+                    help="where medfl's ring products and comparisons run; one row per device (default cpu)")
+    ap.add_argument("--check-identical", action="store_true",
+                    help="also run one query per device from one fixed (non-secret) seed and compare the logits' bits")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--crypten-python", help="Python of a venv with crypten 0.4.1 (see crypten_side.py)")
     args = ap.parse_args()
+    for device in args.device:
+        try:
+            smpc_device(device)  # fail early and clearly (no CUDA build, no GPU)
+        except (ValueError, RuntimeError) as exc:
+            ap.error(str(exc))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     results: dict[str, Any] = {}
     for name in args.models:
-        results[name] = bench_medfl(name, args.images)
+        for device in args.device:
+            results[f"{name} {device}"] = bench_medfl(name, args.images, device=device)
+        if args.check_identical and len(args.device) > 1:
+            same = _bits_identical(name, args.device)
+            for device in args.device:
+                results[f"{name} {device}"]["bit_identical_to_cpu"] = same
         if args.crypten_python:
-            results[f"{name}-bn"] = bench_medfl(name, args.images, batchnorm=True)
+            for device in args.device:
+                results[f"{name}-bn {device}"] = bench_medfl(name, args.images, batchnorm=True, device=device)
             results[f"crypten {name}-bn"] = bench_crypten(name, args.images, args.crypten_python)
         print(_table(results), flush=True)
     if args.json:
         out = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "torch": torch.__version__, "native": native.active_backend(),
                            "smpc_kernels": (native.native_module().smpc_impl()  # type: ignore[union-attr]
-                                            if native.native_module() is not None else None)},
+                                            if native.native_module() is not None else None),
+                           "gpu": torch.cuda.get_device_name() if "cuda" in args.device else None},
                "wan": {"bandwidth_bit_s": WAN_BPS, "rtt_s": WAN_RTT_S}, "command": " ".join(sys.argv),
                "results": results}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -13,6 +13,8 @@ __all__ = ["VARIABLES", "get"]
 #: name -> help text
 VARIABLES: dict[str, str] = {
     "MEDFL_NATIVE": "force the kernel backend: cuda, cpu or reference (default: best available)",
+    "MEDFL_SMPC_DEVICE": "where encrypted inference runs its ring products and comparisons: cpu (default) or "
+                         "cuda (needs a CUDA build of medfl._native and a GPU torch sees); a session's device= wins",
     "MEDFL_CUDA": "build time: 1 forces the CUDA kernels, 0 disables them (default: if nvcc is found)",
     "MEDFL_LOG_FORMAT": "log format of the daemons: text (default) or json",
     "MEDFL_LOG_LEVEL": "log level of the daemons: DEBUG, INFO (default), WARNING, ERROR",

@@ -337,6 +337,46 @@ class _Cuda:
         return out
 
     @classmethod
+    def dcf_eval(cls, party, key, x):
+        """One party's DCF shares (n, payload) at device points ``x``; ``key``'s arrays on the same device.
+
+        ``key`` has the fields of :class:`medfl.smpc.fss.DcfKey` (uint64 or int64 words, uint8
+        control bits), each a contiguous device array; the result is a new (n, payload) array
+        of ``x``'s dtype.
+        """
+        xptr, xdt, xshape, stream, ctx = cls._info(x, "x")
+        if xdt not in ("uint64", "int64") or len(xshape) != 1:
+            raise TypeError(f"x must be a 1-D uint64 (or int64) device array, got {xdt}{xshape}")
+        n = xshape[0]
+        if party not in (0, 1):
+            raise ValueError(f"party must be 0 or 1, got {party}")
+        for name in ("seed", "s_cw", "v_cw", "t_cw", "final"):
+            if not _is_device_array(getattr(key, name)):
+                raise TypeError(f"x is a GPU array but key.{name} is {type(getattr(key, name)).__name__}; put the "
+                                "key on the device")
+        s_shape, f_shape = tuple(key.s_cw.shape), tuple(key.final.shape)
+        bits = s_shape[1] if len(s_shape) == 3 else 0
+        payload = f_shape[1] if len(f_shape) == 2 else 0
+        if payload not in (1, 2) or not 1 <= bits <= 64:
+            raise ValueError(f"dcf key: bits must be in [1, 64] and payload 1 or 2, got {bits} and {payload}")
+        want = {"seed": (n, 2), "s_cw": (n, bits, 2), "v_cw": (n, bits, payload), "t_cw": (n, bits, 2),
+                "final": (n, payload)}
+        ptrs = []
+        for name, shape in want.items():
+            arr = getattr(key, name)
+            cls._same_device(x, arr)
+            ptr, dt, got, _, _ = cls._info(arr, f"key.{name}")
+            ok = dt == "uint8" if name == "t_cw" else dt in ("uint64", "int64")
+            if not ok or got != shape:
+                raise ValueError(f"key.{name} must be {'uint8' if name == 't_cw' else 'uint64'}{shape} for {n} points, "
+                                 f"got {dt}{got}")
+            ptrs.append(ptr)
+        out = cls._empty(x, (n, payload), xdt)
+        with ctx:
+            native_module().dcf_eval_cuda(party, *ptrs, xptr, cls._info(out, "out")[0], n, bits, payload, stream)
+        return out
+
+    @classmethod
     def encode(cls, x, *, frac_bits, ring_bits, rounding, seed, offset):
         stochastic = _check_rounding(rounding)
         fxp._check_bits(frac_bits, ring_bits)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medfl.smpc import ring
 from medfl.smpc.channel import Channel
 from medfl.smpc.dealer import Dealer, MatmulTriple
+from medfl.smpc.device import HostDevice, SmpcDevice
 from medfl.smpc.sharing import Shared
 
 __all__ = ["MaskedWeight", "mask_weight", "matmul", "offline_part"]
@@ -55,22 +55,21 @@ def mask_weight(w: Shared, dealer: Dealer, channel: Channel) -> MaskedWeight:
     return MaskedWeight(w, b, channel.open(w.s0 - b.s0, w.s1 - b.s1))
 
 
-def offline_part(t: MatmulTriple, w: MaskedWeight) -> Shared:
+def offline_part(t: MatmulTriple, w: MaskedWeight, device: SmpcDevice | None = None) -> Shared:
     """Each party's input-independent share of the product: ``A_p F + C_p``.
+
+    ``device`` runs the products (the host when omitted, see :mod:`medfl.smpc.device`).
 
     References
     ----------
     .. [1] Mohassel and Zhang, "SecureML", S&P 2017 (offline/online split).
     """
-    parts = []
-    for p in (0, 1):
-        z = t.c.of(p).copy()
-        ring.matmul(t.a.of(p), w.f, out=z, accumulate=True)
-        parts.append(z)
-    return Shared(parts[0], parts[1])
+    p0, p1 = (device or HostDevice()).offline_products(t.a, w)
+    return Shared(t.c.s0 + p0, t.c.s1 + p1)
 
 
-def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel) -> Shared:
+def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel, device: SmpcDevice | None = None,
+           ) -> Shared:
     """Return shares of ``X @ W mod 2^64`` in one round (opening ``X - A`` only).
 
     Parameters
@@ -81,6 +80,8 @@ def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel) -> Shar
         The session's masked (k x n) weight.
     dealer, channel
         Source of the triple and the opening.
+    device : SmpcDevice, optional
+        Where the ring products run (the host when omitted); the bits are the same.
 
     Returns
     -------
@@ -92,15 +93,14 @@ def matmul(x: Shared, w: MaskedWeight, dealer: Dealer, channel: Channel) -> Shar
     """
     if x.s0.ndim != 2 or x.s0.shape[1] != w.f.shape[0]:
         raise ValueError(f"cannot multiply {x.s0.shape} by {w.f.shape}")
+    dev = device or HostDevice()
     prepared = getattr(dealer, "prepared_triple", None)
     if prepared is not None:  # a prefetching dealer: the triple came with A_p F + C_p done offline
         t, base = prepared(int(x.s0.shape[0]), w)
     else:
         t = dealer.matmul_triple(int(x.s0.shape[0]), w.b)
-        base = offline_part(t, w)
+        base = offline_part(t, w, dev)
     e = channel.open(x.s0 - t.a.s0, x.s1 - t.a.s1)
     # party 0: E (F + B0) + [A0 F + C0]; party 1: E B1 + [A1 F + C1] (one online ring product each)
-    z0, z1 = base.s0.copy(), base.s1.copy()
-    ring.matmul(e, w.f + t.b.s0, out=z0, accumulate=True)
-    ring.matmul(e, t.b.s1, out=z1, accumulate=True)
-    return Shared(z0, z1)
+    p0, p1 = dev.online_products(e, w, t.b)
+    return Shared(base.s0 + p0, base.s1 + p1)

@@ -24,6 +24,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from torch import nn
 from medfl.errors import RingOverflowError
 from medfl.models.resnet import BasicBlock
 from medfl.smpc import layers, ring
+from medfl.smpc.device import smpc_device
 from medfl.smpc.groupnorm import group_norm
 from medfl.smpc.layers import Session
 from medfl.smpc.relu import ACT_MARGIN, comparison_bits
@@ -176,6 +178,16 @@ class SecureModel:
         Dealer, channel and fractional bits.
     in_shape : tuple of int
         (C, H, W) of one image.
+    calibration : Calibration, optional
+        Activation and variance ranges (needed for GroupNorm; narrows the comparisons).
+    param_share : callable, optional
+        How an encoded parameter becomes shares (see :meth:`__init__`).
+    device : {"cpu", "cuda"}, optional
+        Where the ring products and comparisons run (:mod:`medfl.smpc.device`); replaces the
+        session's device when given. The logits are bit-identical on both for the same shares
+        and dealer material. A :class:`~medfl.smpc.prefetch.PrefetchDealer` in the session
+        does its offline products where its own ``device`` says; to have them on the GPU, build
+        one device with :func:`medfl.smpc.device.smpc_device` and give it to both instead.
 
     References
     ----------
@@ -184,13 +196,15 @@ class SecureModel:
 
     def __init__(self, model: nn.Module, session: Session, in_shape: tuple[int, int, int],
                  calibration: Calibration | None = None, *,
-                 param_share: Callable[[np.ndarray], Shared] = share) -> None:
+                 param_share: Callable[[np.ndarray], Shared] = share, device: str | None = None) -> None:
         """Share the weights and open their masks once (one round per weight).
 
         ``param_share`` turns an encoded parameter into shares; in one process it is
         :func:`~medfl.smpc.sharing.share`, in a networked party it gives the model server's
         share (the parameter) and the data owner's (zero), see :mod:`medfl.smpc.party`.
         """
+        if device is not None:
+            session = dataclasses.replace(session, device=smpc_device(device))
         self.session = session
         self._share_param = param_share
         self.in_shape = in_shape

@@ -171,7 +171,7 @@ def _newton_start(h: Shared, lo: float, hi: float, tol: float, s: Session) -> tu
     steps_up = ring.encode(np.diff(starts), frac_bits=s.frac_bits)  # y0 change when h crosses each edge
     out = []
     for p in (0, 1):
-        below = negative_bits(points, keys, p, rows).reshape(groups, m - 1)  # [h < edge/2]
+        below = negative_bits(points, keys, p, rows, device=s.device).reshape(groups, m - 1)  # [h < edge/2]
         above = (np.uint64(1) if p == 0 else np.uint64(0)) - below
         out.append((above * steps_up[None, :]).sum(axis=1, dtype=np.uint64) + _const(float(starts[0]), (groups,),
                                                                                        s, p))

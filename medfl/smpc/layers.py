@@ -15,7 +15,7 @@ References
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from medfl.smpc import ring
 from medfl.smpc.beaver import MaskedWeight, mask_weight, matmul
 from medfl.smpc.channel import Channel
 from medfl.smpc.dealer import Dealer
+from medfl.smpc.device import SmpcDevice, smpc_device
 from medfl.smpc.relu import relu
 from medfl.smpc.sharing import Shared
 from medfl.smpc.truncation import truncate
@@ -32,11 +33,17 @@ __all__ = ["Session", "add", "avg_pool", "divide", "conv2d", "linear", "max_pool
 
 @dataclass(frozen=True)
 class Session:
-    """What every layer needs: the dealer, the channel and the fractional bits."""
+    """What every layer needs: the dealer, the channel, the fractional bits and the compute device.
+
+    ``device`` runs the ring products and comparisons (:mod:`medfl.smpc.device`); by default
+    the one ``MEDFL_SMPC_DEVICE`` names, else the host. It holds the session's resident
+    weights, so each session gets its own.
+    """
 
     dealer: Dealer
     channel: Channel
     frac_bits: int = ring.FRAC_BITS
+    device: SmpcDevice = field(default_factory=smpc_device)
 
 
 def _map(x: Shared, fn: object) -> Shared:
@@ -45,8 +52,13 @@ def _map(x: Shared, fn: object) -> Shared:
 
 
 def prepare_weight(w: Shared, s: Session) -> MaskedWeight:
-    """Open a (k x n) weight's mask once for the session (Linear: in x out; Conv: C*kh*kw x out)."""
-    return mask_weight(w, s.dealer, s.channel)
+    """Open a (k x n) weight's mask once for the session (Linear: in x out; Conv: C*kh*kw x out).
+
+    The session's device keeps what its products need from it (resident on a GPU).
+    """
+    mw = mask_weight(w, s.dealer, s.channel)
+    s.device.adopt(mw)
+    return mw
 
 
 def _trunc(z: Shared, s: Session) -> Shared:
@@ -61,7 +73,7 @@ def _add_bias(z: Shared, bias: Shared | None) -> Shared:
 
 def linear(x: Shared, w: MaskedWeight, bias: Shared | None, s: Session) -> Shared:
     """Shares of ``x @ W + b`` for ``x`` of shape (m, k); two rounds (product, truncation)."""
-    return _add_bias(_trunc(matmul(x, w, s.dealer, s.channel), s), bias)
+    return _add_bias(_trunc(matmul(x, w, s.dealer, s.channel, s.device), s), bias)
 
 
 def _im2col(a: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
@@ -79,7 +91,7 @@ def conv2d(x: Shared, w: MaskedWeight, bias: Shared | None, s: Session, *, kerne
     ho = (h + 2 * padding - kernel) // stride + 1
     wo = (wd + 2 * padding - kernel) // stride + 1
     cols = _map(x, lambda a: _im2col(a, kernel, stride, padding))
-    z = _trunc(matmul(cols, w, s.dealer, s.channel), s)
+    z = _trunc(matmul(cols, w, s.dealer, s.channel, s.device), s)
     out = _map(z, lambda a: a.T.reshape(-1, ho, wo))
     if bias is not None:
         out = Shared(out.s0 + bias.s0[:, None, None], out.s1 + bias.s1[:, None, None])
@@ -88,7 +100,7 @@ def conv2d(x: Shared, w: MaskedWeight, bias: Shared | None, s: Session, *, kerne
 
 def relu_layer(x: Shared, s: Session, *, bits: int = 64) -> Shared:
     """Shares of ``max(x, 0)`` (one round); ``bits`` is the planned raw range (see :mod:`medfl.smpc.relu`)."""
-    return relu(x, s.dealer.relu_keys(x.s0.size, bits=bits), s.channel)
+    return relu(x, s.dealer.relu_keys(x.s0.size, bits=bits), s.channel, device=s.device)
 
 
 def _max(a: Shared, b: Shared, s: Session, bits: int) -> Shared:

@@ -21,6 +21,7 @@ from typing import Any
 
 from medfl.smpc.beaver import MaskedWeight, offline_part
 from medfl.smpc.dealer import Dealer, MatmulTriple, TruncPair
+from medfl.smpc.device import SmpcDevice
 from medfl.smpc.relu import ReluKeys
 from medfl.smpc.sharing import Shared
 
@@ -36,15 +37,20 @@ class PrefetchDealer:
     ----------
     inner : Dealer
         The dealer that generates the material.
+    device : SmpcDevice, optional
+        Where the parties' input-independent products run (the host when omitted; give the
+        session's device so its resident weights are used); prefetched comparison keys are
+        also moved there ahead of the query.
 
     References
     ----------
     .. [1] Beaver, CRYPTO 1995.
     """
 
-    def __init__(self, inner: Dealer) -> None:
+    def __init__(self, inner: Dealer, *, device: SmpcDevice | None = None) -> None:
         """Start with an empty plan; the first query records it."""
         self.inner = inner
+        self.device = device
         self._plan: list[tuple[_Request, Any]] = []  # (request, replay arguments)
         self._queue: deque[tuple[_Request, Any]] = deque()
         self._recording = True
@@ -72,8 +78,11 @@ class PrefetchDealer:
         if name == "prepared_triple":
             m, w = args
             t = self.inner.matmul_triple(m, w.b)
-            return t, offline_part(t, w)
-        return getattr(self.inner, name)(*args[0], **args[1])
+            return t, offline_part(t, w, self.device)
+        item = getattr(self.inner, name)(*args[0], **args[1])
+        if name == "relu_keys" and self.device is not None and not self._recording:
+            self.device.stage_keys(item.dcf)  # a GPU's copy of the comparison keys, moved offline
+        return item
 
     def _serve(self, request: _Request, args: Any) -> Any:
         if self._queue:

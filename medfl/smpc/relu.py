@@ -27,6 +27,7 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from medfl.smpc import ring
 from medfl.smpc.channel import Channel
 from medfl.smpc.fss import DcfKey, dcf_eval, dcf_gen
 from medfl.smpc.sharing import Shared, share
+
+if TYPE_CHECKING:
+    from medfl.smpc.device import SmpcDevice
 
 __all__ = ["ACT_MARGIN", "RING_BITS", "ReluKeys", "comparison_bits", "negative_bits", "relu", "relu_keys"]
 
@@ -104,8 +108,10 @@ def relu_keys(n: int, *, bits: int = RING_BITS) -> ReluKeys:
     return ReluKeys(share(r), share(msb), share(r * msb), dcf_gen(low, beta, bits=bits - 1))
 
 
-def relu(x: Shared, keys: ReluKeys, channel: Channel) -> Shared:
+def relu(x: Shared, keys: ReluKeys, channel: Channel, *, device: SmpcDevice | None = None) -> Shared:
     """Return shares of ``max(x, 0)`` in one round, exact for raw ``x`` in the keys' planned range.
+
+    ``device`` evaluates the DCF keys (:mod:`medfl.smpc.device`; the host when omitted).
 
     References
     ----------
@@ -121,8 +127,12 @@ def relu(x: Shared, keys: ReluKeys, channel: Channel) -> Shared:
     flip = np.uint64(1) - np.uint64(2) * c_msb  # 1 - 2 c_msb
     c_low = c & np.uint64(2 ** (keys.bits - 1) - 1)
     out = []
+    if device is None:
+        ws = (dcf_eval(0, keys.dcf[0], c_low), dcf_eval(1, keys.dcf[1], c_low))
+    else:
+        ws = device.dcf_eval_pair(keys.dcf, c_low)
     for p in (0, 1):
-        w = dcf_eval(p, keys.dcf[p], c_low)
+        w = ws[p]
         u = keys.r_msb.of(p) + w[:, 0]
         ru = keys.r_r_msb.of(p) + w[:, 1]
         msb = flip * u + (c_msb if p == 0 else np.uint64(0))
@@ -132,13 +142,14 @@ def relu(x: Shared, keys: ReluKeys, channel: Channel) -> Shared:
     return Shared(out[0], out[1])
 
 
-def negative_bits(c: np.ndarray, keys: ReluKeys, party: int, rows: np.ndarray) -> np.ndarray:
+def negative_bits(c: np.ndarray, keys: ReluKeys, party: int, rows: np.ndarray, *,
+                  device: SmpcDevice | None = None) -> np.ndarray:
     """One party's arithmetic share of ``[c_i - r_{rows_i} < 0]`` for opened points ``c`` (no round).
 
     Point ``i`` uses the material of element ``rows[i]`` (``c = x + r`` opened once, then shifted by
     public constants, e.g. ``c - t`` to compare ``x`` with several thresholds ``t``); evaluating one
     DCF key at several public points is local and reveals nothing more. Exact while
-    ``|c_i - r| < 2^(bits-1)`` in the signed sense.
+    ``|c_i - r| < 2^(bits-1)`` in the signed sense. ``device`` evaluates the DCF (the host when omitted).
 
     References
     ----------
@@ -148,7 +159,8 @@ def negative_bits(c: np.ndarray, keys: ReluKeys, party: int, rows: np.ndarray) -
     c_msb = (c >> top) & np.uint64(1)
     k = keys.dcf[party]
     key = DcfKey(k.seed[rows], k.s_cw[rows], k.v_cw[rows], k.t_cw[rows], k.final[rows])
-    w = dcf_eval(party, key, c & np.uint64(2 ** (keys.bits - 1) - 1))
+    low = c & np.uint64(2 ** (keys.bits - 1) - 1)
+    w = dcf_eval(party, key, low) if device is None else device.dcf_eval(party, key, low)
     u = keys.r_msb.of(party)[rows] + w[:, 0]
     return (np.uint64(1) - np.uint64(2) * c_msb) * u + (c_msb if party == 0 else np.uint64(0))
 
