@@ -6,6 +6,13 @@ For each model: start Orthanc (the shipped config and Lua routing) and `medfl-ag
 send the burst with DCMTK's storescu, and follow Orthanc's change log (polled every 20 ms) to
 time each image from its arrival in Orthanc to the arrival of its SR. Prints p50, p95, max and
 images per second, and checks that no image is lost. Needs Debian's orthanc and dcmtk.
+
+Two more columns say where the limit is: ``arrival_per_s``, the rate at which the burst arrived
+in Orthanc (images over the span from the first to the last arrival), and ``model_bound_per_s``,
+the most images per second the agent's workers could score if they did nothing but the model's
+forward pass (measured in this process before the burst: one thread per worker, batches of
+``max_batch``, at the model's input size). While the burst arrives faster than the agent can
+score, latency grows with each image's place in the queue, whatever the per-image cost.
 """
 
 from __future__ import annotations
@@ -59,6 +66,29 @@ def make_burst(folder: pathlib.Path, n: int, size: int) -> list[pathlib.Path]:
     return paths
 
 
+def model_bound(model: str, image_size: int, workers: int, max_batch: int) -> float:
+    """Images/s of the model's forward pass alone: ``workers`` single-threaded workers, batches of max_batch."""
+    import torch
+
+    from medfl.models import create_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = create_model(model).eval()
+        x = torch.randn(max_batch, 1, image_size, image_size)
+        times = []
+        with torch.no_grad():
+            net(x)
+            for _ in range(3):
+                t = time.perf_counter()
+                net(x)
+                times.append(time.perf_counter() - t)
+        return workers * max_batch / float(np.median(times))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_one(model: str, paths: list[pathlib.Path], work: pathlib.Path, workers: int, max_batch: int) -> dict:
     import torch
     from pydicom import dcmread
@@ -68,6 +98,7 @@ def run_one(model: str, paths: list[pathlib.Path], work: pathlib.Path, workers: 
 
     work.mkdir(parents=True)
     image_size = 224 if model == "resnet18" else 64
+    bound = model_bound(model, image_size, workers, max_batch)
     torch.manual_seed(0)
     model_file = work / "model.safetensors"
     save_checkpoint(model_file, state_arrays(create_model(model)), {"model": model, "image_size": str(image_size)})
@@ -152,11 +183,14 @@ port = {dicom_port}
                 if ref in by_uid:
                     latencies.append(t - by_uid[ref])
         lat = np.array(latencies) if latencies else np.array([np.nan])
+        arrivals = sorted(by_uid.values())
+        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
         return {"model": model, "image_size": image_size, "images": len(paths), "received": len(by_uid),
                 "srs": len(latencies), "lost": len(paths) - len(latencies), "p50_s": float(np.percentile(lat, 50)),
                 "p95_s": float(np.percentile(lat, 95)), "max_s": float(lat.max()),
                 "images_per_s": len(latencies) / wall, "wall_s": wall, "workers": workers,
-                "max_batch": max_batch}
+                "max_batch": max_batch, "arrival_span_s": span, "arrival_per_s": (len(arrivals) - 1) / span,
+                "model_bound_per_s": bound}
     finally:
         for p in procs:
             p.terminate()
@@ -188,7 +222,8 @@ def main() -> None:
             rows.append(row)
             print(f"{model:9s} max_batch {mb:3d} {row['images']} images {args.size}px: p50 {row['p50_s']:.2f} s  "
                   f"p95 {row['p95_s']:.2f} s  "
-                  f"max {row['max_s']:.2f} s  {row['images_per_s']:.1f} images/s  lost {row['lost']}", flush=True)
+                  f"max {row['max_s']:.2f} s  {row['images_per_s']:.1f} images/s  lost {row['lost']}  (arrived at "
+                  f"{row['arrival_per_s']:.1f}/s; model alone {row['model_bound_per_s']:.1f}/s)", flush=True)
     if args.json:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps({"cores": os.cpu_count(), "rows": rows}, indent=2))
