@@ -40,6 +40,7 @@ from medfl.smpc.groupnorm import group_norm
 from medfl.smpc.layers import Session
 from medfl.smpc.relu import ACT_MARGIN, comparison_bits
 from medfl.smpc.sharing import Shared, reconstruct, share
+from medfl.smpc.truncation import HEADROOM_BITS
 
 __all__ = ["ACT_MARGIN", "Calibration", "SecureModel", "calibrate", "comparison_bits", "fold_batchnorm"]
 
@@ -163,8 +164,9 @@ def _identity(x: Shared, s: Session) -> Shared:
     return x
 
 
-def _encoded(t: object) -> np.ndarray:
-    return ring.encode(np.asarray(t.detach().numpy(), dtype=np.float32))  # type: ignore[attr-defined]
+def _encoded(t: object, frac_bits: int) -> np.ndarray:
+    return ring.encode(np.asarray(t.detach().numpy(), dtype=np.float32),  # type: ignore[attr-defined]
+                       frac_bits=frac_bits)
 
 
 class SecureModel:
@@ -234,7 +236,7 @@ class SecureModel:
                 self.steps.append(step)
 
     def _param(self, t: object) -> Shared:
-        return self._share_param(_encoded(t))
+        return self._share_param(_encoded(t, self.session.frac_bits))
 
     def _bits(self, mod: nn.Module) -> int:
         return comparison_bits(self._bounds.get(id(mod)), self.session.frac_bits)
@@ -297,6 +299,13 @@ class SecureModel:
                 raise ValueError("GroupNorm needs a calibration (medfl.smpc.evaluator.calibrate) of this model")
             vr = self.calibration.variances[self._gn]
             self._gn += 1
+            n = shape[0] // mod.num_groups * int(np.prod(shape[1:]))
+            need = layers.divide_headroom_bits(vr[1] / 2 + mod.eps, n, self.session.frac_bits)
+            if need >= HEADROOM_BITS:
+                raise RingOverflowError(
+                    f"GroupNorm #{self._gn} averages {n} elements with calibrated variances up to {vr[1]:.4g}: at "
+                    f"frac_bits={self.session.frac_bits} its variance needs {need:.1f} bits of the ring's "
+                    f"{HEADROOM_BITS}-bit headroom and would wrap; use fewer fractional bits (16 is the default)")
             gamma, beta, groups, eps = self._param(mod.weight), self._param(mod.bias), mod.num_groups, mod.eps
             return (lambda x, s_: group_norm(x, groups, gamma, beta, s_, eps=eps, v_range=vr)), shape
         if isinstance(mod, nn.ReLU):
@@ -334,7 +343,7 @@ class SecureModel:
         if self.calibration is not None and float(np.max(np.abs(image))) > self.calibration.input_bound:
             raise RingOverflowError(f"image max |x|={float(np.max(np.abs(image))):.4g} is outside the calibrated "
                                     f"range {self.calibration.input_bound:.4g}; preprocess it as in training")
-        return ring.encode(image)
+        return ring.encode(image, frac_bits=self.session.frac_bits)
 
     def forward(self, x: Shared) -> Shared:
         """Run the layers on shares of one encoded image; return shares of the logits."""

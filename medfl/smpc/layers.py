@@ -144,18 +144,32 @@ def max_pool2d(x: Shared, s: Session, *, kernel: int = 2, stride: int = 2, paddi
     return _max_tree(_map(rows, lambda p: np.stack([p[:, i:i + span[0]:stride, :] for i in range(kernel)])), s, bits)
 
 
+def _divide_extra_bits(n: int) -> int:
+    return min(max(int(np.ceil(np.log2(n))), 0), 22)
+
+
+def divide_headroom_bits(bound: float, n: int, frac_bits: int) -> float:
+    """Bits the raw product of :func:`divide` needs for ``|x / n| <= bound``: ``log2(bound) + 2f + e``.
+
+    It must stay below the truncation headroom (:data:`medfl.smpc.truncation.HEADROOM_BITS`).
+    """
+    return float(np.log2(max(bound, 2.0**-frac_bits))) + 2 * frac_bits + _divide_extra_bits(n)
+
+
 def divide(x: Shared, n: int, s: Session) -> Shared:
     """Shares of ``x / n`` for a public integer ``n`` (one round), to about 2^-16 relative precision.
 
     ``1/n`` in ``frac_bits`` fixed point would be off by up to 50% for large ``n`` (a GroupNorm
     over 49152 elements would use 1/65536), so the constant ``round(2^(f+e) / n)`` carries
-    ``e = ceil(log2 n)`` extra bits and the truncation removes ``f + e`` bits; the raw product is
-    about ``x 2^(f+e)``, which stays inside the truncation headroom while ``|x / n| < 2^(46-e-f)``
-    in real units (``e`` is at most 22 here).
+    ``e = ceil(log2 n)`` extra bits and the truncation removes ``f + e`` bits. The raw product is
+    ``x 2^f * 2^(f+e) / n = (x / n) 2^(2f+e)``, which stays inside the truncation headroom while
+    ``|x / n| < 2^(62-2f-e)`` in real units (``e`` is at most 22 here): with f = 16 and a GroupNorm
+    over 49152 elements, means and variances below 2^14. :func:`divide_headroom_bits` is the
+    check the model's compilation runs against its calibrated ranges.
     """
     if n < 1:
         raise ValueError(f"divisor must be a positive integer, got {n}")
-    e = min(max(int(np.ceil(np.log2(n))), 0), 22)
+    e = _divide_extra_bits(n)
     scale = np.uint64(int(round(2.0 ** (s.frac_bits + e) / n)))
     pair = s.dealer.trunc_pair(x.s0.shape, s.frac_bits + e)
     return truncate(Shared(x.s0 * scale, x.s1 * scale), pair, s.channel)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,32 @@ def test_medfl_cnn_with_groupnorm_vs_plaintext_and_range_refusal() -> None:
     assert int(np.argmax(got)) == int(np.argmax(want))
     with pytest.raises(RingOverflowError, match="calibrated"):
         sm(img * 100)
+
+
+@pytest.mark.parametrize("frac_bits,bound", [(12, 2e-2), (16, 2e-3), (20, 5e-4)])
+def test_fractional_bits_other_than_16_encode_weights_and_image_with_them(frac_bits: int, bound: float) -> None:
+    """The session's frac_bits reach the weights and the image (a default of 16 there made every other value
+    give wrong logits), and the error shrinks as the fraction grows."""
+    torch.manual_seed(1)  # test model weights only
+    model = cnn(width=4).eval()
+    torch.nn.init.normal_(model.head[2].weight, std=0.3)
+    rng = np.random.default_rng(5)
+    cal = calibrate(model, [rng.normal(size=(1, 64, 64)).astype(np.float32) for _ in range(4)])
+    sm = SecureModel(model, Session(LocalDealer(), InMemoryChannel(), frac_bits=frac_bits), (1, 64, 64), cal)
+    img = rng.normal(size=(1, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(img)[None])[0].double().numpy()
+    assert np.max(np.abs(sm(img) - want)) < bound
+
+
+def test_groupnorm_variance_beyond_the_ring_headroom_is_refused_at_compile_time() -> None:
+    torch.manual_seed(1)  # test model weights only
+    model = cnn(width=4).eval()
+    rng = np.random.default_rng(6)
+    cal = calibrate(model, [rng.normal(size=(1, 64, 64)).astype(np.float32) for _ in range(2)])
+    big = dataclasses.replace(cal, variances=tuple((lo, hi * 2.0**30) for lo, hi in cal.variances))
+    with pytest.raises(RingOverflowError, match="GroupNorm #1 .* would wrap; use fewer fractional bits"):
+        SecureModel(model, Session(LocalDealer(), InMemoryChannel()), (1, 64, 64), big)
 
 
 def test_model_server_view_is_uniform_for_two_images() -> None:
