@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from agent.pacs import report
 from agent.pacs.audit import AuditLog
 from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
-from agent.pacs.report import build_sr
+from agent.pacs.report import build_sr, build_sr_highdicom
 from agent.pacs.scoring import check_dataset, preprocess
 from medfl.data.dicom import synthetic_cr
 
@@ -197,3 +198,60 @@ def test_batched_scores_equal_one_at_a_time(tmp_path):
     single = [scorer.predict(loaded, [im])[0] for im in images]
     assert len(batched) == 5 and len(set(np.round(batched, 6))) > 1
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+
+
+_TIMES = ("00080012", "00080013", "00080023", "00080033")  # creation and content date/time
+
+
+def _json_without_times(ds) -> dict:
+    d = ds.to_json_dict()
+    for tag in _TIMES:
+        d.pop(tag, None)
+    for item in d.get("0018A001", {}).get("Value", []):  # ContributingEquipmentSequence
+        item.pop("0018A002", None)  # ContributionDateTime
+    return d
+
+
+def _varied_sources() -> list:
+    rng = np.random.default_rng(11)  # test images only
+    out = []
+    for i in range(4):
+        ds = synthetic_cr(rng.random((16, 16)), patient_id=f"P{i}")
+        if i % 2:
+            ds.PatientBirthDate, ds.AccessionNumber, ds.StudyDescription = "19800101", f"A{i}", "CHEST PA"
+            ds.PatientName = f"DOE^JANE{i}"
+        out.append(ds)
+    return out
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize("scores", [(0.8, 0.91), (0.1, 0.2), (0.8, 0.2)])
+def test_patched_sr_equals_highdicom_sr(encrypted, scores):
+    """The template fast path gives highdicom's SR element for element (creation times aside)."""
+    report._TEMPLATES.clear()
+    srcs = _varied_sources()
+    kw = {"threshold": 0.5, "model_id": "cnn:j:round-3", "version": "0.1.0", "encrypted": encrypted}
+    for first, second in ((srcs[0], srcs[2]), (srcs[1], srcs[3]), (srcs[0], srcs[1])):
+        build_sr(first, score=scores[0], **kw)  # fills the template of this layout (and decision)
+        fast = build_sr(second, score=scores[1], **kw)
+        slow = build_sr_highdicom(second, score=scores[1], **kw)
+        assert _json_without_times(fast) == _json_without_times(slow)
+        assert fast.SOPInstanceUID != build_sr_highdicom(first, score=scores[0], **kw).SOPInstanceUID
+        buf = io.BytesIO()
+        fast.save_as(buf, enforce_file_format=True)  # still a valid file
+        assert dcmread(io.BytesIO(buf.getvalue())).PatientID == second.PatientID
+    assert 0 < len(report._TEMPLATES) <= report._TEMPLATES_MAX
+
+
+def test_sr_template_is_reused_within_a_layout(monkeypatch):
+    report._TEMPLATES.clear()
+    calls = []
+    real = report.build_sr_highdicom
+    monkeypatch.setattr(report, "build_sr_highdicom", lambda *a, **k: calls.append(1) or real(*a, **k))
+    srcs = _varied_sources()
+    for ds in (srcs[0], srcs[2], srcs[0], srcs[2]):
+        build_sr(ds, score=0.7, threshold=0.5, model_id="m", version="v")
+    assert len(calls) == 1  # one highdicom build for the layout, three patched copies
+    build_sr(srcs[1], score=0.7, threshold=0.5, model_id="m", version="v")  # another layout
+    build_sr(srcs[0], score=0.2, threshold=0.5, model_id="m", version="v")  # another decision
+    assert len(calls) == 3
