@@ -180,6 +180,7 @@ class PacsSection:
     model_file: pathlib.Path | None = None
     workers: int = 2
     max_batch: int = 8
+    senders: int = 3
     watch_folder: pathlib.Path | None = None
     send_retries: int = 5
     scoring: Literal["plain", "encrypted"] = "plain"
@@ -200,6 +201,8 @@ class PacsSection:
             out.append(("workers", f"must be 1-64, got {self.workers}"))
         if not 1 <= self.max_batch <= 256:
             out.append(("max_batch", f"must be 1-256, got {self.max_batch}"))
+        if not 1 <= self.senders <= 16:
+            out.append(("senders", f"must be 1-16, got {self.senders}"))
         if self.send_retries < 0:
             out.append(("send_retries", f"must be >= 0, got {self.send_retries}"))
         return out

@@ -255,3 +255,11 @@ def test_sr_template_is_reused_within_a_layout(monkeypatch):
     build_sr(srcs[1], score=0.7, threshold=0.5, model_id="m", version="v")  # another layout
     build_sr(srcs[0], score=0.2, threshold=0.5, model_id="m", version="v")  # another decision
     assert len(calls) == 3
+
+
+def test_pacs_section_range_checks():
+    from agent.config import PacsSection
+
+    assert PacsSection().check() == []
+    bad = dict(PacsSection(senders=0, workers=0, max_batch=300).check())
+    assert "must be 1-16" in bad["senders"] and "must be 1-64" in bad["workers"] and "1-256" in bad["max_batch"]
