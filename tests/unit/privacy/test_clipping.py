@@ -133,3 +133,34 @@ def test_medfl_models_match_torch_func(name, image, batch, clip):
     clipper.clip_and_accumulate()
     for pname, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref[pname], rtol=1e-5, atol=1e-9 * max(1.0, clip))
+
+
+@pytest.mark.slow
+def test_resnet18_batch_64_matches_torch_func_for_every_clip_regime():
+    """ResNet-18 (GroupNorm) at batch 64: one torch.func reference, clip norms that clip all, some and none."""
+    from medfl.models.registry import create_model
+
+    torch.manual_seed(3)
+    model = create_model("resnet18").double().eval()
+    x = torch.randn(64, 1, 16, 16, dtype=torch.float64)
+    y = torch.randint(0, 2, (64,))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, xi, yi):
+        return nn.functional.cross_entropy(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0),
+                                           reduction="sum")
+
+    per = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in per.values()))
+    median = float(norms.median())
+    for clip in (float(norms.min()) / 2, median, float(norms.max()) * 2):  # all, some (half), none clipped
+        f = (clip / (norms + 1e-6)).clamp(max=1.0)
+        clipper = GradSampleClipper(model, max_grad_norm=clip)
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y, reduction="sum").backward()
+        got_norms = clipper.clip_and_accumulate()
+        clipper.remove()
+        torch.testing.assert_close(got_norms, norms, rtol=1e-6, atol=0.0)
+        for name, p in model.named_parameters():
+            want = torch.einsum("b...,b->...", per[name], f)
+            torch.testing.assert_close(p.grad, want, rtol=1e-5, atol=1e-9 * max(1.0, clip))
