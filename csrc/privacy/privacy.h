@@ -32,9 +32,11 @@ template <typename T>
 void clipped_sum_cpu(const T* x, const T* c, std::int64_t rows, std::int64_t cols, T* out, bool accumulate,
                      int threads);
 
+// sq (optional, may be null): sq[b] = sum_c wg[b, c]^2 + bg[b, c]^2 in double, the layer's per-sample
+// squared gradient norm, so the clipper needs no second pass.
 template <typename T>
 void group_norm_affine_cpu(const T* a, const T* g, std::int64_t batch, std::int64_t channels, std::int64_t spatial,
-                           std::int64_t groups, double eps, T* wg, T* bg, int threads);
+                           std::int64_t groups, double eps, T* wg, T* bg, double* sq, int threads);
 
 #ifdef MEDFL_WITH_CUDA
 // dtype: 0 = float32, 1 = float64. Pointers are device pointers; stream is a cudaStream_t.
@@ -44,7 +46,8 @@ void clip_factors_cuda(const double* sq, std::int64_t layers, std::int64_t batch
 void clipped_sum_cuda(int dtype, const void* x, const void* c, std::int64_t rows, std::int64_t cols, void* out,
                       bool accumulate, void* stream);
 void group_norm_affine_cuda(int dtype, const void* a, const void* g, std::int64_t batch, std::int64_t channels,
-                            std::int64_t spatial, std::int64_t groups, double eps, void* wg, void* bg, void* stream);
+                            std::int64_t spatial, std::int64_t groups, double eps, void* wg, void* bg, double* sq,
+                            void* stream);
 #endif
 
 }  // namespace medfl::privacy

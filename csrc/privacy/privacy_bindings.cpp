@@ -3,8 +3,10 @@
 // views (host) or device pointers with torch's current stream (CUDA).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "module.h"
@@ -96,14 +98,15 @@ void clipped_sum(py::array x, py::array c, py::array out, bool accumulate, int t
 }
 
 template <typename T>
-void gn_t(py::array& a, py::array& g, std::int64_t groups, double eps, py::array& wg, py::array& bg, int threads) {
+void gn_t(py::array& a, py::array& g, std::int64_t groups, double eps, py::array& wg, py::array& bg, double* sq,
+          int threads) {
   const T* ap = medfl::native::data_of<T>(a, "a", false);
   const T* gp = medfl::native::data_of<T>(g, "g", false);
   T* wp = medfl::native::data_of<T>(wg, "wg", true);
   T* bp = medfl::native::data_of<T>(bg, "bg", true);
   const std::int64_t b = a.shape(0), c = a.shape(1), s = a.shape(2);
   py::gil_scoped_release nogil;
-  medfl::privacy::group_norm_affine_cpu(ap, gp, b, c, s, groups, eps, wp, bp, threads);
+  medfl::privacy::group_norm_affine_cpu(ap, gp, b, c, s, groups, eps, wp, bp, sq, threads);
 }
 
 void check_gn(const py::array& a, std::int64_t groups, double eps) {
@@ -116,7 +119,7 @@ void check_gn(const py::array& a, std::int64_t groups, double eps) {
 }
 
 void group_norm_affine(py::array a, py::array g, std::int64_t groups, double eps, py::array wg, py::array bg,
-                       int threads) {
+                       int threads, std::optional<py::array> sq) {
   need_float(a, "a");
   need_same(a, g, "g");
   need_same(a, wg, "wg");
@@ -125,10 +128,15 @@ void group_norm_affine(py::array a, py::array g, std::int64_t groups, double eps
   need_shape(g, {a.shape(0), a.shape(1), a.shape(2)}, "g");
   need_shape(wg, {a.shape(0), a.shape(1)}, "wg");
   need_shape(bg, {a.shape(0), a.shape(1)}, "bg");
+  double* sqp = nullptr;
+  if (sq) {
+    need_shape(*sq, {a.shape(0)}, "sq");
+    sqp = medfl::native::data_of<double>(*sq, "sq", true);
+  }
   if (is_f32(a))
-    gn_t<float>(a, g, groups, eps, wg, bg, threads);
+    gn_t<float>(a, g, groups, eps, wg, bg, sqp, threads);
   else
-    gn_t<double>(a, g, groups, eps, wg, bg, threads);
+    gn_t<double>(a, g, groups, eps, wg, bg, sqp, threads);
 }
 
 #ifdef MEDFL_WITH_CUDA
@@ -151,9 +159,9 @@ static medfl::native::Registration reg("privacy", [](py::module_& m) {
   m.def("dp_clipped_sum", &clipped_sum, py::arg("x"), py::arg("c"), py::arg("out"), py::arg("accumulate"),
         py::arg("threads"), "out (+)= c @ x for a (rows, cols) x and (rows,) c of one float dtype.");
   m.def("dp_group_norm_affine", &group_norm_affine, py::arg("a"), py::arg("g"), py::arg("groups"), py::arg("eps"),
-        py::arg("wg"), py::arg("bg"), py::arg("threads"),
+        py::arg("wg"), py::arg("bg"), py::arg("threads"), py::arg("sq") = py::none(),
         "Per-sample GroupNorm weight/bias gradients (batch, channels) from input a and output gradient g "
-        "(batch, channels, spatial).");
+        "(batch, channels, spatial); with sq (batch,) float64 also each sample's squared norm of both.");
 #ifdef MEDFL_WITH_CUDA
   m.def(
       "dp_row_sqnorms_cuda",
@@ -186,14 +194,15 @@ static medfl::native::Registration reg("privacy", [](py::module_& m) {
   m.def(
       "dp_group_norm_affine_cuda",
       [](const std::string& dtype, uintptr_t a, uintptr_t g, std::int64_t batch, std::int64_t channels,
-         std::int64_t spatial, std::int64_t groups, double eps, uintptr_t wg, uintptr_t bg, uintptr_t stream) {
+         std::int64_t spatial, std::int64_t groups, double eps, uintptr_t wg, uintptr_t bg, uintptr_t stream,
+         uintptr_t sq) {
         const int code = dtype_code(dtype);
         if (groups <= 0 || channels % groups != 0 || spatial <= 0)
           throw py::value_error("dp_group_norm_affine_cuda: bad groups/channels/spatial");
         medfl::privacy::group_norm_affine_cuda(code, ptr(a), ptr(g), batch, channels, spatial, groups, eps, ptr(wg),
-                                               ptr(bg), ptr(stream));
+                                               ptr(bg), static_cast<double*>(ptr(sq)), ptr(stream));
       },
       py::arg("dtype"), py::arg("a"), py::arg("g"), py::arg("batch"), py::arg("channels"), py::arg("spatial"),
-      py::arg("groups"), py::arg("eps"), py::arg("wg"), py::arg("bg"), py::arg("stream"));
+      py::arg("groups"), py::arg("eps"), py::arg("wg"), py::arg("bg"), py::arg("stream"), py::arg("sq") = 0);
 #endif
 });

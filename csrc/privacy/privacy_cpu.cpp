@@ -85,7 +85,7 @@ void clipped_sum_cpu(const T* x, const T* c, std::int64_t rows, std::int64_t col
 
 template <typename T>
 void group_norm_affine_cpu(const T* a, const T* g, std::int64_t batch, std::int64_t channels, std::int64_t spatial,
-                           std::int64_t groups, double eps, T* wg, T* bg, int threads) {
+                           std::int64_t groups, double eps, T* wg, T* bg, double* sq, int threads) {
   const std::int64_t per = channels / groups;  // channels per group
   const std::int64_t n = per * spatial;        // elements per (sample, group)
   const std::int64_t tasks = batch * groups;
@@ -120,6 +120,16 @@ void group_norm_affine_cpu(const T* a, const T* g, std::int64_t batch, std::int6
       bg[b * channels + k * per + c] = static_cast<T>(sb);
     }
   }
+  if (sq != nullptr) {
+    for (std::int64_t b = 0; b < batch; ++b) {
+      double acc = 0.0;
+      for (std::int64_t c = 0; c < channels; ++c) {
+        const double w = static_cast<double>(wg[b * channels + c]), v = static_cast<double>(bg[b * channels + c]);
+        acc += w * w + v * v;
+      }
+      sq[b] = acc;
+    }
+  }
 }
 
 template void row_sqnorms_cpu<float>(const float*, std::int64_t, std::int64_t, double*, int);
@@ -127,8 +137,8 @@ template void row_sqnorms_cpu<double>(const double*, std::int64_t, std::int64_t,
 template void clipped_sum_cpu<float>(const float*, const float*, std::int64_t, std::int64_t, float*, bool, int);
 template void clipped_sum_cpu<double>(const double*, const double*, std::int64_t, std::int64_t, double*, bool, int);
 template void group_norm_affine_cpu<float>(const float*, const float*, std::int64_t, std::int64_t, std::int64_t,
-                                           std::int64_t, double, float*, float*, int);
+                                           std::int64_t, double, float*, float*, double*, int);
 template void group_norm_affine_cpu<double>(const double*, const double*, std::int64_t, std::int64_t, std::int64_t,
-                                            std::int64_t, double, double*, double*, int);
+                                            std::int64_t, double, double*, double*, double*, int);
 
 }  // namespace medfl::privacy

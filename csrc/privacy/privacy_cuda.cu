@@ -84,7 +84,7 @@ __global__ void clipped_sum_kernel(const T* __restrict__ x, const T* __restrict_
 template <typename T>
 __global__ void group_norm_affine_kernel(const T* __restrict__ a, const T* __restrict__ g, std::int64_t channels,
                                          std::int64_t spatial, std::int64_t groups, double eps, T* __restrict__ wg,
-                                         T* __restrict__ bg) {
+                                         T* __restrict__ bg, double* __restrict__ sq) {
   const std::int64_t b = blockIdx.x / groups, k = blockIdx.x % groups;
   const std::int64_t per = channels / groups, n = per * spatial;
   const std::int64_t off = (b * channels + k * per) * spatial;
@@ -109,8 +109,11 @@ __global__ void group_norm_affine_kernel(const T* __restrict__ a, const T* __res
     sw = block_sum(sw);
     sb = block_sum(sb);
     if (threadIdx.x == 0) {
-      wg[b * channels + k * per + c] = static_cast<T>(sw * rstd);
-      bg[b * channels + k * per + c] = static_cast<T>(sb);
+      const T w = static_cast<T>(sw * rstd), v = static_cast<T>(sb);
+      wg[b * channels + k * per + c] = w;
+      bg[b * channels + k * per + c] = v;
+      if (sq != nullptr)
+        atomicAdd(sq + b, static_cast<double>(w) * static_cast<double>(w) + static_cast<double>(v) * static_cast<double>(v));
     }
   }
 }
@@ -161,19 +164,22 @@ void clipped_sum_cuda(int dtype, const void* x, const void* c, std::int64_t rows
 }
 
 void group_norm_affine_cuda(int dtype, const void* a, const void* g, std::int64_t batch, std::int64_t channels,
-                            std::int64_t spatial, std::int64_t groups, double eps, void* wg, void* bg, void* stream) {
+                            std::int64_t spatial, std::int64_t groups, double eps, void* wg, void* bg, double* sq,
+                            void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   const std::int64_t blocks = batch * groups;
+  if (sq != nullptr && batch > 0)
+    check(cudaMemsetAsync(sq, 0, static_cast<std::size_t>(batch) * sizeof(double), s), "group_norm_affine memset");
   if (blocks == 0) return;
   if (blocks > 2147483647LL) throw std::invalid_argument("group_norm_affine_cuda: too many (sample, group) pairs");
   if (dtype == 0)
     group_norm_affine_kernel<float><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
         static_cast<const float*>(a), static_cast<const float*>(g), channels, spatial, groups, eps,
-        static_cast<float*>(wg), static_cast<float*>(bg));
+        static_cast<float*>(wg), static_cast<float*>(bg), sq);
   else
     group_norm_affine_kernel<double><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
         static_cast<const double*>(a), static_cast<const double*>(g), channels, spatial, groups, eps,
-        static_cast<double*>(wg), static_cast<double*>(bg));
+        static_cast<double*>(wg), static_cast<double*>(bg), sq);
   check(cudaGetLastError(), "group_norm_affine kernel launch");
 }
 

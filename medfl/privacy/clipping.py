@@ -76,6 +76,11 @@ class _Layer:
         memory a clipped step holds at its peak stays close to the non-private step's.
         """
         m = self.module
+        if isinstance(m, nn.GroupNorm) and self.a is not None and self.g is not None:  # one fused call
+            wg, bg, sq = kernels.group_norm_affine_sq(self.a, self.g, m.num_groups, m.eps)
+            self._affine, self._sq = (wg, bg), sq
+            self.a = self.g = None
+            return
         if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) or (isinstance(m, nn.Conv2d) and m.weight.requires_grad):
             sq = self._sq_norms()
             if isinstance(m, nn.Conv2d):
@@ -338,12 +343,19 @@ class GradSampleClipper:
         NonFiniteError
             If any per-sample norm is NaN or infinite.
         """
-        norms, c = kernels.clip_factors(torch.stack([layer.sq_norms() for layer in self.layers]),
-                                        self.max_grad_norm)
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for layer in self.layers:  # one stack and one cast per dtype, not one cast per layer
+            sq = layer._sq if layer._sq is not None else layer._sq_norms()
+            by_dtype.setdefault(sq.dtype, []).append(sq)
+        sums = [torch.stack(v).sum(0).to(torch.float64) for v in by_dtype.values()]
+        norms, c = kernels.clip_factors(torch.stack(sums), self.max_grad_norm)
+        cast: dict[torch.dtype, Tensor] = {}
         for layer in self.layers:
             for p in layer.module.parameters(recurse=False):
                 p.grad = None
-            layer.accumulate(c)
+            if layer.dtype not in cast:
+                cast[layer.dtype] = c.to(layer.dtype)
+            layer.accumulate(cast[layer.dtype])
         return norms
 
     def remove(self) -> None:

@@ -27,7 +27,8 @@ from medfl import envvars
 from medfl.errors import NonFiniteError
 
 __all__ = ["backend", "clip_factors", "clip_factors_reference", "clipped_sum", "clipped_sum_reference",
-           "group_norm_affine", "group_norm_affine_reference", "row_sqnorms", "row_sqnorms_reference"]
+           "group_norm_affine", "group_norm_affine_reference", "group_norm_affine_sq", "row_sqnorms",
+           "row_sqnorms_reference"]
 
 log = logging.getLogger(__name__)
 _FLOATS = (torch.float32, torch.float64)
@@ -214,20 +215,35 @@ def group_norm_affine_reference(a: Tensor, g: Tensor, groups: int, eps: float) -
 
 def group_norm_affine(a: Tensor, g: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
     """Per-sample GroupNorm weight and bias gradients, each (B, C), from input ``a`` and output grad ``g``."""
+    wg, bg, _ = _group_norm_affine(a, g, groups, eps, with_sq=False)
+    return wg, bg
+
+
+def group_norm_affine_sq(a: Tensor, g: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`group_norm_affine` plus each sample's squared norm of both, float64 (B,), in the same call."""
+    wg, bg, sq = _group_norm_affine(a, g, groups, eps, with_sq=True)
+    assert sq is not None
+    return wg, bg, sq
+
+
+def _group_norm_affine(a: Tensor, g: Tensor, groups: int, eps: float, *,
+                       with_sq: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     _check_gn(a, g, groups, eps)
     where = backend(a, g)
     if where == "reference" or a.numel() == 0 or a.dtype != g.dtype or a.device != g.device:
-        return group_norm_affine_reference(a, g, groups, eps)
+        wg, bg = group_norm_affine_reference(a, g, groups, eps)
+        return wg, bg, (row_sqnorms_reference(wg) + row_sqnorms_reference(bg)) if with_sq else None
     b, c = a.shape[0], a.shape[1]
     a3 = a.detach().reshape(b, c, -1).contiguous()
     g3 = g.detach().reshape(b, c, -1).contiguous()
     wg = torch.empty(b, c, dtype=a.dtype, device=a.device)
     bg = torch.empty_like(wg)
+    sq = torch.empty(b, dtype=torch.float64, device=a.device) if with_sq else None
     mod = _native()
     if where == "cuda":
         mod.dp_group_norm_affine_cuda(_dtype(a3), a3.data_ptr(), g3.data_ptr(), b, c, a3.shape[2], groups, float(eps),
-                                      wg.data_ptr(), bg.data_ptr(), _stream(a3))
+                                      wg.data_ptr(), bg.data_ptr(), _stream(a3), 0 if sq is None else sq.data_ptr())
     else:
         mod.dp_group_norm_affine(a3.numpy(), g3.numpy(), groups, float(eps), wg.numpy(), bg.numpy(),
-                                 torch.get_num_threads())
-    return wg, bg
+                                 torch.get_num_threads(), None if sq is None else sq.numpy())
+    return wg, bg, sq

@@ -143,6 +143,20 @@ def test_group_norm_affine_matches_reference(shape, groups, dtype):
 
 
 @needs_native
+@pytest.mark.parametrize("shape,groups", _gn_cases())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_norm_affine_sq_is_the_per_sample_norm(shape, groups, dtype):
+    a = _rand(shape, dtype, 14) * 2 - 1
+    g = _rand(shape, dtype, 15)
+    wg, bg, sq = kernels.group_norm_affine_sq(a, g, groups, 1e-5)
+    rw, rb = kernels.group_norm_affine_reference(a, g, groups, 1e-5)
+    want = kernels.row_sqnorms_reference(rw) + kernels.row_sqnorms_reference(rb)
+    assert sq.dtype == torch.float64 and sq.shape == (shape[0],)
+    torch.testing.assert_close(sq, want, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-9)
+    torch.testing.assert_close(sq, kernels.row_sqnorms(wg) + kernels.row_sqnorms(bg), rtol=1e-12, atol=0.0)
+
+
+@needs_native
 def test_group_norm_affine_edges_and_errors():
     a = torch.zeros(2, 4, 3, 3)  # constant input: xhat = 0, weight grads 0, bias grads sum(g)
     g = _rand((2, 4, 3, 3), torch.float32, 11)
@@ -261,6 +275,9 @@ def test_cuda_group_norm_affine_matches_reference(cuda, shape, groups, dtype):
     for got, want in zip(kernels.group_norm_affine(a.to(cuda), g.to(cuda), groups, 1e-5),
                          kernels.group_norm_affine_reference(a, g, groups, 1e-5), strict=True):
         torch.testing.assert_close(got.cpu(), want, **tol)
+    wg, bg, sq = kernels.group_norm_affine_sq(a.to(cuda), g.to(cuda), groups, 1e-5)
+    torch.testing.assert_close(sq.cpu(), kernels.row_sqnorms(wg.cpu()) + kernels.row_sqnorms(bg.cpu()), rtol=1e-12,
+                               atol=1e-300)
 
 
 @pytest.mark.gpu
