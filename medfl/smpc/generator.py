@@ -160,7 +160,7 @@ class CudaGenerator:
         return native.ring_matmul(a, b)
 
     def _dcf_gen(self, alpha: Any, beta: Any, roots: Any, bits: int) -> tuple[Any, Any, Any, Any]:
-        return native.backend_for(alpha).dcf_gen(alpha, beta, roots, bits)  # type: ignore[no-any-return]
+        return native.backend_for(alpha).dcf_gen(alpha, beta, roots, bits)
 
     # ---- draws
     def _words(self, shape: tuple[int, ...]) -> Any:

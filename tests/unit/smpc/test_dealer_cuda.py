@@ -25,6 +25,7 @@ from medfl.smpc.evaluator import SecureModel
 from medfl.smpc.generator import CudaGenerator, HostGenerator, generator_for
 from medfl.smpc.layers import Session
 from medfl.smpc.prefetch import PrefetchDealer
+from medfl.smpc.provider import DealerService
 from medfl.smpc.sharing import Shared
 from tests.conftest import cuda_skip_reason
 
@@ -102,6 +103,13 @@ def test_generator_follows_the_device_choice(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("MEDFL_SMPC_DEVICE", "gpu")
     with pytest.raises(ValueError, match="MEDFL_SMPC_DEVICE='gpu' is not an SMPC device; use one of cpu, cuda"):
         LocalDealer()
+
+
+def test_dealer_service_resolves_its_device_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDFL_SMPC_DEVICE", raising=False)
+    with pytest.raises(ValueError, match="device='cdua' is not an SMPC device.*did you mean 'cuda'"):
+        DealerService(channel=None, secret_raw=bytes(32), device="cdua")  # type: ignore[arg-type]
+    assert DealerService(channel=None, secret_raw=bytes(32)).device == "cpu"  # type: ignore[arg-type]
 
 
 def test_gpu_dealer_without_a_usable_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
