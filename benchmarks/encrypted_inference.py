@@ -29,9 +29,11 @@ whose cores may be shared, so they are noisy.
 ``--device cpu cuda`` runs every medfl row on each device (rows ``<model> <device>``): with ``cuda`` the
 ring products of Conv2d / Linear (online and the offline ``A_p F``) and the ReLU / max-pool DCF
 evaluations run on the GPU (:class:`medfl.smpc.device.CudaDevice`, masked weights resident for the
-session), the dealer's generation, openings, truncations and element-wise algebra stay on the host;
-``bit_identical_to_cpu`` says whether the logits equal the CPU rows' bit for bit (same seeded
-randomness on both devices in that comparison run, see ``--check-identical``).
+session), and so does the dealer's bulk generation (:class:`medfl.smpc.generator.CudaGenerator`:
+ChaCha20 keystreams, the triples' ``A B``, the DCF keys; counted in ``offline_seconds``); openings,
+truncations and element-wise algebra stay on the host; ``bit_identical_to_cpu`` says whether the
+logits equal the CPU rows' bit for bit (same seeded randomness on both devices in that comparison
+run, the dealer on each device too, see ``--check-identical``).
 
 With ``--crypten-python`` (the Python of a venv with crypten 0.4.1, see benchmarks/crypten_side.py)
 both systems also run the BatchNorm variants of the models (CrypTen cannot import GroupNorm):
@@ -103,8 +105,8 @@ def bench_medfl(name: str, n_images: int, *, batchnorm: bool = False, device: st
     calib = [rng.standard_normal((1, side, side)).astype(np.float32) for _ in range(2)]
     images = [rng.standard_normal((1, side, side)).astype(np.float32) for _ in range(n_images)]
     cal = calibrate(model, calib)
-    inner, channel = LocalDealer(), InMemoryChannel()
     dev = smpc_device(device)
+    inner, channel = LocalDealer(device=dev), InMemoryChannel()  # the dealer generates on the same device
     dealer = PrefetchDealer(inner, device=dev)
     t = time.perf_counter()
     secure = SecureModel(model, Session(dealer, channel, device=dev), (1, side, side), cal)  # type: ignore[arg-type]
@@ -204,7 +206,7 @@ def _bits_identical(name: str, devices: list[str]) -> bool:
     outs = []
     for device in devices:
         with _fixed_randomness(name.encode()):
-            secure = SecureModel(model, Session(LocalDealer(), InMemoryChannel()), (1, side, side), cal,
+            secure = SecureModel(model, Session(LocalDealer(device=device), InMemoryChannel()), (1, side, side), cal,
                                  device=device)
             outs.append(secure(img))
     return all(np.array_equal(o, outs[0]) for o in outs[1:])

@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="public key (file or Z85) of a model server allowed to ask (repeat)")
     dl.add_argument("--pool", type=int, default=0, metavar="N",
                     help="keep up to N sessions of material ready for the last plan (bounded; default 0)")
+    dl.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                    help="generate the material on the host or in bulk on a GPU (default: MEDFL_SMPC_DEVICE, else cpu)")
 
     ms = sub.add_parser("model-server", help="run a model server for encrypted inference in its own process")
     ms.add_argument("--config", type=pathlib.Path, default=None,
@@ -159,11 +161,18 @@ def _dealer(args: argparse.Namespace) -> None:
         die(ExitCode.USAGE, "give at least one --allow KEY: the model servers that may ask this dealer")
     if args.pool < 0:
         die(ExitCode.USAGE, f"--pool must be >= 0, got {args.pool}")
-    service = make_dealer(bind=args.bind, keys=keys, allowed=public_keys(args.allow), pool=args.pool)
+    from medfl.smpc.device import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        die(ExitCode.USAGE, f"dealer --device: {exc}")
+    service = make_dealer(bind=args.bind, keys=keys, allowed=public_keys(args.allow), pool=args.pool, device=device)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"dealer {fingerprint(keys.public)} listening on {service.channel.endpoint} (pool {args.pool})",
+    print(f"dealer {fingerprint(keys.public)} listening on {service.channel.endpoint} (pool {args.pool}, "
+          f"generating on {device})",
           flush=True)
     try:
         service.serve(stop)

@@ -99,12 +99,16 @@ def load_served(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | Non
                                 cache=checkpoint.with_name(checkpoint.name + ".smpc-plan.json"))
 
 
-def make_dealer(*, bind: str, keys: KeyPair, allowed: set[bytes], pool: int) -> DealerService:
-    """A dealer service bound at ``bind`` admitting the model servers whose public keys are ``allowed``."""
+def make_dealer(*, bind: str, keys: KeyPair, allowed: set[bytes], pool: int, device: str | None = None
+                ) -> DealerService:
+    """A dealer service bound at ``bind`` admitting the model servers whose public keys are ``allowed``.
+
+    ``device`` is where it generates material (``"cpu"`` or ``"cuda"``; default ``MEDFL_SMPC_DEVICE``).
+    """
     channel = ServerChannel(bind=bind, keys=keys, is_allowed=lambda k: bytes(k) in allowed)
     if keys.secret is None:
         raise StateError("the dealer needs its secret key")
-    return DealerService(channel=channel, secret_raw=raw_key(keys.secret), pool=pool)
+    return DealerService(channel=channel, secret_raw=raw_key(keys.secret), pool=pool, device=device)
 
 
 def make_model_server(*, served: ServedModel, bind: str, keys: KeyPair, is_allowed: Any, dealer: str,

@@ -377,6 +377,61 @@ class _Cuda:
         return out
 
     @classmethod
+    def dcf_gen(cls, alpha, beta, roots, bits):
+        """DCF correction words on the device, bit for bit those of the host ``dcf_gen`` for the same roots.
+
+        ``alpha`` (n,), ``beta`` (n, payload) and ``roots`` (2, n, 2) are contiguous device arrays of
+        64-bit words (uint64, or int64 holding ring elements) on one device; returns new device
+        arrays ``(s_cw, v_cw, t_cw, final)`` shaped as :class:`medfl.smpc.fss.DcfKey`'s fields, the
+        words in ``alpha``'s dtype and ``t_cw`` uint8.
+        """
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 64:
+            raise ValueError(f"bits must be an integer in [1, 64], got {bits!r}")
+        aptr, adt, ashape, stream, ctx = cls._info(alpha, "alpha")
+        if adt not in ("uint64", "int64") or len(ashape) != 1:
+            raise TypeError(f"alpha must be a 1-D uint64 (or int64) device array, got {adt}{ashape}")
+        n = ashape[0]
+        ptrs = [aptr]
+        for name, arr in (("beta", beta), ("roots", roots)):
+            if not _is_device_array(arr):
+                raise TypeError(f"alpha is a GPU array but {name} is {type(arr).__name__}; put it on the same device")
+            cls._same_device(alpha, arr)
+            ptr, dt, shape, _, _ = cls._info(arr, name)
+            if name == "roots":
+                ok, want = shape == (2, n, 2), f"{adt}{(2, n, 2)}"
+            else:
+                ok, want = len(shape) == 2 and shape[0] == n and shape[1] in (1, 2), f"{adt}({n}, 1 or 2)"
+            if dt != adt or not ok:
+                raise ValueError(f"{name} must be {want} for {n} comparisons, got {dt}{shape}")
+            ptrs.append(ptr)
+        payload = int(beta.shape[1])
+        outs = (cls._empty(alpha, (n, bits, 2), adt), cls._empty(alpha, (n, bits, payload), adt),
+                cls._empty(alpha, (n, bits, 2), "uint8"), cls._empty(alpha, (n, payload), adt))
+        with ctx:
+            native_module().dcf_gen_cuda(*ptrs, *(cls._info(o, "out")[0] for o in outs), n, bits, payload, stream)
+        return outs
+
+    @classmethod
+    def keystream(cls, key, out):
+        """Fill the contiguous device array ``out`` with the ChaCha20 keystream of ``key`` (nonce 0, counter 0).
+
+        The bytes of :func:`medfl.csprng.expand` under the same key (RFC 8439), produced on the device.
+        """
+        if not isinstance(key, bytes) or len(key) != 32:
+            size = len(key) if isinstance(key, bytes | bytearray) else "?"
+            raise ValueError(f"key must be 32 bytes, got {type(key).__name__} of length {size}")
+        ptr, dt, shape, stream, ctx = cls._info(out, "out")
+        sizes = {"uint8": 1, "int64": 8, "uint64": 8}
+        if dt not in sizes:
+            raise TypeError(f"out must be a uint8, uint64 or int64 device array, got {dt}{shape}")
+        nbytes = math.prod(shape) * sizes[dt]
+        if nbytes > 64 * 2**32:
+            raise ValueError(f"{nbytes} bytes is past one ChaCha20 stream (2^32 blocks of 64 bytes); draw in parts")
+        with ctx:
+            native_module().chacha20_keystream_cuda(key, bytes(12), 0, ptr, nbytes, stream)
+        return out
+
+    @classmethod
     def encode(cls, x, *, frac_bits, ring_bits, rounding, seed, offset):
         stochastic = _check_rounding(rounding)
         fxp._check_bits(frac_bits, ring_bits)

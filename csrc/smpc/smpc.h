@@ -57,6 +57,9 @@ void ring_matmul_cuda(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t
                       bool accumulate, void* stream);
 void dcf_eval_cuda(int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t n, int bits, int payload,
                    void* stream);
+// As dcf_gen_cpu on device pointers (the same correction words, bit for bit, for the same roots).
+void dcf_gen_cuda(const uint64_t* alpha, const uint64_t* beta, const uint64_t* roots, uint64_t* s_cw, uint64_t* v_cw,
+                  uint8_t* t_cw, uint64_t* final_cw, int64_t n, int bits, int payload, void* stream);
 #endif
 
 }  // namespace medfl::smpc

@@ -145,6 +145,20 @@ static medfl::native::Registration reg("smpc", [](py::module_& m) {
       py::arg("party"), py::arg("seed"), py::arg("s_cw"), py::arg("v_cw"), py::arg("t_cw"), py::arg("final"),
       py::arg("x"), py::arg("out"), py::arg("n"), py::arg("bits"), py::arg("payload"), py::arg("stream"),
       "DCF evaluation on device pointers (key layout of medfl/smpc/fss.py), on the given stream.");
+  m.def(
+      "dcf_gen_cuda",
+      [](uintptr_t alpha, uintptr_t beta, uintptr_t roots, uintptr_t s_cw, uintptr_t v_cw, uintptr_t t_cw,
+         uintptr_t final_cw, int64_t n, int bits, int payload, uintptr_t stream) {
+        if (n < 0) throw py::value_error("dcf_gen_cuda: negative n " + std::to_string(n));
+        check_dcf_shape(bits, payload);
+        medfl::smpc::dcf_gen_cuda(reinterpret_cast<const uint64_t*>(alpha), reinterpret_cast<const uint64_t*>(beta),
+                                  reinterpret_cast<const uint64_t*>(roots), reinterpret_cast<uint64_t*>(s_cw),
+                                  reinterpret_cast<uint64_t*>(v_cw), reinterpret_cast<uint8_t*>(t_cw),
+                                  reinterpret_cast<uint64_t*>(final_cw), n, bits, payload, medfl::native::ptr(stream));
+      },
+      py::arg("alpha"), py::arg("beta"), py::arg("roots"), py::arg("s_cw"), py::arg("v_cw"), py::arg("t_cw"),
+      py::arg("final"), py::arg("n"), py::arg("bits"), py::arg("payload"), py::arg("stream"),
+      "DCF correction words on device pointers (as dcf_gen, bit for bit), on the given stream.");
 #endif
   m.def("smpc_impl", []() {
     py::dict d;

@@ -1,7 +1,8 @@
 // CUDA kernels of encrypted inference on the caller's stream: the ring product mod 2^64 (shared-
 // memory tiles, 4 x 4 outputs per thread; 64-bit multiplies wrap exactly as on the CPU) and the
-// batched DCF evaluation (one thread per comparison; AES-128 with one T-table in shared memory,
-// the same fixed-key MMO PRG and key layout as dcf_cpu.cpp). The T-table lookups are indexed by
+// batched DCF evaluation and key generation (one thread per comparison; AES-128 with one T-table
+// in shared memory, the same fixed-key MMO PRG and key layout as dcf_cpu.cpp, so the dealer's
+// keys are bit for bit those of dcf_gen_cpu for the same roots). The T-table lookups are indexed by
 // secret bytes, so shared-memory bank timing is data dependent; the CPU path with AES-NI is the
 // constant-time one.
 //
@@ -149,6 +150,92 @@ __global__ void dcf_eval_kernel(int party, const uint64_t* __restrict__ seed, co
   if (payload == 2) out[e * payload + 1] = v1 + (((conv.w[1] + (final_cw[e * payload + 1] & t)) ^ neg) - neg);
 }
 
+// (-1)^neg * v for an all-ones / all-zeros mask neg.
+__device__ __forceinline__ uint64_t signed_by(uint64_t neg, uint64_t v) { return (v ^ neg) - neg; }
+
+// Keys of one comparison per thread, as gen_one of dcf_cpu.cpp: both parties' trees walked together,
+// (2 + payload) AES blocks per party and level. The branches on alpha's bits are the dealer's own
+// secret; selects keep the per-level values in registers.
+__global__ void dcf_gen_kernel(const uint64_t* __restrict__ alpha, const uint64_t* __restrict__ beta,
+                               const uint64_t* __restrict__ roots, uint64_t* __restrict__ s_cw,
+                               uint64_t* __restrict__ v_cw, uint8_t* __restrict__ t_cw,
+                               uint64_t* __restrict__ final_cw, int64_t n, int bits, int payload) {
+  __shared__ uint32_t t0[256];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) t0[i] = c_t0[i];
+  __syncthreads();
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  Blk s[2] = {Blk{{roots[2 * e], roots[2 * e + 1]}}, Blk{{roots[2 * (n + e)], roots[2 * (n + e) + 1]}}};
+  uint64_t t[2] = {0, 1};
+  uint64_t v_alpha[2] = {0, 0};
+  const uint64_t ae = alpha[e];
+  const uint64_t be[2] = {beta[e * payload], payload == 2 ? beta[e * payload + 1] : 0};
+  for (int i = 0; i < bits; ++i) {
+    const uint64_t a = (ae >> (bits - 1 - i)) & 1;
+    Blk keep_s[2], lose_s[2];
+    uint64_t keep_t[2], tt[2][2], keep_v[2][2], lose_v[2][2];
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      Blk side[2];
+#pragma unroll
+      for (int d = 0; d < 2; ++d) {
+        side[d] = mmo(t0, tweak(s[b], static_cast<uint64_t>(d)));
+        tt[b][d] = side[d].w[0] & 1;
+        side[d].w[0] &= ~uint64_t{1};
+      }
+      uint64_t vv[2][2];  // [side][word]
+      if (payload == 1) {
+        const Blk v = mmo(t0, tweak(s[b], 2));
+        vv[0][0] = v.w[0];
+        vv[1][0] = v.w[1];
+        vv[0][1] = vv[1][1] = 0;
+      } else {
+        const Blk vl = mmo(t0, tweak(s[b], 2)), vr = mmo(t0, tweak(s[b], 3));
+        vv[0][0] = vl.w[0];
+        vv[0][1] = vl.w[1];
+        vv[1][0] = vr.w[0];
+        vv[1][1] = vr.w[1];
+      }
+      keep_s[b] = a ? side[1] : side[0];
+      lose_s[b] = a ? side[0] : side[1];
+      keep_t[b] = a ? tt[b][1] : tt[b][0];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        keep_v[b][j] = a ? vv[1][j] : vv[0][j];
+        lose_v[b][j] = a ? vv[0][j] : vv[1][j];
+      }
+    }
+    const int64_t at = e * bits + i;
+    const uint64_t scw0 = lose_s[0].w[0] ^ lose_s[1].w[0], scw1 = lose_s[0].w[1] ^ lose_s[1].w[1];
+    s_cw[2 * at] = scw0;
+    s_cw[2 * at + 1] = scw1;
+    const uint64_t neg1 = uint64_t{0} - t[1];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      if (j >= payload) break;
+      uint64_t vc = signed_by(neg1, lose_v[1][j] - lose_v[0][j] - v_alpha[j]);
+      if (a) vc += signed_by(neg1, be[j]);  // losing the left branch: x_i = 0 < alpha_i = 1
+      v_cw[at * payload + j] = vc;
+      v_alpha[j] = v_alpha[j] - keep_v[1][j] + keep_v[0][j] + signed_by(neg1, vc);
+    }
+    const uint64_t tcw0 = tt[0][0] ^ tt[1][0] ^ a ^ 1, tcw1 = tt[0][1] ^ tt[1][1] ^ a;
+    t_cw[2 * at] = static_cast<uint8_t>(tcw0);
+    t_cw[2 * at + 1] = static_cast<uint8_t>(tcw1);
+    const uint64_t tck = a ? tcw1 : tcw0;
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const uint64_t m = uint64_t{0} - t[b];
+      s[b].w[0] = keep_s[b].w[0] ^ (scw0 & m);
+      s[b].w[1] = keep_s[b].w[1] ^ (scw1 & m);
+      t[b] = keep_t[b] ^ (t[b] & tck);
+    }
+  }
+  const Blk c0 = mmo(t0, tweak(s[0], 4)), c1 = mmo(t0, tweak(s[1], 4));
+  const uint64_t neg1 = uint64_t{0} - t[1];
+  final_cw[e * payload] = signed_by(neg1, c1.w[0] - c0.w[0] - v_alpha[0]);
+  if (payload == 2) final_cw[e * payload + 1] = signed_by(neg1, c1.w[1] - c0.w[1] - v_alpha[1]);
+}
+
 struct Tables {
   uint32_t rk[44];
   uint32_t t0[256];
@@ -187,6 +274,17 @@ void dcf_eval_cuda(int party, const DcfKeys& key, const uint64_t* x, uint64_t* o
   dcf_eval_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, st>>>(
       party, key.seed, key.s_cw, key.v_cw, key.t_cw, key.final_cw, x, out, n, bits, payload);
   check(cudaGetLastError(), "dcf_eval_cuda launch");
+}
+
+void dcf_gen_cuda(const uint64_t* alpha, const uint64_t* beta, const uint64_t* roots, uint64_t* s_cw, uint64_t* v_cw,
+                  uint8_t* t_cw, uint64_t* final_cw, int64_t n, int bits, int payload, void* stream) {
+  if (n <= 0) return;
+  auto st = static_cast<cudaStream_t>(stream);
+  upload_tables(st);
+  const int threads = 128;
+  dcf_gen_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, st>>>(
+      alpha, beta, roots, s_cw, v_cw, t_cw, final_cw, n, bits, payload);
+  check(cudaGetLastError(), "dcf_gen_cuda launch");
 }
 
 }  // namespace medfl::smpc

@@ -3,6 +3,9 @@
 The dealer learns nothing about inputs or the model: everything it makes is independent of
 them. :class:`LocalDealer` draws all its randomness from :mod:`medfl.csprng` and serves the
 in-process engine and tests; a networked dealer implements the same :class:`Dealer` interface.
+Its bulk work (the keystreams, the triples' products ``A B``, the DCF keys of the comparisons)
+runs on the host or on a GPU (:mod:`medfl.smpc.generator`); the material is the same NumPy
+arrays either way, and the same bits for the same CSPRNG keys.
 
 References
 ----------
@@ -18,7 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from medfl.smpc import ring
+from medfl.smpc.device import SmpcDevice
+from medfl.smpc.generator import Generator, generator_for
 from medfl.smpc.relu import ReluKeys
 from medfl.smpc.relu import relu_keys as make_relu_keys
 from medfl.smpc.sharing import Shared, share
@@ -82,23 +86,34 @@ class Dealer(Protocol):
 class LocalDealer:
     """In-process dealer; keeps the clear weight masks of the session it serves.
 
+    Parameters
+    ----------
+    device : {"cpu", "cuda"} or SmpcDevice, optional
+        Where the bulk material is generated (:func:`medfl.smpc.generator.generator_for`): by
+        default where ``MEDFL_SMPC_DEVICE`` says, else the host. A session's ``device=`` does
+        not move its dealer; give both the same device to have the dealer on the GPU too.
+
     References
     ----------
     .. [1] Beaver, CRYPTO 1991.
     """
 
-    def __init__(self) -> None:
-        """Start a session with no weight masks."""
+    def __init__(self, *, device: str | SmpcDevice | None = None) -> None:
+        """Start a session with no weight masks, generating on ``device``."""
         self._masks: dict[int, np.ndarray] = {}
         self.bytes_offline = 0
+        self.generator: Generator = generator_for(device)
 
     def _count(self, *arrays: Shared) -> None:
         self.bytes_offline += sum(s.s0.nbytes + s.s1.nbytes for s in arrays)
 
+    def _share(self, x: np.ndarray) -> Shared:
+        return share(x, draw=self.generator.uniform)
+
     def weight_mask(self, shape: tuple[int, int]) -> Shared:
         """Return shares of a fresh uniform weight mask ``B``; see :class:`Dealer`."""
-        b = ring.uniform(shape)
-        shares = share(b)
+        b = self.generator.uniform(shape)
+        shares = self._share(b)
         self._masks[id(shares)] = b
         self._count(shares)
         return shares
@@ -108,29 +123,29 @@ class LocalDealer:
         clear_b = self._masks.get(id(b))
         if clear_b is None:
             raise KeyError("weight mask was not issued by this dealer session; ask weight_mask first")
-        a = ring.uniform((m, clear_b.shape[0]))
-        t = MatmulTriple(share(a), b, share(ring.matmul(a, clear_b)))
+        a, c = self.generator.random_product(m, clear_b)
+        t = MatmulTriple(self._share(a), b, self._share(c))
         self._count(t.a, t.c)
         return t
 
     def trunc_pair(self, shape: tuple[int, ...], frac_bits: int) -> TruncPair:
         """Return a truncation pair; see :class:`TruncPair`."""
-        r = ring.uniform(shape)
+        r = self.generator.uniform(shape)
         low = (r & np.uint64(2**63 - 1)) >> np.uint64(frac_bits)
         msb = r >> np.uint64(63)
-        p = TruncPair(share(r), share(low), share(msb), frac_bits)
+        p = TruncPair(self._share(r), self._share(low), self._share(msb), frac_bits)
         self._count(p.r, p.r_low_shifted, p.r_msb)
         return p
 
     def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
         """Return FSS ReLU material for ``n`` elements; see :func:`medfl.smpc.relu.relu_keys`."""
-        keys = make_relu_keys(n, bits=bits)
+        keys = make_relu_keys(n, bits=bits, generator=self.generator)
         self.bytes_offline += keys.nbytes
         return keys
 
     def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
         """Return an element-wise Beaver triple; see :class:`Dealer`."""
-        a, b = ring.uniform(shape), ring.uniform(shape)
-        t = (share(a), share(b), share(a * b))
+        a, b = self.generator.uniform(shape), self.generator.uniform(shape)
+        t = (self._share(a), self._share(b), self._share(a * b))
         self._count(*t)
         return t

@@ -9,9 +9,11 @@ products (``F + B_0`` beside ``B_1``) and of the offline ones (``F``) are upload
 weight and session and stay resident; each product moves its left operand to the device and
 the product back, each comparison its opened points and its keys (the keys ahead of the query
 when a :class:`~medfl.smpc.prefetch.PrefetchDealer` with this device fetched them). Shares stay
-NumPy arrays between operations: openings, truncations, im2col, the element-wise algebra after
-a DCF and the dealer's generation run on the host. Both kernels are exact in Z_2^64, so both
-devices give the same bits for the same shares and dealer material.
+NumPy arrays between operations: openings, truncations, im2col and the element-wise algebra after
+a DCF run on the host. Both kernels are exact in Z_2^64, so both devices give the same bits for
+the same shares and dealer material. The dealer has its own device (a
+:class:`~medfl.smpc.dealer.LocalDealer` given this one generates its material on it, see
+:mod:`medfl.smpc.generator`).
 
 The device is chosen by name: ``device="cpu" | "cuda"`` where a session is built, or
 ``MEDFL_SMPC_DEVICE`` (see :mod:`medfl.envvars`); the host is the default.

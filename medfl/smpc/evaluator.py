@@ -188,8 +188,10 @@ class SecureModel:
         Where the ring products and comparisons run (:mod:`medfl.smpc.device`); replaces the
         session's device when given. The logits are bit-identical on both for the same shares
         and dealer material. A :class:`~medfl.smpc.prefetch.PrefetchDealer` in the session
-        does its offline products where its own ``device`` says; to have them on the GPU, build
-        one device with :func:`medfl.smpc.device.smpc_device` and give it to both instead.
+        does its offline products where its own ``device`` says, and a
+        :class:`~medfl.smpc.dealer.LocalDealer` generates where its own ``device`` says; to have
+        them on the GPU, build one device with :func:`medfl.smpc.device.smpc_device` and give it
+        to all of them instead.
 
     References
     ----------

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from medfl import csprng, native
 
-__all__ = ["BITS", "DcfKey", "dcf_eval", "dcf_eval_reference", "dcf_gen", "dcf_gen_reference"]
+__all__ = ["BITS", "DcfKey", "dcf_eval", "dcf_eval_reference", "dcf_gen", "dcf_gen_reference", "dcf_inputs"]
 
 BITS = 64
 _PRG_KEY = bytes(range(16))  # public fixed key of the MMO construction, not a secret
@@ -131,6 +131,19 @@ def _payload_of(beta: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(b)
 
 
+def dcf_inputs(alpha: np.ndarray, beta: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Check a key request and return ``alpha`` as contiguous uint64 (N,) and ``beta`` as (N, P).
+
+    Raises
+    ------
+    ValueError
+        ``bits`` outside 1..64, or ``beta`` not one or two words per comparison.
+    """
+    _check_bits(bits)
+    a = np.ascontiguousarray(np.asarray(alpha, dtype=np.uint64).reshape(-1))
+    return a, _payload_of(beta, a.size)
+
+
 def dcf_gen_reference(alpha: np.ndarray, beta: np.ndarray, roots: np.ndarray, bits: int = BITS,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Correction words from given root seeds (NumPy + OpenSSL); the reference of the native kernel.
@@ -198,15 +211,18 @@ def dcf_gen(alpha: np.ndarray, beta: np.ndarray, *, bits: int = BITS) -> tuple[D
     -------
     (DcfKey, DcfKey)
 
+    Notes
+    -----
+    Both parties' root seeds, party 0's first, are the ChaCha20 keystream of one fresh key from
+    :func:`medfl.csprng.token_bytes`, as a GPU dealer expands them (:mod:`medfl.smpc.generator`).
+
     References
     ----------
     .. [1] Boyle et al., EUROCRYPT 2021, Fig. 1.
     """
-    _check_bits(bits)
-    alpha = np.ascontiguousarray(np.asarray(alpha, dtype=np.uint64).reshape(-1))
+    alpha, b = dcf_inputs(alpha, beta, bits)
     n = alpha.size
-    b = _payload_of(beta, n)
-    roots = np.frombuffer(csprng.token_bytes(32 * n), dtype=np.uint64).reshape(2, n, 2).copy()
+    roots = np.frombuffer(csprng.expand(32 * n, key=csprng.token_bytes(32)), dtype=np.uint64).reshape(2, n, 2).copy()
     s_cw, v_cw, t_cw, final = native.backend_for(alpha).dcf_gen(alpha, b, roots, bits)
     return DcfKey(roots[0], s_cw, v_cw, t_cw, final), DcfKey(roots[1], s_cw, v_cw, t_cw, final)
 

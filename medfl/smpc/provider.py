@@ -6,6 +6,7 @@ parties' ephemeral X25519 keys; the dealer answers with SMPC_MATERIAL chunks, ea
 one party (:class:`~medfl.smpc.material.Sealer`), so the model server relaying the data
 owner's chunks cannot read them. With ``pool > 0`` it keeps up to that many sessions of
 material for the last plan it served, generated while idle (a bounded store, never more).
+With ``device="cuda"`` the material is generated in bulk on a GPU (:mod:`medfl.smpc.generator`).
 
 References
 ----------
@@ -29,6 +30,7 @@ import numpy as np
 
 from medfl.errors import MalformedMessage
 from medfl.smpc.dealer import LocalDealer
+from medfl.smpc.device import resolve_device
 from medfl.smpc.material import PlanEntry, Sealer, generate, pack_items, plan_from_wire, plan_to_wire
 from medfl.wire.envelope import Envelope
 from medfl.wire.messages import MessageType
@@ -50,12 +52,12 @@ class Material:
     nbytes: int = field(default=0)
 
 
-def make_material(plan: list[PlanEntry]) -> Material:
-    """Generate a plan's items with fresh CSPRNG randomness (:class:`LocalDealer`)."""
+def make_material(plan: list[PlanEntry], *, device: str | None = None) -> Material:
+    """Generate a plan's items with fresh CSPRNG randomness (:class:`LocalDealer` on ``device``)."""
     t0 = time.perf_counter()
     h0: _Items = []
     h1: _Items = []
-    for i, kind, a0, a1 in generate(plan, LocalDealer()):
+    for i, kind, a0, a1 in generate(plan, LocalDealer(device=device)):
         h0.append((i, kind, a0))
         h1.append((i, kind, a1))
     n = sum(a.nbytes for _, _, arrs in h0 + h1 for a in arrs.values())
@@ -92,16 +94,21 @@ class DealerService:
         Sessions of material to keep ready for the last plan (0: generate on request).
     chunk_bytes : int
         Plaintext bytes per sealed chunk.
+    device : {"cpu", "cuda"}, optional
+        Where the material is generated (:mod:`medfl.smpc.generator`); by default where
+        ``MEDFL_SMPC_DEVICE`` says, else the host.
 
     References
     ----------
     .. [1] Ryffel et al., "AriaNN", PoPETs 2022.
     """
 
-    def __init__(self, *, channel: ServerChannel, secret_raw: bytes, pool: int = 0, chunk_bytes: int = 8 << 20):
+    def __init__(self, *, channel: ServerChannel, secret_raw: bytes, pool: int = 0, chunk_bytes: int = 8 << 20,
+                 device: str | None = None):
         if pool < 0:
             raise ValueError(f"pool must be >= 0, got {pool}")
         self.channel, self.pool_size, self.chunk_bytes = channel, pool, chunk_bytes
+        self.device = resolve_device(device)
         self._secret = secret_raw
         self._pool: dict[str, deque[Material]] = {}
         self._last_plan: list[PlanEntry] | None = None
@@ -123,7 +130,7 @@ class DealerService:
         t0 = time.perf_counter()
         h0: _Items = []
         h1: _Items = []
-        for i, kind, a0, a1 in generate(self._last_plan, LocalDealer()):
+        for i, kind, a0, a1 in generate(self._last_plan, LocalDealer(device=self.device)):
             if self._backlog or self.channel.poll(0):  # a request waits: serve it first, drop this partial fill
                 return False
             h0.append((i, kind, a0))
@@ -170,7 +177,7 @@ class DealerService:
         if q:
             mat = q.popleft()
             return ((i, k, a0, a1) for (i, k, a0), (_, _, a1) in zip(*mat.halves, strict=True)), True
-        return generate(plan, LocalDealer()), False
+        return generate(plan, LocalDealer(device=self.device)), False
 
     def _serve(self, inc: Incoming, session: str, plan: list[PlanEntry], keys: list[bytes]) -> None:
         """Stream the session's material: items are generated, packed and sealed chunk by chunk."""

@@ -33,7 +33,8 @@ import numpy as np
 
 from medfl.smpc import ring
 from medfl.smpc.channel import Channel
-from medfl.smpc.fss import DcfKey, dcf_eval, dcf_gen
+from medfl.smpc.fss import DcfKey, dcf_eval
+from medfl.smpc.generator import Generator, HostGenerator
 from medfl.smpc.sharing import Shared, share
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class ReluKeys:
         return sum(s.s0.nbytes + s.s1.nbytes for s in shared) + sum(k.nbytes for k in self.dcf)
 
 
-def relu_keys(n: int, *, bits: int = RING_BITS) -> ReluKeys:
+def relu_keys(n: int, *, bits: int = RING_BITS, generator: Generator | None = None) -> ReluKeys:
     """Generate the dealer material for ``n`` ReLUs of raw inputs in ``[-2^(bits-1), 2^(bits-1))``.
 
     Parameters
@@ -93,6 +94,9 @@ def relu_keys(n: int, *, bits: int = RING_BITS) -> ReluKeys:
         Number of elements.
     bits : int
         Planned input range in bits, 2..64 (64: every signed 64-bit value).
+    generator : Generator, optional
+        Where the randomness and the DCF keys are made (:mod:`medfl.smpc.generator`; the host
+        when omitted). The same CSPRNG keys give the same material on every generator.
 
     References
     ----------
@@ -100,12 +104,15 @@ def relu_keys(n: int, *, bits: int = RING_BITS) -> ReluKeys:
     """
     if not isinstance(bits, int) or not 2 <= bits <= RING_BITS:
         raise ValueError(f"bits must be an integer in [2, 64], got {bits!r}")
-    r = ring.uniform((n,))
+    gen = generator if generator is not None else HostGenerator()
+    r = gen.uniform((n,))
     msb = (r >> np.uint64(bits - 1)) & np.uint64(1)
     sign = np.uint64(1) - np.uint64(2) * msb  # 1 - 2 r_msb in the ring
     beta = np.stack([sign, r * sign], axis=1)
     low = r & np.uint64(2 ** (bits - 1) - 1)
-    return ReluKeys(share(r), share(msb), share(r * msb), dcf_gen(low, beta, bits=bits - 1))
+    draw = gen.uniform
+    return ReluKeys(share(r, draw=draw), share(msb, draw=draw), share(r * msb, draw=draw),
+                    gen.dcf_gen(low, beta, bits=bits - 1))
 
 
 def relu(x: Shared, keys: ReluKeys, channel: Channel, *, device: SmpcDevice | None = None) -> Shared:

@@ -36,12 +36,19 @@ def uniform(shape: tuple[int, ...]) -> np.ndarray:
     ndarray of uint64
         Fresh elements from a ChaCha20 keystream under a fresh OS-CSPRNG key.
 
+    Notes
+    -----
+    Each draw takes one 32-byte key from :func:`medfl.csprng.token_bytes` and expands it with
+    :func:`medfl.csprng.expand` (nonce and counter zero); a device that expands the same key
+    with the same ChaCha20 (the dealer on a GPU, :mod:`medfl.smpc.generator`) draws the same
+    elements.
+
     References
     ----------
     .. [1] Nir and Langley, "ChaCha20 and Poly1305 for IETF Protocols", RFC 8439, 2018.
     """
     n = int(np.prod(shape, dtype=np.int64))
-    return np.frombuffer(csprng.expand(8 * n), dtype=np.uint64).reshape(shape).copy()
+    return np.frombuffer(csprng.expand(8 * n, key=csprng.token_bytes(32)), dtype=np.uint64).reshape(shape).copy()
 
 
 def encode(x: np.ndarray, *, frac_bits: int = FRAC_BITS) -> np.ndarray:

@@ -10,6 +10,7 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,13 +51,16 @@ class Shared:
         return self.s0 if party == 0 else self.s1
 
 
-def share(x: np.ndarray) -> Shared:
+def share(x: np.ndarray, *, draw: Callable[[tuple[int, ...]], np.ndarray] | None = None) -> Shared:
     """Split ring elements into two uniformly random additive shares.
 
     Parameters
     ----------
     x : ndarray of uint64
         The secret.
+    draw : callable, optional
+        Where party 0's uniform share comes from (:func:`medfl.smpc.ring.uniform`, or a dealer
+        device's draw of the same stream, see :mod:`medfl.smpc.generator`).
 
     Returns
     -------
@@ -69,7 +73,7 @@ def share(x: np.ndarray) -> Shared:
     x = np.asarray(x)
     if x.dtype != np.uint64:
         raise TypeError(f"secret must be uint64 ring elements, got {x.dtype}")
-    s0 = ring.uniform(x.shape)
+    s0 = (draw or ring.uniform)(x.shape)
     return Shared(s0, x - s0)
 
 
