@@ -82,16 +82,47 @@ __device__ __forceinline__ void accumulate(T (&acc)[64 / sizeof(T)], const uint3
   }
 }
 
+// Copies the mask states and signs into the block's shared memory (states first, then signs);
+// returns where the signs are.
+__device__ __forceinline__ const int8_t* stage_in_shared(uint32_t* smem, const uint32_t* states, const int8_t* signs,
+                                                         int n_masks) {
+  int8_t* ssigns = reinterpret_cast<int8_t*>(smem + 16 * n_masks);
+  for (int i = threadIdx.x; i < 16 * n_masks; i += blockDim.x) smem[i] = states[i];
+  for (int i = threadIdx.x; i < n_masks; i += blockDim.x) ssigns[i] = signs[i];
+  __syncthreads();
+  return ssigns;
+}
+
+// Adds every mask's keystream block b to the tile acc, then stores the tile at dst + base: four
+// 16-byte stores when the tile is full and aligned, word by word (within n) otherwise.
+template <typename T>
+__device__ __forceinline__ void add_masks_and_store(T (&acc)[64 / sizeof(T)], T* dst, uint64_t base, uint64_t n,
+                                                    bool full, const uint32_t* smem, const int8_t* ssigns,
+                                                    int n_masks, uint64_t b) {
+  constexpr int kWords = 64 / sizeof(T);
+  for (int j = 0; j < n_masks; ++j) {
+    uint32_t ks[16];
+    block(smem + 16 * j, static_cast<uint32_t>(b), ks);
+    accumulate<T>(acc, ks, ssigns[j] > 0);
+  }
+  if (full) {
+    uint4* d = reinterpret_cast<uint4*>(dst + base);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) d[q] = reinterpret_cast<const uint4*>(acc)[q];
+  } else {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i)
+      if (base + i < n) dst[base + i] = acc[i];
+  }
+}
+
 // One thread per 64-byte block of the vector; the mask states sit in shared memory. Full,
 // 16-byte aligned blocks move as four 16-byte loads and stores; the tail goes word by word.
 template <typename T>
 __global__ void masks_kernel(T* vec, uint64_t n, const uint32_t* states, const int8_t* signs, int n_masks) {
   constexpr int kWords = 64 / sizeof(T);
   extern __shared__ uint32_t smem[];
-  int8_t* ssigns = reinterpret_cast<int8_t*>(smem + 16 * n_masks);
-  for (int i = threadIdx.x; i < 16 * n_masks; i += blockDim.x) smem[i] = states[i];
-  for (int i = threadIdx.x; i < n_masks; i += blockDim.x) ssigns[i] = signs[i];
-  __syncthreads();
+  const int8_t* ssigns = stage_in_shared(smem, states, signs, n_masks);
   const uint64_t blocks = (n + kWords - 1) / kWords;
   const bool aligned = (reinterpret_cast<uintptr_t>(vec) & 15) == 0;
   for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks; b += (uint64_t)gridDim.x * blockDim.x) {
@@ -106,20 +137,7 @@ __global__ void masks_kernel(T* vec, uint64_t n, const uint32_t* states, const i
 #pragma unroll
       for (int i = 0; i < kWords; ++i) acc[i] = base + i < n ? vec[base + i] : T(0);
     }
-    for (int j = 0; j < n_masks; ++j) {
-      uint32_t ks[16];
-      block(smem + 16 * j, static_cast<uint32_t>(b), ks);
-      accumulate<T>(acc, ks, ssigns[j] > 0);
-    }
-    if (full) {
-      uint4* dst = reinterpret_cast<uint4*>(vec + base);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) dst[q] = reinterpret_cast<const uint4*>(acc)[q];
-    } else {
-#pragma unroll
-      for (int i = 0; i < kWords; ++i)
-        if (base + i < n) vec[base + i] = acc[i];
-    }
+    add_masks_and_store<T>(acc, vec, base, n, full, smem, ssigns, n_masks, b);
   }
 }
 
@@ -132,10 +150,7 @@ __global__ void quantize_masks_kernel(const float* x, T* out, uint64_t n, double
                                       unsigned long long* bad) {
   constexpr int kWords = 64 / sizeof(T);
   extern __shared__ uint32_t smem[];
-  int8_t* ssigns = reinterpret_cast<int8_t*>(smem + 16 * n_masks);
-  for (int i = threadIdx.x; i < 16 * n_masks; i += blockDim.x) smem[i] = states[i];
-  for (int i = threadIdx.x; i < n_masks; i += blockDim.x) ssigns[i] = signs[i];
-  __syncthreads();
+  const int8_t* ssigns = stage_in_shared(smem, states, signs, n_masks);
   const uint64_t blocks = (n + kWords - 1) / kWords;
   const bool aligned = ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
   for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks; b += (uint64_t)gridDim.x * blockDim.x) {
@@ -167,20 +182,7 @@ __global__ void quantize_masks_kernel(const float* x, T* out, uint64_t n, double
       }
       acc[i] = inside ? static_cast<T>(static_cast<uint64_t>(static_cast<int64_t>(r))) : T(0);
     }
-    for (int j = 0; j < n_masks; ++j) {
-      uint32_t ks[16];
-      block(smem + 16 * j, static_cast<uint32_t>(b), ks);
-      accumulate<T>(acc, ks, ssigns[j] > 0);
-    }
-    if (full) {
-      uint4* dst = reinterpret_cast<uint4*>(out + base);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) dst[q] = reinterpret_cast<const uint4*>(acc)[q];
-    } else {
-#pragma unroll
-      for (int i = 0; i < kWords; ++i)
-        if (base + i < n) out[base + i] = acc[i];
-    }
+    add_masks_and_store<T>(acc, out, base, n, full, smem, ssigns, n_masks, b);
   }
 }
 
@@ -189,6 +191,17 @@ void host_state(const uint8_t key[32], const uint8_t nonce[12], uint32_t st[16])
   std::memcpy(st + 4, key, 32);
   st[12] = 0;
   std::memcpy(st + 13, nonce, 12);
+}
+
+// Host image of the kernels' parameter block: [head | one 64-byte ChaCha20 state per mask | signs],
+// with `head` bytes left for the caller (zeros).
+std::string stage_masks(std::size_t head, const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
+                        const uint8_t nonce[12]) {
+  std::string host(head + 64 * n_masks + n_masks, '\0');
+  for (std::size_t j = 0; j < n_masks; ++j)
+    host_state(keys + 32 * j, nonce, reinterpret_cast<uint32_t*>(&host[head + 64 * j]));
+  if (n_masks) std::memcpy(&host[head + 64 * n_masks], signs, n_masks);
+  return host;
 }
 
 int grid_for(uint64_t work) {
@@ -213,12 +226,9 @@ void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys,
   if (n == 0 || n_masks == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const std::size_t st_bytes = 64 * n_masks;
+  const std::string host = stage_masks(0, keys, signs, n_masks, nonce);
   void* dev = nullptr;
-  check(cudaMallocAsync(&dev, st_bytes + n_masks, s), "apply_masks_cuda: cudaMallocAsync");
-  std::string host(st_bytes + n_masks, '\0');
-  for (std::size_t j = 0; j < n_masks; ++j)
-    host_state(keys + 32 * j, nonce, reinterpret_cast<uint32_t*>(&host[64 * j]));
-  std::memcpy(&host[st_bytes], signs, n_masks);
+  check(cudaMallocAsync(&dev, host.size(), s), "apply_masks_cuda: cudaMallocAsync");
   check(cudaMemcpyAsync(dev, host.data(), host.size(), cudaMemcpyHostToDevice, s), "apply_masks_cuda: copy");
   const auto* states = static_cast<const uint32_t*>(dev);
   const auto* dsigns = reinterpret_cast<const int8_t*>(static_cast<uint8_t*>(dev) + st_bytes);
@@ -244,13 +254,10 @@ std::pair<int64_t, int64_t> quantize_and_mask_cuda(const float* x, void* out, in
   auto s = static_cast<cudaStream_t>(stream);
   // One device buffer, one copy in: [bad[2] | mask states (64 B each) | signs].
   const std::size_t head = 2 * sizeof(unsigned long long);
-  const std::size_t total = head + 64 * n_masks + n_masks;
-  std::string host(total, '\0');
+  std::string host = stage_masks(head, keys, signs, n_masks, nonce);
+  const std::size_t total = host.size();
   const unsigned long long none[2] = {n, n};
   std::memcpy(&host[0], none, head);
-  for (std::size_t j = 0; j < n_masks; ++j)
-    host_state(keys + 32 * j, nonce, reinterpret_cast<uint32_t*>(&host[head + 64 * j]));
-  if (n_masks) std::memcpy(&host[head + 64 * n_masks], signs, n_masks);
   void* dev = nullptr;
   check(cudaMallocAsync(&dev, total, s), "quantize_and_mask_cuda: cudaMallocAsync");
   check(cudaMemcpyAsync(dev, host.data(), total, cudaMemcpyHostToDevice, s), "quantize_and_mask_cuda: copy in");
