@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from medfl.durable_db import open_durable
 from medfl.errors import AuthError, NotFound, StateError
 
 __all__ = ["JobRow", "NodeRow", "RoundRow", "Store"]
@@ -145,21 +146,10 @@ class Store:
 
     def __init__(self, path: str | pathlib.Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            for table, column, decl in _ADDED_COLUMNS:
-                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._db = open_durable(self.path, _SCHEMA, schema_version=SCHEMA_VERSION, added_columns=_ADDED_COLUMNS,
+                                    rows=True)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open coordinator database {self.path}: {exc}; move the file aside "
                              "or point state_dir at a fresh folder") from exc

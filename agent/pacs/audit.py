@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+from medfl.durable_db import open_durable
+
 __all__ = ["AuditLog"]
 
 _SCHEMA = """
@@ -44,15 +46,8 @@ class AuditLog:
     """
 
     def __init__(self, path: pathlib.Path | str):
-        if str(path) != ":memory:":
-            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        if str(path) != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable(path, _SCHEMA, rows=True)
 
     def close(self) -> None:
         """Close the database."""

@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from medfl.durable_db import open_durable
 from medfl.errors import StateError
 from medfl.privacy.accountant import SgdRun, check_accountant, epsilon
 
@@ -96,16 +97,9 @@ class Ledger:
 
     def __init__(self, path: str | pathlib.Path):
         self.path = str(path)
-        if self.path != ":memory:":
-            pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._db = open_durable(self.path, _SCHEMA, schema_version=SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open privacy ledger {self.path}: {exc}; restore it from backup. Do not "
                              "delete it: the agent would forget the privacy budget it already spent") from exc
