@@ -9,8 +9,6 @@ with medfl._native's CUDA entry points answered by its host kernels behind the s
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 from typing import Any
 
 import numpy as np
@@ -131,63 +129,8 @@ def test_host_draws_are_the_keystream_of_one_key_each(monkeypatch: pytest.Monkey
 
 # ---------------------------------------------------------------- the device path on CPU tensors
 
-class _PointerNative:
-    """medfl._native's CUDA entry points on host pointers: its host kernels behind the same arguments."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.calls: list[str] = []
-
-    @staticmethod
-    def _arr(ptr: int, shape: tuple[int, ...], dtype: Any = np.uint64) -> np.ndarray:
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return np.frombuffer((ctypes.c_char * size).from_address(ptr), dtype=dtype).reshape(shape)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def build_info(self) -> dict[str, Any]:
-        return {"cuda": True}
-
-    def ring_matmul_cuda(self, a: int, b: int, out: int, m: int, k: int, n: int, accumulate: bool,
-                         stream: int) -> None:
-        self.calls.append("ring_matmul_cuda")
-        self.real.ring_matmul(self._arr(a, (m, k)), self._arr(b, (k, n)), self._arr(out, (m, n)), accumulate)
-
-    def chacha20_keystream_cuda(self, key: bytes, nonce: bytes, counter: int, out: int, nbytes: int,
-                                stream: int) -> None:
-        self.calls.append("chacha20_keystream_cuda")
-        ctypes.memmove(out, self.real.chacha20_keystream(key, nonce, counter, nbytes), nbytes)
-
-    def dcf_gen_cuda(self, alpha: int, beta: int, roots: int, s_cw: int, v_cw: int, t_cw: int, final: int, n: int,
-                     bits: int, payload: int, stream: int) -> None:
-        self.calls.append("dcf_gen_cuda")
-        self.real.dcf_gen(self._arr(alpha, (n,)), self._arr(beta, (n, payload)), self._arr(roots, (2, n, 2)),
-                          self._arr(s_cw, (n, bits, 2)), self._arr(v_cw, (n, bits, payload)),
-                          self._arr(t_cw, (n, bits, 2), np.uint8), self._arr(final, (n, payload)), bits, payload)
-
-
-@pytest.fixture
-def pointer_native(monkeypatch: pytest.MonkeyPatch) -> _PointerNative:
-    """native._Cuda on CPU tensors: host pointers in, the host kernels behind the CUDA entry points."""
-    real = native.native_module()
-    if real is None:
-        pytest.skip("medfl._native is not built")
-
-    def info(a: Any, name: str) -> tuple[int, str, tuple[int, ...], int, Any]:
-        assert a.is_contiguous(), name
-        return a.data_ptr(), str(a.dtype).replace("torch.", ""), tuple(a.shape), 0, contextlib.nullcontext()
-
-    fake = _PointerNative(real)
-    monkeypatch.setattr(native, "native_module", lambda: fake)
-    monkeypatch.setattr(native, "_is_device_array", lambda x: isinstance(x, torch.Tensor))
-    monkeypatch.setattr(native, "_forced", lambda: None)
-    monkeypatch.setattr(native._Cuda, "_info", staticmethod(info))
-    return fake
-
-
 def test_device_dealer_plumbing_is_bit_identical_to_host(monkeypatch: pytest.MonkeyPatch,
-                                                         pointer_native: _PointerNative) -> None:
+                                                         pointer_native: Any) -> None:
     _seed_keys(monkeypatch, 5)
     host = LocalDealer(device="cpu")
     want = _material(host)
@@ -200,7 +143,7 @@ def test_device_dealer_plumbing_is_bit_identical_to_host(monkeypatch: pytest.Mon
 
 
 def test_device_dealer_keeps_the_weight_mask_resident(monkeypatch: pytest.MonkeyPatch,
-                                                      pointer_native: _PointerNative) -> None:
+                                                      pointer_native: Any) -> None:
     dealer = LocalDealer(device=CudaDevice(torch.device("cpu")))
     gen = dealer.generator
     assert isinstance(gen, CudaGenerator)
@@ -215,7 +158,7 @@ def test_device_dealer_keeps_the_weight_mask_resident(monkeypatch: pytest.Monkey
 
 
 def test_cnn_with_the_device_dealer_plumbing_equals_the_host_dealer(monkeypatch: pytest.MonkeyPatch,
-                                                                     pointer_native: _PointerNative) -> None:
+                                                                     pointer_native: Any) -> None:
     _seed_keys(monkeypatch, 11)
     want = _logits(LocalDealer(device="cpu"), HostDevice())
     _seed_keys(monkeypatch, 11)
@@ -224,7 +167,7 @@ def test_cnn_with_the_device_dealer_plumbing_equals_the_host_dealer(monkeypatch:
         assert np.array_equal(g, w)
 
 
-def test_native_cuda_dcf_gen_checks_its_arguments(pointer_native: _PointerNative) -> None:
+def test_native_cuda_dcf_gen_checks_its_arguments(pointer_native: Any) -> None:
     def t(shape: tuple[int, ...], dtype: Any = torch.int64) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype)
 
@@ -248,7 +191,7 @@ def test_native_cuda_dcf_gen_checks_its_arguments(pointer_native: _PointerNative
     assert pointer_native.calls == []  # nothing reached the kernels
 
 
-def test_native_cuda_dcf_gen_passes_pointers_in_kernel_order(pointer_native: _PointerNative) -> None:
+def test_native_cuda_dcf_gen_passes_pointers_in_kernel_order(pointer_native: Any) -> None:
     rng = np.random.default_rng(2)  # test data only
     n, bits = 9, 13
     alpha = rng.integers(0, 2**bits, n, dtype=np.uint64)

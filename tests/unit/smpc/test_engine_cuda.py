@@ -201,53 +201,9 @@ def test_cuda_plumbing_resnet18_groupnorm(monkeypatch: pytest.MonkeyPatch) -> No
     assert np.array_equal(got[0], want[0])
 
 
-class _PointerNative:
-    """medfl._native's CUDA entry points on host pointers: the real CPU kernels behind the same arguments."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-
-    @staticmethod
-    def _arr(ptr: int, shape: tuple[int, ...], dtype: Any = np.uint64) -> np.ndarray:
-        import ctypes
-
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return np.frombuffer((ctypes.c_char * size).from_address(ptr), dtype=dtype).reshape(shape)
-
-    def __getattr__(self, name: str) -> Any:  # host kernels (encode, dcf_gen, ...) as they are
-        return getattr(self.real, name)
-
-    def build_info(self) -> dict[str, Any]:
-        return {"cuda": True}
-
-    def ring_matmul_cuda(self, a: int, b: int, out: int, m: int, k: int, n: int, accumulate: bool,
-                         stream: int) -> None:
-        self.real.ring_matmul(self._arr(a, (m, k)), self._arr(b, (k, n)), self._arr(out, (m, n)), accumulate)
-
-    def dcf_eval_cuda(self, party: int, seed: int, s_cw: int, v_cw: int, t_cw: int, final: int, x: int, out: int,
-                      n: int, bits: int, payload: int, stream: int) -> None:
-        self.real.dcf_eval(party, self._arr(seed, (n, 2)), self._arr(s_cw, (n, bits, 2)),
-                           self._arr(v_cw, (n, bits, payload)), self._arr(t_cw, (n, bits, 2), np.uint8),
-                           self._arr(final, (n, payload)), self._arr(x, (n,)), self._arr(out, (n, payload)), bits,
-                           payload)
-
-
-def test_native_cuda_dispatch_passes_pointers_in_kernel_order(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_native_cuda_dispatch_passes_pointers_in_kernel_order(monkeypatch: pytest.MonkeyPatch,
+                                                              pointer_native: Any) -> None:
     """native._Cuda's ring product and DCF wrappers, with CPU tensors standing in for device memory."""
-    import contextlib
-
-    real = native.native_module()
-    if real is None:
-        pytest.skip("medfl._native is not built")
-
-    def info(a: Any, name: str) -> tuple[int, str, tuple[int, ...], int, Any]:
-        assert a.is_contiguous(), name
-        return a.data_ptr(), str(a.dtype).replace("torch.", ""), tuple(a.shape), 0, contextlib.nullcontext()
-
-    monkeypatch.setattr(native, "native_module", lambda: _PointerNative(real))
-    monkeypatch.setattr(native, "_is_device_array", lambda x: isinstance(x, torch.Tensor))
-    monkeypatch.setattr(native, "_forced", lambda: None)
-    monkeypatch.setattr(native._Cuda, "_info", staticmethod(info))
     model = _cnn()
     want = _logits(monkeypatch, model, 16, None, "cpu", n=2)
     got = _logits(monkeypatch, model, 16, None, CudaDevice(torch.device("cpu")), n=2)
