@@ -150,10 +150,11 @@ class _Layer:
         return kernels.row_sqnorms(per_sample)
 
     def sq_norms(self) -> Tensor:
-        """Per-sample squared gradient norm over this module's trainable parameters (float64)."""
-        if self._sq is not None:
-            return self._sq
-        return self._sq_norms().to(torch.float64)
+        """Per-sample squared gradient norm over this module's trainable parameters.
+
+        float64 once the layer has settled, else in the layer's dtype (the caller casts once for all layers).
+        """
+        return self._sq if self._sq is not None else self._sq_norms()
 
     def _sq_norms(self) -> Tensor:
         m = self.module
@@ -345,7 +346,7 @@ class GradSampleClipper:
         """
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
         for layer in self.layers:  # one stack and one cast per dtype, not one cast per layer
-            sq = layer._sq if layer._sq is not None else layer._sq_norms()
+            sq = layer.sq_norms()
             by_dtype.setdefault(sq.dtype, []).append(sq)
         sums = [torch.stack(v).sum(0).to(torch.float64) for v in by_dtype.values()]
         norms, c = kernels.clip_factors(torch.stack(sums), self.max_grad_norm)
