@@ -92,11 +92,31 @@ __attribute__((target("avx2"))) void blocks8_avx2(const uint32_t in[16], uint32_
     MEDFL_QRV(0, 5, 10, 15) MEDFL_QRV(1, 6, 11, 12) MEDFL_QRV(2, 7, 8, 13) MEDFL_QRV(3, 4, 9, 14)
   }
 #undef MEDFL_QRV
-  alignas(32) uint32_t t[16][kLanes];
-  for (int w = 0; w < 16; ++w) _mm256_store_si256(reinterpret_cast<__m256i*>(t[w]), _mm256_add_epi32(x[w], s[w]));
-  uint32_t* o = reinterpret_cast<uint32_t*>(out);
-  for (int l = 0; l < kLanes; ++l)
-    for (int w = 0; w < 16; ++w) std::memcpy(o + 16 * l + w, &t[w][l], 4);
+  // x[w] holds word w of the 8 blocks; each block's 16 words are contiguous in the output. Two
+  // 8x8 transposes of 32-bit words in registers (words 0-7 and 8-15) give each block as two
+  // 256-bit rows: no scalar pass over the tile.
+  for (int w = 0; w < 16; ++w) x[w] = _mm256_add_epi32(x[w], s[w]);
+  for (int half = 0; half < 2; ++half) {
+    const __m256i* r = x + 8 * half;
+    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    // u0-u3: this half's words 0-3 of blocks k (low 128 bits) and k + 4 (high); u4-u7: words 4-7
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    __m256i* o = reinterpret_cast<__m256i*>(out) + half;  // row i: bytes 32i..32i+31 of the tile
+    _mm256_storeu_si256(o + 0, _mm256_permute2x128_si256(u0, u4, 0x20));
+    _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(u1, u5, 0x20));
+    _mm256_storeu_si256(o + 4, _mm256_permute2x128_si256(u2, u6, 0x20));
+    _mm256_storeu_si256(o + 6, _mm256_permute2x128_si256(u3, u7, 0x20));
+    _mm256_storeu_si256(o + 8, _mm256_permute2x128_si256(u0, u4, 0x31));
+    _mm256_storeu_si256(o + 10, _mm256_permute2x128_si256(u1, u5, 0x31));
+    _mm256_storeu_si256(o + 12, _mm256_permute2x128_si256(u2, u6, 0x31));
+    _mm256_storeu_si256(o + 14, _mm256_permute2x128_si256(u3, u7, 0x31));
+  }
 }
 
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
@@ -111,6 +131,18 @@ inline void blocks8(const uint32_t in[16], uint32_t counter, uint8_t* out) {
 #else
 inline void blocks8(const uint32_t in[16], uint32_t counter, uint8_t* out) { blocks8_portable(in, counter, out); }
 #endif
+
+// v +=/-= one keystream tile (kLanes blocks from `counter`), on the first len <= tile words of v;
+// ks is the tile's scratch (512 bytes, in L1).
+template <typename T>
+inline void mask_tile(const uint32_t in[16], uint32_t counter, int sign, T* v, std::size_t len, T* ks) {
+  blocks8(in, counter, reinterpret_cast<uint8_t*>(ks));
+  if (sign > 0) {
+    for (std::size_t i = 0; i < len; ++i) v[i] += ks[i];
+  } else {
+    for (std::size_t i = 0; i < len; ++i) v[i] -= ks[i];
+  }
+}
 
 void init_state(const uint8_t key[32], const uint8_t nonce[12], uint32_t st[16]) {
   st[0] = 0x61707865u; st[1] = 0x3320646eu; st[2] = 0x79622d32u; st[3] = 0x6b206574u;
@@ -151,14 +183,8 @@ void apply_masks(T* vec, std::size_t n, const uint8_t* keys, const int8_t* signs
     const std::size_t begin = static_cast<std::size_t>(t) * kWords;
     const std::size_t len = std::min(kWords, n - begin);
     T* v = vec + begin;
-    for (std::size_t j = 0; j < n_masks; ++j) {
-      blocks8(states.data() + 16 * j, static_cast<uint32_t>(t * kLanes), reinterpret_cast<uint8_t*>(ks));
-      if (signs[j] > 0) {
-        for (std::size_t i = 0; i < len; ++i) v[i] += ks[i];
-      } else {
-        for (std::size_t i = 0; i < len; ++i) v[i] -= ks[i];
-      }
-    }
+    for (std::size_t j = 0; j < n_masks; ++j)
+      mask_tile(states.data() + 16 * j, static_cast<uint32_t>(t * kLanes), signs[j], v, len, ks);
   }
 }
 
@@ -198,14 +224,7 @@ std::pair<int64_t, int64_t> quantize_and_mask(const float* x, T* out, std::size_
       const std::size_t klen = std::min(kKsWords, len - k);
       const uint32_t block = static_cast<uint32_t>((begin + k) / kKsWords * kLanes);
       T* v = out + begin + k;
-      for (std::size_t j = 0; j < n_masks; ++j) {
-        blocks8(states.data() + 16 * j, block, reinterpret_cast<uint8_t*>(ks));
-        if (signs[j] > 0) {
-          for (std::size_t i = 0; i < klen; ++i) v[i] += ks[i];
-        } else {
-          for (std::size_t i = 0; i < klen; ++i) v[i] -= ks[i];
-        }
-      }
+      for (std::size_t j = 0; j < n_masks; ++j) mask_tile(states.data() + 16 * j, block, signs[j], v, klen, ks);
     }
   }
   const fp::Status st = fp::make_status(first_nonfinite, first_overflow, static_cast<int64_t>(n));
