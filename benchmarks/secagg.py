@@ -11,11 +11,14 @@ For each update size (float32 parameters) and number of masks (peers + the self 
   (:func:`medfl.fixed_point.encode_reference`) then, per mask, ``cryptography``'s ChaCha20 keystream
   and a NumPy add (:func:`medfl.secagg.masking.quantize_and_mask_reference`);
 - ``ks_openssl`` / ``ks_native``: one keystream of the update's ring size, OpenSSL through
-  ``cryptography`` vs :func:`medfl.secagg.prg.chacha20_keystream`;
+  ``cryptography`` (one thread) vs :func:`medfl.secagg.prg.chacha20_keystream` (OpenMP threads,
+  one per core); ``ks_native_1core``: the native keystream on one thread (a child process with
+  ``OMP_NUM_THREADS=1``), the like-for-like comparison with OpenSSL;
 - ``copy``: ``np.copyto`` of the float32 update between touched buffers.
 
 GB/s counts the update's float32 bytes (keystreams: the keystream bytes). Targets (issue #4):
-native keystream >= 0.8x OpenSSL; fused >= 3x the straightforward path at 8 peers. The 10-agent
+native keystream >= 0.8x OpenSSL, judged on one core; fused >= 3x the straightforward path at 8
+peers. The 10-agent
 loopback round (secure vs plain) is measured by benchmarks/secagg_round.py.
 Times are medians over the repeats; the machine's cores may be shared, so figures are noisy.
 
@@ -38,6 +41,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +65,14 @@ def _median_s(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _ks_one_core_s(nbytes: int, repeats: int) -> float:
+    """Median seconds of one native keystream of ``nbytes`` on one thread (in a child process)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--ks-one-core", str(nbytes), "--repeats",
+                          str(repeats)], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def bench_one(n: int, peers: int, repeats: int) -> dict[str, Any]:
     """Time every column for one update size and neighbourhood."""
     spec: QuantSpec = choose_spec(n_agents=peers + 1, clip_norm=1.0)
@@ -80,6 +92,7 @@ def bench_one(n: int, peers: int, repeats: int) -> dict[str, Any]:
                                                                           rounding_seed=1), max(1, repeats // 2)),
         "ks_openssl": _median_s(lambda: prg.chacha20_keystream_reference(key, nonce, 0, ks_bytes), repeats),
         "ks_native": _median_s(lambda: prg.chacha20_keystream(key, nonce, 0, ks_bytes), repeats),
+        "ks_native_1core": _ks_one_core_s(ks_bytes, repeats),
         "copy": _median_s(lambda: np.copyto(dst, x), repeats),
     }
     for name, s in secs.items():
@@ -87,6 +100,7 @@ def bench_one(n: int, peers: int, repeats: int) -> dict[str, Any]:
         row[f"{name}_s"] = s
         row[f"{name}_gbps"] = nbytes / s / 1e9
     row["ks_native_vs_openssl"] = secs["ks_openssl"] / secs["ks_native"]
+    row["ks_native_1core_vs_openssl"] = secs["ks_openssl"] / secs["ks_native_1core"]
     row["fused_speedup_vs_straight"] = secs["straight"] / secs["fused"]
     row["fused_vs_copy"] = secs["copy"] / secs["fused"]
     return row
@@ -171,8 +185,9 @@ def _gpu_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    cols = ["params", "peers", "ring_bits", "fused_gbps", "straight_gbps", "ks_native_gbps", "ks_openssl_gbps",
-            "copy_gbps", "fused_s", "straight_s", "ks_native_vs_openssl", "fused_speedup_vs_straight"]
+    cols = ["params", "peers", "ring_bits", "fused_gbps", "straight_gbps", "ks_native_gbps", "ks_native_1core_gbps",
+            "ks_openssl_gbps", "copy_gbps", "fused_s", "straight_s", "ks_native_vs_openssl",
+            "ks_native_1core_vs_openssl", "fused_speedup_vs_straight"]
     lines = [" | ".join(cols)]
     for r in rows:
         lines.append(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
@@ -191,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                      help="also time the CUDA path (default: when a GPU is usable)")
     gpu.add_argument("--no-gpu", dest="gpu", action="store_false")
     ap.add_argument("--gpu-only", action="store_true", help="skip the CPU table")
+    ap.add_argument("--ks-one-core", type=int, default=None, metavar="NBYTES", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.ks_one_core is not None:  # the child of _ks_one_core_s (run with OMP_NUM_THREADS=1)
+        key, nonce = os.urandom(32), os.urandom(12)
+        print(_median_s(lambda: prg.chacha20_keystream(key, nonce, 0, args.ks_one_core), args.repeats))
+        return 0
     use_gpu = gpu_usable() if args.gpu is None else args.gpu
     if (args.gpu or args.gpu_only) and not gpu_usable():
         ap.error("--gpu/--gpu-only: no usable CUDA GPU (torch.cuda and a CUDA build of medfl._native are needed)")
@@ -202,13 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backend: {native.active_backend()}  cpus: {os.cpu_count()}  "
               f"({platform.processor() or platform.machine()})")
         print(_table(rows))
-        ks_ratio = min(r["ks_native_vs_openssl"] for r in rows)
+        ks_ratio = min(r["ks_native_1core_vs_openssl"] for r in rows)
+        ks_all_cores = min(r["ks_native_vs_openssl"] for r in rows)
         at8 = [r["fused_speedup_vs_straight"] for r in rows if r["peers"] == 8]
-        targets.update({"ks_native_vs_openssl_min": ks_ratio, "ks_target": 0.8, "ks_met": ks_ratio >= 0.8,
+        targets.update({"ks_native_1core_vs_openssl_min": ks_ratio, "ks_native_vs_openssl_min": ks_all_cores,
+                        "ks_target": 0.8, "ks_met": ks_ratio >= 0.8,
                         "fused_speedup_at_8_peers_min": min(at8) if at8 else None, "fused_target": 3.0,
                         "fused_met": bool(at8) and min(at8) >= 3.0})
-        print(f"native keystream / OpenSSL (min over rows): {ks_ratio:.2f}x (target >= 0.8x): "
-              f"{'met' if targets['ks_met'] else 'NOT met'}")
+        print(f"native keystream / OpenSSL, one core each (min over rows): {ks_ratio:.2f}x (target >= 0.8x): "
+              f"{'met' if targets['ks_met'] else 'NOT met'}; with all {os.cpu_count()} cores: {ks_all_cores:.2f}x")
         if at8:
             print(f"fused vs straightforward at 8 peers (min): {min(at8):.2f}x (target >= 3x): "
                   f"{'met' if targets['fused_met'] else 'NOT met'}")
