@@ -9,6 +9,13 @@ sealed shares, masks the vector when both the share delivery and the training re
 and answers the unmask request. It never touches a socket: each method returns the envelopes
 to send.
 
+The masks depend on the keys only. When the share delivery comes before the local result (the
+usual case: the key exchange takes milliseconds, training takes minutes), a background thread
+builds the sum of this agent's masks at once (:meth:`SecAggClient.premask`; the native
+keystream releases the GIL), so that once training ends the upload costs one quantize and one
+ring add instead of a keystream per peer. A result that comes first is quantized and masked in
+one fused pass as before.
+
 References
 ----------
 .. [1] Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
@@ -18,6 +25,8 @@ References
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +41,11 @@ from medfl.secagg.quantization import QuantSpec
 from medfl.wire import Envelope
 
 __all__ = ["SecureRound"]
+
+log = logging.getLogger(__name__)
+
+#: shortest vector whose masks are built ahead of the local result (metrics vectors are masked in one pass)
+PREMASK_MIN_LENGTH = 1 << 16
 
 
 def _int(params: Mapping[str, Any], key: str) -> int:
@@ -104,6 +118,10 @@ class SecureRound:
         self._delivery: ShareDelivery | None = None
         self._vector: np.ndarray | None = None
         self._report: dict[str, Any] = {}
+        self._premask: np.ndarray | None = None
+        self._premask_thread: threading.Thread | None = None
+        #: True once the masks are being built ahead of the local result (the delivery came first)
+        self.masks_ahead = False
         self.masked_sent = False
 
     def start(self) -> Envelope:
@@ -121,7 +139,15 @@ class SecureRound:
                                f"with threshold {self.threshold} degree {self.degree}")
             return [envelopes.encode(self.client.share(msg), self.session)]
         if isinstance(msg, ShareDelivery):
+            if self._delivery is not None:
+                raise OutOfOrder(f"a second share delivery for {self.session}; the first one stands")
             self._delivery = msg
+            if self._vector is None and self.length >= PREMASK_MIN_LENGTH and self._premask_thread is None:
+                self._premask_thread = threading.Thread(target=self._build_premask, args=(msg,), daemon=True,
+                                                        name=f"premask-{self.session.phase}-{self.session.round}")
+                self._premask_thread.start()
+                self.masks_ahead = True
+                return []
             return self._maybe_mask()
         if isinstance(msg, UnmaskRequest):
             if len(msg.survivors) < self.min_parties:
@@ -142,10 +168,20 @@ class SecureRound:
         self._report = dict(report or {})
         return self._maybe_mask()
 
+    def _build_premask(self, delivery: ShareDelivery) -> None:
+        """Background thread: this agent's masks summed over a zero vector (see the module docstring)."""
+        try:
+            self._premask = self.client.premask(delivery, length=self.length, spec=self.spec)
+        except Exception as exc:  # noqa: BLE001 - the fused path below raises it again, in the caller's thread
+            log.debug("secure %s of round %d: masks not built ahead: %s", self.session.phase, self.session.round, exc)
+
     def _maybe_mask(self) -> list[Envelope]:
         if self._delivery is None or self._vector is None or self.masked_sent:
             return []
-        masked = self.client.mask(self._delivery, update=self._vector, spec=self.spec)
+        if self._premask_thread is not None:
+            self._premask_thread.join()  # at most the rest of one mask build
+        masked = self.client.mask(self._delivery, update=self._vector, spec=self.spec, premask=self._premask)
+        self._premask = None
         self._vector = None
         self.masked_sent = True
         env = envelopes.encode(masked, self.session)

@@ -22,10 +22,11 @@ import numpy as np
 
 from medfl import csprng
 from medfl.errors import OutOfOrder, Rejected
+from medfl.fixed_point import ring_add_
 from medfl.secagg import shamir
 from medfl.secagg.graph import neighbourhoods
 from medfl.secagg.keys import KeyPair, Scope, derive, open_sealed, seal
-from medfl.secagg.masking import MaskSeed, quantize_and_mask
+from medfl.secagg.masking import MaskSeed, apply_masks, quantize_and_mask
 from medfl.secagg.messages import (
     AdvertiseKeys,
     KeyRoster,
@@ -146,12 +147,8 @@ class SecAggClient:
             sealed[peer] = seal(key, body, sender=self.agent, receiver=peer, scope=self.scope)
         return ShareKeys(agent=self.agent, sealed=sealed)
 
-    def mask(self, delivery: ShareDelivery, *, update: np.ndarray, spec: QuantSpec,
-             rounding_seed: int | None = None) -> MaskedInput:
-        """Round 2: open the shares sent to this agent; quantize and mask ``update`` (clipped, weighted).
-
-        ``rounding_seed`` (stochastic rounding) is drawn from :mod:`medfl.csprng` unless given.
-        """
+    def _open_delivery(self, delivery: ShareDelivery) -> tuple[dict[str, tuple[bytes, bytes]], list[MaskSeed]]:
+        """Open the shares sent to this agent and derive its masks; the state is only read."""
         st = self._st
         if st.stage != ClientStage.SHARED or st.roster is None or st.c is None or st.s is None:
             raise OutOfOrder(f"secagg client of {self.agent!r} is at stage {st.stage}, not shared")
@@ -173,8 +170,46 @@ class SecAggClient:
             seed = derive(st.s.secret, st.roster.keys[peer][1], purpose="mask", scope=self.scope,
                           ids=(self.agent, peer))
             masks.append(MaskSeed(seed=seed, sign=1 if self.agent < peer else -1))
-        masked = quantize_and_mask(update, spec=spec, masks=masks, nonce=st.roster.nonce,
-                                   rounding_seed=csprng.seed64() if rounding_seed is None else rounding_seed)
+        return received, masks
+
+    def premask(self, delivery: ShareDelivery, *, length: int, spec: QuantSpec) -> np.ndarray:
+        """The sum of this agent's masks for ``delivery`` over a ``length`` ring vector, ahead of its update.
+
+        The masks depend on the keys only, so an agent can build them while it trains and
+        pass the result to :meth:`mask` (``premask=``): the upload is then one quantize and
+        one ring add. The stage does not change; a bad delivery raises here as in :meth:`mask`.
+        """
+        st = self._st
+        _, masks = self._open_delivery(delivery)
+        if st.roster is None:
+            raise OutOfOrder(f"secagg client of {self.agent!r} has no roster")
+        out = np.zeros(length, dtype=spec.dtype)
+        apply_masks(out, masks, st.roster.nonce)
+        return out
+
+    def mask(self, delivery: ShareDelivery, *, update: np.ndarray, spec: QuantSpec,
+             rounding_seed: int | None = None, premask: np.ndarray | None = None) -> MaskedInput:
+        """Round 2: open the shares sent to this agent; quantize and mask ``update`` (clipped, weighted).
+
+        ``rounding_seed`` (stochastic rounding) is drawn from :mod:`medfl.csprng` unless given.
+        ``premask`` is :meth:`premask`'s result for the same delivery: the update is quantized
+        and the premask added in the ring, which gives the same upload as masking in one pass.
+        """
+        st = self._st
+        received, masks = self._open_delivery(delivery)
+        if st.roster is None:
+            raise OutOfOrder(f"secagg client of {self.agent!r} has no roster")
+        seed = csprng.seed64() if rounding_seed is None else rounding_seed
+        if premask is None:
+            masked = quantize_and_mask(update, spec=spec, masks=masks, nonce=st.roster.nonce, rounding_seed=seed)
+        else:
+            if (not isinstance(update, np.ndarray) or premask.dtype != np.dtype(spec.dtype)
+                    or premask.shape != (update.size,)):
+                raise Rejected(f"premask of dtype {premask.dtype} shape {premask.shape} does not fit the update "
+                               f"({type(update).__name__} of {getattr(update, 'size', '?')} elements, ring "
+                               f"{np.dtype(spec.dtype)}); a premask goes with a host (NumPy) update")
+            masked = quantize_and_mask(update, spec=spec, masks=[], nonce=st.roster.nonce, rounding_seed=seed)
+            ring_add_(masked, premask)
         self._enter(ClientStage.SHARED)
         st.received, st.sharers = received, frozenset(received)
         return MaskedInput(agent=self.agent, masked=masked)

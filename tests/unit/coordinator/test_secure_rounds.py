@@ -62,6 +62,7 @@ class Net:
         self.seen: list[tuple[str, Envelope]] = []
         self.evaluate: dict[str, Envelope] = {}
         self.train: dict[str, Envelope] = {}
+        self.last: dict[str, Envelope] = {}  # the last secagg message each agent got
 
     def to_coordinator(self, fp: str, envs: list[Envelope]) -> None:
         for e in envs:
@@ -80,6 +81,7 @@ class Net:
                                               policy=PolicySection(min_parties=2))
                 self.to_coordinator(fp, [self.secure[fp].start()])
             elif e.type in SECAGG_TO_AGENT:
+                self.last[fp] = e
                 self.to_coordinator(fp, self.secure[fp].on_message(e))
 
     def result(self, fp: str, vector: np.ndarray) -> None:
@@ -155,6 +157,28 @@ def test_secure_round_equals_plain_fedavg_within_quantization(env):
     # a masked fit upload looks uniform: its top bits are balanced (a plain encoding would be mostly 0 or all 1)
     top = (masked[0] >> np.uint64(63)).astype(np.float64)
     assert abs(top.mean() - 0.5) < 5 / math.sqrt(top.size)
+
+
+def test_agents_build_fit_masks_while_training_and_refuse_a_second_delivery(env):
+    run = _run(env)
+    agents = ["a", "b", "c"]
+    net = _start(run, agents)
+    # the key exchange finished before any result: every agent builds its fit masks now (CNN: 138k elements)
+    assert all(net.secure[fp].masks_ahead and net.last[fp].type == MessageType.SECAGG_DELIVERY for fp in agents)
+    with pytest.raises(OutOfOrder, match="second share delivery"):
+        net.secure["a"].on_message(net.last["a"])
+    g = {k: v.copy() for k, v in run.global_arrays.items()}
+    trained = {fp: _trained(g, i) for i, fp in enumerate(agents)}
+    for fp in agents:
+        _fit(net, run, fp, trained)
+    assert run.state.stage == Stage.EVALUATE
+    candidate = net.evaluate["a"].tensors
+    plain = aggregate("fedavg", g, [(trained[fp], SAMPLES[fp]) for fp in agents])
+    tol = 3 * 2.0**-32 / (sum(SAMPLES.values()) / 100) + 1e-6
+    for k in plain:
+        np.testing.assert_allclose(candidate[k], plain[k], rtol=0, atol=tol)
+    # metrics vectors are short: masked in one pass when the result is there
+    assert not any(net.secure[fp].masks_ahead for fp in agents)
 
 
 def test_agent_dropping_after_sharing_keys_is_recovered(env):

@@ -211,3 +211,36 @@ def test_agent_refuses_an_unmask_request_that_asks_both_secrets_of_one_agent() -
         clients["a0"].unmask(UnmaskRequest(survivors=["a0"], dropped=["a1", "a2"]))
     resp = clients["a0"].unmask(UnmaskRequest(survivors=["a0", "a1"], dropped=["a2"]))
     assert set(resp.self_mask_shares) == {"a0", "a1"} and set(resp.key_shares) == {"a2"}
+
+
+@pytest.mark.parametrize("frac_bits", [16, 40])  # a 32-bit and a 64-bit ring
+@pytest.mark.parametrize("length", [DIM, 70_001])  # one partial keystream tile; many tiles and an odd tail
+def test_premask_built_ahead_gives_the_same_upload_as_one_fused_pass(frac_bits: int, length: int) -> None:
+    import copy
+
+    spec, clients, deliveries = _to_share_stage()
+    spec = choose_spec(n_agents=3, clip_norm=1.0, frac_bits=frac_bits)
+    update, _ = clip_to_norm(np.random.default_rng(5).standard_normal(length).astype(np.float32), 1.0)
+    fused_client = copy.deepcopy(clients["a1"])
+    pre = clients["a1"].premask(deliveries["a1"], length=length, spec=spec)
+    assert pre.dtype == np.dtype(spec.dtype) and clients["a1"].stage == "shared"  # building masks moves no stage
+    ahead = clients["a1"].mask(deliveries["a1"], update=update, spec=spec, rounding_seed=99, premask=pre)
+    fused = fused_client.mask(deliveries["a1"], update=update, spec=spec, rounding_seed=99)
+    assert ahead.masked.dtype == fused.masked.dtype and np.array_equal(ahead.masked, fused.masked)
+    assert clients["a1"].stage == fused_client.stage == "masked"
+
+
+def test_premask_refuses_a_bad_delivery_or_a_premask_that_does_not_fit() -> None:
+    from medfl.secagg.messages import ShareDelivery
+
+    spec, clients, deliveries = _to_share_stage()
+    blob = deliveries["a0"].sealed["a1"]
+    tampered = ShareDelivery(sealed={**deliveries["a0"].sealed, "a1": blob[:-1] + bytes([blob[-1] ^ 1])})
+    with pytest.raises(Rejected):
+        clients["a0"].premask(tampered, length=DIM, spec=spec)
+    pre = clients["a0"].premask(deliveries["a0"], length=DIM, spec=spec)
+    for bad in (pre[:-1], pre.astype(np.uint64)):
+        with pytest.raises(Rejected, match="premask"):
+            clients["a0"].mask(deliveries["a0"], update=np.zeros(DIM, np.float32), spec=spec, premask=bad)
+    assert clients["a0"].stage == "shared"  # refused: nothing moved
+    clients["a0"].mask(deliveries["a0"], update=np.zeros(DIM, np.float32), spec=spec, premask=pre)
