@@ -231,7 +231,7 @@ def quantize_and_mask(update: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed]
 
 
 def unmask_and_dequantize(total: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed],
-                          nonce: bytes) -> Any:
+                          nonce: bytes, copy: bool = True) -> Any:
     """Remove masks from the ring sum of the masked uploads and decode it to float32.
 
     Parameters
@@ -246,6 +246,9 @@ def unmask_and_dequantize(total: Any, *, spec: QuantSpec, masks: Sequence[MaskSe
         them); each is subtracted here.
     nonce : bytes
         The round's nonce.
+    copy : bool
+        False: remove the masks from ``total`` itself (a writable, contiguous ring vector the
+        caller no longer needs), which saves a copy of the whole sum.
 
     Returns
     -------
@@ -256,8 +259,16 @@ def unmask_and_dequantize(total: Any, *, spec: QuantSpec, masks: Sequence[MaskSe
 
     _check_nonce(nonce)
     if native._is_device_array(total):
-        acc = total.reshape(-1).clone() if hasattr(total, "clone") else total.reshape(-1).copy()
-    else:
+        acc = total.reshape(-1)
+        if copy:
+            acc = acc.clone() if hasattr(acc, "clone") else acc.copy()
+    elif copy:
         acc = np.array(total, dtype=spec.dtype, copy=True).reshape(-1)
+    else:
+        if (not isinstance(total, np.ndarray) or total.dtype != np.dtype(spec.dtype) or not total.flags.writeable
+                or not total.flags.c_contiguous):
+            raise ValueError(f"unmasking in place needs a writable, contiguous {np.dtype(spec.dtype)} ring vector, "
+                             f"got {type(total).__name__} {getattr(total, 'dtype', '?')}")
+        acc = total.reshape(-1)
     apply_masks(acc, [MaskSeed(m.seed, -m.sign) for m in masks], nonce)
     return fxp.decode(acc, frac_bits=spec.frac_bits)

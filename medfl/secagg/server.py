@@ -216,6 +216,7 @@ class SecAggServer:
             for u in sorted(st.graph[v] & set(st.uploaders)):
                 seed = derive(s_v.secret, st.keys[u][1], purpose="mask", scope=self.scope, ids=(u, v))
                 masks.append(MaskSeed(seed=seed, sign=1 if u < v else -1))
-        out = unmask_and_dequantize(st.total, spec=self.spec, masks=masks, nonce=st.roster.nonce)
+        total, st.total = st.total, None  # unmasked in place: the masked sum is not kept
+        out = unmask_and_dequantize(total, spec=self.spec, masks=masks, nonce=st.roster.nonce, copy=False)
         self._advance(ServerStage.UNMASK, len(st.responses), "answered the unmask request")
         return out

@@ -97,6 +97,21 @@ def test_sum_of_masked_uploads_unmasks_to_sum(ring_bits: int, n_agents: int) -> 
         total += y
     out = masking.unmask_and_dequantize(total, spec=spec, masks=[MaskSeed(s, 1) for s in selfs], nonce=NONCE)
     assert np.max(np.abs(out - np.sum(xs, axis=0))) <= n_agents * 2.0 ** -spec.frac_bits + 1e-5
+    # in place (what the coordinator does with its own sum): the same values, the masks removed from total itself
+    kept = total.copy()
+    in_place = masking.unmask_and_dequantize(total, spec=spec, masks=[MaskSeed(s, 1) for s in selfs], nonce=NONCE,
+                                             copy=False)
+    assert np.array_equal(in_place, out) and not np.array_equal(total, kept)
+    assert np.array_equal(masking.dequantize_sum(total, spec=spec), out)
+
+
+def test_unmasking_in_place_refuses_an_array_it_cannot_write() -> None:
+    spec = QuantSpec(ring_bits=32, frac_bits=12, clip_norm=4.0, n_agents=2)
+    ro = np.zeros(8, dtype=np.uint32)
+    ro.flags.writeable = False
+    for bad in (ro, np.zeros(8, dtype=np.uint64), np.zeros(16, dtype=np.uint32)[::2], [0] * 8):
+        with pytest.raises(ValueError, match="in place"):
+            masking.unmask_and_dequantize(bad, spec=spec, masks=[MaskSeed(bytes(32), 1)], nonce=NONCE, copy=False)
 
 
 @needs_native
