@@ -147,8 +147,8 @@ class SecAggClient:
             sealed[peer] = seal(key, body, sender=self.agent, receiver=peer, scope=self.scope)
         return ShareKeys(agent=self.agent, sealed=sealed)
 
-    def _open_delivery(self, delivery: ShareDelivery) -> tuple[dict[str, tuple[bytes, bytes]], list[MaskSeed]]:
-        """Open the shares sent to this agent and derive its masks; the state is only read."""
+    def _open_delivery(self, delivery: ShareDelivery) -> tuple[dict[str, tuple[bytes, bytes]], list[MaskSeed], bytes]:
+        """Open the shares sent to this agent; return them, its masks and the round's nonce (state only read)."""
         st = self._st
         if st.stage != ClientStage.SHARED or st.roster is None or st.c is None or st.s is None:
             raise OutOfOrder(f"secagg client of {self.agent!r} is at stage {st.stage}, not shared")
@@ -170,7 +170,7 @@ class SecAggClient:
             seed = derive(st.s.secret, st.roster.keys[peer][1], purpose="mask", scope=self.scope,
                           ids=(self.agent, peer))
             masks.append(MaskSeed(seed=seed, sign=1 if self.agent < peer else -1))
-        return received, masks
+        return received, masks, st.roster.nonce
 
     def premask(self, delivery: ShareDelivery, *, length: int, spec: QuantSpec) -> np.ndarray:
         """The sum of this agent's masks for ``delivery`` over a ``length`` ring vector, ahead of its update.
@@ -179,12 +179,9 @@ class SecAggClient:
         pass the result to :meth:`mask` (``premask=``): the upload is then one quantize and
         one ring add. The stage does not change; a bad delivery raises here as in :meth:`mask`.
         """
-        st = self._st
-        _, masks = self._open_delivery(delivery)
-        if st.roster is None:
-            raise OutOfOrder(f"secagg client of {self.agent!r} has no roster")
+        _, masks, nonce = self._open_delivery(delivery)
         out = np.zeros(length, dtype=spec.dtype)
-        apply_masks(out, masks, st.roster.nonce)
+        apply_masks(out, masks, nonce)
         return out
 
     def mask(self, delivery: ShareDelivery, *, update: np.ndarray, spec: QuantSpec,
@@ -196,19 +193,17 @@ class SecAggClient:
         and the premask added in the ring, which gives the same upload as masking in one pass.
         """
         st = self._st
-        received, masks = self._open_delivery(delivery)
-        if st.roster is None:
-            raise OutOfOrder(f"secagg client of {self.agent!r} has no roster")
+        received, masks, nonce = self._open_delivery(delivery)
         seed = csprng.seed64() if rounding_seed is None else rounding_seed
         if premask is None:
-            masked = quantize_and_mask(update, spec=spec, masks=masks, nonce=st.roster.nonce, rounding_seed=seed)
+            masked = quantize_and_mask(update, spec=spec, masks=masks, nonce=nonce, rounding_seed=seed)
         else:
             if (not isinstance(update, np.ndarray) or premask.dtype != np.dtype(spec.dtype)
                     or premask.shape != (update.size,)):
                 raise Rejected(f"premask of dtype {premask.dtype} shape {premask.shape} does not fit the update "
                                f"({type(update).__name__} of {getattr(update, 'size', '?')} elements, ring "
                                f"{np.dtype(spec.dtype)}); a premask goes with a host (NumPy) update")
-            masked = quantize_and_mask(update, spec=spec, masks=[], nonce=st.roster.nonce, rounding_seed=seed)
+            masked = quantize_and_mask(update, spec=spec, masks=[], nonce=nonce, rounding_seed=seed)
             ring_add_(masked, premask)
         self._enter(ClientStage.SHARED)
         st.received, st.sharers = received, frozenset(received)
