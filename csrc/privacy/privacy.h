@@ -12,6 +12,10 @@
 //                  bg[b, c] = sum_s g, with mu/rstd the statistics of channel c's group k in sample
 //                  b (biased variance, rstd = 1/sqrt(var + eps), as torch.nn.GroupNorm), without
 //                  materialising the normalised input.
+//   gaussian_noise: out[i] = std * z_i, the standard normals of medfl/privacy/noise.py's
+//                  _secure_normal: Box-Muller in double over the ChaCha20 stream of `key` (nonce and
+//                  counter zero), 16 bytes per pair (u = (top 53 bits of each LE 64-bit word + 0.5) / 2^53);
+//                  the cosines of the pairs fill out[0, pairs), the sines out[pairs, n).
 //
 // CPU kernels use OpenMP (threads given by the caller, torch's own thread count) and OpenMP SIMD;
 // CUDA kernels run on the caller's stream.
@@ -37,6 +41,9 @@ void clipped_sum_cpu(const T* x, const T* c, std::int64_t rows, std::int64_t col
 template <typename T>
 void group_norm_affine_cpu(const T* a, const T* g, std::int64_t batch, std::int64_t channels, std::int64_t spatial,
                            std::int64_t groups, double eps, T* wg, T* bg, double* sq, int threads);
+
+template <typename T>
+void gaussian_noise_cpu(const std::uint8_t key[32], T* out, std::int64_t n, double stddev, int threads);
 
 #ifdef MEDFL_WITH_CUDA
 // dtype: 0 = float32, 1 = float64. Pointers are device pointers; stream is a cudaStream_t.

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -139,6 +140,25 @@ void group_norm_affine(py::array a, py::array g, std::int64_t groups, double eps
     gn_t<double>(a, g, groups, eps, wg, bg, sqp, threads);
 }
 
+void gaussian_noise(py::bytes key, py::array out, double stddev, int threads) {
+  const std::string k = key;
+  if (k.size() != 32) throw py::value_error("key: expected 32 bytes, got " + std::to_string(k.size()));
+  if (!(stddev >= 0) || !std::isfinite(stddev)) throw py::value_error("std must be finite and >= 0");
+  need_float(out, "out");
+  if (out.ndim() != 1) throw py::value_error("out: expected a 1-D array");
+  const std::int64_t n = out.shape(0);
+  const auto* kp = reinterpret_cast<const std::uint8_t*>(k.data());
+  if (is_f32(out)) {
+    float* o = medfl::native::data_of<float>(out, "out", true);
+    py::gil_scoped_release nogil;
+    medfl::privacy::gaussian_noise_cpu(kp, o, n, stddev, threads);
+  } else {
+    double* o = medfl::native::data_of<double>(out, "out", true);
+    py::gil_scoped_release nogil;
+    medfl::privacy::gaussian_noise_cpu(kp, o, n, stddev, threads);
+  }
+}
+
 #ifdef MEDFL_WITH_CUDA
 int dtype_code(const std::string& dtype) {
   if (dtype == "float32") return 0;
@@ -162,6 +182,9 @@ static medfl::native::Registration reg("privacy", [](py::module_& m) {
         py::arg("wg"), py::arg("bg"), py::arg("threads"), py::arg("sq") = py::none(),
         "Per-sample GroupNorm weight/bias gradients (batch, channels) from input a and output gradient g "
         "(batch, channels, spatial); with sq (batch,) float64 also each sample's squared norm of both.");
+  m.def("dp_gaussian_noise", &gaussian_noise, py::arg("key"), py::arg("out"), py::arg("std"), py::arg("threads"),
+        "out[:] = std * N(0, 1) from the ChaCha20 stream of a 32-byte key (Box-Muller in double; "
+        "medfl.privacy.noise._secure_normal is the reference), into a contiguous float32/float64 1-D array.");
 #ifdef MEDFL_WITH_CUDA
   m.def(
       "dp_row_sqnorms_cuda",

@@ -2,9 +2,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "privacy/privacy.h"
+#include "secagg/secagg.h"
 
 namespace medfl::privacy {
 namespace {
@@ -132,6 +134,44 @@ void group_norm_affine_cpu(const T* a, const T* g, std::int64_t batch, std::int6
   }
 }
 
+template <typename T>
+void gaussian_noise_cpu(const std::uint8_t key[32], T* out, std::int64_t n, double stddev, int threads) {
+  constexpr std::int64_t kPairs = 1024;  // pairs per task: 16 KiB of keystream, 256 whole ChaCha20 blocks
+  const std::int64_t pairs = (n + 1) / 2;
+  const std::int64_t tasks = (pairs + kPairs - 1) / kPairs;
+  const std::uint8_t nonce[12] = {};
+  const double two_pi = 6.283185307179586;   // the double nearest 2 pi, as Python's 2.0 * math.pi
+  const double inv53 = 1.0 / 9007199254740992.0;  // 2^-53
+#pragma omp parallel for schedule(static) num_threads(threads) if (tasks > 1)
+  for (std::int64_t t = 0; t < tasks; ++t) {
+    alignas(64) std::uint8_t ks[16 * kPairs];
+    const std::int64_t p0 = t * kPairs, np = std::min(kPairs, pairs - p0);
+    medfl::secagg::chacha20_keystream(key, nonce, static_cast<std::uint32_t>(p0 / 4), ks,
+                                      static_cast<std::size_t>(16 * np));
+    for (std::int64_t j = 0; j < np; ++j) {
+      std::uint64_t w0, w1;
+      std::memcpy(&w0, ks + 16 * j, 8);
+      std::memcpy(&w1, ks + 16 * j + 8, 8);
+      const double u0 = (static_cast<double>(w0 >> 11) + 0.5) * inv53;  // in (0, 1)
+      const double u1 = (static_cast<double>(w1 >> 11) + 0.5) * inv53;
+      const double r = std::sqrt(-2.0 * std::log(u0));
+      const double theta = two_pi * u1;
+      double sin_t, cos_t;
+#if defined(__GLIBC__)
+      ::sincos(theta, &sin_t, &cos_t);  // both from one argument reduction; the values of sin() and cos()
+#else
+      sin_t = std::sin(theta);
+      cos_t = std::cos(theta);
+#endif
+      const std::int64_t i = p0 + j;
+      out[i] = static_cast<T>(r * cos_t * stddev);
+      if (pairs + i < n) out[pairs + i] = static_cast<T>(r * sin_t * stddev);
+    }
+  }
+}
+
+template void gaussian_noise_cpu<float>(const std::uint8_t*, float*, std::int64_t, double, int);
+template void gaussian_noise_cpu<double>(const std::uint8_t*, double*, std::int64_t, double, int);
 template void row_sqnorms_cpu<float>(const float*, std::int64_t, std::int64_t, double*, int);
 template void row_sqnorms_cpu<double>(const double*, std::int64_t, std::int64_t, double*, int);
 template void clipped_sum_cpu<float>(const float*, const float*, std::int64_t, std::int64_t, float*, bool, int);

@@ -2,8 +2,11 @@
 
 By default the noise is Box-Muller over a ChaCha20 keystream with a fresh key from the
 OS CSPRNG (:mod:`medfl.csprng`), so an observer of the model cannot predict or replay
-the noise. For CUDA tensors the keystream and the transform run on the device (the native
-ChaCha20 kernel), the same stream as on the host for the same key. ``MEDFL_INSECURE_RNG=1``
+the noise. On the host one native kernel (``dp_gaussian_noise``: keystream, transform and
+scaling per 16 KiB tile, OpenMP threads) computes it; :func:`_secure_normal` (NumPy) is its
+reference and the fallback without medfl._native or with ``MEDFL_NATIVE=reference``. For CUDA
+tensors the keystream and the transform run on the device (the native ChaCha20 kernel), the
+same stream as on the host for the same key. ``MEDFL_INSECURE_RNG=1``
 switches to torch's fast generator (seeded from the CSPRNG) for experiments and logs a
 warning on every call.
 
@@ -48,6 +51,23 @@ def _secure_normal(n: int, *, key: bytes | None = None) -> np.ndarray:
     r = np.sqrt(-2.0 * np.log(u[:, 0]))
     theta = 2.0 * math.pi * u[:, 1]
     return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:n]
+
+
+def _secure_normal_native(n: int, *, std: float, dtype: torch.dtype, key: bytes | None = None) -> torch.Tensor | None:
+    """``std *`` :func:`_secure_normal` from the native CPU kernel, in ``dtype``; None without it.
+
+    float32 and float64 are written by the kernel (computed in double, rounded once); other
+    dtypes are computed in float64 and cast, as the reference does.
+    """
+    from medfl.privacy import kernels
+
+    mod = kernels._module()
+    if mod is None or not hasattr(mod, "dp_gaussian_noise"):
+        return None
+    out = torch.empty(n, dtype=dtype if dtype in (torch.float32, torch.float64) else torch.float64)
+    mod.dp_gaussian_noise(csprng.token_bytes(32) if key is None else key, out.numpy(), float(std),
+                          torch.get_num_threads())
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def _cuda_keystream_usable(like: torch.Tensor) -> bool:
@@ -118,5 +138,8 @@ def gaussian(shape: torch.Size | tuple[int, ...], *, std: float, like: torch.Ten
         return torch.randn(shape, generator=gen, device=like.device, dtype=like.dtype) * std
     if _cuda_keystream_usable(like):
         return (_secure_normal_cuda(n, like.device).reshape(shape) * std).to(dtype=like.dtype)
+    native = _secure_normal_native(n, std=std, dtype=like.dtype) if like.device.type == "cpu" else None
+    if native is not None:
+        return native.reshape(shape)
     z = torch.from_numpy(_secure_normal(n)).reshape(shape)
     return (z * std).to(device=like.device, dtype=like.dtype)

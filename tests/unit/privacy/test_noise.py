@@ -79,3 +79,84 @@ def test_cuda_gaussian_stays_on_the_device_with_the_right_scale(cuda: str):
     z = gaussian((400_000,), std=2.5, like=like)
     assert z.is_cuda and z.dtype == torch.float32
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 2.5) < 0.02
+
+
+def _native_mod():
+    from medfl.privacy import kernels
+
+    mod = kernels._module()
+    if mod is None or not hasattr(mod, "dp_gaussian_noise"):
+        pytest.skip("medfl._native is not built (or MEDFL_NATIVE=reference)")
+    return mod
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 2049, 100_003])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_noise_is_the_reference_stream(n: int, dtype: torch.dtype):
+    """The CPU kernel against _secure_normal on the same key: odd sizes, one and many 16 KiB tasks."""
+    from medfl.privacy.noise import _secure_normal, _secure_normal_native
+
+    _native_mod()
+    key, std = bytes(range(5, 37)), 2.5
+    got = _secure_normal_native(n, std=std, dtype=dtype, key=key)
+    assert got is not None and got.shape == (n,) and got.dtype == dtype
+    want = torch.from_numpy(_secure_normal(n, key=key) * std).to(dtype)
+    # the same double arithmetic; only the libm of the transcendental functions may differ (an ulp or so)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tol, atol=tol * std)
+
+
+def test_native_noise_does_not_depend_on_threads_and_scales_exactly():
+    mod = _native_mod()
+    key = bytes(range(40, 72))
+    outs = []
+    for threads in (1, 2, 3):
+        out = np.empty(50_001, dtype=np.float64)
+        mod.dp_gaussian_noise(key, out, 1.0, threads)
+        outs.append(out)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    zero = np.full(9, 7.0)
+    mod.dp_gaussian_noise(key, zero, 0.0, 1)
+    assert np.all(zero == 0)
+
+
+def test_native_noise_refuses_bad_arguments():
+    mod = _native_mod()
+    key = bytes(32)
+    bad_calls = [
+        (bytes(31), np.empty(4, np.float32), 1.0),          # short key
+        (key, np.empty(4, np.int32), 1.0),                  # not a float array
+        (key, np.empty((2, 2), np.float32), 1.0),           # not 1-D
+        (key, np.empty(8, np.float32)[::2], 1.0),           # not contiguous
+        (key, np.empty(4, np.float32), float("nan")),       # bad std
+        (key, np.empty(4, np.float32), -1.0),
+    ]
+    for k, out, std in bad_calls:
+        with pytest.raises(ValueError):
+            mod.dp_gaussian_noise(k, out, std, 1)
+    ro = np.zeros(4, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError):
+        mod.dp_gaussian_noise(key, ro, 1.0, 1)
+    assert np.all(ro == 0)
+
+
+def test_gaussian_uses_the_native_kernel_on_the_host_unless_told_not_to(monkeypatch):
+    """Same key, same numbers whichever path computes them; MEDFL_NATIVE=reference takes NumPy."""
+    from medfl.privacy import kernels, noise
+
+    _native_mod()
+    key = bytes(range(9, 41))
+    monkeypatch.setattr(noise.csprng, "token_bytes", lambda k: key)
+    real_expand = noise.csprng.expand
+    monkeypatch.setattr(noise.csprng, "expand", lambda nbytes, key=None: real_expand(nbytes, key=bytes(range(9, 41))))
+    fast = noise.gaussian((3, 7), std=1.5, like=torch.zeros(1, dtype=torch.float64))
+    monkeypatch.setenv("MEDFL_NATIVE", "reference")
+    kernels._module.cache_clear()
+    try:
+        assert noise._secure_normal_native(21, std=1.5, dtype=torch.float64) is None
+        slow = noise.gaussian((3, 7), std=1.5, like=torch.zeros(1, dtype=torch.float64))
+    finally:
+        monkeypatch.delenv("MEDFL_NATIVE")
+        kernels._module.cache_clear()
+    np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-12, atol=1e-12)
