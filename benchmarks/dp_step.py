@@ -99,7 +99,7 @@ def _step_fn(mode: str, torch: Any, model: Any, x: Any, y: Any, args: argparse.N
             opt.step()
         return step
     if mode in ("medfl", "medfl_csprng"):
-        from medfl.privacy import GradSampleClipper, gaussian
+        from medfl.privacy import GradSampleClipper, gaussian_for
 
         os.environ["MEDFL_INSECURE_RNG"] = "1" if mode == "medfl" else "0"
         import logging
@@ -113,8 +113,8 @@ def _step_fn(mode: str, torch: Any, model: Any, x: Any, y: Any, args: argparse.N
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y, reduction="sum").backward()
             clipper.clip_and_accumulate()
-            for p in params:
-                p.grad = (p.grad + gaussian(p.shape, std=sigma * clip, like=p)) / b
+            for p, z in zip(params, gaussian_for(params, std=sigma * clip), strict=True):
+                p.grad.add_(z).div_(b)  # as DPTrainer.step: one draw for all parameters, in place
             opt.step()
         return step
     if mode == "torchfunc":

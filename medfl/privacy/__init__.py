@@ -8,7 +8,7 @@ References
 from medfl.privacy.accountant import ACCOUNTANTS, Accountant, SgdRun, epsilon, noise_multiplier_for
 from medfl.privacy.clipping import SUPPORTED, GradSampleClipper
 from medfl.privacy.ledger import Ledger, LedgerEntry, dataset_key
-from medfl.privacy.noise import gaussian
+from medfl.privacy.noise import gaussian, gaussian_for
 from medfl.privacy.sampling import micro_batches, poisson_indices
 from medfl.privacy.trainer import DPTrainer, StepStats
 from medfl.privacy.validation import Problem, UnsupportedModel, fix, validate
@@ -29,6 +29,7 @@ __all__ = [
     "epsilon",
     "fix",
     "gaussian",
+    "gaussian_for",
     "micro_batches",
     "noise_multiplier_for",
     "poisson_indices",

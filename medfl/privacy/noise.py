@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from medfl import csprng, envvars
 
-__all__ = ["gaussian", "insecure"]
+__all__ = ["gaussian", "gaussian_for", "insecure"]
 
 log = logging.getLogger(__name__)
+
+#: most values one draw of :func:`gaussian_for` makes (bounds the float64 temporaries of a GPU draw)
+_DRAW_MAX = 1 << 24
 
 
 def insecure() -> bool:
@@ -143,3 +147,36 @@ def gaussian(shape: torch.Size | tuple[int, ...], *, std: float, like: torch.Ten
         return native.reshape(shape)
     z = torch.from_numpy(_secure_normal(n)).reshape(shape)
     return (z * std).to(device=like.device, dtype=like.dtype)
+
+
+def gaussian_for(tensors: Sequence[torch.Tensor], *, std: float) -> list[torch.Tensor]:
+    """Return ``N(0, std^2)`` noise shaped like each of ``tensors`` (with its dtype and device).
+
+    Tensors that share a device and dtype get slices of one draw of :func:`gaussian` (one key,
+    one keystream, one transform, in draws of at most ``_DRAW_MAX`` values) instead of a draw
+    each: a model's 60-odd parameter tensors then cost a few kernels on a GPU, not hundreds.
+    The slices of one draw are independent like separate draws.
+
+    Parameters
+    ----------
+    tensors : sequence of torch.Tensor
+        What the noise is for (a model's parameters).
+    std : float
+        Standard deviation, ``noise_multiplier * max_grad_norm``.
+    """
+    if not (std >= 0 and math.isfinite(std)):
+        raise ValueError(f"std={std!r} must be finite and >= 0")
+    out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
+    groups: dict[tuple[torch.device, torch.dtype], list[list[int]]] = {}
+    for i, t in enumerate(tensors):
+        draws = groups.setdefault((t.device, t.dtype), [[]])
+        if draws[-1] and sum(tensors[j].numel() for j in draws[-1]) + t.numel() > _DRAW_MAX:
+            draws.append([])
+        draws[-1].append(i)
+    for draws in groups.values():
+        for members in draws:
+            sizes = [tensors[j].numel() for j in members]
+            flat = gaussian((sum(sizes),), std=std, like=tensors[members[0]])
+            for j, piece in zip(members, flat.split(sizes), strict=True):
+                out[j] = piece.view(tensors[j].shape)
+    return out

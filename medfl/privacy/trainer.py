@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from medfl.privacy.accountant import Accountant, SgdRun, noise_multiplier_for
 from medfl.privacy.clipping import GradSampleClipper
-from medfl.privacy.noise import gaussian
+from medfl.privacy.noise import gaussian_for
 from medfl.privacy.sampling import micro_batches, poisson_indices
 from medfl.privacy.validation import UnsupportedModel, validate
 
@@ -215,8 +215,8 @@ class DPTrainer:
         sums, loss_total, clipped = self._clipped_sums(indices)
         std = self.noise_multiplier * self.max_grad_norm
         denom = self.sample_rate * self.n
-        for s, p in zip(sums, self.params, strict=True):
-            p.grad = (s + gaussian(p.shape, std=std, like=p)) / denom
+        for s, p, z in zip(sums, self.params, gaussian_for(self.params, std=std), strict=True):
+            p.grad = s.add_(z).div_(denom)  # the sums are this step's own buffers
         if self.regularizer is not None:
             self.regularizer().backward()  # data-independent: added after the noise
         self.optimizer.step()

@@ -160,3 +160,37 @@ def test_gaussian_uses_the_native_kernel_on_the_host_unless_told_not_to(monkeypa
         monkeypatch.delenv("MEDFL_NATIVE")
         kernels._module.cache_clear()
     np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_gaussian_for_shapes_each_tensor_and_draws_once_per_device_and_dtype(monkeypatch):
+    tensors = [torch.zeros(3, 4), torch.zeros(5, dtype=torch.float64), torch.zeros(0), torch.zeros(()),
+               torch.zeros(7, 2), torch.zeros(2, 2, dtype=torch.float64)]
+    calls = []
+    real = noise.gaussian
+
+    def counting(shape, *, std, like):
+        calls.append((tuple(shape), like.dtype))
+        return real(shape, std=std, like=like)
+
+    monkeypatch.setattr(noise, "gaussian", counting)
+    out = noise.gaussian_for(tensors, std=2.0)
+    assert [(z.shape, z.dtype) for z in out] == [(t.shape, t.dtype) for t in tensors]
+    assert sorted(calls, key=str) == sorted([((12 + 0 + 1 + 14,), torch.float32), ((5 + 4,), torch.float64)], key=str)
+    # slices of one draw are not copies of each other
+    assert not torch.equal(out[0].flatten()[:4], out[4].flatten()[:4])
+    # a draw is split before it passes _DRAW_MAX values
+    monkeypatch.setattr(noise, "_DRAW_MAX", 13)
+    calls.clear()
+    noise.gaussian_for(tensors, std=1.0)
+    assert [c[0][0] for c in calls if c[1] == torch.float32] == [12 + 0 + 1, 14]  # 13 fits, 13 + 14 does not
+    assert [c[0][0] for c in calls if c[1] == torch.float64] == [5 + 4]
+
+
+def test_gaussian_for_statistics_and_bad_std():
+    params = [torch.zeros(300, 301), torch.zeros(299), torch.zeros(50_000)]
+    z = torch.cat([t.flatten().double() for t in noise.gaussian_for(params, std=3.0)])
+    n = z.numel()
+    assert abs(float(z.mean())) < 6 * 3.0 / math.sqrt(n)
+    assert abs(float(z.var()) / 9.0 - 1) < 6 * math.sqrt(2 / n)
+    with pytest.raises(ValueError, match="std"):
+        noise.gaussian_for(params, std=-1.0)
