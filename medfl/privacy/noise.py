@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,9 @@ __all__ = ["gaussian", "gaussian_for", "insecure"]
 
 log = logging.getLogger(__name__)
 
-#: most values one draw of :func:`gaussian_for` makes (bounds the float64 temporaries of a GPU draw)
-_DRAW_MAX = 1 << 24
+#: most values one draw of :func:`gaussian_for` makes: 16 MiB of float32 noise, and a bound on the
+#: float64 temporaries of a GPU draw
+_DRAW_MAX = 1 << 22
 
 
 def insecure() -> bool:
@@ -149,13 +150,14 @@ def gaussian(shape: torch.Size | tuple[int, ...], *, std: float, like: torch.Ten
     return (z * std).to(device=like.device, dtype=like.dtype)
 
 
-def gaussian_for(tensors: Sequence[torch.Tensor], *, std: float) -> list[torch.Tensor]:
-    """Return ``N(0, std^2)`` noise shaped like each of ``tensors`` (with its dtype and device).
+def gaussian_for(tensors: Sequence[torch.Tensor], *, std: float) -> Iterator[torch.Tensor]:
+    """Yield ``N(0, std^2)`` noise shaped like each of ``tensors`` in turn (with its dtype and device).
 
-    Tensors that share a device and dtype get slices of one draw of :func:`gaussian` (one key,
-    one keystream, one transform, in draws of at most ``_DRAW_MAX`` values) instead of a draw
-    each: a model's 60-odd parameter tensors then cost a few kernels on a GPU, not hundreds.
-    The slices of one draw are independent like separate draws.
+    Consecutive tensors that share a device and dtype get slices of one draw of
+    :func:`gaussian` (one key, one keystream, one transform) of at most ``_DRAW_MAX`` values
+    instead of a draw each: a model's 60-odd parameter tensors then cost a few kernels on a GPU,
+    not hundreds. A draw is made when its first tensor's noise is asked for, so only one draw is
+    held here at a time. The slices of one draw are independent like separate draws.
 
     Parameters
     ----------
@@ -163,20 +165,28 @@ def gaussian_for(tensors: Sequence[torch.Tensor], *, std: float) -> list[torch.T
         What the noise is for (a model's parameters).
     std : float
         Standard deviation, ``noise_multiplier * max_grad_norm``.
+
+    Raises
+    ------
+    ValueError
+        ``std`` is negative or not finite (at the call, before any noise is drawn).
     """
     if not (std >= 0 and math.isfinite(std)):
         raise ValueError(f"std={std!r} must be finite and >= 0")
-    out: list[torch.Tensor] = [torch.empty(0)] * len(tensors)
-    groups: dict[tuple[torch.device, torch.dtype], list[list[int]]] = {}
-    for i, t in enumerate(tensors):
-        draws = groups.setdefault((t.device, t.dtype), [[]])
-        if draws[-1] and sum(tensors[j].numel() for j in draws[-1]) + t.numel() > _DRAW_MAX:
-            draws.append([])
-        draws[-1].append(i)
-    for draws in groups.values():
-        for members in draws:
-            sizes = [tensors[j].numel() for j in members]
-            flat = gaussian((sum(sizes),), std=std, like=tensors[members[0]])
-            for j, piece in zip(members, flat.split(sizes), strict=True):
-                out[j] = piece.view(tensors[j].shape)
-    return out
+    return _draws(list(tensors), std)
+
+
+def _draws(tensors: list[torch.Tensor], std: float) -> Iterator[torch.Tensor]:
+    i = 0
+    while i < len(tensors):
+        first = tensors[i]
+        j, size = i, 0
+        while (j < len(tensors) and tensors[j].device == first.device and tensors[j].dtype == first.dtype
+               and (j == i or size + tensors[j].numel() <= _DRAW_MAX)):
+            size += tensors[j].numel()
+            j += 1
+        flat = gaussian((size,), std=std, like=first)
+        for t, piece in zip(tensors[i:j], flat.split([t.numel() for t in tensors[i:j]]), strict=True):
+            yield piece.view(t.shape)
+        del flat
+        i = j

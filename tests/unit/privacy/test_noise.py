@@ -162,28 +162,45 @@ def test_gaussian_uses_the_native_kernel_on_the_host_unless_told_not_to(monkeypa
     np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_gaussian_for_shapes_each_tensor_and_draws_once_per_device_and_dtype(monkeypatch):
+def test_gaussian_for_shapes_each_tensor_and_draws_once_per_run_of_device_and_dtype(monkeypatch):
     tensors = [torch.zeros(3, 4), torch.zeros(5, dtype=torch.float64), torch.zeros(0), torch.zeros(()),
                torch.zeros(7, 2), torch.zeros(2, 2, dtype=torch.float64)]
     calls = []
     real = noise.gaussian
 
     def counting(shape, *, std, like):
-        calls.append((tuple(shape), like.dtype))
+        calls.append((tuple(shape)[0], like.dtype))
         return real(shape, std=std, like=like)
 
     monkeypatch.setattr(noise, "gaussian", counting)
-    out = noise.gaussian_for(tensors, std=2.0)
+    out = list(noise.gaussian_for(tensors, std=2.0))
     assert [(z.shape, z.dtype) for z in out] == [(t.shape, t.dtype) for t in tensors]
-    assert sorted(calls, key=str) == sorted([((12 + 0 + 1 + 14,), torch.float32), ((5 + 4,), torch.float64)], key=str)
-    # slices of one draw are not copies of each other
-    assert not torch.equal(out[0].flatten()[:4], out[4].flatten()[:4])
-    # a draw is split before it passes _DRAW_MAX values
+    # one draw per run of consecutive tensors of one device and dtype
+    assert calls == [(12, torch.float32), (5, torch.float64), (0 + 1 + 14, torch.float32), (4, torch.float64)]
+    # slices of one draw are not copies of each other: every value differs (a continuous distribution)
+    values = torch.cat([z.flatten().double() for z in out])
+    assert values.numel() == sum(t.numel() for t in tensors) and torch.unique(values).numel() == values.numel()
+    # a draw is cut before it passes _DRAW_MAX values; a larger tensor is a draw of its own
     monkeypatch.setattr(noise, "_DRAW_MAX", 13)
     calls.clear()
-    noise.gaussian_for(tensors, std=1.0)
-    assert [c[0][0] for c in calls if c[1] == torch.float32] == [12 + 0 + 1, 14]  # 13 fits, 13 + 14 does not
-    assert [c[0][0] for c in calls if c[1] == torch.float64] == [5 + 4]
+    list(noise.gaussian_for(tensors, std=1.0))
+    assert calls == [(12, torch.float32), (5, torch.float64), (0 + 1, torch.float32), (14, torch.float32),
+                     (4, torch.float64)]
+
+
+def test_gaussian_for_holds_one_draw_at_a_time(monkeypatch):
+    """Noise is drawn when asked for: a consumer that drops each piece never holds two draws."""
+    monkeypatch.setattr(noise, "_DRAW_MAX", 10)
+    drawn = []
+    real = noise.gaussian
+    monkeypatch.setattr(noise, "gaussian", lambda shape, *, std, like: drawn.append(shape) or real(shape, std=std,
+                                                                                                    like=like))
+    it = noise.gaussian_for([torch.zeros(6), torch.zeros(6), torch.zeros(6)], std=1.0)
+    assert drawn == []
+    next(it)
+    assert drawn == [(6,)]
+    next(it)
+    assert drawn == [(6,), (6,)]
 
 
 def test_gaussian_for_statistics_and_bad_std():
