@@ -21,7 +21,11 @@ Columns, medians over the rounds:
   model sent to every agent and the metrics collected, in the clear or by a second secure sum);
 - ``MB_up``: bytes the coordinator received per agent per round (tensor frames and headers);
 - ``CPU s``: CPU seconds all processes spent in the round (the coordinator's own process time
-  plus every agent's user + system time from ``/proc``, on Linux), from TRAIN to the round's row.
+  plus every agent's user + system time from ``/proc``, on Linux), from TRAIN to the round's row;
+  below the table they are split by kind of thread (main, ZeroMQ I/O, exited worker threads) for
+  the coordinator and the agents, plain next to secure, with the agents' extra CPU seconds
+  compared to ``agents`` times one agent's secure work measured alone (how much sharing the
+  cores with the other processes inflates the same work).
 
 Target (DESIGN.md): secure round <= 1.2x the plain round. The agents of a real federation run
 on their own machines; here they share this machine's cores, so the agents' masking work is
@@ -142,6 +146,39 @@ def _cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
+def _cpu_split(pids: list[int]) -> dict[str, float] | None:
+    """CPU seconds so far by kind of thread (Linux ``/proc``; None elsewhere).
+
+    ``coordinator_main`` / ``coordinator_zmq_io`` and ``agents_main`` / ``agents_zmq_io``: the
+    live threads of the coordinator and of the agents, the ZeroMQ I/O threads (CurveZMQ
+    encryption, TCP) apart; "main" is every other live thread, i.e. the Python main thread with
+    its OpenMP workers. ``agents_total`` also holds threads that have exited (an agent's
+    local-result and premask threads, with their OpenMP teams), so ``agents_total -
+    agents_main - agents_zmq_io`` over an interval is what those threads used.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(("coordinator_main", "coordinator_zmq_io", "agents_main", "agents_zmq_io", "agents_total"), 0.0)
+
+    def ticks(stat: str) -> float:
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    try:
+        for who, pid in [("coordinator", os.getpid())] + [("agents", p) for p in pids]:
+            if who == "agents":
+                out["agents_total"] += ticks(pathlib.Path(f"/proc/{pid}/stat").read_text())
+            for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+                try:
+                    stat = (task / "stat").read_text()
+                except OSError:  # the thread exited between the listing and the read
+                    continue
+                name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+                out[f"{who}_{'zmq_io' if name.startswith('ZMQbg') else 'main'}"] += ticks(stat)
+    except OSError:
+        return None
+    return out
+
+
 def _frames_bytes(env: Any) -> int:
     return sum(int(np.asarray(t).nbytes) for t in env.tensors.values()) + 256
 
@@ -181,6 +218,8 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
     fit_secure = None
     cpu_start: float | None = None
     cpu_s: list[float] = []
+    split_start: dict[str, float] | None = None
+    splits: list[dict[str, float]] = []
     deadline = time.monotonic() + 1800
 
     def send(out):
@@ -210,12 +249,16 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
                 cpu_end = _cpu_seconds([p.pid for p in procs if p.pid is not None])
                 if cpu_end is not None:
                     cpu_s.append(cpu_end - cpu_start)
+                split_end = _cpu_split([p.pid for p in procs if p.pid is not None])
+                if split_start is not None and split_end is not None:
+                    splits.append({k: split_end[k] - split_start[k] for k in split_end})
                 cpu_start = None
             if run.state.stage == Stage.WAITING and len(peers) == agents:
                 out = run.tick(set(peers))
                 if out:
                     fit_started, received = time.perf_counter(), 0
                     cpu_start = _cpu_seconds([p.pid for p in procs if p.pid is not None])
+                    split_start = _cpu_split([p.pid for p in procs if p.pid is not None])
                 send(out)
             elif run.state.stage in (Stage.FIT, Stage.EVALUATE):
                 send(run.tick(set(peers)))
@@ -248,7 +291,17 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
             "fit_s_all": fit_s, "round_s_all": [r.seconds for r in rows],
             "MB_up_per_agent": statistics.median(up_bytes) / agents / 1e6,
             "cpu_s": statistics.median(cpu_s) if cpu_s else None, "cpu_s_all": cpu_s,
+            "cpu_split_s": _split_median(splits), "cpu_split_s_all": splits,
             "secure_fit_stage_close_s": stages}
+
+
+def _split_median(splits: list[dict[str, float]]) -> dict[str, float] | None:
+    """Median over the rounds of each kind of thread's CPU seconds (see :func:`_cpu_split`)."""
+    if not splits:
+        return None
+    out = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
+    out["agents_exited"] = statistics.median(s["agents_total"] - s["agents_main"] - s["agents_zmq_io"] for s in splits)
+    return out
 
 
 def _agent_secure_compute(model: str, agents: int, neighbours: int, repeats: int = 3) -> tuple[float, float]:
@@ -302,6 +355,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        ("cpu_s", "CPU s")):
         if plain[key] is not None and secure[key] is not None:
             print(f"{label:<10} {plain[key]:>10.2f} {secure[key]:>10.2f} {secure[key] / plain[key]:>7.2f}x")
+    if plain["cpu_split_s"] is not None and secure["cpu_split_s"] is not None:
+        print("CPU s per round by thread (median):")
+        for key, label in (("coordinator_main", "coordinator, main thread"),
+                           ("coordinator_zmq_io", "coordinator, ZeroMQ I/O thread"),
+                           ("agents_main", "agents, main threads (+ OpenMP)"),
+                           ("agents_zmq_io", "agents, ZeroMQ I/O threads"),
+                           ("agents_exited", "agents, exited threads (result, premask)")):
+            a, b = plain["cpu_split_s"][key], secure["cpu_split_s"][key]
+            print(f"  {label:<42} {a:>7.2f} {b:>10.2f} {b - a:>+8.2f}")
+    agents_extra = None
+    if plain["cpu_split_s"] is not None and secure["cpu_split_s"] is not None:
+        agents_extra = secure["cpu_split_s"]["agents_total"] - plain["cpu_split_s"]["agents_total"]
+        inflation = agents_extra / (args.agents * agent_extra_cpu)
+        print(f"  the agents' extra {agents_extra:.2f} CPU s per round is {inflation:.2f}x {args.agents} x one agent's "
+              f"secure work measured alone ({agent_extra_cpu:.2f} CPU s)")
     floor = secure["cpu_s"] / cores if secure["cpu_s"] is not None and cores else None
     if floor is not None:
         print(f"the secure round's CPU seconds over {cores} cores: it cannot take less than {floor:.2f} s here, "
@@ -312,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"unmask, not measured): {projected:.2f}x")
     result = {"plain": plain, "secure": secure, "ratio_round": secure["round_s"] / plain["round_s"],
               "agent_secure_compute_s": agent_extra, "agent_secure_compute_cpu_s": agent_extra_cpu,
-              "coordinator_unmask_s": coord_extra,
+              "coordinator_unmask_s": coord_extra, "agents_extra_cpu_s": agents_extra,
               "secure_round_cpu_floor_s": floor,
               "ratio_secure_cpu_floor_to_plain_round": floor / plain["round_s"] if floor is not None else None,
               "projected_ratio_round_separate_machines": projected,
