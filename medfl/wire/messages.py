@@ -43,6 +43,10 @@ Encrypted inference (:mod:`medfl.smpc`; the model server's and the dealer's own 
 Compatibility rules: message types and body fields are never removed or re-purposed; new
 fields are optional and ignored by older peers; a change that breaks these rules bumps
 :data:`PROTOCOL_VERSION`, which each side checks on every message.
+
+Versions: 1, the first; 2, a tensor larger than :data:`medfl.wire.envelope.FRAME_BYTES` travels
+as several consecutive frames (its header spec says how many). Version 2 peers read version 1
+messages; a version 1 peer refuses version 2 ones with UNSUPPORTED_VERSION.
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ import enum
 
 __all__ = ["PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "MessageType"]
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = frozenset({1, PROTOCOL_VERSION})
 
 
 class MessageType(enum.StrEnum):

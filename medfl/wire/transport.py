@@ -6,9 +6,12 @@ server's public key. Without keys the same classes speak plaintext (NULL mechani
 in-process twin over ``inproc://`` endpoints and tests of the plain path.
 
 Limits: every socket has ZMQ_MAXMSGSIZE (the hard limit: libzmq drops a connection that sends
-a larger frame) and an application limit below it, enforced by :func:`decode`, which is answered
-with a ``too_large`` ERROR. Bad input never raises out of :meth:`ServerChannel.recv`: it is
-answered with a typed ERROR envelope and one log line.
+a larger frame) and an application limit below it on the whole message, enforced by
+:func:`decode`, which is answered with a ``too_large`` ERROR. Since protocol version 2 no frame
+from an honest peer exceeds 16 MiB (large tensors travel in parts), so an oversized message is
+answered rather than dropped; the hard limit still drops any single oversized frame. Bad input
+never raises out of :meth:`ServerChannel.recv`: it is answered with a typed ERROR envelope and
+one log line.
 
 The server fails closed: its socket enforces ZAP (ZMQ_ZAP_ENFORCE_DOMAIN), so if the
 allow-list thread is gone no client is admitted. libzmq does not reconnect a client whose

@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from medfl.errors import MalformedMessage, MessageTooLarge, OutOfOrder, UnsupportedVersion, WireError
 from medfl.wire import Envelope, MessageType, SequenceGuard, decode, encode
+from medfl.wire.envelope import FRAME_BYTES
 
 LIMIT = 1 << 24
 DTYPES = ["float32", "float64", "int32", "int64", "uint8", "uint32", "uint64"]
@@ -59,7 +60,7 @@ def _header(**kw):
     ([], MalformedMessage),
     ([b"\xc1"], MalformedMessage),
     ([msgpack.packb([1, 2])], MalformedMessage),
-    ([_header(v=2)], UnsupportedVersion),
+    ([_header(v=3)], UnsupportedVersion),
     ([_header(v="1")], MalformedMessage),
     ([_header(type="launch_missiles")], MalformedMessage),
     ([_header(seq="x")], MalformedMessage),
@@ -140,8 +141,8 @@ def test_non_buffer_frames_and_frame_floods_are_malformed():
 
 
 def test_unknown_version_says_which_are_spoken():
-    with pytest.raises(UnsupportedVersion, match=r"version 2 .*supported: \[1\]"):
-        decode([_header(v=2)], max_bytes=LIMIT)
+    with pytest.raises(UnsupportedVersion, match=r"version 3 .*supported: \[1, 2\]"):
+        decode([_header(v=3)], max_bytes=LIMIT)
 
 
 def test_extra_header_fields_are_ignored():
@@ -185,3 +186,73 @@ def test_fuzz_tensor_specs_only_raise_wire_errors(specs, payloads, v):
         return
     for arr in out.tensors.values():
         assert not arr.flags.writeable
+
+
+# ---- tensors larger than FRAME_BYTES travel in parts (protocol version 2) ----------------------
+BIG_LIMIT = 4 * FRAME_BYTES
+
+
+def test_a_big_tensor_travels_in_parts_without_copy_and_comes_back_whole():
+    big = np.arange((2 * FRAME_BYTES + 12) // 4, dtype=np.float32).reshape(-1, 1)  # two full parts and a short one
+    small = np.arange(5, dtype=np.int64)
+    frames = encode(Envelope(type=MessageType.MASKED_INPUT, tensors={"a": small, "big": big, "z": small}))
+    assert [memoryview(f).nbytes for f in frames[1:]] == [40, FRAME_BYTES, FRAME_BYTES, 12, 40]
+    for part in frames[2:5]:
+        assert np.shares_memory(np.frombuffer(part, np.uint8), big)  # zero-copy on the way out
+    assert msgpack.unpackb(frames[0])["tensors"][1] == ["big", "float32", [big.shape[0], 1], 3]
+    out = decode([bytes(f) for f in frames], max_bytes=BIG_LIMIT)
+    assert list(out.tensors) == ["a", "big", "z"] and out.version == 2
+    np.testing.assert_array_equal(out.tensors["big"], big)
+    np.testing.assert_array_equal(out.tensors["z"], small)
+    assert not out.tensors["big"].flags.writeable and out.tensors["big"].dtype == np.dtype("<f4")
+
+
+@pytest.mark.parametrize("nbytes,parts", [(FRAME_BYTES, 1), (FRAME_BYTES + 1, 2), (2 * FRAME_BYTES, 2)])
+def test_parts_boundaries(nbytes, parts):
+    arr = np.frombuffer(np.random.default_rng(nbytes).bytes(nbytes), np.uint8)
+    frames = encode(Envelope(type=MessageType.UPDATE, tensors={"w": arr}))
+    assert len(frames) == 1 + parts
+    np.testing.assert_array_equal(decode(frames, max_bytes=BIG_LIMIT).tensors["w"], arr)
+
+
+def test_a_version_1_envelope_keeps_one_frame_per_tensor_and_still_decodes():
+    arr = np.zeros(FRAME_BYTES + 8, np.uint8)
+    frames = encode(Envelope(type=MessageType.UPDATE, tensors={"w": arr}, version=1))
+    assert len(frames) == 2 and msgpack.unpackb(frames[0])["v"] == 1
+    out = decode(frames, max_bytes=BIG_LIMIT)
+    assert out.version == 1 and out.tensors["w"].size == arr.size
+
+
+def _split_header(parts, v=2, shape=(8,)):
+    return _header(v=v, type="update", tensors=[["w", "uint8", list(shape), parts]])
+
+
+@pytest.mark.parametrize("frames,match", [
+    ([_split_header(2, v=1), b"a" * 4, b"b" * 4], "must be \\[name, dtype, shape\\]$"),  # parts need version 2
+    ([_split_header(1), b"a" * 8], "parts must be"),
+    ([_split_header(0)], "parts must be"),
+    ([_split_header(True), b"a" * 8], "parts must be"),
+    ([_split_header("2"), b"a" * 4, b"b" * 4], "parts must be"),
+    ([_split_header(-3)], "parts must be"),
+    ([_split_header(2**20)], "parts must be"),
+    ([_split_header(2), b"a" * 4], "frames follow"),
+    ([_split_header(2), b"a" * 4, b"b" * 4, b"c"], "frames follow"),
+    ([_split_header(2), b"a" * 4, b"b" * 5], "hold 9"),
+    ([_split_header(2), b"a" * 8, b""], "empty part"),
+    ([_split_header(3), b"a" * 4, b"", b"b" * 4], "empty part"),
+])
+def test_hostile_parts_are_malformed(frames, match):
+    with pytest.raises(MalformedMessage, match=match):
+        decode(frames, max_bytes=BIG_LIMIT)
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.one_of(st.integers(-3, 6), st.booleans(), st.text(max_size=2), st.none()),
+       sizes=st.lists(st.integers(0, 9), max_size=6), shape=st.lists(st.integers(-1, 12), max_size=3))
+def test_fuzz_parts_only_raise_wire_errors(parts, sizes, shape):
+    frames = [_split_header(parts, shape=shape), *[b"x" * n for n in sizes]]
+    try:
+        out = decode(frames, max_bytes=BIG_LIMIT)
+    except WireError:
+        return
+    assert sum(sizes) == out.tensors["w"].nbytes and not out.tensors["w"].flags.writeable
