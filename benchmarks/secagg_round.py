@@ -133,16 +133,20 @@ def agent_main(index: int, endpoint: str, secret: bytes, public: bytes, server_p
 
 
 # ---- the coordinator side ----------------------------------------------------------------
+def _stat_seconds(stat: str) -> float:
+    """User + system CPU seconds in the text of a ``/proc/<pid>[/task/<tid>]/stat`` file."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15 of stat)
+
+
 def _cpu_seconds(pids: list[int]) -> float | None:
     """CPU seconds used so far by this process and the agent processes ``pids`` (None off Linux)."""
     total = time.process_time()
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         try:
-            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += _stat_seconds(pathlib.Path(f"/proc/{pid}/stat").read_text())
         except OSError:
             return None
-        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15 of stat)
     return total
 
 
@@ -156,24 +160,18 @@ def _cpu_split(pids: list[int]) -> dict[str, float] | None:
     local-result and premask threads, with their OpenMP teams), so ``agents_total -
     agents_main - agents_zmq_io`` over an interval is what those threads used.
     """
-    tick = os.sysconf("SC_CLK_TCK")
     out = dict.fromkeys(("coordinator_main", "coordinator_zmq_io", "agents_main", "agents_zmq_io", "agents_total"), 0.0)
-
-    def ticks(stat: str) -> float:
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick
-
     try:
         for who, pid in [("coordinator", os.getpid())] + [("agents", p) for p in pids]:
             if who == "agents":
-                out["agents_total"] += ticks(pathlib.Path(f"/proc/{pid}/stat").read_text())
+                out["agents_total"] += _stat_seconds(pathlib.Path(f"/proc/{pid}/stat").read_text())
             for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
                 try:
                     stat = (task / "stat").read_text()
                 except OSError:  # the thread exited between the listing and the read
                     continue
                 name = stat.split("(", 1)[1].rsplit(")", 1)[0]
-                out[f"{who}_{'zmq_io' if name.startswith('ZMQbg') else 'main'}"] += ticks(stat)
+                out[f"{who}_{'zmq_io' if name.startswith('ZMQbg') else 'main'}"] += _stat_seconds(stat)
     except OSError:
         return None
     return out
@@ -246,10 +244,11 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
                     elif env.type == MessageType.METRICS:
                         send(run.on_metrics(fp, env))
             if before == Stage.EVALUATE and run.state.stage != Stage.EVALUATE and cpu_start is not None:
-                cpu_end = _cpu_seconds([p.pid for p in procs if p.pid is not None])
+                pids = [p.pid for p in procs if p.pid is not None]
+                cpu_end = _cpu_seconds(pids)
                 if cpu_end is not None:
                     cpu_s.append(cpu_end - cpu_start)
-                split_end = _cpu_split([p.pid for p in procs if p.pid is not None])
+                split_end = _cpu_split(pids)
                 if split_start is not None and split_end is not None:
                     splits.append({k: split_end[k] - split_start[k] for k in split_end})
                 cpu_start = None
@@ -257,8 +256,8 @@ def run_mode(*, secure: bool, agents: int, rounds: int, model: str, neighbours: 
                 out = run.tick(set(peers))
                 if out:
                     fit_started, received = time.perf_counter(), 0
-                    cpu_start = _cpu_seconds([p.pid for p in procs if p.pid is not None])
-                    split_start = _cpu_split([p.pid for p in procs if p.pid is not None])
+                    pids = [p.pid for p in procs if p.pid is not None]
+                    cpu_start, split_start = _cpu_seconds(pids), _cpu_split(pids)
                 send(out)
             elif run.state.stage in (Stage.FIT, Stage.EVALUATE):
                 send(run.tick(set(peers)))
@@ -355,6 +354,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        ("cpu_s", "CPU s")):
         if plain[key] is not None and secure[key] is not None:
             print(f"{label:<10} {plain[key]:>10.2f} {secure[key]:>10.2f} {secure[key] / plain[key]:>7.2f}x")
+    agents_extra = None
     if plain["cpu_split_s"] is not None and secure["cpu_split_s"] is not None:
         print("CPU s per round by thread (median):")
         for key, label in (("coordinator_main", "coordinator, main thread"),
@@ -364,12 +364,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            ("agents_exited", "agents, exited threads (result, premask)")):
             a, b = plain["cpu_split_s"][key], secure["cpu_split_s"][key]
             print(f"  {label:<42} {a:>7.2f} {b:>10.2f} {b - a:>+8.2f}")
-    agents_extra = None
-    if plain["cpu_split_s"] is not None and secure["cpu_split_s"] is not None:
         agents_extra = secure["cpu_split_s"]["agents_total"] - plain["cpu_split_s"]["agents_total"]
-        inflation = agents_extra / (args.agents * agent_extra_cpu)
-        print(f"  the agents' extra {agents_extra:.2f} CPU s per round is {inflation:.2f}x {args.agents} x one agent's "
-              f"secure work measured alone ({agent_extra_cpu:.2f} CPU s)")
+        if agent_extra_cpu > 0:  # a tiny model's work can round to no measurable CPU time
+            inflation = agents_extra / (args.agents * agent_extra_cpu)
+            print(f"  the agents' extra {agents_extra:.2f} CPU s per round is {inflation:.2f}x {args.agents} x one "
+                  f"agent's secure work measured alone ({agent_extra_cpu:.2f} CPU s)")
     floor = secure["cpu_s"] / cores if secure["cpu_s"] is not None and cores else None
     if floor is not None:
         print(f"the secure round's CPU seconds over {cores} cores: it cannot take less than {floor:.2f} s here, "
