@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from agent.config import PolicySection
+from medfl.buffers import VectorPool, default_pool
 from medfl.errors import MalformedMessage, OutOfOrder, PolicyViolation, Rejected
 from medfl.secagg import envelopes
 from medfl.secagg.client import SecAggClient
@@ -75,6 +76,9 @@ class SecureRound:
         The ``secure`` field of TRAIN / EVALUATE.
     policy : PolicySection
         The local policy (``min_parties``).
+    pool : VectorPool, optional
+        Where the premask and the upload come from (default: the process's
+        :func:`medfl.buffers.default_pool`, reused from round to round).
 
     Raises
     ------
@@ -84,7 +88,8 @@ class SecureRound:
         A parameter is missing or of the wrong type.
     """
 
-    def __init__(self, *, job: str, round: int, params: Mapping[str, Any], policy: PolicySection) -> None:
+    def __init__(self, *, job: str, round: int, params: Mapping[str, Any], policy: PolicySection,
+                 pool: VectorPool | None = None) -> None:
         if not isinstance(params, Mapping):
             raise MalformedMessage(f"'secure' must be a map, got {type(params).__name__}")
         agent = params.get("agent_id")
@@ -114,7 +119,8 @@ class SecureRound:
                 "aggregation.threshold or lower the local minimum")
         self.session = envelopes.Session(job=job, round=round, attempt=_int(params, "attempt"), phase=str(phase))
         self.agent = agent
-        self.client = SecAggClient(agent=agent, scope=self.session.scope())
+        self.client = SecAggClient(agent=agent, scope=self.session.scope(),
+                                   pool=default_pool() if pool is None else pool)
         self._delivery: ShareDelivery | None = None
         self._vector: np.ndarray | None = None
         self._report: dict[str, Any] = {}

@@ -366,11 +366,13 @@ class AgentService:
         log.info("job %s round %s: trained on %d samples, loss %.4f%s", env.job, env.round, result.num_samples,
                  result.mean_loss, f", epsilon {body['epsilon']:.3f}" if plan is not None else "")
         if secure is not None:
-            from medfl.secagg.vector import pack_fit
+            from medfl.buffers import default_pool
+            from medfl.secagg.vector import fit_length, pack_fit
 
             vector, norm = pack_fit(global_arrays, state_arrays(model), num_samples=result.num_samples,
                                     train_loss=result.mean_loss, clip_norm=secure.clip_norm,
-                                    sample_cap=secure.sample_cap)
+                                    sample_cap=secure.sample_cap,
+                                    out=default_pool().empty(fit_length(global_arrays), np.float32))
             if norm > secure.clip_norm:
                 log.info("job %s round %s: update norm %.3g clipped to %g", env.job, env.round, norm,
                          secure.clip_norm)

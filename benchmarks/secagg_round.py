@@ -71,8 +71,9 @@ def agent_main(index: int, endpoint: str, secret: bytes, public: bytes, server_p
 
     from agent.config import PolicySection
     from agent.secure import SecureRound
+    from medfl.buffers import default_pool
     from medfl.secagg.envelopes import SECAGG_TO_AGENT
-    from medfl.secagg.vector import pack_fit, pack_metrics
+    from medfl.secagg.vector import fit_length, pack_fit, pack_metrics
     from medfl.wire import ClientChannel, Envelope, MessageType, SocketLimits
     from medfl.wire.keys import KeyPair
 
@@ -93,7 +94,7 @@ def agent_main(index: int, endpoint: str, secret: bytes, public: bytes, server_p
                                            body={"num_samples": samples, "train_loss": 0.5}, tensors=trained)))
             return
         vec, _ = pack_fit(g, trained, num_samples=samples, train_loss=0.5, clip_norm=run.clip_norm,
-                          sample_cap=run.sample_cap)
+                          sample_cap=run.sample_cap, out=default_pool().empty(fit_length(g), np.float32))
         results.put(("fit", vec))
 
     chan.send(Envelope(type=MessageType.HELLO, body={"name": f"bench-{index}"}))

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medfl.buffers import default_pool
 from medfl.errors import MedflError, OutOfOrder, Rejected, SecAggAbort
 from medfl.secagg import envelopes
 from medfl.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
@@ -79,7 +80,7 @@ class SecureSum:
                  clock: Callable[[], float]) -> None:
         self.session = session
         self.server = SecAggServer(agents=agents, threshold=threshold, degree=degree, spec=spec,
-                                   scope=session.scope())
+                                   scope=session.scope(), pool=default_pool())
         self.spec, self.length, self.threshold, self.degree = spec, length, threshold, degree
         self.stage_deadline_s, self.collect_deadline_s = stage_deadline_s, collect_deadline_s
         self.clock = clock

@@ -21,6 +21,7 @@ import msgpack
 import numpy as np
 
 from medfl import csprng
+from medfl.buffers import VectorPool
 from medfl.errors import OutOfOrder, Rejected
 from medfl.fixed_point import ring_add_
 from medfl.secagg import shamir
@@ -95,11 +96,15 @@ class SecAggClient:
         This agent's id.
     scope : Scope
         Job and round.
+    pool : VectorPool, optional
+        Where the model-sized vectors (premask, upload) come from; reused from round to round
+        (see :mod:`medfl.buffers`). None: fresh arrays.
     """
 
-    def __init__(self, *, agent: str, scope: Scope) -> None:
+    def __init__(self, *, agent: str, scope: Scope, pool: VectorPool | None = None) -> None:
         self.agent = agent
         self.scope = scope
+        self.pool = pool
         self._st = _State()
 
     @property
@@ -180,7 +185,7 @@ class SecAggClient:
         one ring add. The stage does not change; a bad delivery raises here as in :meth:`mask`.
         """
         _, masks, nonce = self._open_delivery(delivery)
-        out = np.zeros(length, dtype=spec.dtype)
+        out = self.pool.zeros(length, spec.dtype) if self.pool is not None else np.zeros(length, dtype=spec.dtype)
         apply_masks(out, masks, nonce)
         return out
 
@@ -195,15 +200,18 @@ class SecAggClient:
         st = self._st
         received, masks, nonce = self._open_delivery(delivery)
         seed = csprng.seed64() if rounding_seed is None else rounding_seed
+        out = None
+        if self.pool is not None and isinstance(update, np.ndarray):
+            out = self.pool.empty(update.size, spec.dtype)
         if premask is None:
-            masked = quantize_and_mask(update, spec=spec, masks=masks, nonce=nonce, rounding_seed=seed)
+            masked = quantize_and_mask(update, spec=spec, masks=masks, nonce=nonce, rounding_seed=seed, out=out)
         else:
             if (not isinstance(update, np.ndarray) or premask.dtype != np.dtype(spec.dtype)
                     or premask.shape != (update.size,)):
                 raise Rejected(f"premask of dtype {premask.dtype} shape {premask.shape} does not fit the update "
                                f"({type(update).__name__} of {getattr(update, 'size', '?')} elements, ring "
                                f"{np.dtype(spec.dtype)}); a premask goes with a host (NumPy) update")
-            masked = quantize_and_mask(update, spec=spec, masks=[], nonce=nonce, rounding_seed=seed)
+            masked = quantize_and_mask(update, spec=spec, masks=[], nonce=nonce, rounding_seed=seed, out=out)
             ring_add_(masked, premask)
         self._enter(ClientStage.SHARED)
         st.received, st.sharers = received, frozenset(received)

@@ -182,7 +182,7 @@ def apply_masks(vec: Any, masks: Sequence[MaskSeed], nonce: bytes) -> None:
 
 
 def quantize_and_mask(update: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed], nonce: bytes,
-                      rounding_seed: int) -> Any:
+                      rounding_seed: int, out: np.ndarray | None = None) -> Any:
     """Encode a clipped float32 update into Z_2^k and add every mask, in one pass where native.
 
     Parameters
@@ -199,11 +199,16 @@ def quantize_and_mask(update: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed]
         The round's 12-byte nonce (the same for every agent of the round).
     rounding_seed : int
         Seed of stochastic rounding, drawn from the CSPRNG by the caller.
+    out : ndarray, optional
+        Where to write the upload (host updates only): C-contiguous, ``spec.dtype``, one
+        element per element of ``update``, and not overlapping it (e.g. a
+        :class:`medfl.buffers.VectorPool` vector). Its contents are undefined if this
+        raises.
 
     Returns
     -------
     ndarray (or device array) of uint32 or uint64
-        The masked upload, flat.
+        The masked upload, flat (``out`` when given).
 
     References
     ----------
@@ -213,21 +218,42 @@ def quantize_and_mask(update: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed]
 
     _check_nonce(nonce)
     if native._is_device_array(update):
+        if out is not None:
+            raise TypeError("out= is for host (NumPy) updates; a device update's upload stays on its device")
         return _quantize_and_mask_device(update.reshape(-1), spec=spec, masks=masks, nonce=nonce,
                                          rounding_seed=rounding_seed)
     x = np.ascontiguousarray(update, dtype=np.float32).reshape(-1)
+    if out is not None:
+        _check_out(out, x, spec)
     mod = native.native_module()
     if native.active_backend() == "reference" or mod is None or not hasattr(mod, "quantize_and_mask"):
         q = fxp.encode(x, frac_bits=spec.frac_bits, ring_bits=spec.ring_bits, rounding="stochastic",
                        seed=rounding_seed)
         apply_masks(q, masks, nonce)
-        return q
-    out = np.empty(x.shape, dtype=spec.dtype)
+        if out is None:
+            return q
+        np.copyto(out, q)
+        return out
+    if out is None:
+        out = np.empty(x.shape, dtype=spec.dtype)
     keys, signs = _mask_arrays(masks)
     code, index = mod.quantize_and_mask(x, out, spec.frac_bits, operator.index(rounding_seed) % 2**64, keys, signs,
                                         nonce)
     fxp.raise_for_status(code, index, x, spec.frac_bits, spec.ring_bits)
     return out
+
+
+def _check_out(out: Any, x: np.ndarray, spec: QuantSpec) -> None:
+    """Refuse an ``out`` that cannot take the upload of ``x`` (see :func:`quantize_and_mask`)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.dtype != np.dtype(spec.dtype) or out.shape != (x.size,) or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous {np.dtype(spec.dtype)} vector of {x.size} elements, got "
+                         f"{out.dtype} shape {out.shape} (contiguous {out.flags.c_contiguous}, writable "
+                         f"{out.flags.writeable})")
+    if np.may_share_memory(out, x):
+        raise ValueError("out overlaps the update; the upload needs memory of its own")
 
 
 def unmask_and_dequantize(total: Any, *, spec: QuantSpec, masks: Sequence[MaskSeed],

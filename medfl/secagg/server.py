@@ -21,6 +21,7 @@ from enum import StrEnum
 import numpy as np
 
 from medfl import csprng
+from medfl.buffers import VectorPool
 from medfl.errors import OutOfOrder, Rejected, SecAggAbort, ShareError
 from medfl.fixed_point import ring_add_
 from medfl.secagg import shamir
@@ -90,12 +91,17 @@ class SecAggServer:
         Ring and fixed-point parameters every agent quantizes with.
     scope : Scope
         Job and round.
+    pool : VectorPool, optional
+        Where the ring sum's vector comes from, reused from round to round (see
+        :mod:`medfl.buffers`). None: a fresh array.
     """
 
-    def __init__(self, *, agents: list[str], threshold: int, degree: int, spec: QuantSpec, scope: Scope) -> None:
+    def __init__(self, *, agents: list[str], threshold: int, degree: int, spec: QuantSpec, scope: Scope,
+                 pool: VectorPool | None = None) -> None:
         if not 2 <= threshold <= len(agents):
             raise Rejected(f"threshold {threshold} must be between 2 and the {len(agents)} invited agents")
         self.agents, self.threshold, self.degree, self.spec, self.scope = sorted(agents), threshold, degree, spec, scope
+        self.pool = pool
         self._st = _State()
 
     @property
@@ -161,7 +167,9 @@ class SecAggServer:
             raise Rejected(f"masked input from {msg.agent!r} has dtype {msg.masked.dtype} shape {msg.masked.shape}; "
                            f"expected a flat {want} vector of the round's length")
         if st.total is None:
-            st.total = msg.masked.copy()
+            st.total = msg.masked.copy() if self.pool is None else self.pool.empty(msg.masked.size, want)
+            if self.pool is not None:
+                np.copyto(st.total, msg.masked)
         else:
             ring_add_(st.total, msg.masked)
         st.uploaders.append(msg.agent)

@@ -66,7 +66,8 @@ def _weight(count: float, sample_cap: int) -> float:
 
 
 def pack_fit(global_arrays: Mapping[str, np.ndarray], trained: Mapping[str, np.ndarray], *, num_samples: int,
-             train_loss: float, clip_norm: float, sample_cap: int) -> tuple[np.ndarray, float]:
+             train_loss: float, clip_norm: float, sample_cap: int,
+             out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Build an agent's fit vector (float32) and return it with the delta's norm before clipping.
 
     Parameters
@@ -81,6 +82,10 @@ def pack_fit(global_arrays: Mapping[str, np.ndarray], trained: Mapping[str, np.n
         L2 bound of the delta.
     sample_cap : int
         Sample count that maps to weight 1.
+    out : ndarray, optional
+        Where to build the vector: a writable C-contiguous float32 vector of
+        :func:`fit_length` elements (e.g. a :class:`medfl.buffers.VectorPool` vector).
+        Its contents are undefined if this raises.
 
     Raises
     ------
@@ -94,7 +99,12 @@ def pack_fit(global_arrays: Mapping[str, np.ndarray], trained: Mapping[str, np.n
         raise ValueError(f"trained tensors {sorted(float_names(trained))[:5]}... do not match the global model's "
                          f"{names[:5]}...")
     n = fit_length(global_arrays) - _FIT_EXTRA
-    out = np.empty(n + _FIT_EXTRA, dtype=np.float32)
+    if out is None:
+        out = np.empty(n + _FIT_EXTRA, dtype=np.float32)
+    elif (not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n + _FIT_EXTRA,)
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"out must be a writable C-contiguous float32 vector of {n + _FIT_EXTRA} elements, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} shape {getattr(out, 'shape', None)}")
     pos = 0
     for k in names:  # one pass: each delta is written straight into the vector
         g, t = np.asarray(global_arrays[k]), np.asarray(trained[k])

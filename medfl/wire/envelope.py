@@ -31,6 +31,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from medfl.buffers import VectorPool
 from medfl.errors import MalformedMessage, MessageTooLarge, OutOfOrder, UnsupportedVersion
 from medfl.wire.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, MessageType
 
@@ -42,6 +43,7 @@ DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
 _HEADER_LIMIT = 1 << 20          # bytes of msgpack header
 _MAX_TENSORS = 4096
 _MAX_FRAMES = 1 << 16            # frames after the header (tensors and their parts)
+_JOINED = VectorPool(keep=4, max_bytes=512 << 20)  # memory of tensors joined from parts (medfl.buffers)
 #: largest frame a tensor is sent in (protocol version 2); larger tensors take several frames
 FRAME_BYTES = 16 << 20  # below glibc's largest mmap threshold (32 MiB), above ResNet-18's largest tensor (9.4 MB)
 _MAX_DIMS = 8
@@ -298,13 +300,12 @@ def _tensor(spec: list[Any], frames: list[memoryview]) -> tuple[str, np.ndarray]
         arr = np.zeros(shape, dtype)
     elif len(frames) == 1:
         arr = np.frombuffer(frames[0], dtype=dtype, count=count).reshape(shape)
-    else:  # parts: one copy into an array of its own
-        arr = np.empty(count, dtype=dtype)
-        flat, pos = arr.view(np.uint8), 0
+    else:  # parts: one copy into an array of its own, from memory reused once the last one is dropped
+        flat, pos = _JOINED.empty(got, np.uint8), 0
         for f in frames:
             flat[pos:pos + f.nbytes] = np.frombuffer(f, dtype=np.uint8)
             pos += f.nbytes
-        arr = arr.reshape(shape)
+        arr = flat.view(dtype).reshape(shape)
     arr.flags.writeable = False
     return name, arr
 

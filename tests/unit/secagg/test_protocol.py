@@ -244,3 +244,76 @@ def test_premask_refuses_a_bad_delivery_or_a_premask_that_does_not_fit() -> None
             clients["a0"].mask(deliveries["a0"], update=np.zeros(DIM, np.float32), spec=spec, premask=bad)
     assert clients["a0"].stage == "shared"  # refused: nothing moved
     clients["a0"].mask(deliveries["a0"], update=np.zeros(DIM, np.float32), spec=spec, premask=pre)
+
+
+def _pooled_round(pool, length: int, seed: int):
+    """One 3-agent round with agents and server on ``pool``; (uploads, server sum, plain sum)."""
+    spec = choose_spec(n_agents=3, clip_norm=1.0, frac_bits=16)
+    ids = ["a0", "a1", "a2"]
+    scope = Scope(job="job", round=seed)
+    server = SecAggServer(agents=ids, threshold=2, degree=0, spec=spec, scope=scope, pool=pool)
+    clients = {a: SecAggClient(agent=a, scope=scope, pool=pool) for a in ids}
+    for a in ids:
+        server.receive_keys(clients[a].advertise())
+    roster = server.close_advertise()
+    for a in ids:
+        server.receive_shares(clients[a].share(roster))
+    deliveries = server.close_sharing()
+    rng = np.random.default_rng(seed)  # test data only
+    updates = {a: clip_to_norm(rng.standard_normal(length).astype(np.float32), 1.0)[0] for a in ids}
+    uploads = {}
+    for i, a in enumerate(ids):
+        pre = clients[a].premask(deliveries[a], length=length, spec=spec) if a == "a1" else None  # both paths
+        sent = clients[a].mask(deliveries[a], update=updates[a], spec=spec, rounding_seed=7 + i, premask=pre)
+        del pre
+        server.receive_masked(sent)
+        uploads[a] = sent.masked  # returned to the caller: held, as if still queued in ZeroMQ
+    request = server.close_collection()
+    for a in ids:
+        server.receive_unmask(clients[a].unmask(request))
+    plain = ring_sum(np.stack([quantize_and_mask(updates[a], spec=spec, masks=[], nonce=roster.nonce,
+                                                 rounding_seed=7 + i) for i, a in enumerate(ids)]))
+    return uploads, server.finish(), dequantize_sum(plain, spec=spec)
+
+
+def test_rounds_on_a_vector_pool_are_exact_and_never_overwrite_an_upload_in_flight() -> None:
+    from medfl.buffers import VectorPool
+
+    pool = VectorPool(keep=6)
+    length = 70_001
+    first, got1, want1 = _pooled_round(pool, length, seed=1)
+    kept = {a: v.copy() for a, v in first.items()}
+    assert np.array_equal(got1, want1)
+    # round 2 while round 1's uploads are still held (as if queued in ZeroMQ): no vector of theirs is reused
+    second, got2, want2 = _pooled_round(pool, length, seed=2)
+    assert np.array_equal(got2, want2)
+    assert all(np.array_equal(first[a], kept[a]) for a in first)
+    first_addrs = {v.__array_interface__["data"][0] for v in first.values()}
+    assert not first_addrs & {v.__array_interface__["data"][0] for v in second.values()}
+    del first, second
+    # round 3 after the uploads are gone: the pool's vectors come back, and the sum is still exact
+    held = len(pool)
+    _, got3, want3 = _pooled_round(pool, length, seed=3)
+    assert np.array_equal(got3, want3) and len(pool) == held
+
+
+def test_quantize_and_mask_into_out_matches_and_refuses_what_does_not_fit() -> None:
+    from medfl.secagg.masking import MaskSeed
+
+    spec = choose_spec(n_agents=3, clip_norm=1.0, frac_bits=16)
+    x, _ = clip_to_norm(np.random.default_rng(3).standard_normal(1001).astype(np.float32), 1.0)
+    masks = [MaskSeed(bytes(range(32)), 1), MaskSeed(bytes(32), -1)]
+    want = quantize_and_mask(x, spec=spec, masks=masks, nonce=b"n" * 12, rounding_seed=5)
+    out = np.full(1001, 9, dtype=spec.dtype)
+    got = quantize_and_mask(x, spec=spec, masks=masks, nonce=b"n" * 12, rounding_seed=5, out=out)
+    assert got is out and np.array_equal(out, want)
+    wide = np.zeros(1001, np.uint64 if spec.ring_bits == 32 else np.uint32)
+    for bad, match in ((wide, "out must be"), (np.zeros(1000, spec.dtype), "out must be"),
+                       (np.zeros(2002, spec.dtype)[::2], "out must be"), (x.view(spec.dtype), "overlaps"),
+                       ([0] * 1001, "NumPy array")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            quantize_and_mask(x, spec=spec, masks=masks, nonce=b"n" * 12, rounding_seed=5, out=bad)
+    ro = np.zeros(1001, spec.dtype)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        quantize_and_mask(x, spec=spec, masks=masks, nonce=b"n" * 12, rounding_seed=5, out=ro)

@@ -77,3 +77,17 @@ def test_metrics_are_weighted_by_validation_samples_and_nan_is_left_out():
     none = unpack_metrics(pack_metrics({"n": 0, "auc": 0.5, "accuracy": 0.5, "loss": 1.0}, clip_norm=1.0,
                                        sample_cap=10), clip_norm=1.0, sample_cap=10)
     assert none.n == 0 and none.auc is None and none.loss is None
+
+
+def test_pack_fit_into_out_matches_and_refuses_what_does_not_fit() -> None:
+    rng = np.random.default_rng(11)  # test data only
+    g = {"w": rng.standard_normal((5, 3)).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    t = {k: v + 0.5 for k, v in g.items()}
+    want, wnorm = pack_fit(g, t, num_samples=10, train_loss=0.3, clip_norm=1.0, sample_cap=100)
+    out = np.full(fit_length(g), np.nan, np.float32)
+    got, norm = pack_fit(g, t, num_samples=10, train_loss=0.3, clip_norm=1.0, sample_cap=100, out=out)
+    assert got is out and np.array_equal(out, want) and norm == wnorm
+    for bad in (np.zeros(fit_length(g), np.float64), np.zeros(fit_length(g) + 1, np.float32),
+                np.zeros(2 * fit_length(g), np.float32)[::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            pack_fit(g, t, num_samples=10, train_loss=0.3, clip_norm=1.0, sample_cap=100, out=bad)

@@ -207,6 +207,24 @@ def test_a_big_tensor_travels_in_parts_without_copy_and_comes_back_whole():
     assert not out.tensors["big"].flags.writeable and out.tensors["big"].dtype == np.dtype("<f4")
 
 
+def test_joined_tensors_reuse_memory_only_once_the_last_one_is_dropped():
+    def message(fill: int) -> list[bytes]:
+        big = np.full((FRAME_BYTES + 8) // 4, fill, dtype=np.uint32)
+        return [bytes(f) for f in encode(Envelope(type=MessageType.MASKED_INPUT, tensors={"m": big}))]
+
+    def addr(a: np.ndarray) -> int:
+        return int(a.__array_interface__["data"][0])
+
+    first = decode(message(1), max_bytes=BIG_LIMIT).tensors["m"]
+    second = decode(message(2), max_bytes=BIG_LIMIT).tensors["m"]  # first still held: other memory
+    assert addr(first) != addr(second) and np.all(first == 1) and np.all(second == 2)
+    where = addr(first)
+    del first
+    third = decode(message(3), max_bytes=BIG_LIMIT).tensors["m"]
+    assert addr(third) == where and np.all(third == 3) and np.all(second == 2)
+    assert not third.flags.writeable  # read-only as every received tensor
+
+
 @pytest.mark.parametrize("nbytes,parts", [(FRAME_BYTES, 1), (FRAME_BYTES + 1, 2), (2 * FRAME_BYTES, 2)])
 def test_parts_boundaries(nbytes, parts):
     arr = np.frombuffer(np.random.default_rng(nbytes).bytes(nbytes), np.uint8)
