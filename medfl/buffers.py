@@ -7,8 +7,8 @@ upload; ResNet-18's are 45 MB each. The coordinator receives one such upload per
 glibc's mmap threshold (at most 32 MiB), so every fresh one is a fresh mapping whose pages the
 kernel zeroes on first touch, and freeing it hands them back. On a busy machine that first touch
 can cost far more than the work itself: in the 10-agent round on the 2-core VM
-(``benchmarks/round_profile.py``) the kernel spent about 1.4 CPU s per round zeroing the agents'
-fresh vectors, tens of milliseconds each, where an idle process fills one in 5 ms. A
+(``benchmarks/round_profile.py``) the kernel spent about 1.8 CPU s per round zeroing the agents'
+fresh vectors, tens of milliseconds each, where an idle process fills one in 5-8 ms. A
 :class:`VectorPool` keeps such vectors mapped and hands them out again.
 
 A vector is handed out again only when nothing else holds it: the pool checks that its own

@@ -167,8 +167,10 @@ class SecAggServer:
             raise Rejected(f"masked input from {msg.agent!r} has dtype {msg.masked.dtype} shape {msg.masked.shape}; "
                            f"expected a flat {want} vector of the round's length")
         if st.total is None:
-            st.total = msg.masked.copy() if self.pool is None else self.pool.empty(msg.masked.size, want)
-            if self.pool is not None:
+            if self.pool is None:
+                st.total = msg.masked.copy()
+            else:
+                st.total = self.pool.empty(msg.masked.size, want)
                 np.copyto(st.total, msg.masked)
         else:
             ring_add_(st.total, msg.masked)
