@@ -62,10 +62,8 @@ class VectorPool:
     def _free_index(self, n: int | None = None, dtype: np.dtype | None = None) -> int | None:
         """Index of a vector only the pool holds (of that length and dtype, if given)."""
         for i in range(len(self._held)):
-            vec = self._held[i]
-            if n is not None and (vec.shape != (n,) or vec.dtype != dtype):
+            if n is not None and (self._held[i].shape != (n,) or self._held[i].dtype != dtype):
                 continue
-            del vec
             if _refs_in(self._held, i) == _OWN_REFS:
                 return i
         return None
@@ -81,7 +79,7 @@ class VectorPool:
                 return self._held[i]
             nbytes = n * dt.itemsize
             # make room: drop free vectors of other shapes; if that is not enough, a plain fresh array, not kept
-            while len(self._held) >= self.keep or self.held_bytes() + nbytes > self.max_bytes:
+            while len(self._held) >= self.keep or self._held_bytes() + nbytes > self.max_bytes:
                 i = self._free_index()
                 if i is None:
                     return np.empty(n, dtype=dt)
@@ -96,8 +94,8 @@ class VectorPool:
         vec.fill(0)
         return vec
 
-    def held_bytes(self) -> int:
-        """Bytes of the vectors held (call with the lock held)."""
+    def _held_bytes(self) -> int:
+        """Bytes of the vectors held (the caller holds the lock)."""
         return sum(v.nbytes for v in self._held)
 
     def __len__(self) -> int:
