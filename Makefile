@@ -36,8 +36,8 @@ demo: install
 	$(BIN)/medfl demo --json demo-out/summary.json
 
 test: install system-deps
-	$(BIN)/ruff check medfl agent coordinator tests benchmarks
-	$(BIN)/mypy medfl agent coordinator
+	$(BIN)/ruff check medfl agent coordinator apps tests benchmarks
+	$(BIN)/mypy medfl agent coordinator apps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -89,7 +89,8 @@ setup(
     version=VERSION,
     description="Privacy-preserving federated learning for medical imaging",
     python_requires=">=3.11",
-    packages=find_packages(include=["medfl", "medfl.*", "agent", "agent.*", "coordinator", "coordinator.*"]),
+    packages=find_packages(include=["medfl", "medfl.*", "agent", "agent.*", "coordinator", "coordinator.*", "apps",
+                                    "apps.*"]),
     package_data={"medfl": ["_native.pyi", "py.typed"]},
     ext_modules=[CMakeExtension("medfl._native")],
     cmdclass={"build_ext": CMakeBuild},
@@ -119,7 +120,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "medfl = medfl.cli:main",
+            "medfl = apps.cli:main",
             "medfl-agent = agent.cli:main",
             "medfl-coordinator = coordinator.cli:main",
         ]

@@ -191,7 +191,7 @@ def _infer(args: argparse.Namespace) -> None:
     import json
 
     from agent.infer import run_agent_infer
-    from medfl.infer import format_table
+    from medfl.inference import format_table
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:

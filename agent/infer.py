@@ -17,10 +17,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import zmq
 
 from agent.config import AgentConfig
 from agent.policy import check_inference
 from medfl.errors import AuthError, ConfigError
+from medfl.inference import read_images, summarize
+from medfl.smpc.client import infer_remote
+from medfl.wire import ClientChannel, read_keypair, read_public_key
 
 __all__ = ["encrypted_scores", "model_server_endpoint", "run_agent_infer"]
 
@@ -37,11 +41,6 @@ def model_server_endpoint(cfg: AgentConfig) -> str:
 
 
 def _session(cfg: AgentConfig, images: Sequence[np.ndarray]) -> Any:
-    import zmq
-
-    from medfl.smpc.client import infer_remote
-    from medfl.wire import ClientChannel, read_keypair, read_public_key
-
     inf = cfg.inference
     check_inference(cfg.policy, inf, inf.model)
     server_key_file = inf.model_server_key_file or cfg.coordinator.public_key_file
@@ -61,9 +60,7 @@ def encrypted_scores(cfg: AgentConfig, images: Sequence[np.ndarray]) -> list[flo
 
 
 def run_agent_infer(cfg: AgentConfig, paths: Sequence[pathlib.Path]) -> dict[str, Any]:
-    """Read images as training does, run one session, return the JSON summary of ``medfl infer``."""
-    from medfl.infer import read_images, summarize
-
+    """Read images as training does, run one session, return the JSON summary of :func:`medfl.inference.summarize`."""
     images = read_images(paths, cfg.inference.image_size)
     report = _session(cfg, images)
     out: dict[str, Any] = {"mode": "2pc+dealer", "model": cfg.inference.model, "image_size": cfg.inference.image_size,

@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.aggregation import aggregate
 from coordinator.secure import SecureSum
 from coordinator.store import RoundRow, Store
-from medfl.aggregation import aggregate
 from medfl.errors import NonFiniteError, OutOfOrder, Rejected, ShareError, StateError
 from medfl.jobspec import JobSpec
 from medfl.secagg import envelopes

@@ -47,8 +47,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from medfl import config
+from medfl.errors import did_you_mean
 
-__all__ = ["AggregationSpec", "JobSpec", "PrivacySpec", "TrainingSpec", "load_job", "job_from_dict"]
+__all__ = ["STRATEGIES", "AggregationSpec", "JobSpec", "PrivacySpec", "TrainingSpec", "load_job", "job_from_dict"]
+
+#: aggregation strategies a job may name: the coordinator implements each one
+#: (:mod:`coordinator.aggregation`), the agents apply FedProx's proximal term themselves
+STRATEGIES = ("fedavg", "fedprox")
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,9 @@ class JobSection:
             out.append(("max_round_retries", f"must be >= 0, got {self.max_round_retries}"))
         if not 16 <= self.image_size <= 1024:
             out.append(("image_size", f"must be between 16 and 1024 pixels, got {self.image_size}"))
-        from medfl.models import list_models
+        from medfl.models import list_models  # lazy: torch loads in seconds
 
         if self.model not in list_models():
-            from medfl.errors import did_you_mean
-
             out.append(("model", f"unknown model {self.model!r}; known: {', '.join(list_models())}"
                         + did_you_mean(self.model, list_models())))
         return out
@@ -157,9 +160,6 @@ class AggregationSpec:
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks, reported by TOML key."""
-        from medfl.aggregation import list_strategies
-        from medfl.errors import did_you_mean
-
         out = []
         if self.threshold == 1 or self.threshold < 0:
             out.append(("threshold", f"must be 0 (automatic) or at least 2, got {self.threshold}; a threshold of 1 "
@@ -175,9 +175,9 @@ class AggregationSpec:
             out.append(("sample_cap", f"must be at least 1, got {self.sample_cap}"))
         if not self.stage_deadline_s > 0:
             out.append(("stage_deadline_s", f"must be positive, got {self.stage_deadline_s}"))
-        if self.strategy not in list_strategies():
+        if self.strategy not in STRATEGIES:
             out.append(("strategy", f"unknown strategy {self.strategy!r}; known: "
-                        f"{', '.join(list_strategies())}" + did_you_mean(self.strategy, list_strategies())))
+                        f"{', '.join(STRATEGIES)}" + did_you_mean(self.strategy, STRATEGIES)))
         if self.fedprox_mu < 0:
             out.append(("fedprox_mu", f"must be >= 0, got {self.fedprox_mu}"))
         if not self.server_lr > 0:
@@ -206,8 +206,7 @@ class PrivacySpec:
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks, reported by TOML key."""
-        from medfl.errors import did_you_mean
-        from medfl.privacy.accountant import ACCOUNTANTS
+        from medfl.privacy.accountant import ACCOUNTANTS  # lazy: dp_accounting and torch load in seconds
 
         out = []
         if self.accountant not in ACCOUNTANTS:

@@ -17,7 +17,7 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     summary_path = tmp_path / "summary.json"
     env = dict(os.environ, MEDFL_TORCH_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "medfl.cli", "demo", "--agents", "2", "--rounds", "2", "--out", str(out),
+        [sys.executable, "-m", "apps.cli", "demo", "--agents", "2", "--rounds", "2", "--out", str(out),
          "--json", str(summary_path), "--train-per-agent", "64", "--val-per-agent", "32", "--image-size", "32",
          "--no-progress"], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -45,7 +45,7 @@ def test_demo_runs_and_writes_its_summary(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
-    proc = subprocess.run([sys.executable, "-m", "medfl.cli", "demo", "--out", str(foreign), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "demo", "--out", str(foreign), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode != 0 and "was not made by 'medfl demo'" in proc.stderr
     assert (foreign / "precious.txt").read_text() == "keep me"

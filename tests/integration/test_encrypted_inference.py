@@ -232,7 +232,7 @@ def test_medfl_infer_encrypted_compare_plain_on_png_jpeg_and_dicom(tmp_path):
     out = tmp_path / "infer.json"
     env = dict(os.environ, MEDFL_TORCH_THREADS="1")
     ckpt = tmp_path / "model.safetensors"
-    proc = subprocess.run([sys.executable, "-m", "medfl.cli", "infer", "--checkpoint", str(ckpt), "--encrypted",
+    proc = subprocess.run([sys.executable, "-m", "apps.cli", "infer", "--checkpoint", str(ckpt), "--encrypted",
                            "--compare-plain", "--json", str(out), str(png), str(jpeg), str(dcm)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -294,10 +294,10 @@ def test_pacs_scoring_by_encrypted_inference_and_the_sr_says_so(tmp_path):
 
     from agent.config import AgentConfig
     from agent.pacs.service import PacsService
+    from apps.infer import local_parties
     from medfl import config
     from medfl.data.dicom import synthetic_cr
     from medfl.data.synthetic import generate
-    from medfl.infer import local_parties
 
     model = _checkpoint(tmp_path / "model.safetensors")
     ds = synthetic_cr(generate(1, seed=5, image_size=96)[0][0, 0], patient_id="P9")

@@ -14,9 +14,9 @@ import pytest
 
 from agent.config import PolicySection
 from agent.secure import SecureRound
+from coordinator.aggregation import aggregate
 from coordinator.rounds import JobRun, Stage
 from coordinator.store import Store
-from medfl.aggregation import aggregate
 from medfl.errors import OutOfOrder, PolicyViolation, Rejected
 from medfl.jobspec import job_from_dict
 from medfl.secagg.envelopes import SECAGG_TO_AGENT

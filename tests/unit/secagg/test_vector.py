@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medfl.aggregation import aggregate
+from coordinator.aggregation import aggregate
 from medfl.errors import NonFiniteError, ShareError
 from medfl.secagg.vector import fit_length, pack_fit, pack_metrics, unpack_fit, unpack_metrics
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medfl.aggregation import aggregate, list_strategies
+from coordinator.aggregation import aggregate, list_strategies
 from medfl.errors import NotFound
 
 
@@ -36,3 +36,9 @@ def test_errors():
         aggregate("fedavg", _arrays(0), [(bad, 1)])
     with pytest.raises(ValueError, match="total sample count 0"):
         aggregate("fedavg", _arrays(0), [(_arrays(1), 0)])
+
+
+def test_registry_implements_the_job_vocabulary():
+    from medfl.jobspec import STRATEGIES
+
+    assert list_strategies() == sorted(STRATEGIES)

@@ -15,23 +15,25 @@ summary's ``delta``). ``--no-dp`` runs the same federation without it, for compa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from apps.infer import local_parties
+from apps.processes import daemons, free_port
+from medfl.data.synthetic import hospital_shifts, write_image_folder
 from medfl.errors import MedflError
+from medfl.inference import encrypted_session, plain_logits, read_images
+from medfl.jobspec import load_job
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -78,12 +80,6 @@ class DemoOptions:
     encrypted_images: int = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run(args: list[str], **kw: Any) -> str:
     proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, **kw)
     if proc.returncode != 0:
@@ -101,42 +97,10 @@ def _prepare_out(out: pathlib.Path) -> None:
 
 
 def _write_data(opts: DemoOptions, names: list[str]) -> None:
-    from tqdm import tqdm
-
-    from medfl.data.synthetic import hospital_shifts, write_image_folder
-
     shifts = hospital_shifts(opts.agents, seed=opts.seed)
     for i, name in enumerate(tqdm(names, desc="synthetic data", unit="hospital", disable=not opts.progress)):
         write_image_folder(opts.out / name / "data", n_train=_n_train(opts), n_val=opts.val_per_agent,
                            n_test=0, seed=opts.seed * 1000 + i, image_size=opts.image_size, shift=shifts[i])
-
-
-@contextlib.contextmanager
-def _daemons(cmds: list[tuple[str, list[str]]], logs: pathlib.Path) -> Iterator[dict[str, subprocess.Popen]]:
-    env = dict(os.environ, MEDFL_TORCH_THREADS=os.environ.get("MEDFL_TORCH_THREADS", "1"),
-               PYTHONUNBUFFERED="1")
-    procs: dict[str, subprocess.Popen] = {}
-    files = []
-    try:
-        for name, args in cmds:
-            fh = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed below
-            files.append(fh)
-            procs[name] = subprocess.Popen([sys.executable, "-m", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                           env=env)
-        yield procs
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p in procs.values():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for fh in files:
-            fh.close()
 
 
 def _training_toml(opts: DemoOptions) -> str:
@@ -203,7 +167,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     _prepare_out(out)
     names = [f"hospital-{chr(ord('a') + i)}" if i < 26 else f"hospital-{i}" for i in range(opts.agents)]
     _write_data(opts, names)
-    port = _free_port()
+    port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     coord = out / "coordinator"
     _run(["coordinator.cli", "init", "--dir", str(coord), "--bind", endpoint, "--name", "demo-coordinator"])
@@ -224,7 +188,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     logs.mkdir()
     cmds = [("coordinator", ["coordinator.cli", "serve", "--config", ccfg])]
     cmds += [(n, ["agent.cli", "serve", "--config", str(out / n / "agent.toml")]) for n in names]
-    with _daemons(cmds, logs) as procs:
+    env = {"MEDFL_TORCH_THREADS": os.environ.get("MEDFL_TORCH_THREADS", "1")}
+    with daemons(cmds, {name: logs / f"{name}.log" for name, _ in cmds}, env=env) as procs:
         job_id = _run(["coordinator.cli", "jobs", "submit", str(job_file), "--config", ccfg]).strip()
         job = _follow(opts, ccfg, job_id, procs, logs)
     rounds = [{"round": r["round"], "agents": r["agents"], "agent_names": r["agent_names"],
@@ -256,8 +221,6 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
 def _aggregation_label(job_file: pathlib.Path) -> str:
     """"secagg", "secagg+" (SecAgg+ neighbourhoods smaller than the federation) or "fedavg" (plain)."""
-    from medfl.jobspec import load_job
-
     agg = load_job(job_file).aggregation
     return "fedavg" if agg.label == "plain" else agg.label
 
@@ -269,9 +232,6 @@ def _encrypted_inference(opts: DemoOptions, checkpoint: pathlib.Path, hospital: 
     server calibrates its ranges on its own images (a synthetic set standing in for the model
     owner's data, not a hospital's), and this process acts as the hospital's data owner.
     """
-    from medfl.data.synthetic import write_image_folder
-    from medfl.infer import encrypted_session, local_parties, plain_logits, read_images
-
     if not checkpoint.is_absolute():
         checkpoint = opts.out / "coordinator" / checkpoint
     val = opts.out / hospital / "data" / "val"
@@ -307,8 +267,6 @@ def _encrypted_inference(opts: DemoOptions, checkpoint: pathlib.Path, hospital: 
 
 def _follow(opts: DemoOptions, ccfg: str, job_id: str, procs: dict[str, subprocess.Popen],
             logs: pathlib.Path) -> dict[str, Any]:
-    from tqdm import tqdm
-
     deadline = time.monotonic() + opts.timeout_s
     bar = tqdm(total=opts.rounds, desc="federated rounds", unit="round", disable=not opts.progress)
     try:

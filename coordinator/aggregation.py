@@ -1,5 +1,8 @@
 """Server-side aggregation strategies (FedAvg, FedProx) behind a registry.
 
+The names a job may ask for are :data:`medfl.jobspec.STRATEGIES` (both sides read them); this
+registry implements exactly those (checked in tests/unit/coordinator/test_aggregation.py).
+
 References
 ----------
 .. [1] McMahan et al., "Communication-Efficient Learning of Deep Networks from

@@ -1,4 +1,7 @@
-"""``medfl``: the demo federation and small utilities (version, models)."""
+"""``medfl``: the apps' command line - the demo federation, inference by checkpoint, version, models.
+
+Argument parsing imports nothing heavy; each command imports its app (and torch) when it runs.
+"""
 
 from __future__ import annotations
 
@@ -74,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
 def _infer(args: argparse.Namespace) -> None:
     import json
 
+    from apps.infer import InferOptions, run_infer
     from medfl.errors import DataError, MedflError, SessionAborted, StateError
-    from medfl.infer import InferOptions, format_table, run_infer
+    from medfl.inference import format_table
     from medfl.logs import setup_logging
 
     setup_logging("medfl-infer", level="WARNING")
@@ -107,7 +111,7 @@ def _infer(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from medfl.demo import DemoOptions, format_table, run_demo
+    from apps.demo import DemoOptions, format_table, run_demo
 
     if args.agents < 1 or args.rounds < 1:
         die(ExitCode.USAGE, f"--agents and --rounds must be at least 1, got {args.agents} and {args.rounds}")
