@@ -38,6 +38,7 @@ demo: install
 test: install system-deps
 	$(BIN)/ruff check medfl agent coordinator apps tests benchmarks
 	$(BIN)/mypy medfl agent coordinator apps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -115,7 +115,8 @@ setup(
         "dp-accounting>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1", "sycret==0.2.8"],
+        "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1", "sycret==0.2.8",
+                 "import-linter==2.17"],
         "bench": ["opacus>=1.5"],
     },
     entry_points={

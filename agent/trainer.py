@@ -13,18 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from agent.budget import RoundPlan
 from medfl.metrics import accuracy, binary_log_loss, roc_auc
-
-if TYPE_CHECKING:
-    from agent.budget import RoundPlan
-    from medfl.privacy.accountant import SgdRun
+from medfl.privacy.accountant import SgdRun
+from medfl.privacy.trainer import DPTrainer
 
 __all__ = ["TrainResult", "evaluate", "train_local"]
 
@@ -128,8 +126,6 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
 def _train_dp(model: torch.nn.Module, dataset: TensorDataset, opt: torch.optim.Optimizer, plan: RoundPlan,
               prior: tuple[SgdRun, ...], anchors: dict[str, torch.Tensor] | None, mu: float,
               progress: Callable[[int, int], None] | None, device: str, started: float) -> TrainResult:
-    from medfl.privacy.trainer import DPTrainer
-
     regularizer = None
     if anchors is not None:
         named = dict(model.named_parameters())
