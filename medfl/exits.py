@@ -11,6 +11,17 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from medfl.errors import (
+    AuthError,
+    ConfigError,
+    DataError,
+    MedflError,
+    NotFound,
+    PolicyViolation,
+    SessionAborted,
+    StateError,
+)
+
 __all__ = ["ExitCode", "die", "run_command"]
 
 log = logging.getLogger(__name__)
@@ -79,17 +90,6 @@ def run_command(command: Callable[..., Any], *args: Any) -> None:
     *args
         Its arguments.
     """
-    from medfl.errors import (
-        AuthError,
-        ConfigError,
-        DataError,
-        MedflError,
-        NotFound,
-        PolicyViolation,
-        SessionAborted,
-        StateError,
-    )
-
     try:
         command(*args)
     except ConfigError as exc:
