@@ -6,7 +6,7 @@ Bandwidth counts the bytes read plus the bytes written by each operation. Column
 
 - ``kernel``: the native CPU kernel writing into a preallocated output (what streaming callers
   such as secure aggregation pay);
-- ``api``: the public ``medfl.fixed_point`` call, which also allocates (and page-faults) its output;
+- ``api``: the public ``medfl.native.fixed_point`` call, which also allocates (and page-faults) its output;
 - ``numpy``: the NumPy reference;
 - ``copy``: ``np.copyto`` of the same number of bytes between preallocated, touched buffers, the
   practical ceiling on this machine. ``kernel/copy`` is the DESIGN.md target (>= 0.5).
@@ -26,8 +26,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medfl import fixed_point as fxp
 from medfl import native
+from medfl.native import fixed_point as fxp
+from medfl.native.reference import fixed_point as fxp_ref
 
 
 def bench(fn: Callable[[], object], repeats: int) -> float:
@@ -50,15 +51,15 @@ def ops_for(x: np.ndarray, k: int, mod) -> dict[str, tuple[int, Callable, Callab
     return {
         "encode nearest": (io, lambda: mod.encode(x, out_u, 16, False, 1, 0),
                            lambda: fxp.encode(x, frac_bits=16, ring_bits=k),
-                           lambda: fxp.encode_reference(x, frac_bits=16, ring_bits=k)),
+                           lambda: fxp_ref.encode_reference(x, frac_bits=16, ring_bits=k)),
         "encode stochastic": (io, lambda: mod.encode(x, out_u, 16, True, 1, 0),
                               lambda: fxp.encode(x, frac_bits=16, ring_bits=k, rounding="stochastic", seed=1),
-                              lambda: fxp.encode_reference(x, frac_bits=16, ring_bits=k, rounding="stochastic",
+                              lambda: fxp_ref.encode_reference(x, frac_bits=16, ring_bits=k, rounding="stochastic",
                                                            seed=1)),
         "decode": (io, lambda: mod.decode(enc, out_f, 16), lambda: fxp.decode(enc, frac_bits=16),
-                   lambda: fxp.decode_reference(enc, frac_bits=16)),
+                   lambda: fxp_ref.decode_reference(enc, frac_bits=16)),
         "ring_sum x10": (stack.nbytes + enc.nbytes, lambda: mod.ring_sum(stack, out_sum),
-                         lambda: fxp.ring_sum(stack), lambda: fxp.ring_sum_reference(stack)),
+                         lambda: fxp.ring_sum(stack), lambda: fxp_ref.ring_sum_reference(stack)),
     }
 
 

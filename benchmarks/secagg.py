@@ -8,10 +8,10 @@ For each update size (float32 parameters) and number of masks (peers + the self 
 - ``fused``: :func:`medfl.secagg.masking.quantize_and_mask` (native stochastic encode, then the
   native masking kernel that consumes every keystream tile while it is in cache);
 - ``straight``: the straightforward path: NumPy stochastic encode
-  (:func:`medfl.fixed_point.encode_reference`) then, per mask, ``cryptography``'s ChaCha20 keystream
-  and a NumPy add (:func:`medfl.secagg.masking.quantize_and_mask_reference`);
+  (:func:`medfl.native.reference.encode_reference`) then, per mask, ``cryptography``'s ChaCha20 keystream
+  and a NumPy add (:func:`medfl.native.reference.quantize_and_mask_reference`);
 - ``ks_openssl`` / ``ks_native``: one keystream of the update's ring size, OpenSSL through
-  ``cryptography`` (one thread) vs :func:`medfl.secagg.prg.chacha20_keystream` (OpenMP threads,
+  ``cryptography`` (one thread) vs :func:`medfl.native.chacha20_keystream` (OpenMP threads,
   one per core); ``ks_native_1core``: the native keystream on one thread (a child process with
   ``OMP_NUM_THREADS=1``), the like-for-like comparison with OpenSSL;
 - ``copy``: ``np.copyto`` of the float32 update between touched buffers.
@@ -50,7 +50,9 @@ from typing import Any
 import numpy as np
 
 from medfl import native
-from medfl.secagg import masking, prg
+from medfl.native import chacha20 as prg
+from medfl.native import reference
+from medfl.secagg import masking
 from medfl.secagg.masking import MaskSeed
 from medfl.secagg.quantization import QuantSpec, choose_spec
 
@@ -88,9 +90,9 @@ def bench_one(n: int, peers: int, repeats: int) -> dict[str, Any]:
     secs = {
         "fused": _median_s(lambda: masking.quantize_and_mask(x, spec=spec, masks=masks, nonce=nonce,
                                                              rounding_seed=1), repeats),
-        "straight": _median_s(lambda: masking.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=nonce,
+        "straight": _median_s(lambda: reference.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=nonce,
                                                                           rounding_seed=1), max(1, repeats // 2)),
-        "ks_openssl": _median_s(lambda: prg.chacha20_keystream_reference(key, nonce, 0, ks_bytes), repeats),
+        "ks_openssl": _median_s(lambda: reference.chacha20_keystream_reference(key, nonce, 0, ks_bytes), repeats),
         "ks_native": _median_s(lambda: prg.chacha20_keystream(key, nonce, 0, ks_bytes), repeats),
         "ks_native_1core": _ks_one_core_s(ks_bytes, repeats),
         "copy": _median_s(lambda: np.copyto(dst, x), repeats),

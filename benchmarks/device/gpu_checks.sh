@@ -52,8 +52,8 @@ esac
 "$PY" -c "import medfl._native as n; print('native:', n.build_info())" 2>&1 | tee -a "$summary"
 case " $STEPS " in *" tests "*)
   # the files holding gpu-marked tests (the integration tests need Orthanc, DCMTK and PACS wheels)
-  step tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/unit/test_fixed_point.py \
-    tests/unit/privacy/test_kernels.py tests/unit/privacy/test_noise.py tests/unit/secagg/test_secagg_cuda.py \
+  step tests 240 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/unit/native/test_fixed_point.py \
+    tests/unit/native/test_clipping.py tests/unit/privacy/test_noise.py tests/unit/secagg/test_secagg_cuda.py \
     tests/unit/smpc/test_dealer_cuda.py tests/unit/smpc/test_engine_cuda.py tests/unit/smpc/test_smpc_cuda.py ;;
 esac
 case " $STEPS " in *" dp "*)

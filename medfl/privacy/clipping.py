@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight as _conv2d_weight
 
 from medfl.errors import StateError
-from medfl.privacy import kernels
+from medfl.native import clipping as kernels
 
 __all__ = ["SUPPORTED", "GradSampleClipper"]
 

@@ -23,7 +23,7 @@ import numpy as np
 from medfl import csprng
 from medfl.buffers import VectorPool
 from medfl.errors import OutOfOrder, Rejected
-from medfl.fixed_point import ring_add_
+from medfl.native import ring_add_
 from medfl.secagg import shamir
 from medfl.secagg.graph import neighbourhoods
 from medfl.secagg.keys import KeyPair, Scope, derive, open_sealed, seal

@@ -2,7 +2,7 @@
 
 Each agent clips its update to an L2 norm bound ``clip_norm`` (so every coordinate has
 ``|x| <= clip_norm``), multiplies it by its aggregation weight ``w <= 1`` and encodes it with
-unbiased stochastic rounding and ``frac_bits`` fractional bits (:mod:`medfl.fixed_point`). The
+unbiased stochastic rounding and ``frac_bits`` fractional bits (:mod:`medfl.native.fixed_point`). The
 sum of ``n_agents`` such vectors cannot wrap in Z_2^k when
 ``n_agents * (clip_norm * 2^f + 1) < 2^(k-1)``; :func:`choose_spec` picks k = 32 when that holds
 and k = 64 otherwise, logs the choice, and refuses parameters no ring can hold.

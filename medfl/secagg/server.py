@@ -23,7 +23,7 @@ import numpy as np
 from medfl import csprng
 from medfl.buffers import VectorPool
 from medfl.errors import OutOfOrder, Rejected, SecAggAbort, ShareError
-from medfl.fixed_point import ring_add_
+from medfl.native import ring_add_
 from medfl.secagg import shamir
 from medfl.secagg.client import share_threshold
 from medfl.secagg.graph import neighbourhoods

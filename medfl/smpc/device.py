@@ -215,7 +215,7 @@ class CudaDevice:
         return native.ring_matmul(a, b)
 
     def _dcf(self, party: int, key: _DeviceKey, x: Any) -> Any:
-        return native.backend_for(x).dcf_eval(party, key, x)
+        return native.dcf_eval(party, key, x)
 
     # ---- resident weights
     def _f_of(self, w: MaskedWeight) -> Any:

@@ -153,14 +153,14 @@ class CudaGenerator:
 
         buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         if nbytes:
-            native.backend_for(buf).keystream(key, buf)
+            native.keystream(key, buf)
         return buf
 
     def _matmul(self, a: Any, b: Any) -> Any:
         return native.ring_matmul(a, b)
 
     def _dcf_gen(self, alpha: Any, beta: Any, roots: Any, bits: int) -> tuple[Any, Any, Any, Any]:
-        return native.backend_for(alpha).dcf_gen(alpha, beta, roots, bits)
+        return native.dcf_gen(alpha, beta, roots, bits)
 
     # ---- draws
     def _words(self, shape: tuple[int, ...]) -> Any:

@@ -2,7 +2,7 @@
 
 Ring elements are ``uint64`` arrays; NumPy's unsigned arithmetic wraps modulo 2^64, which is
 exactly the ring's addition and multiplication. Reals are encoded in two's complement fixed
-point with ``frac_bits`` fractional bits (16 by default) through :mod:`medfl.fixed_point`.
+point with ``frac_bits`` fractional bits (16 by default) through :mod:`medfl.native.fixed_point`.
 Uniform elements come from :mod:`medfl.csprng` (ChaCha20 keyed from the OS CSPRNG).
 
 References
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medfl import csprng, fixed_point, native
+from medfl import csprng, native
 
 __all__ = ["FRAC_BITS", "RING_BITS", "decode", "encode", "matmul", "uniform"]
 
@@ -57,7 +57,7 @@ def encode(x: np.ndarray, *, frac_bits: int = FRAC_BITS) -> np.ndarray:
     Parameters
     ----------
     x : array_like of float
-        Values; converted to float32 as in :func:`medfl.fixed_point.encode`.
+        Values; converted to float32 as in :func:`medfl.native.encode`.
     frac_bits : int
         Fractional bits.
 
@@ -75,7 +75,7 @@ def encode(x: np.ndarray, *, frac_bits: int = FRAC_BITS) -> np.ndarray:
     .. [1] Mohassel and Zhang, "SecureML", IEEE S&P 2017.
     """
     arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-    return np.asarray(fixed_point.encode(arr, frac_bits=frac_bits, ring_bits=RING_BITS))
+    return np.asarray(native.encode(arr, frac_bits=frac_bits, ring_bits=RING_BITS))
 
 
 def decode(v: np.ndarray, *, frac_bits: int = FRAC_BITS) -> np.ndarray:

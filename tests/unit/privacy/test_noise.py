@@ -42,7 +42,7 @@ def test_bad_std():
 
 
 def test_secure_normal_is_the_keyed_chacha20_stream():
-    from medfl.privacy.noise import _secure_normal
+    from medfl.native.reference import secure_normal_reference as _secure_normal
 
     key = bytes(range(32))
     a, b = _secure_normal(1001, key=key), _secure_normal(1001, key=key)
@@ -54,7 +54,8 @@ def test_secure_normal_is_the_keyed_chacha20_stream():
 def test_device_transform_matches_the_host_one(n: int):
     """The tensor Box-Muller of the CUDA path, run on the host's own keystream bytes."""
     from medfl import csprng
-    from medfl.privacy.noise import _box_muller, _secure_normal
+    from medfl.native.noise import box_muller as _box_muller
+    from medfl.native.reference import secure_normal_reference as _secure_normal
 
     key = bytes(range(2, 34))
     stream = torch.frombuffer(bytearray(csprng.expand(16 * ((n + 1) // 2), key=key)), dtype=torch.uint8)
@@ -64,7 +65,8 @@ def test_device_transform_matches_the_host_one(n: int):
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [1, 2, 7, 100_001])
 def test_cuda_noise_is_the_host_stream(cuda: str, n: int):
-    from medfl.privacy.noise import _secure_normal, _secure_normal_cuda
+    from medfl.native.noise import secure_normal_cuda as _secure_normal_cuda
+    from medfl.native.reference import secure_normal_reference as _secure_normal
 
     key = bytes(range(1, 33))
     got = _secure_normal_cuda(n, torch.device("cuda"), key=key).cpu().numpy()
@@ -82,9 +84,9 @@ def test_cuda_gaussian_stays_on_the_device_with_the_right_scale(cuda: str):
 
 
 def _native_mod():
-    from medfl.privacy import kernels
+    from medfl.native import backend
 
-    mod = kernels._module()
+    mod = backend.dp_kernels()
     if mod is None or not hasattr(mod, "dp_gaussian_noise"):
         pytest.skip("medfl._native is not built (or MEDFL_NATIVE=reference)")
     return mod
@@ -94,7 +96,8 @@ def _native_mod():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_native_noise_is_the_reference_stream(n: int, dtype: torch.dtype):
     """The CPU kernel against _secure_normal on the same key: odd sizes, one and many 16 KiB tasks."""
-    from medfl.privacy.noise import _secure_normal, _secure_normal_native
+    from medfl.native.noise import dp_gaussian_noise as _secure_normal_native
+    from medfl.native.reference import secure_normal_reference as _secure_normal
 
     _native_mod()
     key, std = bytes(range(5, 37)), 2.5
@@ -143,7 +146,9 @@ def test_native_noise_refuses_bad_arguments():
 
 def test_gaussian_uses_the_native_kernel_on_the_host_unless_told_not_to(monkeypatch):
     """Same key, same numbers whichever path computes them; MEDFL_NATIVE=reference takes NumPy."""
-    from medfl.privacy import kernels, noise
+    from medfl.native import backend
+    from medfl.native import noise as native_noise
+    from medfl.privacy import noise
 
     _native_mod()
     key = bytes(range(9, 41))
@@ -152,13 +157,13 @@ def test_gaussian_uses_the_native_kernel_on_the_host_unless_told_not_to(monkeypa
     monkeypatch.setattr(noise.csprng, "expand", lambda nbytes, key=None: real_expand(nbytes, key=bytes(range(9, 41))))
     fast = noise.gaussian((3, 7), std=1.5, like=torch.zeros(1, dtype=torch.float64))
     monkeypatch.setenv("MEDFL_NATIVE", "reference")
-    kernels._module.cache_clear()
+    backend.dp_kernels.cache_clear()
     try:
-        assert noise._secure_normal_native(21, std=1.5, dtype=torch.float64) is None
+        assert native_noise.dp_gaussian_noise(21, std=1.5, dtype=torch.float64) is None
         slow = noise.gaussian((3, 7), std=1.5, like=torch.zeros(1, dtype=torch.float64))
     finally:
         monkeypatch.delenv("MEDFL_NATIVE")
-        kernels._module.cache_clear()
+        backend.dp_kernels.cache_clear()
     np.testing.assert_allclose(fast.numpy(), slow.numpy(), rtol=1e-12, atol=1e-12)
 
 

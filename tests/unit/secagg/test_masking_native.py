@@ -9,6 +9,7 @@ import pytest
 
 from medfl import native
 from medfl.errors import NonFiniteError, RingOverflowError
+from medfl.native import reference
 from medfl.secagg import masking
 from medfl.secagg.masking import MaskSeed
 from medfl.secagg.quantization import QuantSpec
@@ -32,7 +33,7 @@ def test_apply_masks_matches_reference(ring_bits: int, n: int, n_masks: int) -> 
     vec = rng.integers(0, np.iinfo(dtype).max, size=n, dtype=dtype, endpoint=True)
     masks = _masks(n_masks)
     want = vec.copy()
-    masking.apply_masks_reference(want, masks, NONCE)
+    reference.apply_masks_reference(want, masks, NONCE)
     got = vec.copy()
     masking.apply_masks(got, masks, NONCE)
     np.testing.assert_array_equal(got, want)
@@ -48,12 +49,12 @@ def test_quantize_and_mask_matches_reference(ring_bits: int, n_masks: int) -> No
     x[0, :5] = 0.0
     x[1, :2] = (1.0, -1.0)
     masks = _masks(n_masks)
-    want = masking.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=42)
+    want = reference.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=42)
     got = masking.quantize_and_mask(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=42)
     assert got.dtype == spec.dtype
     np.testing.assert_array_equal(got, want)
     back = masking.unmask_and_dequantize(got, spec=spec, masks=masks, nonce=NONCE)
-    back_ref = masking.unmask_and_dequantize_reference(got, spec=spec, masks=masks, nonce=NONCE)
+    back_ref = reference.unmask_and_dequantize_reference(got, spec=spec, masks=masks, nonce=NONCE)
     np.testing.assert_array_equal(back, back_ref)
     assert np.max(np.abs(back - x.reshape(-1))) <= 2.0 ** -spec.frac_bits
 
@@ -121,7 +122,7 @@ def test_fused_kernel_matches_reference_across_tiles(ring_bits: int, n: int) -> 
     spec = QuantSpec(ring_bits=ring_bits, frac_bits=20 if ring_bits == 32 else 40, clip_norm=1.0, n_agents=3)
     x = np.random.default_rng(n).uniform(-1, 1, n).astype(np.float32)
     masks = _masks(5)
-    want = masking.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=2**64 - 3)
+    want = reference.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=2**64 - 3)
     got = masking.quantize_and_mask(x, spec=spec, masks=masks, nonce=NONCE, rounding_seed=2**64 - 3)
     np.testing.assert_array_equal(got, want)
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medfl.errors import OutOfOrder, Rejected, SecAggAbort
-from medfl.fixed_point import ring_sum
+from medfl.native import ring_sum
 from medfl.secagg.client import SecAggClient
 from medfl.secagg.keys import Scope
 from medfl.secagg.masking import dequantize_sum, quantize_and_mask

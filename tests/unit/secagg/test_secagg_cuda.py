@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from medfl.secagg import masking, prg
+from medfl.native import reference
+from medfl.secagg import masking
 from medfl.secagg.masking import MaskSeed
 
 pytestmark = pytest.mark.gpu
@@ -24,7 +25,7 @@ def test_cuda_keystream_matches_openssl(cuda: str, nbytes: int) -> None:
     stream = torch.cuda.current_stream().cuda_stream
     _native.chacha20_keystream_cuda(key, nonce, 5, out.data_ptr(), nbytes, stream)
     torch.cuda.synchronize()
-    assert out.cpu().numpy().tobytes() == prg.chacha20_keystream_reference(key, nonce, 5, nbytes)
+    assert out.cpu().numpy().tobytes() == reference.chacha20_keystream_reference(key, nonce, 5, nbytes)
 
 
 @pytest.mark.parametrize("ring_bits", [32, 64])
@@ -39,7 +40,7 @@ def test_cuda_apply_masks_matches_reference(cuda: str, ring_bits: int, n: int) -
     masks = [MaskSeed(os.urandom(32), s) for s in (1, -1, 1, 1, -1)]
     nonce = os.urandom(12)
     want = vec.copy()
-    masking.apply_masks_reference(want, masks, nonce)
+    reference.apply_masks_reference(want, masks, nonce)
     dev = torch.from_numpy(vec.view(np.int32 if ring_bits == 32 else np.int64).copy()).cuda()
     keys = np.frombuffer(b"".join(m.seed for m in masks), dtype=np.uint8)
     signs = np.array([m.sign for m in masks], dtype=np.int8)
@@ -66,7 +67,7 @@ def test_cuda_quantize_and_mask_matches_reference(cuda: str, ring_bits: int, n: 
     x = (np.random.default_rng(n).standard_normal(n) * 0.3).astype(np.float32)
     masks = [MaskSeed(os.urandom(32), s) for s in (1, -1, 1)]
     nonce = os.urandom(12)
-    want = masking.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=nonce, rounding_seed=99)
+    want = reference.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=nonce, rounding_seed=99)
     got = masking.quantize_and_mask(torch.from_numpy(x).cuda(), spec=spec, masks=masks, nonce=nonce,
                                     rounding_seed=99)
     assert got.is_cuda
@@ -84,7 +85,7 @@ def test_cuda_masks_misaligned_views_and_many_masks(cuda: str) -> None:
     dev = torch.from_numpy(base.view(np.int32).copy()).cuda().view(torch.uint32)
     view = dev[3:]  # 12 bytes past a 16-byte boundary: the word-by-word path
     want = base[3:].copy()
-    masking.apply_masks_reference(want, masks, nonce)
+    reference.apply_masks_reference(want, masks, nonce)
     masking.apply_masks(view, masks, nonce)
     torch.cuda.synchronize()
     np.testing.assert_array_equal(_host(dev)[3:], want)
@@ -125,7 +126,7 @@ def test_cuda_quantize_and_mask_without_masks_and_beyond_shared_memory(cuda: str
     x = np.random.default_rng(5).standard_normal(333).astype(np.float32)
     masks = [MaskSeed(os.urandom(32), 1 if j % 2 else -1) for j in range(n_masks)]
     nonce = os.urandom(12)
-    want = masking.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=nonce, rounding_seed=2**64 - 1)
+    want = reference.quantize_and_mask_reference(x, spec=spec, masks=masks, nonce=nonce, rounding_seed=2**64 - 1)
     got = masking.quantize_and_mask(torch.from_numpy(x).cuda(), spec=spec, masks=masks, nonce=nonce,
                                     rounding_seed=2**64 - 1)
     np.testing.assert_array_equal(_host(got), want)

@@ -1,4 +1,4 @@
-"""Shared fixtures of the SMPC tests: ``pointer_native`` runs native._Cuda's code on CPU tensors."""
+"""Shared fixtures of the SMPC tests: ``pointer_native`` runs medfl.native's CUDA code on CPU tensors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from medfl import native
+from medfl.native import backend, cuda
 
 
 class PointerNative:
@@ -62,7 +63,7 @@ class PointerNative:
 
 @pytest.fixture
 def pointer_native(monkeypatch: pytest.MonkeyPatch) -> PointerNative:
-    """native._Cuda on CPU tensors: host pointers in, the host kernels behind the CUDA entry points."""
+    """medfl.native's CUDA paths on CPU tensors: host pointers in, the host kernels behind the CUDA entry points."""
     real = native.native_module()
     if real is None:
         pytest.skip("medfl._native is not built")
@@ -72,8 +73,8 @@ def pointer_native(monkeypatch: pytest.MonkeyPatch) -> PointerNative:
         return a.data_ptr(), str(a.dtype).replace("torch.", ""), tuple(a.shape), 0, contextlib.nullcontext()
 
     fake = PointerNative(real)
-    monkeypatch.setattr(native, "native_module", lambda: fake)
-    monkeypatch.setattr(native, "_is_device_array", lambda x: isinstance(x, torch.Tensor))
-    monkeypatch.setattr(native, "_forced", lambda: None)
-    monkeypatch.setattr(native._Cuda, "_info", staticmethod(info))
+    monkeypatch.setattr(backend, "native_module", lambda: fake)
+    monkeypatch.setattr(backend, "is_device_array", lambda x: isinstance(x, torch.Tensor))
+    monkeypatch.setattr(backend, "forced", lambda: None)
+    monkeypatch.setattr(cuda, "info", info)
     return fake

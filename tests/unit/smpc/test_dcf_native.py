@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medfl import native
+from medfl.native import reference
 from medfl.smpc import fss
 
 RNG = np.random.default_rng(31)  # test data and test root seeds only
@@ -58,7 +59,7 @@ def test_native_gen_and_eval_equal_reference_bit_for_bit(bits: int, payload: int
     beta[0] = 0
     beta[1] = MAX
     roots = RNG.integers(0, 2**64, size=(2, n, 2), dtype=np.uint64)
-    ref = fss.dcf_gen_reference(alpha, beta, roots, bits)
+    ref = reference.dcf_gen_reference(alpha, beta, roots, bits)
     got = _native_gen(alpha, beta, roots, bits, aes)
     for name, a, b in zip(("s_cw", "v_cw", "t_cw", "final"), ref, got, strict=True):
         assert np.array_equal(a, b), name
@@ -68,7 +69,7 @@ def test_native_gen_and_eval_equal_reference_bit_for_bit(bits: int, payload: int
               RNG.integers(0, 2**64, size=n, dtype=np.uint64) & _mask(bits)):
         shares = []
         for p in (0, 1):
-            want = fss.dcf_eval_reference(p, keys[p], x)
+            want = reference.dcf_eval_reference(p, keys[p], x)
             assert np.array_equal(_native_eval(p, keys[p], x, aes), want)
             shares.append(want)
         assert np.array_equal(shares[0] + shares[1], np.where((x < alpha)[:, None], beta, np.uint64(0)))
@@ -90,7 +91,7 @@ def test_public_functions_dispatch_and_agree_with_reference() -> None:
     k0, k1 = fss.dcf_gen(alpha, beta)
     x = RNG.integers(0, 2**64, size=n, dtype=np.uint64)
     for p, k in ((0, k0), (1, k1)):
-        assert np.array_equal(fss.dcf_eval(p, k, x), fss.dcf_eval_reference(p, k, x))
+        assert np.array_equal(fss.dcf_eval(p, k, x), reference.dcf_eval_reference(p, k, x))
     assert fss.dcf_eval(0, k0, x[::-1]).shape == (n, 2)  # a reversed (non-contiguous) view is copied
 
 

@@ -3,7 +3,7 @@
 Bit identity needs the same CSPRNG keys on both generators, so these tests replace
 ``csprng.token_bytes`` by a seeded test generator and keep the real ChaCha20 expansion: every
 draw is then the keystream of the same key on the host (OpenSSL) and on the device. The
-device path (:class:`CudaGenerator` through ``native._Cuda``) also runs here on CPU tensors,
+device path (:class:`CudaGenerator` through ``medfl.native``'s CUDA paths) also runs here on CPU tensors,
 with medfl._native's CUDA entry points answered by its host kernels behind the same pointers.
 """
 
@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from medfl import csprng, native
+from medfl import csprng
+from medfl.native import chacha20, dcf
 from medfl.smpc import InMemoryChannel, LocalDealer, fss
 from medfl.smpc.device import CudaDevice, HostDevice, smpc_device
 from medfl.smpc.evaluator import SecureModel
@@ -171,7 +172,7 @@ def test_native_cuda_dcf_gen_checks_its_arguments(pointer_native: Any) -> None:
     def t(shape: tuple[int, ...], dtype: Any = torch.int64) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype)
 
-    gen = native._Cuda.dcf_gen
+    gen = dcf._dcf_gen_cuda
     with pytest.raises(ValueError, match=r"bits must be an integer in \[1, 64\], got 0"):
         gen(t((4,)), t((4, 2)), t((2, 4, 2)), 0)
     with pytest.raises(ValueError, match=r"beta must be int64\(4, 1 or 2\) for 4 comparisons, got int64\(4, 3\)"):
@@ -185,9 +186,9 @@ def test_native_cuda_dcf_gen_checks_its_arguments(pointer_native: Any) -> None:
     with pytest.raises(TypeError, match=r"alpha must be a 1-D uint64 \(or int64\) device array, got int64\(4, 1\)"):
         gen(t((4, 1)), t((4, 2)), t((2, 4, 2)), 8)
     with pytest.raises(ValueError, match="key must be 32 bytes, got bytes of length 16"):
-        native._Cuda.keystream(bytes(16), t((4,), torch.uint8))
+        chacha20.keystream(bytes(16), t((4,), torch.uint8))
     with pytest.raises(TypeError, match="out must be a uint8, uint64 or int64 device array"):
-        native._Cuda.keystream(bytes(32), t((4,), torch.float32))
+        chacha20.keystream(bytes(32), t((4,), torch.float32))
     assert pointer_native.calls == []  # nothing reached the kernels
 
 
@@ -197,8 +198,8 @@ def test_native_cuda_dcf_gen_passes_pointers_in_kernel_order(pointer_native: Any
     alpha = rng.integers(0, 2**bits, n, dtype=np.uint64)
     beta = rng.integers(0, 2**63, (n, 2), dtype=np.uint64)
     roots = rng.integers(0, 2**63, (2, n, 2), dtype=np.uint64)
-    want = native._Cpu.dcf_gen(alpha, beta, roots, bits)
-    got = native._Cuda.dcf_gen(*(torch.from_numpy(v.view(np.int64)) for v in (alpha, beta, roots)), bits)
+    want = dcf._dcf_gen_cpu(alpha, beta, roots, bits)
+    got = dcf._dcf_gen_cuda(*(torch.from_numpy(v.view(np.int64)) for v in (alpha, beta, roots)), bits)
     for g, w in zip(got, want, strict=True):
         assert tuple(g.shape) == w.shape
         assert np.array_equal(g.numpy().view(w.dtype), w)
@@ -209,9 +210,9 @@ def test_native_cuda_dcf_gen_passes_pointers_in_kernel_order(pointer_native: Any
 def _host_vs_cuda_dcf_gen(alpha: np.ndarray, beta: np.ndarray, bits: int) -> None:
     rng = np.random.default_rng(alpha.size + bits)  # test root seeds only
     roots = rng.integers(0, 2**64, (2, alpha.size, 2), dtype=np.uint64)
-    want = native._Cpu.dcf_gen(alpha, beta, roots, bits)
+    want = dcf._dcf_gen_cpu(alpha, beta, roots, bits)
     dev = torch.device("cuda")
-    got = native._Cuda.dcf_gen(*(torch.from_numpy(v.view(np.int64)).to(dev) for v in (alpha, beta, roots)), bits)
+    got = dcf._dcf_gen_cuda(*(torch.from_numpy(v.view(np.int64)).to(dev) for v in (alpha, beta, roots)), bits)
     for g, w in zip(got, want, strict=True):
         h = g.cpu().numpy().view(w.dtype)
         assert h.shape == w.shape and np.array_equal(h, w)

@@ -17,6 +17,7 @@ from torch import nn
 
 from medfl import csprng, native
 from medfl.models.resnet import resnet18
+from medfl.native import backend, dcf
 from medfl.smpc import InMemoryChannel, LocalDealer, fss, ring
 from medfl.smpc.device import CudaDevice, HostDevice, resolve_device, smpc_device
 from medfl.smpc.evaluator import SecureModel, calibrate
@@ -123,7 +124,7 @@ def test_cuda_without_a_usable_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPa
 
 
 def test_cuda_with_host_kernels_forced_is_native_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native, "_forced", lambda: "cpu")
+    monkeypatch.setattr(backend, "forced", lambda: "cpu")
     with pytest.raises(ValueError, match="MEDFL_NATIVE=cpu but a GPU array"):
         resolve_device("cuda")
 
@@ -203,7 +204,7 @@ def test_cuda_plumbing_resnet18_groupnorm(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_native_cuda_dispatch_passes_pointers_in_kernel_order(monkeypatch: pytest.MonkeyPatch,
                                                               pointer_native: Any) -> None:
-    """native._Cuda's ring product and DCF wrappers, with CPU tensors standing in for device memory."""
+    """medfl.native's CUDA ring product and DCF wrappers, with CPU tensors standing in for device memory."""
     model = _cnn()
     want = _logits(monkeypatch, model, 16, None, "cpu", n=2)
     got = _logits(monkeypatch, model, 16, None, CudaDevice(torch.device("cpu")), n=2)
@@ -213,7 +214,7 @@ def test_native_cuda_dispatch_passes_pointers_in_kernel_order(monkeypatch: pytes
     bad = [torch.from_numpy(v.view(np.int64) if v.dtype == np.uint64 else v) for v in
            (key.seed, key.s_cw[:, :7].copy(), key.v_cw, key.t_cw, key.final)]
     with pytest.raises(ValueError, match=r"key.v_cw must be uint64\(4, 7, 2\)"):
-        native._Cuda.dcf_eval(0, fss.DcfKey(*bad), torch.zeros(4, dtype=torch.int64))
+        dcf._dcf_eval_cuda(0, fss.DcfKey(*bad), torch.zeros(4, dtype=torch.int64))
 
 
 # ---------------------------------------------------------------- the GPU itself

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import medfl
-from medfl import fixed_point as fxp
 from medfl import native
+from medfl.native.reference import fixed_point as fxp_ref
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_cuda_build_runs_cpu_kernels_without_a_gpu(mod):
     x = np.linspace(-3, 3, 1001, dtype=np.float32)
     out = np.empty(x.shape, np.uint64)
     assert tuple(mod.encode(x, out, 16, True, 1, 0)) == (0, -1)
-    assert np.array_equal(out, fxp.encode_reference(x, frac_bits=16, rounding="stochastic", seed=1))
+    assert np.array_equal(out, fxp_ref.encode_reference(x, frac_bits=16, rounding="stochastic", seed=1))
 
 
 def _run(code: str, forced: str) -> subprocess.CompletedProcess:
@@ -64,7 +64,8 @@ def _run(code: str, forced: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("forced", ["reference", "cpu"])
 def test_forcing_the_backend(forced):
-    code = ("import numpy as np; from medfl import native, fixed_point as f; print(native.active_backend()); "
+    code = ("import numpy as np; from medfl import native; from medfl.native import fixed_point as f; "
+            "print(native.active_backend()); "
             "x = np.arange(-5, 5, dtype=np.float32) / 3; "
             "print(f.encode(x, frac_bits=8, rounding='stochastic', seed=3).tolist())")
     out = _run(code, forced)
@@ -72,20 +73,20 @@ def test_forcing_the_backend(forced):
     backend, values = out.stdout.strip().splitlines()
     assert backend == forced
     x = np.arange(-5, 5, dtype=np.float32) / 3
-    expected = fxp.encode_reference(x, frac_bits=8, rounding="stochastic", seed=3)
+    expected = fxp_ref.encode_reference(x, frac_bits=8, rounding="stochastic", seed=3)
     assert values == str(expected.tolist())
 
 
 def test_forcing_reference_does_not_touch_the_module():
-    out = _run("from medfl import native, fixed_point as f; import numpy as np, sys; "
+    out = _run("from medfl import native; from medfl.native import fixed_point as f; import numpy as np, sys; "
                "f.encode(np.ones(3, np.float32), frac_bits=4); print('medfl._native' in sys.modules)", "reference")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
 
 def test_forcing_cuda_with_a_host_array_is_explained():
-    out = _run("import numpy as np; from medfl import fixed_point as f; f.encode(np.ones(3, np.float32), frac_bits=4)",
-               "cuda")
+    out = _run("import numpy as np; from medfl.native import fixed_point as f; "
+               "f.encode(np.ones(3, np.float32), frac_bits=4)", "cuda")
     assert out.returncode != 0 and "MEDFL_NATIVE=cuda" in out.stderr
 
 

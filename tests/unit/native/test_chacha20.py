@@ -8,7 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from medfl import native
-from medfl.secagg import prg
+from medfl.native import chacha20 as prg
+from medfl.native import reference
 
 needs_native = pytest.mark.skipif(native.native_module() is None, reason="medfl._native is not built")
 
@@ -45,7 +46,7 @@ BACKENDS = ["reference", pytest.param("cpu", marks=needs_native)]
 
 def _keystream(backend: str, key: bytes, nonce: bytes, counter: int, nbytes: int) -> bytes:
     if backend == "reference":
-        return prg.chacha20_keystream_reference(key, nonce, counter, nbytes)
+        return reference.chacha20_keystream_reference(key, nonce, counter, nbytes)
     mod = native.native_module()
     assert mod is not None
     return bytes(mod.chacha20_keystream(key, nonce, counter, nbytes))
@@ -87,7 +88,7 @@ def test_native_matches_openssl_near_counter_limit() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_arguments_are_rejected(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    call = prg.chacha20_keystream_reference if backend == "reference" else prg.chacha20_keystream
+    call = reference.chacha20_keystream_reference if backend == "reference" else prg.chacha20_keystream
     with pytest.raises(ValueError, match="key must be 32 bytes"):
         call(bytes(31), bytes(12), 0, 64)
     with pytest.raises(ValueError, match="nonce must be 12 bytes"):

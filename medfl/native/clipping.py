@@ -1,10 +1,11 @@
-"""Native kernels of per-sample clipping (csrc/privacy) on torch tensors, with torch references.
+"""Native kernels of per-sample clipping (csrc/privacy) on torch tensors.
 
 Each function takes and returns torch tensors. Host tensors go to the C++ kernels (OpenMP with
 torch's thread count, SIMD) as zero-copy NumPy views; CUDA tensors go to the CUDA kernels on
 torch's current stream; anything else (other dtypes, ``MEDFL_NATIVE=reference``, a module built
-without the kernel) runs the ``*_reference`` torch code, which is also what the tests compare
-the kernels against. Inputs that are not contiguous are copied first (the result is the same).
+without the kernel) runs the ``*_reference`` torch code of :mod:`medfl.native.reference.clipping`,
+which is also what the tests compare the kernels against. Inputs that are not contiguous are
+copied first (the result is the same).
 
 - :func:`row_sqnorms`: per-sample squared norms of (B, ...) per-sample gradients, in float64;
 - :func:`clip_factors`: per-sample norms and clip factors ``min(1, C / (norm + 1e-6))`` from
@@ -23,32 +24,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medfl import envvars
-from medfl.errors import NonFiniteError
+from medfl.native import backend as _backend
+from medfl.native.reference.clipping import (
+    check_group_norm,
+    check_norms,
+    clip_factors_reference,
+    clipped_sum_reference,
+    group_norm_affine_reference,
+    row_sqnorms_reference,
+)
 
-__all__ = ["backend", "clip_factors", "clip_factors_reference", "clipped_sum", "clipped_sum_reference",
-           "group_norm_affine", "group_norm_affine_reference", "group_norm_affine_sq", "row_sqnorms",
-           "row_sqnorms_reference"]
+__all__ = ["backend", "clip_factors", "clipped_sum", "group_norm_affine", "group_norm_affine_sq", "row_sqnorms"]
 
 log = logging.getLogger(__name__)
 _FLOATS = (torch.float32, torch.float64)
 
 
 @functools.cache
-def _module() -> Any | None:
-    if (envvars.get("MEDFL_NATIVE") or "").strip().lower() == "reference":
-        return None
-    from medfl import native
-
-    mod = native.native_module()
-    if mod is None or not hasattr(mod, "dp_row_sqnorms"):
-        return None
-    return mod
-
-
-@functools.cache
 def _has_cuda() -> bool:
-    mod = _module()
+    mod = _backend.dp_kernels()
     if mod is None or not mod.build_info()["cuda"]:
         log.warning("medfl._native has no CUDA kernels; per-sample clipping on the GPU uses torch ops "
                     "(rebuild with MEDFL_CUDA=1 make install)")
@@ -58,7 +52,7 @@ def _has_cuda() -> bool:
 
 def backend(*tensors: Tensor) -> str:
     """``"cuda"``, ``"cpu"`` or ``"reference"``: where a kernel on these tensors runs."""
-    if _module() is None or any(t.dtype not in _FLOATS for t in tensors):
+    if _backend.dp_kernels() is None or any(t.dtype not in _FLOATS for t in tensors):
         return "reference"
     if tensors and tensors[0].is_cuda:
         return "cuda" if _has_cuda() else "reference"
@@ -66,7 +60,7 @@ def backend(*tensors: Tensor) -> str:
 
 
 def _native() -> Any:
-    mod = _module()
+    mod = _backend.dp_kernels()
     if mod is None:  # backend() said "cpu" or "cuda", so the module is there
         raise RuntimeError("medfl._native disappeared")
     return mod
@@ -83,11 +77,6 @@ def _dtype(t: Tensor) -> str:
 
 # ---------------------------------------------------------------------------------------------- #
 # row_sqnorms
-
-
-def row_sqnorms_reference(x: Tensor) -> Tensor:
-    """``x.flatten(1)`` row-wise sums of squares, in float64."""
-    return x.detach().flatten(1).double().pow(2).sum(1)
 
 
 def row_sqnorms(x: Tensor) -> Tensor:
@@ -110,19 +99,6 @@ def row_sqnorms(x: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------- #
 # clip_factors
-
-
-def _check_norms(norms: Tensor, bad: int) -> None:
-    if bad:
-        raise NonFiniteError(f"{bad} per-sample gradient norm(s) are NaN or inf; check the loss and inputs")
-
-
-def clip_factors_reference(sq: Tensor, max_norm: float) -> tuple[Tensor, Tensor]:
-    """Norms ``sqrt(sum_l sq[l])`` and factors ``min(1, C/(norm + 1e-6))``, float64."""
-    norms = sq.double().sum(0).sqrt()
-    finite = torch.isfinite(norms)
-    _check_norms(norms, int((~finite).sum()))
-    return norms, (max_norm / (norms + 1e-6)).clamp(max=1.0)
 
 
 def clip_factors(sq: Tensor, max_norm: float) -> tuple[Tensor, Tensor]:
@@ -153,17 +129,12 @@ def clip_factors(sq: Tensor, max_norm: float) -> tuple[Tensor, Tensor]:
         bad = int(bad_t.item())  # the one host sync of a clipped step
     else:
         bad = int(mod.dp_clip_factors(sq.numpy(), float(max_norm), norms.numpy(), factors.numpy()))
-    _check_norms(norms, bad)
+    check_norms(norms, bad)
     return norms, factors
 
 
 # ---------------------------------------------------------------------------------------------- #
 # clipped_sum
-
-
-def clipped_sum_reference(x: Tensor, c: Tensor) -> Tensor:
-    """``c @ x.flatten(1)``, shaped like one sample of ``x``."""
-    return (c.to(x.dtype) @ x.detach().flatten(1)).reshape(x.shape[1:])
 
 
 def clipped_sum(x: Tensor, c: Tensor) -> Tensor:
@@ -193,26 +164,6 @@ def clipped_sum(x: Tensor, c: Tensor) -> Tensor:
 # group_norm_affine
 
 
-def _check_gn(a: Tensor, g: Tensor, groups: int, eps: float) -> None:
-    if a.dim() < 2 or a.shape != g.shape:
-        raise ValueError(f"group_norm_affine: a and g must be (B, C, ...) of one shape, got {tuple(a.shape)} and "
-                         f"{tuple(g.shape)}")
-    if groups <= 0 or a.shape[1] % groups:
-        raise ValueError(f"group_norm_affine: groups={groups} must be > 0 and divide C={a.shape[1]}")
-    if not eps >= 0:
-        raise ValueError(f"group_norm_affine: eps={eps!r} must be >= 0")
-
-
-def group_norm_affine_reference(a: Tensor, g: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(sum_s g * xhat, sum_s g)`` per channel, ``xhat = group_norm(a)`` (torch ops)."""
-    _check_gn(a, g, groups, eps)
-    xhat = torch.nn.functional.group_norm(a.detach(), groups, eps=eps)
-    dims = tuple(range(2, a.dim()))
-    if not dims:
-        return g * xhat, g.detach().clone()
-    return (g.detach() * xhat).sum(dims), g.detach().sum(dims)
-
-
 def group_norm_affine(a: Tensor, g: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
     """Per-sample GroupNorm weight and bias gradients, each (B, C), from input ``a`` and output grad ``g``."""
     wg, bg, _ = _group_norm_affine(a, g, groups, eps, with_sq=False)
@@ -228,7 +179,7 @@ def group_norm_affine_sq(a: Tensor, g: Tensor, groups: int, eps: float) -> tuple
 
 def _group_norm_affine(a: Tensor, g: Tensor, groups: int, eps: float, *,
                        with_sq: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    _check_gn(a, g, groups, eps)
+    check_group_norm(a, g, groups, eps)
     where = backend(a, g)
     if where == "reference" or a.numel() == 0 or a.dtype != g.dtype or a.device != g.device:
         wg, bg = group_norm_affine_reference(a, g, groups, eps)

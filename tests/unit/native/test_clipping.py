@@ -15,7 +15,10 @@ from torch.func import functional_call, grad, vmap
 
 from medfl import native
 from medfl.errors import NonFiniteError
-from medfl.privacy import GradSampleClipper, kernels
+from medfl.native import backend
+from medfl.native import clipping as kernels
+from medfl.native.reference import clipping as kref
+from medfl.privacy import GradSampleClipper
 
 needs_native = pytest.mark.skipif(
     native.native_module() is None or not hasattr(native.native_module(), "dp_row_sqnorms"),
@@ -47,7 +50,7 @@ def test_row_sqnorms_matches_reference(shape, dtype):
     x = _rand(shape, dtype, 1)
     got = kernels.row_sqnorms(x)
     assert got.dtype == torch.float64 and got.shape == (shape[0],)
-    torch.testing.assert_close(got, kernels.row_sqnorms_reference(x), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(got, kref.row_sqnorms_reference(x), rtol=1e-12, atol=0.0)
 
 
 @needs_native
@@ -60,7 +63,7 @@ def test_row_sqnorms_edges():
     torch.testing.assert_close(got, torch.full((2,), 3 * (1e20**2), dtype=torch.float64), rtol=1e-6, atol=0.0)
     nc = _rand((9, 64), torch.float32, 2)[:, ::3]  # non-contiguous view
     assert not nc.is_contiguous()
-    torch.testing.assert_close(kernels.row_sqnorms(nc), kernels.row_sqnorms_reference(nc), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(kernels.row_sqnorms(nc), kref.row_sqnorms_reference(nc), rtol=1e-12, atol=0.0)
     x4 = _rand((4, 3, 5, 7), torch.float64, 3)  # (B, ...) is flattened per sample
     torch.testing.assert_close(kernels.row_sqnorms(x4), x4.flatten(1).pow(2).sum(1))
     nan = torch.ones(3, 4)
@@ -75,7 +78,7 @@ def test_row_sqnorms_edges():
 def test_clip_factors_matches_reference(clip):
     sq = _rand((11, 33), torch.float64, 4).abs()
     norms, f = kernels.clip_factors(sq, clip)
-    rn, rf = kernels.clip_factors_reference(sq, clip)
+    rn, rf = kref.clip_factors_reference(sq, clip)
     torch.testing.assert_close(norms, rn, rtol=1e-14, atol=0.0)
     torch.testing.assert_close(f, rf, rtol=1e-14, atol=0.0)
     assert bool((f <= 1).all()) and bool((f > 0).all())
@@ -105,7 +108,7 @@ def test_clipped_sum_matches_reference(shape, dtype):
     c = _rand((shape[0],), dtype, 6).abs()
     got = kernels.clipped_sum(x, c)
     assert got.dtype == dtype and got.shape == (shape[1],)
-    torch.testing.assert_close(got, kernels.clipped_sum_reference(x, c), **_tol(dtype))
+    torch.testing.assert_close(got, kref.clipped_sum_reference(x, c), **_tol(dtype))
 
 
 @needs_native
@@ -136,7 +139,7 @@ def test_group_norm_affine_matches_reference(shape, groups, dtype):
     a = _rand(shape, dtype, 9) * 3 + 1
     g = _rand(shape, dtype, 10)
     wg, bg = kernels.group_norm_affine(a, g, groups, 1e-5)
-    rw, rb = kernels.group_norm_affine_reference(a, g, groups, 1e-5)
+    rw, rb = kref.group_norm_affine_reference(a, g, groups, 1e-5)
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     torch.testing.assert_close(wg, rw, **tol)
     torch.testing.assert_close(bg, rb, **tol)
@@ -149,8 +152,8 @@ def test_group_norm_affine_sq_is_the_per_sample_norm(shape, groups, dtype):
     a = _rand(shape, dtype, 14) * 2 - 1
     g = _rand(shape, dtype, 15)
     wg, bg, sq = kernels.group_norm_affine_sq(a, g, groups, 1e-5)
-    rw, rb = kernels.group_norm_affine_reference(a, g, groups, 1e-5)
-    want = kernels.row_sqnorms_reference(rw) + kernels.row_sqnorms_reference(rb)
+    rw, rb = kref.group_norm_affine_reference(a, g, groups, 1e-5)
+    want = kref.row_sqnorms_reference(rw) + kref.row_sqnorms_reference(rb)
     assert sq.dtype == torch.float64 and sq.shape == (shape[0],)
     torch.testing.assert_close(sq, want, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-9)
     torch.testing.assert_close(sq, kernels.row_sqnorms(wg) + kernels.row_sqnorms(bg), rtol=1e-12, atol=0.0)
@@ -165,7 +168,7 @@ def test_group_norm_affine_edges_and_errors():
     torch.testing.assert_close(bg, g.sum((2, 3)))
     a = _rand((3, 8, 6, 6), torch.float64, 12).transpose(2, 3)  # non-contiguous
     g = _rand((3, 8, 6, 6), torch.float64, 13)
-    for got, want in zip(kernels.group_norm_affine(a, g, 4, 1e-5), kernels.group_norm_affine_reference(a, g, 4, 1e-5),
+    for got, want in zip(kernels.group_norm_affine(a, g, 4, 1e-5), kref.group_norm_affine_reference(a, g, 4, 1e-5),
                          strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="divide C"):
@@ -236,9 +239,9 @@ def _check_clipper(model: nn.Module, x: torch.Tensor, clip: float, rtol: float =
 @pytest.fixture
 def reference_only(monkeypatch):
     monkeypatch.setenv("MEDFL_NATIVE", "reference")
-    kernels._module.cache_clear()
+    backend.dp_kernels.cache_clear()
     yield
-    kernels._module.cache_clear()
+    backend.dp_kernels.cache_clear()
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -258,10 +261,10 @@ def test_cuda_kernels_match_reference(cuda, shape, dtype):
     c = _rand((shape[0],), dtype, 21).abs()
     xd, cd = x.to(cuda), c.to(cuda)
     assert kernels.backend(xd) == "cuda"
-    torch.testing.assert_close(kernels.row_sqnorms(xd).cpu(), kernels.row_sqnorms_reference(x), rtol=1e-12, atol=0.0)
-    torch.testing.assert_close(kernels.clipped_sum(xd, cd).cpu(), kernels.clipped_sum_reference(x, c), **_tol(dtype))
+    torch.testing.assert_close(kernels.row_sqnorms(xd).cpu(), kref.row_sqnorms_reference(x), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(kernels.clipped_sum(xd, cd).cpu(), kref.clipped_sum_reference(x, c), **_tol(dtype))
     sq = x.double().abs()[:, : min(shape[1], 64)].t().contiguous()
-    for got, want in zip(kernels.clip_factors(sq.to(cuda), 1.0), kernels.clip_factors_reference(sq, 1.0), strict=True):
+    for got, want in zip(kernels.clip_factors(sq.to(cuda), 1.0), kref.clip_factors_reference(sq, 1.0), strict=True):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-14, atol=0.0)
 
 
@@ -273,7 +276,7 @@ def test_cuda_group_norm_affine_matches_reference(cuda, shape, groups, dtype):
     g = _rand(shape, dtype, 23)
     tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     for got, want in zip(kernels.group_norm_affine(a.to(cuda), g.to(cuda), groups, 1e-5),
-                         kernels.group_norm_affine_reference(a, g, groups, 1e-5), strict=True):
+                         kref.group_norm_affine_reference(a, g, groups, 1e-5), strict=True):
         torch.testing.assert_close(got.cpu(), want, **tol)
     wg, bg, sq = kernels.group_norm_affine_sq(a.to(cuda), g.to(cuda), groups, 1e-5)
     torch.testing.assert_close(sq.cpu(), kernels.row_sqnorms(wg.cpu()) + kernels.row_sqnorms(bg.cpu()), rtol=1e-12,
@@ -288,7 +291,7 @@ def test_cuda_kernels_on_a_side_stream_and_nonfinite(cuda):
     with torch.cuda.stream(side):
         got = kernels.row_sqnorms(x)
     side.synchronize()
-    torch.testing.assert_close(got.cpu(), kernels.row_sqnorms_reference(x.cpu()), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(got.cpu(), kref.row_sqnorms_reference(x.cpu()), rtol=1e-12, atol=0.0)
     sq = torch.ones(2, 4, dtype=torch.float64, device=cuda)
     sq[0, 3] = float("inf")
     with pytest.raises(NonFiniteError, match="1 per-sample"):

@@ -14,9 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from medfl import fixed_point as fxp
 from medfl import native
 from medfl.errors import NonFiniteError, RingOverflowError
+from medfl.native import backend
+from medfl.native import fixed_point as fxp
+from medfl.native.reference import fixed_point as fxp_ref
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
@@ -32,7 +34,7 @@ def device(request, monkeypatch):
     if request.param == "cpu" and native.native_module() is None:
         pytest.fail("medfl._native is not built; run 'make install'")
     if request.param == "reference":
-        monkeypatch.setattr(native, "_forced", lambda: "reference")
+        monkeypatch.setattr(backend, "forced", lambda: "reference")
     assert native.active_backend() == request.param
     return request.param
 
@@ -59,14 +61,14 @@ def rand(n: int, seed: int, scale: float = 10.0) -> np.ndarray:
 def test_encode_matches_reference(device, n, ring_bits, frac_bits, rounding, seed):
     scale = min(1000.0, fxp.max_abs_for(frac_bits, ring_bits) / 8)
     x = rand(n, n + frac_bits, scale)
-    ref = fxp.encode_reference(x, frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding, seed=seed, offset=3)
+    ref = fxp_ref.encode_reference(x, frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding, seed=seed, offset=3)
     got = to_host(fxp.encode(to_dev(x, device), frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding,
                              seed=seed, offset=3))
     assert got.dtype == ref.dtype and got.shape == ref.shape
     np.testing.assert_array_equal(got, ref)
     dec = to_host(fxp.decode(to_dev(got, device), frac_bits=frac_bits))
     assert dec.dtype == np.float32
-    np.testing.assert_array_equal(dec, fxp.decode_reference(ref, frac_bits=frac_bits))
+    np.testing.assert_array_equal(dec, fxp_ref.decode_reference(ref, frac_bits=frac_bits))
 
 
 def test_uniforms_are_the_specified_splitmix64_values():
@@ -81,20 +83,20 @@ def test_uniforms_are_the_specified_splitmix64_values():
     for seed, offset in [(0, 0), (2**64 - 1, 5), (123456789, 2**63 + 17)]:
         expected = [(mix64((seed + (offset + i + 1) * 0x9E3779B97F4A7C15) % 2**64) >> 11) * 2.0**-53
                     for i in range(64)]
-        ref = fxp.uniforms_reference(seed, offset, 64)
+        ref = fxp_ref.uniforms_reference(seed, offset, 64)
         np.testing.assert_array_equal(ref, np.array(expected))
         mod = native.native_module()
         if mod is not None:
             got = np.empty(100_001)
             mod.uniforms(got, seed, offset)
-            np.testing.assert_array_equal(got, fxp.uniforms_reference(seed, offset, got.size))
+            np.testing.assert_array_equal(got, fxp_ref.uniforms_reference(seed, offset, got.size))
 
 
 def test_edge_values(device):
     x = np.array([0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, 1e-30, -1e-30, 3.0, -3.0, 1e-45, -1e-45], np.float32)
     for rounding in ("nearest", "stochastic"):
         for ring_bits, f in ((32, 0), (64, 20), (64, 61)):
-            ref = fxp.encode_reference(x, frac_bits=f, ring_bits=ring_bits, rounding=rounding, seed=9)
+            ref = fxp_ref.encode_reference(x, frac_bits=f, ring_bits=ring_bits, rounding=rounding, seed=9)
             got = to_host(fxp.encode(to_dev(x, device), frac_bits=f, ring_bits=ring_bits, rounding=rounding, seed=9))
             np.testing.assert_array_equal(got, ref)
     near = to_host(fxp.encode(to_dev(x, device), frac_bits=0, ring_bits=32))
@@ -111,7 +113,7 @@ def test_range_edge(device, ring_bits, frac_bits, rounding):
     below = np.nextafter(np.float32(limit), np.float32(0))
     ok = np.array([below, -limit, -below], np.float32)
     got = to_host(fxp.encode(to_dev(ok, device), frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding))
-    np.testing.assert_array_equal(got, fxp.encode_reference(ok, frac_bits=frac_bits, ring_bits=ring_bits,
+    np.testing.assert_array_equal(got, fxp_ref.encode_reference(ok, frac_bits=frac_bits, ring_bits=ring_bits,
                                                             rounding=rounding))
     assert got[1] == 2 ** (ring_bits - 1)  # -2^(k-1), the most negative element
     for bad in (limit, -np.nextafter(np.float32(limit), np.float32(np.inf)), 3e38, -3e38):
@@ -120,7 +122,7 @@ def test_range_edge(device, ring_bits, frac_bits, rounding):
             fxp.encode(to_dev(x, device), frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding)
         assert str(limit) in str(info.value) and repr(float(np.float32(bad))) in str(info.value)
         with pytest.raises(RingOverflowError, match="flat index 2"):
-            fxp.encode_reference(x, frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding)
+            fxp_ref.encode_reference(x, frac_bits=frac_bits, ring_bits=ring_bits, rounding=rounding)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -137,19 +139,19 @@ def test_non_finite_rejected(device, bad, rounding):
     with pytest.raises(NonFiniteError, match="flat index 51700\\b"):
         fxp.encode(to_dev(x, device), frac_bits=16, ring_bits=64, rounding=rounding)
     with pytest.raises(NonFiniteError, match="flat index 51700\\b"):
-        fxp.encode_reference(x, frac_bits=16, ring_bits=64, rounding=rounding)
+        fxp_ref.encode_reference(x, frac_bits=16, ring_bits=64, rounding=rounding)
 
 
 def test_non_contiguous_and_multidimensional(device):
     base = rand(60 * 70, 1).reshape(60, 70)
     cube = rand(4 * 5 * 6, 2).reshape(4, 5, 6)
     for arr in (base, cube):
-        ref = fxp.encode_reference(arr, frac_bits=12, ring_bits=32, rounding="stochastic", seed=4)
+        ref = fxp_ref.encode_reference(arr, frac_bits=12, ring_bits=32, rounding="stochastic", seed=4)
         got = to_host(fxp.encode(to_dev(arr, device), frac_bits=12, ring_bits=32, rounding="stochastic", seed=4))
         assert got.shape == arr.shape
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(to_host(fxp.decode(to_dev(got, device), frac_bits=12)),
-                                      fxp.decode_reference(ref, frac_bits=12))
+                                      fxp_ref.decode_reference(ref, frac_bits=12))
     if device == "cuda":
         import torch
 
@@ -157,15 +159,15 @@ def test_non_contiguous_and_multidimensional(device):
             fxp.encode(torch.from_numpy(base).cuda().T, frac_bits=12, ring_bits=32)
         return
     for view in (base[::2, ::3], base.T, base[:, 5], cube.transpose(2, 0, 1)[:, ::-1]):
-        ref = fxp.encode_reference(np.ascontiguousarray(view), frac_bits=12, ring_bits=32, rounding="stochastic",
+        ref = fxp_ref.encode_reference(np.ascontiguousarray(view), frac_bits=12, ring_bits=32, rounding="stochastic",
                                    seed=4)
         got = fxp.encode(view, frac_bits=12, ring_bits=32, rounding="stochastic", seed=4)
         assert got.shape == view.shape and got.flags.c_contiguous
         np.testing.assert_array_equal(got, ref)
     enc = fxp.encode(base, frac_bits=12, ring_bits=64)
-    np.testing.assert_array_equal(fxp.decode(enc.T, frac_bits=12), fxp.decode_reference(enc.T.copy(), frac_bits=12))
+    np.testing.assert_array_equal(fxp.decode(enc.T, frac_bits=12), fxp_ref.decode_reference(enc.T.copy(), frac_bits=12))
     stack = np.stack([enc.ravel(), enc.ravel()], axis=1).T[:, ::3]  # non-contiguous (2, n) rows
-    np.testing.assert_array_equal(fxp.ring_sum(stack), fxp.ring_sum_reference(np.ascontiguousarray(stack)))
+    np.testing.assert_array_equal(fxp.ring_sum(stack), fxp_ref.ring_sum_reference(np.ascontiguousarray(stack)))
 
 
 def test_chunked_encode_equals_whole(device):
@@ -176,7 +178,7 @@ def test_chunked_encode_equals_whole(device):
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     huge = to_host(fxp.encode(to_dev(x[:10], device), frac_bits=20, ring_bits=64, rounding="stochastic", seed=77,
                               offset=2**64 - 3))  # the counter wraps modulo 2^64
-    np.testing.assert_array_equal(huge, fxp.encode_reference(x[:10], frac_bits=20, ring_bits=64,
+    np.testing.assert_array_equal(huge, fxp_ref.encode_reference(x[:10], frac_bits=20, ring_bits=64,
                                                              rounding="stochastic", seed=77, offset=2**64 - 3))
 
 
@@ -216,7 +218,7 @@ def test_ring_sum_wraps(device, dtype, m, n):
                         dtype=dtype)
     got = to_host(fxp.ring_sum(to_dev(rows, device)))
     assert got.dtype == dtype and got.shape == (n,)
-    np.testing.assert_array_equal(got, fxp.ring_sum_reference(rows))
+    np.testing.assert_array_equal(got, fxp_ref.ring_sum_reference(rows))
     np.testing.assert_array_equal(got[:50], expected)
     if m == 0:
         return
@@ -236,7 +238,7 @@ def test_ring_sum_of_encodings_decodes_to_the_sum(device):
     acc = to_dev(np.zeros(5000, np.uint32), device)
     for e in enc:
         fxp.ring_add_(acc, to_dev(e, device))
-    np.testing.assert_array_equal(to_host(acc), fxp.ring_sum_reference(np.stack(enc)))
+    np.testing.assert_array_equal(to_host(acc), fxp_ref.ring_sum_reference(np.stack(enc)))
 
 
 def test_argument_errors(device):
@@ -309,11 +311,11 @@ def test_max_abs_for_is_tight_and_safe(ring_bits, frac_bits, n):
        k=st.sampled_from([32, 64]), rounding=st.sampled_from(["nearest", "stochastic"]))
 def test_round_trip_property(x, f, seed, offset, k, rounding):
     enc = fxp.encode(x, frac_bits=f, ring_bits=k, rounding=rounding, seed=seed, offset=offset)
-    np.testing.assert_array_equal(enc, fxp.encode_reference(x, frac_bits=f, ring_bits=k, rounding=rounding,
+    np.testing.assert_array_equal(enc, fxp_ref.encode_reference(x, frac_bits=f, ring_bits=k, rounding=rounding,
                                                             seed=seed, offset=offset))
     dec = fxp.decode(enc, frac_bits=f)
     assert dec.shape == x.shape
-    np.testing.assert_array_equal(dec, fxp.decode_reference(enc, frac_bits=f))
+    np.testing.assert_array_equal(dec, fxp_ref.decode_reference(enc, frac_bits=f))
     bound = 2.0**-f if rounding == "stochastic" else 2.0 ** (-f - 1)
     assert np.all(np.abs(dec.astype(np.float64) - x) <= bound + np.abs(x) * 2.0**-23)
 
@@ -325,7 +327,7 @@ def test_decode_full_range_matches_reference(device, dtype, frac_bits):
     v = np.random.default_rng(frac_bits).integers(0, info.max, size=200_003, dtype=dtype, endpoint=True)
     v[:6] = [0, 1, info.max, info.max // 2, info.max // 2 + 1, 2**31]  # 0, 1, -1, max, min, 2^31
     got = to_host(fxp.decode(to_dev(v, device), frac_bits=frac_bits))
-    np.testing.assert_array_equal(got, fxp.decode_reference(v, frac_bits=frac_bits))
+    np.testing.assert_array_equal(got, fxp_ref.decode_reference(v, frac_bits=frac_bits))
 
 
 def test_large_and_small_values_mixed_in_one_block(device):
@@ -334,5 +336,5 @@ def test_large_and_small_values_mixed_in_one_block(device):
     x[7::1000] = -3.9e3
     for rounding in ("nearest", "stochastic"):
         got = to_host(fxp.encode(to_dev(x, device), frac_bits=40, ring_bits=64, rounding=rounding, seed=2))
-        np.testing.assert_array_equal(got, fxp.encode_reference(x, frac_bits=40, ring_bits=64, rounding=rounding,
+        np.testing.assert_array_equal(got, fxp_ref.encode_reference(x, frac_bits=40, ring_bits=64, rounding=rounding,
                                                                 seed=2))
