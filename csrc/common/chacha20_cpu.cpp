@@ -1,15 +1,9 @@
-// CPU kernels of secure aggregation: the ChaCha20 block function of RFC 8439, computed on 8
+// The ChaCha20 block function of RFC 8439 on the CPU (declared in chacha20.h), computed on 8
 // blocks at once in plain lane arrays the compiler vectorises (SSE2 baseline, an AVX2 clone
-// chosen at run time), OpenMP across tiles of blocks, and the masking of a ring vector that
-// consumes each keystream tile while it is in cache.
-#include "secagg/secagg.h"
+// chosen at run time), and the keystream with OpenMP across tiles of blocks.
+#include "common/chacha20.h"
 
-#include "fixed_point/fixed_point.h"
-
-#include <algorithm>
 #include <cstring>
-#include <utility>
-#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -19,19 +13,13 @@
 #include <omp.h>
 #endif
 
-namespace medfl::secagg {
+namespace medfl::common {
 namespace {
 
-constexpr int kLanes = 8;                      // blocks computed together
-constexpr std::size_t kTileBytes = 64 * kLanes;  // keystream bytes per tile
+constexpr int kLanes = kChachaLanes;              // blocks computed together
+constexpr std::size_t kTileBytes = kChachaTileBytes;  // keystream bytes per tile
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "secagg kernels assume a little-endian host");
-
-inline uint32_t load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the ChaCha20 kernels assume a little-endian host");
 
 inline uint32_t rotl(uint32_t v, int c) { return (v << c) | (v >> (32 - c)); }
 
@@ -132,31 +120,14 @@ inline void blocks8(const uint32_t in[16], uint32_t counter, uint8_t* out) {
 inline void blocks8(const uint32_t in[16], uint32_t counter, uint8_t* out) { blocks8_portable(in, counter, out); }
 #endif
 
-// v +=/-= one keystream tile (kLanes blocks from `counter`), on the first len <= tile words of v;
-// ks is the tile's scratch (512 bytes, in L1).
-template <typename T>
-inline void mask_tile(const uint32_t in[16], uint32_t counter, int sign, T* v, std::size_t len, T* ks) {
-  blocks8(in, counter, reinterpret_cast<uint8_t*>(ks));
-  if (sign > 0) {
-    for (std::size_t i = 0; i < len; ++i) v[i] += ks[i];
-  } else {
-    for (std::size_t i = 0; i < len; ++i) v[i] -= ks[i];
-  }
-}
-
-void init_state(const uint8_t key[32], const uint8_t nonce[12], uint32_t st[16]) {
-  st[0] = 0x61707865u; st[1] = 0x3320646eu; st[2] = 0x79622d32u; st[3] = 0x6b206574u;
-  for (int i = 0; i < 8; ++i) st[4 + i] = load32(key + 4 * i);
-  st[12] = 0;
-  for (int i = 0; i < 3; ++i) st[13 + i] = load32(nonce + 4 * i);
-}
-
 }  // namespace
+
+void chacha20_tile(const uint32_t st[16], uint32_t counter, uint8_t* out) { blocks8(st, counter, out); }
 
 void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, uint8_t* out,
                         std::size_t nbytes) {
   uint32_t st[16];
-  init_state(key, nonce, st);
+  chacha20_init_state(key, nonce, st);
   const std::ptrdiff_t tiles = static_cast<std::ptrdiff_t>(nbytes / kTileBytes);
 #pragma omp parallel for schedule(static) if (tiles > 256)
   for (std::ptrdiff_t t = 0; t < tiles; ++t)
@@ -169,73 +140,4 @@ void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t
   }
 }
 
-template <typename T>
-void apply_masks(T* vec, std::size_t n, const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
-                 const uint8_t nonce[12]) {
-  constexpr std::size_t kWords = kTileBytes / sizeof(T);
-  const std::ptrdiff_t tiles = static_cast<std::ptrdiff_t>((n + kWords - 1) / kWords);
-  // One state per mask, built once.
-  std::vector<uint32_t> states(16 * n_masks);
-  for (std::size_t j = 0; j < n_masks; ++j) init_state(keys + 32 * j, nonce, states.data() + 16 * j);
-#pragma omp parallel for schedule(static) if (tiles > 64)
-  for (std::ptrdiff_t t = 0; t < tiles; ++t) {
-    alignas(32) T ks[kWords];
-    const std::size_t begin = static_cast<std::size_t>(t) * kWords;
-    const std::size_t len = std::min(kWords, n - begin);
-    T* v = vec + begin;
-    for (std::size_t j = 0; j < n_masks; ++j)
-      mask_tile(states.data() + 16 * j, static_cast<uint32_t>(t * kLanes), signs[j], v, len, ks);
-  }
-}
-
-template void apply_masks<uint32_t>(uint32_t*, std::size_t, const uint8_t*, const int8_t*, std::size_t,
-                                    const uint8_t*);
-template void apply_masks<uint64_t>(uint64_t*, std::size_t, const uint8_t*, const int8_t*, std::size_t,
-                                    const uint8_t*);
-
-template <typename T>
-std::pair<int64_t, int64_t> quantize_and_mask(const float* x, T* out, std::size_t n, int frac_bits, uint64_t seed,
-                                              const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
-                                              const uint8_t nonce[12]) {
-  namespace fp = medfl::fixed_point;
-  // Tiles of 16 KiB of ring words: encoded, then every mask's keystream added, while in L1/L2.
-  constexpr std::size_t kWords = 16384 / sizeof(T);
-  static_assert(kWords % (kTileBytes / sizeof(T)) == 0, "tile must hold whole keystream tiles");
-  const std::ptrdiff_t tiles = static_cast<std::ptrdiff_t>((n + kWords - 1) / kWords);
-  std::vector<uint32_t> states(16 * n_masks);
-  for (std::size_t j = 0; j < n_masks; ++j) init_state(keys + 32 * j, nonce, states.data() + 16 * j);
-  int64_t first_nonfinite = static_cast<int64_t>(n), first_overflow = static_cast<int64_t>(n);
-#pragma omp parallel for schedule(static) reduction(min : first_nonfinite, first_overflow) if (tiles > 4)
-  for (std::ptrdiff_t t = 0; t < tiles; ++t) {
-    const std::size_t begin = static_cast<std::size_t>(t) * kWords;
-    const std::size_t len = std::min(kWords, n - begin);
-    fp::Status st;
-    if constexpr (sizeof(T) == 4) {
-      st = fp::encode_cpu32(x + begin, out + begin, static_cast<int64_t>(len), frac_bits, true, seed, begin);
-    } else {
-      st = fp::encode_cpu64(x + begin, out + begin, static_cast<int64_t>(len), frac_bits, true, seed, begin);
-    }
-    if (st.code == fp::kNonFinite) first_nonfinite = std::min(first_nonfinite, static_cast<int64_t>(begin) + st.index);
-    if (st.code == fp::kOverflow) first_overflow = std::min(first_overflow, static_cast<int64_t>(begin) + st.index);
-    if (st.code != fp::kOk) continue;
-    constexpr std::size_t kKsWords = kTileBytes / sizeof(T);
-    alignas(32) T ks[kKsWords];
-    for (std::size_t k = 0; k < len; k += kKsWords) {
-      const std::size_t klen = std::min(kKsWords, len - k);
-      const uint32_t block = static_cast<uint32_t>((begin + k) / kKsWords * kLanes);
-      T* v = out + begin + k;
-      for (std::size_t j = 0; j < n_masks; ++j) mask_tile(states.data() + 16 * j, block, signs[j], v, klen, ks);
-    }
-  }
-  const fp::Status st = fp::make_status(first_nonfinite, first_overflow, static_cast<int64_t>(n));
-  return {st.code, st.index};
-}
-
-template std::pair<int64_t, int64_t> quantize_and_mask<uint32_t>(const float*, uint32_t*, std::size_t, int, uint64_t,
-                                                                 const uint8_t*, const int8_t*, std::size_t,
-                                                                 const uint8_t*);
-template std::pair<int64_t, int64_t> quantize_and_mask<uint64_t>(const float*, uint64_t*, std::size_t, int, uint64_t,
-                                                                 const uint8_t*, const int8_t*, std::size_t,
-                                                                 const uint8_t*);
-
-}  // namespace medfl::secagg
+}  // namespace medfl::common

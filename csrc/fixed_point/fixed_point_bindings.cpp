@@ -1,20 +1,14 @@
-// The one pybind11 module, medfl._native (fixed-point functions here; other families register
-// themselves through module.h). Takes plain NumPy buffers (CPU) or raw device
-// pointers and a stream handle (CUDA); never links libtorch. Python wrappers in medfl/native.py
-// check arguments first; the checks here are the last line and raise ValueError with the values.
+// Python bindings of the fixed-point kernels (registered into medfl._native through csrc/module.h).
+// Python wrappers in medfl/native.py check arguments first; the checks here are the last line and
+// raise ValueError with the values.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
 #include "fixed_point/fixed_point.h"
 #include "module.h"
-
-#ifndef MEDFL_VERSION
-#define MEDFL_VERSION "0.0.0+unknown"
-#endif
 
 namespace py = pybind11;
 namespace fp = medfl::fixed_point;
@@ -118,8 +112,7 @@ void uniforms(py::array out, uint64_t seed, uint64_t offset) {
 
 }  // namespace
 
-PYBIND11_MODULE(_native, m) {
-  m.doc() = "medfl native kernels (C++ with OpenMP; CUDA when built)";
+static medfl::native::Registration reg("fixed_point", [](py::module_& m) {
   m.def("encode", &encode, py::arg("x"), py::arg("out"), py::arg("frac_bits"), py::arg("stochastic"),
         py::arg("seed"), py::arg("offset"), "Fixed-point encode float32 -> uint32/uint64; returns (code, index)");
   m.def("decode", &decode, py::arg("v"), py::arg("out"), py::arg("frac_bits"));
@@ -127,25 +120,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("ring_add", &ring_add, py::arg("acc"), py::arg("v"));
   m.def("uniforms", &uniforms, py::arg("out"), py::arg("seed"), py::arg("offset"),
         "The stochastic-rounding uniforms u_offset.. (float64) into out");
-  m.def("build_info", []() {
-    py::dict d;
 #ifdef MEDFL_WITH_CUDA
-    d["cuda"] = true;
-    d["cuda_arch"] = std::string(MEDFL_CUDA_ARCH);
-#else
-    d["cuda"] = false;
-    d["cuda_arch"] = std::string("");
-#endif
-#ifdef MEDFL_WITH_OPENMP
-    d["openmp"] = true;
-#else
-    d["openmp"] = false;
-#endif
-    d["version"] = std::string(MEDFL_VERSION);
-    return d;
-  });
-#ifdef MEDFL_WITH_CUDA
-  m.def("cuda_device_count", []() { return fp::cuda_device_count(); });
   m.def("encode_cuda", [](uintptr_t x, uintptr_t out, int ring_bits, int64_t n, int frac_bits, bool stochastic,
                           uint64_t seed, uint64_t offset, uintptr_t stream) {
     check_bits(frac_bits, ring_bits);
@@ -167,11 +142,5 @@ PYBIND11_MODULE(_native, m) {
   m.def("ring_add_cuda", [](uintptr_t acc, uintptr_t v, int ring_bits, int64_t n, uintptr_t stream) {
     fp::ring_add_cuda(ptr(acc), ptr(v), ring_bits, n, ptr(stream));
   });
-#else
-  m.def("cuda_device_count", []() { return 0; });
 #endif
-  // The other kernel families (csrc/<family>/), in name order so the module is the same every build.
-  auto regs = medfl::native::registrations();
-  std::sort(regs.begin(), regs.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (auto& [family, fn] : regs) fn(m);
-}
+});
