@@ -1,10 +1,20 @@
-// Shared helpers for the pieces of medfl._native, and the registry each kernel family uses to add
-// its functions to the module. A family lives in csrc/<family>/ with a <family>_bindings.cpp that
-// defines its functions and registers them with
-//   static medfl::native::Registration reg("secagg", [](pybind11::module_& m) { m.def(...); });
+// The layout of csrc/ (one pybind11 module, medfl._native, built by CMakeLists.txt from every
+// csrc/**/*.cpp, and every csrc/**/*.cu when CUDA is on):
+//   bindings.cpp     the module: its doc, build_info, cuda_device_count, and every topic's registration
+//   module.h         this file: the registry below and the argument helpers every bindings file uses
+//   common/          pieces used by more than one topic; topics include these, not each other's,
+//                    except secagg -> fixed_point/fixed_point.h (its fused quantize + mask calls
+//                    the fixed-point encoder and follows its rounding rule)
+//     chacha20.h, chacha20_cpu.cpp, chacha20_cuda.cu   ChaCha20 (RFC 8439): state, CPU tiles, keystreams
+//     chacha20.cuh   the device block function
+//     cuda_check.cuh the CUDA error check and the grid size of a grid-stride loop
+//     cuda_device.h, cuda_device.cu   cuda_device_count
+//   <topic>/         fixed_point, privacy, secagg, smpc: <topic>.h (the kernels and their exact
+//                    semantics), CPU and CUDA sources, and <topic>_bindings.cpp
+// Each <topic>_bindings.cpp defines its Python functions and registers them with
+//   static medfl::native::Registration reg("<topic>", [](pybind11::module_& m) { m.def(...); });
 // bindings.cpp calls every registration (in name order) when the module is imported, so adding a
-// family never touches bindings.cpp. CMakeLists.txt compiles every csrc/**/*.cpp (and *.cu when
-// CUDA is on), so it is not edited either.
+// topic touches neither bindings.cpp nor CMakeLists.txt. medfl/_native.pyi types the functions.
 #pragma once
 
 #include <pybind11/numpy.h>

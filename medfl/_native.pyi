@@ -1,4 +1,4 @@
-"""Typed stub of the compiled module medfl._native (see csrc/bindings.cpp)."""
+"""Typed stub of the compiled module medfl._native (see csrc/module.h for where each function is bound)."""
 
 from typing import Any
 

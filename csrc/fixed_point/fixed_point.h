@@ -105,7 +105,6 @@ Status encode_cuda(const float* x, void* out, int ring_bits, int64_t n, int frac
 void decode_cuda(const void* v, int ring_bits, float* out, int64_t n, int frac_bits, void* stream);
 void ring_sum_cuda(const void* rows, void* out, int ring_bits, int64_t m, int64_t n, void* stream);
 void ring_add_cuda(void* acc, const void* v, int ring_bits, int64_t n, void* stream);
-int cuda_device_count();
 #endif
 
 }  // namespace fixed_point

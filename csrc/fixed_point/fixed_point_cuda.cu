@@ -3,18 +3,15 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
+#include "common/cuda_check.cuh"
 #include "fixed_point/fixed_point.h"
 
 namespace medfl {
 namespace fixed_point {
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
+using common::cuda_check;
 
 // first_bad[0]: first non-finite index, first_bad[1]: first out-of-range index (n = none).
 template <typename U>
@@ -63,10 +60,8 @@ __global__ void ring_add_kernel(U* acc, const U* v, int64_t n) {
   }
 }
 
-unsigned grid_for(int64_t n) {
-  int64_t blocks = (n + 255) / 256;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 8 ? 65535 * 8 : blocks));
-}
+// 256-thread blocks over n items, at most 65535 * 8 blocks.
+unsigned grid_for(int64_t n) { return common::grid_for(n, 256, 65535 * 8); }
 
 }  // namespace
 
@@ -75,9 +70,9 @@ Status encode_cuda(const float* x, void* out, int ring_bits, int64_t n, int frac
   if (n == 0) return Status{kOk, -1};
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   unsigned long long* bad = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&bad), 2 * sizeof(unsigned long long), stream), "cudaMallocAsync");
+  cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&bad), 2 * sizeof(unsigned long long), stream), "cudaMallocAsync");
   unsigned long long host_bad[2] = {static_cast<unsigned long long>(n), static_cast<unsigned long long>(n)};
-  check(cudaMemcpyAsync(bad, host_bad, sizeof(host_bad), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+  cuda_check(cudaMemcpyAsync(bad, host_bad, sizeof(host_bad), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
   const double scale = ldexp(1.0, frac_bits);
   const double lim = ldexp(1.0, ring_bits - 1);
   if (ring_bits == 32) {
@@ -88,10 +83,10 @@ Status encode_cuda(const float* x, void* out, int ring_bits, int64_t n, int frac
                                                              stochastic, seed, offset, bad);
   }
   const cudaError_t launch = cudaGetLastError();
-  check(cudaMemcpyAsync(host_bad, bad, sizeof(host_bad), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
-  check(cudaFreeAsync(bad, stream), "cudaFreeAsync");
-  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  check(launch, "encode kernel launch");
+  cuda_check(cudaMemcpyAsync(host_bad, bad, sizeof(host_bad), cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  cuda_check(cudaFreeAsync(bad, stream), "cudaFreeAsync");
+  cuda_check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  cuda_check(launch, "encode kernel launch");
   return make_status(static_cast<int64_t>(host_bad[0]), static_cast<int64_t>(host_bad[1]), n);
 }
 
@@ -104,7 +99,7 @@ void decode_cuda(const void* v, int ring_bits, float* out, int64_t n, int frac_b
   } else {
     decode_kernel<uint64_t, int64_t><<<grid_for(n), 256, 0, stream>>>(static_cast<const uint64_t*>(v), out, n, inv);
   }
-  check(cudaGetLastError(), "decode kernel launch");
+  cuda_check(cudaGetLastError(), "decode kernel launch");
 }
 
 void ring_sum_cuda(const void* rows, void* out, int ring_bits, int64_t m, int64_t n, void* stream_ptr) {
@@ -117,7 +112,7 @@ void ring_sum_cuda(const void* rows, void* out, int ring_bits, int64_t m, int64_
     ring_sum_kernel<uint64_t><<<grid_for(n), 256, 0, stream>>>(static_cast<const uint64_t*>(rows),
                                                                static_cast<uint64_t*>(out), m, n);
   }
-  check(cudaGetLastError(), "ring_sum kernel launch");
+  cuda_check(cudaGetLastError(), "ring_sum kernel launch");
 }
 
 void ring_add_cuda(void* acc, const void* v, int ring_bits, int64_t n, void* stream_ptr) {
@@ -130,16 +125,7 @@ void ring_add_cuda(void* acc, const void* v, int ring_bits, int64_t n, void* str
     ring_add_kernel<uint64_t><<<grid_for(n), 256, 0, stream>>>(static_cast<uint64_t*>(acc),
                                                                static_cast<const uint64_t*>(v), n);
   }
-  check(cudaGetLastError(), "ring_add kernel launch");
-}
-
-int cuda_device_count() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky "no driver" error
-    return 0;
-  }
-  return count;
+  cuda_check(cudaGetLastError(), "ring_add kernel launch");
 }
 
 }  // namespace fixed_point

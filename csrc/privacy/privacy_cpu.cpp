@@ -5,8 +5,8 @@
 #include <cstring>
 #include <vector>
 
+#include "common/chacha20.h"
 #include "privacy/privacy.h"
-#include "secagg/secagg.h"
 
 namespace medfl::privacy {
 namespace {
@@ -146,7 +146,7 @@ void gaussian_noise_cpu(const std::uint8_t key[32], T* out, std::int64_t n, doub
   for (std::int64_t t = 0; t < tasks; ++t) {
     alignas(64) std::uint8_t ks[16 * kPairs];
     const std::int64_t p0 = t * kPairs, np = std::min(kPairs, pairs - p0);
-    medfl::secagg::chacha20_keystream(key, nonce, static_cast<std::uint32_t>(p0 / 4), ks,
+    medfl::common::chacha20_keystream(key, nonce, static_cast<std::uint32_t>(p0 / 4), ks,
                                       static_cast<std::size_t>(16 * np));
     for (std::int64_t j = 0; j < np; ++j) {
       std::uint64_t w0, w1;

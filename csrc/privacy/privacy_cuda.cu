@@ -3,8 +3,8 @@
 
 #include <cstdint>
 #include <stdexcept>
-#include <string>
 
+#include "common/cuda_check.cuh"
 #include "privacy/privacy.h"
 
 namespace medfl::privacy {
@@ -12,9 +12,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
+using common::cuda_check;
 
 // Sum of v over the block (every thread gets the result); kThreads threads, 8 warps.
 __device__ double block_sum(double v) {
@@ -118,17 +116,15 @@ __global__ void group_norm_affine_kernel(const T* __restrict__ a, const T* __res
   }
 }
 
-unsigned grid_for(std::int64_t n) {
-  const std::int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 4 ? 65535 * 4 : blocks));
-}
+// kThreads-thread blocks over n items, at most 65535 * 4 blocks.
+unsigned grid_for(std::int64_t n) { return common::grid_for(n, kThreads, 65535 * 4); }
 
 }  // namespace
 
 void row_sqnorms_cuda(int dtype, const void* x, std::int64_t rows, std::int64_t cols, double* out, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   if (rows == 0) return;
-  check(cudaMemsetAsync(out, 0, static_cast<std::size_t>(rows) * sizeof(double), s), "row_sqnorms memset");
+  cuda_check(cudaMemsetAsync(out, 0, static_cast<std::size_t>(rows) * sizeof(double), s), "row_sqnorms memset");
   if (cols == 0) return;
   if (rows > 65535) throw std::invalid_argument("row_sqnorms_cuda: more than 65535 rows");
   const std::int64_t chunk = 16 * kThreads;
@@ -137,16 +133,16 @@ void row_sqnorms_cuda(int dtype, const void* x, std::int64_t rows, std::int64_t 
     row_sqnorms_kernel<float><<<grid, kThreads, 0, s>>>(static_cast<const float*>(x), cols, chunk, out);
   else
     row_sqnorms_kernel<double><<<grid, kThreads, 0, s>>>(static_cast<const double*>(x), cols, chunk, out);
-  check(cudaGetLastError(), "row_sqnorms kernel launch");
+  cuda_check(cudaGetLastError(), "row_sqnorms kernel launch");
 }
 
 void clip_factors_cuda(const double* sq, std::int64_t layers, std::int64_t batch, double max_norm, double* norms,
                        double* factors, std::int32_t* nonfinite, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
-  check(cudaMemsetAsync(nonfinite, 0, sizeof(std::int32_t), s), "clip_factors memset");
+  cuda_check(cudaMemsetAsync(nonfinite, 0, sizeof(std::int32_t), s), "clip_factors memset");
   if (batch == 0) return;
   clip_factors_kernel<<<grid_for(batch), kThreads, 0, s>>>(sq, layers, batch, max_norm, norms, factors, nonfinite);
-  check(cudaGetLastError(), "clip_factors kernel launch");
+  cuda_check(cudaGetLastError(), "clip_factors kernel launch");
 }
 
 void clipped_sum_cuda(int dtype, const void* x, const void* c, std::int64_t rows, std::int64_t cols, void* out,
@@ -160,7 +156,7 @@ void clipped_sum_cuda(int dtype, const void* x, const void* c, std::int64_t rows
     clipped_sum_kernel<double><<<grid_for(cols), kThreads, 0, s>>>(static_cast<const double*>(x),
                                                                    static_cast<const double*>(c), rows, cols,
                                                                    static_cast<double*>(out), accumulate);
-  check(cudaGetLastError(), "clipped_sum kernel launch");
+  cuda_check(cudaGetLastError(), "clipped_sum kernel launch");
 }
 
 void group_norm_affine_cuda(int dtype, const void* a, const void* g, std::int64_t batch, std::int64_t channels,
@@ -169,7 +165,7 @@ void group_norm_affine_cuda(int dtype, const void* a, const void* g, std::int64_
   auto s = static_cast<cudaStream_t>(stream);
   const std::int64_t blocks = batch * groups;
   if (sq != nullptr && batch > 0)
-    check(cudaMemsetAsync(sq, 0, static_cast<std::size_t>(batch) * sizeof(double), s), "group_norm_affine memset");
+    cuda_check(cudaMemsetAsync(sq, 0, static_cast<std::size_t>(batch) * sizeof(double), s), "group_norm_affine memset");
   if (blocks == 0) return;
   if (blocks > 2147483647LL) throw std::invalid_argument("group_norm_affine_cuda: too many (sample, group) pairs");
   if (dtype == 0)
@@ -180,7 +176,7 @@ void group_norm_affine_cuda(int dtype, const void* a, const void* g, std::int64_
     group_norm_affine_kernel<double><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
         static_cast<const double*>(a), static_cast<const double*>(g), channels, spatial, groups, eps,
         static_cast<double*>(wg), static_cast<double*>(bg), sq);
-  check(cudaGetLastError(), "group_norm_affine kernel launch");
+  cuda_check(cudaGetLastError(), "group_norm_affine kernel launch");
 }
 
 }  // namespace medfl::privacy

@@ -1,6 +1,5 @@
-// ChaCha20 keystream (RFC 8439) and the secagg masking kernels (CPU).
-// The keystream of (key, nonce, counter) is the concatenation of ChaCha20 blocks with block
-// counters counter, counter + 1, ...; the 32-bit counter never wraps (callers check).
+// The secagg masking kernels: a ring vector plus or minus the ChaCha20 keystreams
+// (csrc/common/chacha20.h) of its masks, alone or fused with the stochastic fixed-point encode.
 #pragma once
 
 #include <cstddef>
@@ -8,10 +7,6 @@
 #include <utility>
 
 namespace medfl::secagg {
-
-// Write nbytes of keystream to out; blocks counter .. counter + ceil(nbytes / 64) - 1.
-void chacha20_keystream(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, uint8_t* out,
-                        std::size_t nbytes);
 
 // vec[i] += sign_j * word_i(keystream of key_j) for every mask j, wrapping (T = uint32_t or uint64_t);
 // keys is n_masks * 32 bytes, signs n_masks entries of +1 / -1. Keystream words are little-endian.
@@ -32,8 +27,6 @@ std::pair<int64_t, int64_t> quantize_and_mask(const float* x, T* out, std::size_
 #ifdef MEDFL_WITH_CUDA
 namespace medfl::secagg {
 // CUDA versions on the caller's stream (out / vec are device pointers; keys and signs on the host).
-void chacha20_keystream_cuda(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, void* out,
-                             uint64_t nbytes, void* stream);
 void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys, const int8_t* signs,
                       std::size_t n_masks, const uint8_t nonce[12], void* stream);
 // Fused quantize + mask on the device (x and out device pointers); synchronises the stream to

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/chacha20.h"
 #include "module.h"
 #include "secagg/secagg.h"
 
@@ -35,7 +36,7 @@ py::bytes keystream(py::bytes key, py::bytes nonce, uint64_t counter, uint64_t n
   uint8_t* o = reinterpret_cast<uint8_t*>(PyBytes_AsString(out.ptr()));
   {
     py::gil_scoped_release release;
-    medfl::secagg::chacha20_keystream(k, nn, static_cast<uint32_t>(counter), o, nbytes);
+    medfl::common::chacha20_keystream(k, nn, static_cast<uint32_t>(counter), o, nbytes);
   }
   return out;
 }
@@ -98,6 +99,8 @@ std::pair<int64_t, int64_t> quantize_and_mask(py::array x, py::array out, int fr
   throw py::value_error("out: expected dtype uint32 or uint64, got " + std::string(py::str(out.dtype())));
 }
 
+}  // namespace
+
 static medfl::native::Registration reg("secagg", [](py::module_& m) {
   m.def("chacha20_keystream", &keystream, py::arg("key"), py::arg("nonce"), py::arg("counter"), py::arg("nbytes"),
         "ChaCha20 keystream of RFC 8439 (32-byte key, 12-byte nonce, 32-bit block counter).");
@@ -113,7 +116,7 @@ static medfl::native::Registration reg("secagg", [](py::module_& m) {
         const uint8_t* k = bytes_of(key, 32, "key");
         const uint8_t* nn = bytes_of(nonce, 12, "nonce");
         check_counter(counter, nbytes);
-        medfl::secagg::chacha20_keystream_cuda(k, nn, static_cast<uint32_t>(counter), medfl::native::ptr(out), nbytes,
+        medfl::common::chacha20_keystream_cuda(k, nn, static_cast<uint32_t>(counter), medfl::native::ptr(out), nbytes,
                                                medfl::native::ptr(stream));
       },
       py::arg("key"), py::arg("nonce"), py::arg("counter"), py::arg("out"), py::arg("nbytes"), py::arg("stream"));
@@ -176,5 +179,3 @@ static medfl::native::Registration reg("secagg", [](py::module_& m) {
       py::arg("keys"), py::arg("signs"), py::arg("nonce"), py::arg("stream"));
 #endif
 });
-
-}  // namespace

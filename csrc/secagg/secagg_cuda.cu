@@ -1,69 +1,23 @@
-// CUDA kernels of secure aggregation on the caller's stream: the ChaCha20 keystream of RFC 8439
-// (one thread per 64-byte block) and the in-place masking of a ring vector (one thread per
-// 64-byte block of the vector, every mask's keystream block generated in registers and added).
+// CUDA kernels of secure aggregation on the caller's stream: the in-place masking of a ring
+// vector (one thread per 64-byte block of the vector, every mask's ChaCha20 keystream block
+// generated in registers by csrc/common/chacha20.cuh and added) and the fused quantize + mask.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstring>
-#include <stdexcept>
 #include <string>
 
+#include "common/chacha20.cuh"
+#include "common/chacha20.h"
+#include "common/cuda_check.cuh"
 #include "fixed_point/fixed_point.h"
 #include "secagg/secagg.h"
 
 namespace medfl::secagg {
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-__device__ __forceinline__ uint32_t rotl_d(uint32_t v, int c) { return (v << c) | (v >> (32 - c)); }
-
-#define MEDFL_QRD(a, b, c, d)                       \
-  x[a] += x[b]; x[d] = rotl_d(x[d] ^ x[a], 16);     \
-  x[c] += x[d]; x[b] = rotl_d(x[b] ^ x[c], 12);     \
-  x[a] += x[b]; x[d] = rotl_d(x[d] ^ x[a], 8);      \
-  x[c] += x[d]; x[b] = rotl_d(x[b] ^ x[c], 7);
-
-// One block of RFC 8439 section 2.3: st holds the 16-word input with word 12 = block counter.
-__device__ __forceinline__ void block(const uint32_t* st, uint32_t counter, uint32_t out[16]) {
-  uint32_t x[16];
-#pragma unroll
-  for (int w = 0; w < 16; ++w) x[w] = st[w];
-  x[12] = counter;
-#pragma unroll
-  for (int r = 0; r < 10; ++r) {
-    MEDFL_QRD(0, 4, 8, 12) MEDFL_QRD(1, 5, 9, 13) MEDFL_QRD(2, 6, 10, 14) MEDFL_QRD(3, 7, 11, 15)
-    MEDFL_QRD(0, 5, 10, 15) MEDFL_QRD(1, 6, 11, 12) MEDFL_QRD(2, 7, 8, 13) MEDFL_QRD(3, 4, 9, 14)
-  }
-#pragma unroll
-  for (int w = 0; w < 16; ++w) out[w] = x[w] + (w == 12 ? counter : st[w]);
-}
-#undef MEDFL_QRD
-
-struct State {
-  uint32_t w[16];
-};
-
-__global__ void keystream_kernel(State st, uint32_t counter, uint8_t* out, uint64_t nbytes) {
-  const uint64_t blocks = (nbytes + 63) / 64;
-  const bool aligned = (reinterpret_cast<uintptr_t>(out) & 15) == 0;
-  for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < blocks; b += (uint64_t)gridDim.x * blockDim.x) {
-    uint32_t ks[16];
-    block(st.w, counter + static_cast<uint32_t>(b), ks);
-    const uint64_t base = b * 64;
-    if (aligned && nbytes - base >= 64) {
-      uint4* o = reinterpret_cast<uint4*>(out + base);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) o[q] = make_uint4(ks[4 * q], ks[4 * q + 1], ks[4 * q + 2], ks[4 * q + 3]);
-    } else {
-      const uint64_t len = nbytes - base < 64 ? nbytes - base : 64;
-      const uint8_t* k8 = reinterpret_cast<const uint8_t*>(ks);
-      for (uint64_t i = 0; i < len; ++i) out[base + i] = k8[i];
-    }
-  }
-}
+using common::chacha20_block;
+using common::cuda_check;
 
 // Adds (sign > 0) or subtracts one 64-byte keystream block, viewed as 64 / sizeof(T) ring words,
 // to acc. Little-endian words, as the host kernels and the reference read the keystream.
@@ -102,7 +56,7 @@ __device__ __forceinline__ void add_masks_and_store(T (&acc)[64 / sizeof(T)], T*
   constexpr int kWords = 64 / sizeof(T);
   for (int j = 0; j < n_masks; ++j) {
     uint32_t ks[16];
-    block(smem + 16 * j, static_cast<uint32_t>(b), ks);
+    chacha20_block(smem + 16 * j, static_cast<uint32_t>(b), ks);
     accumulate<T>(acc, ks, ssigns[j] > 0);
   }
   if (full) {
@@ -186,40 +140,21 @@ __global__ void quantize_masks_kernel(const float* x, T* out, uint64_t n, double
   }
 }
 
-void host_state(const uint8_t key[32], const uint8_t nonce[12], uint32_t st[16]) {
-  st[0] = 0x61707865u; st[1] = 0x3320646eu; st[2] = 0x79622d32u; st[3] = 0x6b206574u;
-  std::memcpy(st + 4, key, 32);
-  st[12] = 0;
-  std::memcpy(st + 13, nonce, 12);
-}
-
 // Host image of the kernels' parameter block: [head | one 64-byte ChaCha20 state per mask | signs],
 // with `head` bytes left for the caller (zeros).
 std::string stage_masks(std::size_t head, const uint8_t* keys, const int8_t* signs, std::size_t n_masks,
                         const uint8_t nonce[12]) {
   std::string host(head + 64 * n_masks + n_masks, '\0');
   for (std::size_t j = 0; j < n_masks; ++j)
-    host_state(keys + 32 * j, nonce, reinterpret_cast<uint32_t*>(&host[head + 64 * j]));
+    common::chacha20_init_state(keys + 32 * j, nonce, reinterpret_cast<uint32_t*>(&host[head + 64 * j]));
   if (n_masks) std::memcpy(&host[head + 64 * n_masks], signs, n_masks);
   return host;
 }
 
-int grid_for(uint64_t work) {
-  const uint64_t g = (work + 255) / 256;
-  return static_cast<int>(g < 65535 ? (g ? g : 1) : 65535);
-}
+// 256-thread blocks over `work` 64-byte blocks, at most 65535 blocks.
+unsigned grid_for(uint64_t work) { return common::grid_for(static_cast<int64_t>(work), 256, 65535); }
 
 }  // namespace
-
-void chacha20_keystream_cuda(const uint8_t key[32], const uint8_t nonce[12], uint32_t counter, void* out,
-                             uint64_t nbytes, void* stream) {
-  if (nbytes == 0) return;
-  State st;
-  host_state(key, nonce, st.w);
-  auto s = static_cast<cudaStream_t>(stream);
-  keystream_kernel<<<grid_for((nbytes + 63) / 64), 256, 0, s>>>(st, counter, static_cast<uint8_t*>(out), nbytes);
-  check(cudaGetLastError(), "chacha20_keystream_cuda");
-}
 
 void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys, const int8_t* signs,
                       std::size_t n_masks, const uint8_t nonce[12], void* stream) {
@@ -228,8 +163,8 @@ void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys,
   const std::size_t st_bytes = 64 * n_masks;
   const std::string host = stage_masks(0, keys, signs, n_masks, nonce);
   void* dev = nullptr;
-  check(cudaMallocAsync(&dev, host.size(), s), "apply_masks_cuda: cudaMallocAsync");
-  check(cudaMemcpyAsync(dev, host.data(), host.size(), cudaMemcpyHostToDevice, s), "apply_masks_cuda: copy");
+  cuda_check(cudaMallocAsync(&dev, host.size(), s), "apply_masks_cuda: cudaMallocAsync");
+  cuda_check(cudaMemcpyAsync(dev, host.data(), host.size(), cudaMemcpyHostToDevice, s), "apply_masks_cuda: copy");
   const auto* states = static_cast<const uint32_t*>(dev);
   const auto* dsigns = reinterpret_cast<const int8_t*>(static_cast<uint8_t*>(dev) + st_bytes);
   const std::size_t smem = 64 * n_masks + n_masks;
@@ -240,10 +175,10 @@ void apply_masks_cuda(void* vec, int ring_bits, uint64_t n, const uint8_t* keys,
     masks_kernel<uint64_t><<<grid_for((n + 7) / 8), 256, smem, s>>>(static_cast<uint64_t*>(vec), n, states, dsigns,
                                                                    static_cast<int>(n_masks));
   }
-  check(cudaGetLastError(), "apply_masks_cuda");
+  cuda_check(cudaGetLastError(), "apply_masks_cuda");
   // The host staging buffer must outlive the pageable copy (which has completed on return for
   // pageable memory); free the device buffer in stream order.
-  check(cudaFreeAsync(dev, s), "apply_masks_cuda: cudaFreeAsync");
+  cuda_check(cudaFreeAsync(dev, s), "apply_masks_cuda: cudaFreeAsync");
 }
 
 std::pair<int64_t, int64_t> quantize_and_mask_cuda(const float* x, void* out, int ring_bits, uint64_t n,
@@ -259,8 +194,8 @@ std::pair<int64_t, int64_t> quantize_and_mask_cuda(const float* x, void* out, in
   const unsigned long long none[2] = {n, n};
   std::memcpy(&host[0], none, head);
   void* dev = nullptr;
-  check(cudaMallocAsync(&dev, total, s), "quantize_and_mask_cuda: cudaMallocAsync");
-  check(cudaMemcpyAsync(dev, host.data(), total, cudaMemcpyHostToDevice, s), "quantize_and_mask_cuda: copy in");
+  cuda_check(cudaMallocAsync(&dev, total, s), "quantize_and_mask_cuda: cudaMallocAsync");
+  cuda_check(cudaMemcpyAsync(dev, host.data(), total, cudaMemcpyHostToDevice, s), "quantize_and_mask_cuda: copy in");
   auto* bad = static_cast<unsigned long long*>(dev);
   const auto* states = reinterpret_cast<const uint32_t*>(static_cast<uint8_t*>(dev) + head);
   const auto* dsigns = reinterpret_cast<const int8_t*>(static_cast<uint8_t*>(dev) + head + 64 * n_masks);
@@ -277,10 +212,10 @@ std::pair<int64_t, int64_t> quantize_and_mask_cuda(const float* x, void* out, in
   }
   const cudaError_t launch = cudaGetLastError();
   unsigned long long found[2] = {n, n};
-  check(cudaMemcpyAsync(found, bad, head, cudaMemcpyDeviceToHost, s), "quantize_and_mask_cuda: copy out");
-  check(cudaFreeAsync(dev, s), "quantize_and_mask_cuda: cudaFreeAsync");
-  check(cudaStreamSynchronize(s), "quantize_and_mask_cuda: cudaStreamSynchronize");
-  check(launch, "quantize_and_mask_cuda: launch");
+  cuda_check(cudaMemcpyAsync(found, bad, head, cudaMemcpyDeviceToHost, s), "quantize_and_mask_cuda: copy out");
+  cuda_check(cudaFreeAsync(dev, s), "quantize_and_mask_cuda: cudaFreeAsync");
+  cuda_check(cudaStreamSynchronize(s), "quantize_and_mask_cuda: cudaStreamSynchronize");
+  cuda_check(launch, "quantize_and_mask_cuda: launch");
   const auto st = fixed_point::make_status(static_cast<int64_t>(found[0]), static_cast<int64_t>(found[1]),
                                            static_cast<int64_t>(n));
   return {st.code, st.index};

@@ -11,17 +11,14 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
+#include "common/cuda_check.cuh"
 #include "smpc/smpc.h"
 
 namespace medfl::smpc {
 namespace {
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
+using common::cuda_check;
 
 // ---------------- ring product ----------------
 constexpr int kTile = 64;  // outputs per block side
@@ -244,9 +241,9 @@ struct Tables {
 
 void upload_tables(cudaStream_t stream) {
   static const Tables tables;  // host copies live for the whole process (the copies are asynchronous)
-  check(cudaMemcpyToSymbolAsync(c_round_keys, tables.rk, sizeof(tables.rk), 0, cudaMemcpyHostToDevice, stream),
+  cuda_check(cudaMemcpyToSymbolAsync(c_round_keys, tables.rk, sizeof(tables.rk), 0, cudaMemcpyHostToDevice, stream),
         "dcf: round keys");
-  check(cudaMemcpyToSymbolAsync(c_t0, tables.t0, sizeof(tables.t0), 0, cudaMemcpyHostToDevice, stream),
+  cuda_check(cudaMemcpyToSymbolAsync(c_t0, tables.t0, sizeof(tables.t0), 0, cudaMemcpyHostToDevice, stream),
         "dcf: T-table");
 }
 
@@ -257,12 +254,12 @@ void ring_matmul_cuda(const uint64_t* a, const uint64_t* b, uint64_t* c, int64_t
   if (m <= 0 || n <= 0) return;
   auto st = static_cast<cudaStream_t>(stream);
   if (k <= 0) {
-    if (!accumulate) check(cudaMemsetAsync(c, 0, static_cast<size_t>(m * n) * sizeof(uint64_t), st), "ring_matmul");
+    if (!accumulate) cuda_check(cudaMemsetAsync(c, 0, static_cast<size_t>(m * n) * sizeof(uint64_t), st), "ring_matmul");
     return;
   }
   const dim3 threads(16, 16), grid(static_cast<unsigned>((n + kTile - 1) / kTile), static_cast<unsigned>((m + kTile - 1) / kTile));
   ring_matmul_kernel<<<grid, threads, 0, st>>>(a, b, c, m, k, n, accumulate);
-  check(cudaGetLastError(), "ring_matmul_cuda launch");
+  cuda_check(cudaGetLastError(), "ring_matmul_cuda launch");
 }
 
 void dcf_eval_cuda(int party, const DcfKeys& key, const uint64_t* x, uint64_t* out, int64_t n, int bits, int payload,
@@ -273,7 +270,7 @@ void dcf_eval_cuda(int party, const DcfKeys& key, const uint64_t* x, uint64_t* o
   const int threads = 128;
   dcf_eval_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, st>>>(
       party, key.seed, key.s_cw, key.v_cw, key.t_cw, key.final_cw, x, out, n, bits, payload);
-  check(cudaGetLastError(), "dcf_eval_cuda launch");
+  cuda_check(cudaGetLastError(), "dcf_eval_cuda launch");
 }
 
 void dcf_gen_cuda(const uint64_t* alpha, const uint64_t* beta, const uint64_t* roots, uint64_t* s_cw, uint64_t* v_cw,
@@ -284,7 +281,7 @@ void dcf_gen_cuda(const uint64_t* alpha, const uint64_t* beta, const uint64_t* r
   const int threads = 128;
   dcf_gen_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, st>>>(
       alpha, beta, roots, s_cw, v_cw, t_cw, final_cw, n, bits, payload);
-  check(cudaGetLastError(), "dcf_gen_cuda launch");
+  cuda_check(cudaGetLastError(), "dcf_gen_cuda launch");
 }
 
 }  // namespace medfl::smpc
