@@ -170,7 +170,7 @@ def local_parties(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | N
 def encrypted_session(*, endpoint: str, server_key: Any, client_keys: Any, dealer_key: Any, model: str,
                       images: Sequence[np.ndarray], timeout_s: float) -> Any:
     """Run one session as the data owner against a model server; return its SessionReport."""
-    from medfl.smpc.client import infer_remote
+    from medfl.smpc.session.client import infer_remote
     from medfl.wire import ClientChannel, read_public_key
 
     trusted = None
@@ -188,7 +188,7 @@ def run_infer(opts: InferOptions) -> dict[str, Any]:
     side = int(meta.get("image_size", 64))
     images = read_images(opts.images, side)
     plain = plain_logits(opts.checkpoint, images) if (opts.compare_plain or not opts.encrypted) else None
-    from medfl.smpc.client import softmax_positive
+    from medfl.smpc.session.client import softmax_positive
 
     out: dict[str, Any] = {"mode": "2pc+dealer" if opts.encrypted else "plain", "checkpoint": str(opts.checkpoint),
                            "model": meta.get("model", "cnn"), "image_size": side, "images": []}
@@ -217,7 +217,7 @@ def run_infer(opts: InferOptions) -> dict[str, Any]:
 def summarize(report: Any, paths: Sequence[pathlib.Path | str], plain: Sequence[np.ndarray] | None,
               out: dict[str, Any]) -> dict[str, Any]:
     """Fill the JSON summary from a session report (and the plain logits, if any)."""
-    from medfl.smpc.client import softmax_positive
+    from medfl.smpc.session.client import softmax_positive
 
     n = len(report.images)
     diffs, sdiffs, agree = [], [], []

@@ -166,13 +166,13 @@ def _dcf_out(n: int, payload: int) -> np.ndarray:
 class _Reference:
     @staticmethod
     def dcf_gen(alpha, beta, roots, bits):
-        from medfl.smpc import fss
+        from medfl.smpc.fss import dcf as fss
 
         return fss.dcf_gen_reference(alpha, beta, roots, bits)
 
     @staticmethod
     def dcf_eval(party, key, x):
-        from medfl.smpc import fss
+        from medfl.smpc.fss import dcf as fss
 
         return fss.dcf_eval_reference(party, key, x)
 
