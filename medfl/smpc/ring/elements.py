@@ -40,7 +40,7 @@ def uniform(shape: tuple[int, ...]) -> np.ndarray:
     -----
     Each draw takes one 32-byte key from :func:`medfl.csprng.token_bytes` and expands it with
     :func:`medfl.csprng.expand` (nonce and counter zero); a device that expands the same key
-    with the same ChaCha20 (the dealer on a GPU, :mod:`medfl.smpc.generator`) draws the same
+    with the same ChaCha20 (the dealer on a GPU, :mod:`medfl.smpc.dealer.generator`) draws the same
     elements.
 
     References
