@@ -2,7 +2,7 @@
 
 The agent connects out to the model server of agent.toml's ``[inference]`` table (the
 coordinator hosts one by default), pins its key, accepts only the dealers it trusts, and
-runs the session with :func:`medfl.smpc.client.infer_remote`. The model server never sees
+runs the session with :func:`medfl.smpc.session.client.infer_remote`. The model server never sees
 the image and the agent never sees the weights; only the agent sees the score.
 
 References
@@ -23,7 +23,7 @@ from agent.config import AgentConfig
 from agent.policy import check_inference
 from medfl.errors import AuthError, ConfigError
 from medfl.inference import read_images, summarize
-from medfl.smpc.client import infer_remote
+from medfl.smpc.session.client import infer_remote
 from medfl.wire import ClientChannel, read_keypair, read_public_key
 
 __all__ = ["encrypted_scores", "model_server_endpoint", "run_agent_infer"]

@@ -20,7 +20,7 @@ from typing import Any
 from apps.processes import daemons, free_port, wait_for_line
 from medfl.errors import StateError
 from medfl.inference import checkpoint_meta, encrypted_session, plain_logits, read_images, summarize
-from medfl.smpc.client import softmax_positive
+from medfl.smpc.session.client import softmax_positive
 from medfl.wire import generate_keypair, read_keypair, write_keypair
 
 __all__ = ["InferOptions", "local_parties", "run_infer"]

@@ -10,7 +10,7 @@ are not trivially zero; calibration on two other images as at model registration
 
 - ``plain_seconds``: torch forward of one image (median);
 - ``online_seconds``: one query of :class:`medfl.smpc.evaluator.SecureModel` with its dealer material
-  fetched ahead by :class:`medfl.smpc.prefetch.PrefetchDealer`: both compute parties' local work,
+  fetched ahead by :class:`medfl.smpc.dealer.prefetch.PrefetchDealer`: both compute parties' local work,
   run one after the other in this process, with the openings in memory (no network);
 - ``offline_seconds`` / ``offline_bytes``: :meth:`PrefetchDealer.prefetch` for that query: the
   dealer's generation plus the parties' input-independent products (``A_p F + C_p``), and the
@@ -29,7 +29,7 @@ whose cores may be shared, so they are noisy.
 ``--device cpu cuda`` runs every medfl row on each device (rows ``<model> <device>``): with ``cuda`` the
 ring products of Conv2d / Linear (online and the offline ``A_p F``) and the ReLU / max-pool DCF
 evaluations run on the GPU (:class:`medfl.smpc.device.CudaDevice`, masked weights resident for the
-session), and so does the dealer's bulk generation (:class:`medfl.smpc.generator.CudaGenerator`:
+session), and so does the dealer's bulk generation (:class:`medfl.smpc.dealer.generator.CudaGenerator`:
 ChaCha20 keystreams, the triples' ``A B``, the DCF keys; counted in ``offline_seconds``); openings,
 truncations and element-wise algebra stay on the host; ``bit_identical_to_cpu`` says whether the
 logits equal the CPU rows' bit for bit (same seeded randomness on both devices in that comparison
@@ -63,10 +63,10 @@ import torch
 from medfl import csprng, native
 from medfl.models import create_model
 from medfl.smpc import InMemoryChannel, LocalDealer
+from medfl.smpc.dealer.prefetch import PrefetchDealer
 from medfl.smpc.device import DEVICES, smpc_device
+from medfl.smpc.engine.layers import Session
 from medfl.smpc.evaluator import SecureModel, calibrate, fold_batchnorm
-from medfl.smpc.layers import Session
-from medfl.smpc.prefetch import PrefetchDealer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from crypten_side import batchnorm_variant  # noqa: E402

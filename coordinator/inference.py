@@ -25,8 +25,8 @@ import zmq
 
 from medfl.errors import StateError
 from medfl.smpc.evaluator import calibrate
-from medfl.smpc.provider import DealerService
-from medfl.smpc.server import ModelServer, ServedModel
+from medfl.smpc.session.provider import DealerService
+from medfl.smpc.session.server import ModelServer, ServedModel
 from medfl.wire import ClientChannel, KeyPair, ServerChannel, read_public_key
 
 __all__ = ["HostedModelServer", "load_served", "make_dealer", "make_model_server", "public_keys", "raw_key",

@@ -33,7 +33,7 @@ from medfl.data.folder import read_image
 from medfl.errors import StateError
 from medfl.models import create_model
 from medfl.models.weights import load_checkpoint, load_state_arrays
-from medfl.smpc.client import SessionReport, infer_remote, softmax_positive
+from medfl.smpc.session.client import SessionReport, infer_remote, softmax_positive
 from medfl.wire import ClientChannel, read_public_key
 
 __all__ = ["checkpoint_meta", "encrypted_session", "format_table", "plain_logits", "read_images", "summarize"]

@@ -1,10 +1,13 @@
 """Encrypted inference: two-party computation over Z_2^64 with a dealer.
 
-In one process: :mod:`~medfl.smpc.evaluator` (both parties side by side, tests and
-benchmarks). Over the network: :mod:`~medfl.smpc.party` (one party's run),
-:mod:`~medfl.smpc.material` (plans and sealed dealer material), :mod:`~medfl.smpc.provider`
-(the dealer service), :mod:`~medfl.smpc.server` (the model server), :mod:`~medfl.smpc.client`
-(the data owner) and :mod:`~medfl.smpc.session` (session stages).
+The parts, lowest first (each imports only the ones before it): :mod:`~medfl.smpc.ring` (ring
+elements, fixed point, additive sharing), :mod:`~medfl.smpc.fss` (DCF keys and comparison key
+material), :mod:`~medfl.smpc.device` (where the kernels run: host or CUDA),
+:mod:`~medfl.smpc.dealer` (the dealer's items, its local twin, generator, material on the wire
+and prefetch), :mod:`~medfl.smpc.engine` (openings, Beaver products, truncation, ReLU and the
+layers), :mod:`~medfl.smpc.evaluator` (a torch model on the engine, both parties side by side in
+one process: tests and benchmarks) and :mod:`~medfl.smpc.session` (over the network: one party's
+run, the dealer service, the model server, the data owner and the session stages).
 
 References
 ----------
@@ -13,12 +16,9 @@ References
    CRYPTO 2020.
 """
 
-from medfl.smpc.beaver import MaskedWeight, mask_weight, matmul
-from medfl.smpc.channel import Channel, InMemoryChannel
-from medfl.smpc.dealer import Dealer, LocalDealer, MatmulTriple, TruncPair
-from medfl.smpc.prefetch import PrefetchDealer
-from medfl.smpc.sharing import Shared, reconstruct, share
-from medfl.smpc.truncation import check_headroom, truncate
+from medfl.smpc.dealer import Dealer, LocalDealer, MatmulTriple, PrefetchDealer, TruncPair
+from medfl.smpc.engine import Channel, InMemoryChannel, check_headroom, mask_weight, matmul, truncate
+from medfl.smpc.ring import MaskedWeight, Shared, reconstruct, share
 
 __all__ = ["Channel", "Dealer", "InMemoryChannel", "LocalDealer", "MaskedWeight", "MatmulTriple", "PrefetchDealer",
            "Shared", "TruncPair", "check_headroom", "mask_weight", "matmul", "reconstruct", "share", "truncate"]

@@ -8,12 +8,12 @@ kernels of ``csrc/smpc`` on the current torch stream: the weight operands of the
 products (``F + B_0`` beside ``B_1``) and of the offline ones (``F``) are uploaded once per
 weight and session and stay resident; each product moves its left operand to the device and
 the product back, each comparison its opened points and its keys (the keys ahead of the query
-when a :class:`~medfl.smpc.prefetch.PrefetchDealer` with this device fetched them). Shares stay
+when a :class:`~medfl.smpc.dealer.prefetch.PrefetchDealer` with this device fetched them). Shares stay
 NumPy arrays between operations: openings, truncations, im2col and the element-wise algebra after
 a DCF run on the host. Both kernels are exact in Z_2^64, so both devices give the same bits for
 the same shares and dealer material. The dealer has its own device (a
-:class:`~medfl.smpc.dealer.LocalDealer` given this one generates its material on it, see
-:mod:`medfl.smpc.generator`).
+:class:`~medfl.smpc.dealer.local.LocalDealer` given this one generates its material on it, see
+:mod:`medfl.smpc.dealer.generator`).
 
 The device is chosen by name: ``device="cpu" | "cuda"`` where a session is built, or
 ``MEDFL_SMPC_DEVICE`` (see :mod:`medfl.envvars`); the host is the default.
@@ -30,17 +30,14 @@ from __future__ import annotations
 import difflib
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from medfl import envvars, native
 from medfl.smpc import ring
 from medfl.smpc.fss import DcfKey, dcf_eval
-
-if TYPE_CHECKING:
-    from medfl.smpc.beaver import MaskedWeight
-    from medfl.smpc.sharing import Shared
+from medfl.smpc.ring import MaskedWeight, Shared
 
 __all__ = ["DEVICES", "CudaDevice", "HostDevice", "SmpcDevice", "resolve_device", "smpc_device"]
 
@@ -179,7 +176,7 @@ class CudaDevice:
 
     Notes
     -----
-    The resident weights are kept per :class:`~medfl.smpc.beaver.MaskedWeight` (by identity,
+    The resident weights are kept per :class:`~medfl.smpc.ring.sharing.MaskedWeight` (by identity,
     holding a reference) for the life of this object, i.e. of the session: about three times
     the model's parameters in 8-byte words (``F``, ``F + B_0``, ``B_1``).
 

@@ -12,7 +12,7 @@ Two plans make the comparisons cheap. A ReLU directly followed by a max pool run
 (``maxpool(relu(x)) = relu(maxpool(x))``, both monotone), on a quarter of the elements. With a
 calibration, each comparison's DCF covers only the planned range of its inputs: ``bits`` from the
 largest calibrated ``|input|`` times :data:`ACT_MARGIN`, plus a sign bit and one bit for the
-differences a max pool compares (see :mod:`medfl.smpc.relu`); inputs outside the calibrated
+differences a max pool compares (see :mod:`medfl.smpc.fss.comparison`); inputs outside the calibrated
 pixel range are refused before sharing. Without a calibration every comparison covers the whole
 ring (64 bits).
 
@@ -34,13 +34,14 @@ from torch import nn
 
 from medfl.errors import RingOverflowError
 from medfl.models.resnet import BasicBlock
-from medfl.smpc import layers, ring
+from medfl.smpc import ring
 from medfl.smpc.device import smpc_device
-from medfl.smpc.groupnorm import group_norm
-from medfl.smpc.layers import Session
-from medfl.smpc.relu import ACT_MARGIN, comparison_bits
-from medfl.smpc.sharing import Shared, reconstruct, share
-from medfl.smpc.truncation import HEADROOM_BITS
+from medfl.smpc.engine import layers
+from medfl.smpc.engine.groupnorm import group_norm
+from medfl.smpc.engine.layers import Session
+from medfl.smpc.engine.truncation import HEADROOM_BITS
+from medfl.smpc.fss import ACT_MARGIN, comparison_bits
+from medfl.smpc.ring import Shared, reconstruct, share
 
 __all__ = ["ACT_MARGIN", "Calibration", "SecureModel", "calibrate", "comparison_bits", "fold_batchnorm"]
 
@@ -187,7 +188,7 @@ class SecureModel:
     device : {"cpu", "cuda"}, optional
         Where the ring products and comparisons run (:mod:`medfl.smpc.device`); replaces the
         session's device when given. The logits are bit-identical on both for the same shares
-        and dealer material. A :class:`~medfl.smpc.prefetch.PrefetchDealer` in the session
+        and dealer material. A :class:`~medfl.smpc.dealer.prefetch.PrefetchDealer` in the session
         does its offline products where its own ``device`` says, and a
         :class:`~medfl.smpc.dealer.LocalDealer` generates where its own ``device`` says; to have
         them on the GPU, build one device with :func:`medfl.smpc.device.smpc_device` and give it
@@ -204,8 +205,8 @@ class SecureModel:
         """Share the weights and open their masks once (one round per weight).
 
         ``param_share`` turns an encoded parameter into shares; in one process it is
-        :func:`~medfl.smpc.sharing.share`, in a networked party it gives the model server's
-        share (the parameter) and the data owner's (zero), see :mod:`medfl.smpc.party`.
+        :func:`~medfl.smpc.ring.sharing.share`, in a networked party it gives the model server's
+        share (the parameter) and the data owner's (zero), see :mod:`medfl.smpc.session.party`.
         """
         if device is not None:
             session = dataclasses.replace(session, device=smpc_device(device))

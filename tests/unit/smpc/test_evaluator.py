@@ -12,8 +12,8 @@ from torch import nn
 from medfl.errors import RingOverflowError
 from medfl.models.cnn import cnn
 from medfl.smpc import InMemoryChannel, LocalDealer
+from medfl.smpc.engine.layers import Session
 from medfl.smpc.evaluator import SecureModel, calibrate
-from medfl.smpc.layers import Session
 
 
 def _cnn() -> nn.Sequential:

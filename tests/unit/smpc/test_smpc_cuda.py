@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from medfl import native
 from medfl.native import reference
-from medfl.smpc import fss, ring
+from medfl.smpc import ring
+from medfl.smpc.fss import dcf as fss
 
 RNG = np.random.default_rng(41)  # test data only
 
