@@ -23,7 +23,11 @@ from typing import Any
 import numpy as np
 import zmq
 
+from coordinator.store import Store
+from medfl.data.folder import read_image
 from medfl.errors import StateError
+from medfl.models import create_model
+from medfl.models.weights import load_checkpoint, load_state_arrays
 from medfl.smpc.evaluator import calibrate
 from medfl.smpc.session.provider import DealerService
 from medfl.smpc.session.server import ModelServer, ServedModel
@@ -71,10 +75,6 @@ def load_served(checkpoint: pathlib.Path, *, calibration_dir: pathlib.Path | Non
         Images (PNG/JPEG/DICOM, any folder depth) representative of the inputs; without it,
         synthetic images and a wider margin are used (more Newton steps, same correctness).
     """
-    from medfl.data.folder import read_image
-    from medfl.models import create_model
-    from medfl.models.weights import load_checkpoint, load_state_arrays
-
     if not checkpoint.is_file():
         raise StateError(f"checkpoint {checkpoint} not found; pass --checkpoint or set [inference] checkpoint")
     arrays, meta = load_checkpoint(checkpoint)
@@ -151,8 +151,6 @@ class HostedModelServer:
 
 def store_writer(db_path: pathlib.Path) -> Any:
     """A callback writing session records to the coordinator's store (own connection, any thread)."""
-    from coordinator.store import Store
-
     holder: dict[int, Store] = {}
 
     def write(records: list[dict[str, Any]]) -> None:

@@ -1,5 +1,5 @@
 // Fixed-point encoding of float32 into the ring Z_2^k (k = 32 or 64) and ring sums.
-// The exact semantics (shared with the NumPy reference in medfl/fixed_point.py):
+// The exact semantics (shared with the NumPy reference in medfl/native/reference/fixed_point.py):
 //   y = (double)x * 2^f;  nearest: r = rint(y) (half to even);
 //   stochastic: r = floor(y) + (u_i < y - floor(y)), u_i = (mix64(seed + (offset+i+1)*G) >> 11) * 2^-53
 //   r must lie in [-2^(k-1), 2^(k-1)); stored as (uint_k)(int64)r (two's complement).

@@ -1,5 +1,5 @@
 // Python bindings of the fixed-point kernels (registered into medfl._native through csrc/module.h).
-// Python wrappers in medfl/native.py check arguments first; the checks here are the last line and
+// Python wrappers in medfl/native/ check arguments first; the checks here are the last line and
 // raise ValueError with the values.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

@@ -1,4 +1,4 @@
-// Kernels of DP-SGD's per-sample clipping (see medfl/privacy/kernels.py for the Python entry and
+// Kernels of DP-SGD's per-sample clipping (see medfl/native/clipping.py for the Python entry and
 // the torch references each one is tested against).
 //
 //   row_sqnorms:   sq[b] = sum_j x[b, j]^2 for a (B, D) matrix of per-sample gradients, summed in

@@ -1,5 +1,5 @@
 // Python bindings of the per-sample clipping kernels (registered into medfl._native through
-// csrc/module.h). medfl/privacy/kernels.py is the Python entry; it passes torch tensors as NumPy
+// csrc/module.h). medfl/native/clipping.py is the Python entry; it passes torch tensors as NumPy
 // views (host) or device pointers with torch's current stream (CUDA).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>

@@ -4,7 +4,7 @@
 // Ring products: C (m x n) (+)= A (m x k) @ B (k x n), all uint64 row-major, wrapping mod 2^64.
 // DCF: the construction of Boyle et al., EUROCRYPT 2021, Fig. 1, on `bits`-bit unsigned inputs
 // (most significant bit first) with `payload` 64-bit output words; the PRG is the one of
-// medfl/smpc/fss.py (bit for bit): G(s) = AES_k(s ^ i) ^ s ^ i for tweaks i = 0, 1, 2, 3 xored
+// medfl/smpc/fss/dcf.py (bit for bit): G(s) = AES_k(s ^ i) ^ s ^ i for tweaks i = 0, 1, 2, 3 xored
 // into the low 64-bit word, k = bytes 0..15. Block 0 gives (sL, tL), block 1 (sR, tR) (t is bit 0
 // of the low word, which is then cleared), blocks 2.. give the value words vL[0..P), vR[0..P).
 #pragma once
@@ -28,7 +28,7 @@ enum class AesImpl { kAuto = 0, kPortable = 1, kAesni = 2, kVaes = 3 };
 const char* aes_impl();
 bool aes_available(AesImpl impl);
 
-// One party's DCF keys for a batch of n comparisons (element-major, as in medfl/smpc/fss.py):
+// One party's DCF keys for a batch of n comparisons (element-major, as in medfl/smpc/fss/dcf.py):
 // seed (n, 2), s_cw (n, bits, 2), v_cw (n, bits, P), t_cw (n, bits, 2) bytes, final (n, P).
 struct DcfKeys {
   const uint64_t* seed;

@@ -1,5 +1,5 @@
 // Python bindings of the encrypted-inference kernels (registered into medfl._native through csrc/module.h).
-// medfl/native.py checks arguments first; the checks here are the last line and raise ValueError.
+// medfl/native/ checks arguments first; the checks here are the last line and raise ValueError.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -115,10 +115,10 @@ static medfl::native::Registration reg("smpc", [](py::module_& m) {
         "out (=|+=) a @ b mod 2^64 for C-contiguous uint64 matrices (AVX2 when the CPU has it).");
   m.def("dcf_eval", &dcf_eval, py::arg("party"), py::arg("seed"), py::arg("s_cw"), py::arg("v_cw"), py::arg("t_cw"),
         py::arg("final"), py::arg("x"), py::arg("out"), py::arg("bits"), py::arg("payload"), py::arg("aes") = "auto",
-        "One party's DCF shares of payload * [x < alpha] at public points x (see medfl/smpc/fss.py).");
+        "One party's DCF shares of payload * [x < alpha] at public points x (see medfl/smpc/fss/dcf.py).");
   m.def("dcf_gen", &dcf_gen, py::arg("alpha"), py::arg("beta"), py::arg("roots"), py::arg("s_cw"), py::arg("v_cw"),
         py::arg("t_cw"), py::arg("final"), py::arg("bits"), py::arg("payload"), py::arg("aes") = "auto",
-        "DCF correction words for x -> beta * [x < alpha] from the parties' root seeds (see medfl/smpc/fss.py).");
+        "DCF correction words for x -> beta * [x < alpha] from the parties' root seeds (see medfl/smpc/fss/dcf.py).");
   m.def("aes_tables", &aes_tables, "(round keys as 44 LE words, T-table T0) of the PRG's AES, as the GPU uses them");
 #ifdef MEDFL_WITH_CUDA
   m.def(
@@ -144,7 +144,7 @@ static medfl::native::Registration reg("smpc", [](py::module_& m) {
       },
       py::arg("party"), py::arg("seed"), py::arg("s_cw"), py::arg("v_cw"), py::arg("t_cw"), py::arg("final"),
       py::arg("x"), py::arg("out"), py::arg("n"), py::arg("bits"), py::arg("payload"), py::arg("stream"),
-      "DCF evaluation on device pointers (key layout of medfl/smpc/fss.py), on the given stream.");
+      "DCF evaluation on device pointers (key layout of medfl/smpc/fss/dcf.py), on the given stream.");
   m.def(
       "dcf_gen_cuda",
       [](uintptr_t alpha, uintptr_t beta, uintptr_t roots, uintptr_t s_cw, uintptr_t v_cw, uintptr_t t_cw,

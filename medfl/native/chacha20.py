@@ -1,6 +1,6 @@
 """ChaCha20 keystream (RFC 8439), the pseudorandom generator of secagg masks and of the dealer's draws.
 
-The native kernel (``csrc/secagg``) is used when ``medfl._native`` is built and
+The native kernel (``csrc/common/chacha20_cpu.cpp``) is used when ``medfl._native`` is built and
 ``MEDFL_NATIVE`` does not force the reference; the reference is OpenSSL's ChaCha20 through
 ``cryptography`` (:mod:`medfl.native.reference.masking`). :func:`keystream` fills a device
 array with the stream of key, nonce 0 and counter 0 on the caller's CUDA stream.

@@ -10,7 +10,7 @@ party 0's first.
 - :class:`HostGenerator` expands the key with :func:`medfl.csprng.expand` (through
   :func:`medfl.smpc.ring.uniform`), multiplies with the native ring product and makes DCF keys
   with the native ``dcf_gen`` (:func:`medfl.smpc.fss.dcf_gen`): the dealer as it always was.
-- :class:`CudaGenerator` expands the same key on the GPU (the ChaCha20 kernel of ``csrc/secagg``),
+- :class:`CudaGenerator` expands the same key on the GPU (the ChaCha20 kernel of ``csrc/common``),
   computes ``A B`` there with ``ring_matmul_cuda`` against ``B`` kept resident for the session,
   and the DCF correction words with ``dcf_gen_cuda`` from roots drawn on the device. Only keys,
   thresholds and payloads go up; the material comes back as the host dealer's NumPy arrays.
