@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from medfl import config
+from medfl.config import KeysSection
 
 __all__ = ["AgentConfig", "load_config"]
 
@@ -74,13 +75,6 @@ class CoordinatorLink:
         if not self.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
             return [("endpoint", f"must be a ZeroMQ endpoint like tcp://host:7777, got {self.endpoint!r}")]
         return []
-
-
-@dataclass(frozen=True)
-class KeysSection:
-    """The ``[keys]`` table."""
-
-    secret_key_file: pathlib.Path | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,15 @@ sealed shares, masks the vector when both the share delivery and the training re
 and answers the unmask request. It never touches a socket: each method returns the envelopes
 to send.
 
+:func:`open_secure` opens the secure sum of a TRAIN / EVALUATE and checks it against the job
+this agent accepted. The job offer is the source of truth for ``aggregation.clip_norm`` and
+``sample_cap``: the ``secure`` parameters repeat them (``clip_norm``, ``sample_cap``, and
+``spec.clip_norm`` inside the quantization spec), because agents released before this check
+require the copies and wire fields are never removed. A copy that disagrees with the accepted
+job is refused (:class:`~medfl.errors.MalformedMessage`, answered with JOB_REFUSE), so a
+coordinator cannot make the agent clip or weight its update by another bound than the one it
+accepted.
+
 The masks depend on the keys only. When the share delivery comes before the local result (the
 usual case: the key exchange takes milliseconds, training takes minutes), a background thread
 builds the sum of this agent's masks at once (:meth:`SecAggClient.premask`; the native
@@ -35,13 +44,14 @@ import numpy as np
 from agent.config import PolicySection
 from medfl.buffers import VectorPool, default_pool
 from medfl.errors import MalformedMessage, OutOfOrder, PolicyViolation, Rejected
+from medfl.jobspec import JobSpec
 from medfl.secagg import envelopes
 from medfl.secagg.client import SecAggClient
 from medfl.secagg.messages import KeyRoster, ShareDelivery, UnmaskRequest
 from medfl.secagg.quantization import QuantSpec
 from medfl.wire import Envelope
 
-__all__ = ["SecureRound"]
+__all__ = ["SecureRound", "open_secure"]
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +204,50 @@ class SecureRound:
         if self._report:
             env = dataclasses.replace(env, body={**env.body, "report": self._report})
         return [env]
+
+
+def open_secure(*, spec: JobSpec, env: Envelope, policy: PolicySection) -> SecureRound | None:
+    """The secure sum a TRAIN / EVALUATE asks for, checked against the accepted job; None for a plain round.
+
+    Parameters
+    ----------
+    spec : JobSpec
+        The job this agent accepted (from its JOB_OFFER).
+    env : Envelope
+        The TRAIN or EVALUATE message.
+    policy : PolicySection
+        The local policy.
+
+    Returns
+    -------
+    SecureRound or None
+        The open secure sum (its keys are not sent yet: :meth:`SecureRound.start`).
+
+    Raises
+    ------
+    PolicyViolation
+        The message carries no ``secure`` parameters but the job or the local policy requires
+        secure aggregation, or the threshold is below ``policy.min_parties``.
+    MalformedMessage
+        A parameter is missing or of the wrong type, or a copy of the job's ``clip_norm`` or
+        ``sample_cap`` disagrees with the accepted job.
+    """
+    params = env.body.get("secure")
+    if params is None:
+        if spec.aggregation.secure or policy.require_secure_aggregation:
+            raise PolicyViolation(
+                f"{env.type} of round {env.round} carries no secure-aggregation parameters, but "
+                + ("the job asks for secure aggregation" if spec.aggregation.secure else
+                   "agent.toml policy.require_secure_aggregation = true")
+                + "; this agent will not send its update in the clear")
+        return None
+    run = SecureRound(job=str(env.job), round=int(env.round or 0), params=params, policy=policy)
+    agg = spec.aggregation
+    for key, sent, accepted in (("clip_norm", run.clip_norm, agg.clip_norm),
+                                ("spec.clip_norm", run.spec.clip_norm, agg.clip_norm),
+                                ("sample_cap", run.sample_cap, agg.sample_cap)):
+        if sent != accepted:
+            raise MalformedMessage(f"{env.type} of round {env.round} says secure.{key}={sent!r}, but job {env.job} was "
+                                   f"accepted with aggregation.{key.removeprefix('spec.')}={accepted!r}; "
+                                   "this agent keeps the accepted job's bound and refuses the round")
+    return run

@@ -33,6 +33,7 @@ import pathlib
 from dataclasses import dataclass, field
 
 from medfl import config
+from medfl.config import KeysSection
 
 __all__ = ["CoordinatorConfig", "load_config"]
 
@@ -50,13 +51,6 @@ class CoordinatorSection:
         if not self.bind.startswith(("tcp://", "ipc://", "inproc://")):
             return [("bind", f"must be a ZeroMQ endpoint like tcp://0.0.0.0:7777, got {self.bind!r}")]
         return []
-
-
-@dataclass(frozen=True)
-class KeysSection:
-    """The ``[keys]`` table."""
-
-    secret_key_file: pathlib.Path | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ and raises one :class:`~medfl.errors.ConfigError` listing them all.
 
 Environment overrides are applied before parsing by :func:`apply_env_overrides`; the
 variables are listed in :mod:`medfl.envvars`.
+
+Tables both daemons' files share are defined here once (:class:`KeysSection`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,23 @@ from typing import Any, TypeVar
 
 from medfl.errors import ConfigError, did_you_mean
 
-__all__ = ["load_toml", "parse", "parse_file"]
+__all__ = ["KeysSection", "load_toml", "parse", "parse_file"]
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class KeysSection:
+    """The ``[keys]`` table of agent.toml and coordinator.toml: the daemon's own CURVE key pair.
+
+    Attributes
+    ----------
+    secret_key_file : Path or None
+        The secret key file ``init`` writes (its public key sits beside it). Required when
+        ``transport.curve = true``; each daemon's config checks that and says how to create it.
+    """
+
+    secret_key_file: pathlib.Path | None = None
 
 
 def load_toml(path: str | pathlib.Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""ZAP handler for CurveZMQ: an allow-list consulted on every handshake.
+"""ZAP handler for CurveZMQ: an allow-list consulted on every handshake, enforced on the server socket.
 
 The handler runs pyzmq's ZAP thread for one context. Every CURVE handshake asks
 ``is_allowed(z85_public_key)``; a denial (or an exception inside it) refuses the connection
@@ -11,6 +11,9 @@ client's Z85 key and sets the reply's User-Id from :meth:`curve_user_id`, which 
 raw 32-byte key; this class overrides it to return the fingerprint. One authenticator per
 context (it binds ``inproc://zeromq.zap.01``). ``is_allowed`` runs in the ZAP thread: a
 SQLite-backed check must open its own connection there (or use ``check_same_thread=False``).
+
+The server fails closed: :func:`enforce` sets ZMQ_ZAP_ENFORCE_DOMAIN on its socket, so if the
+allow-list thread is gone no client is admitted.
 
 References
 ----------
@@ -26,9 +29,9 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from medfl.wire.keys import fingerprint
+from medfl.wire.keys import KeyPair, fingerprint
 
-__all__ = ["ZAP_DOMAIN", "AllowListAuthenticator"]
+__all__ = ["ZAP_DOMAIN", "AllowListAuthenticator", "enforce"]
 
 #: ZAP domain of medfl's server sockets (set with ZMQ_ZAP_DOMAIN so ZAP can be enforced)
 ZAP_DOMAIN = "medfl"
@@ -85,3 +88,27 @@ class AllowListAuthenticator(ThreadAuthenticator):
     def curve_user_id(self, client_public_key: bytes) -> str:
         """User-Id of an accepted connection: the key's fingerprint (pyzmq passes the raw 32 bytes)."""
         return fingerprint(z85.encode(client_public_key))
+
+
+def enforce(sock: zmq.Socket, *, auth: AllowListAuthenticator, keys: KeyPair) -> None:
+    """Start ``auth`` and make ``sock`` a CURVE server that admits only what it allows (fail closed).
+
+    Parameters
+    ----------
+    sock : zmq.Socket
+        The server's socket, before it binds.
+    auth : AllowListAuthenticator
+        The allow-list of the socket's context (started here).
+    keys : KeyPair
+        The server's key pair (with its secret key).
+
+    References
+    ----------
+    .. [1] ZeroMQ RFC 27/ZAP; zmq_setsockopt(3) (ZMQ_ZAP_DOMAIN, ZMQ_ZAP_ENFORCE_DOMAIN).
+    """
+    auth.start()
+    sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler -> nobody gets in
+    sock.curve_server = True
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public

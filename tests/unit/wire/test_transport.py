@@ -311,7 +311,7 @@ def test_rejection_is_one_warning_without_payload(pair, caplog):
                                "body": {"name": secret_payload}, "tensors": []})])
     with caplog.at_level("WARNING", logger="medfl.wire"):
         assert drain(pair.server, 800) == []
-    lines = [r.getMessage() for r in caplog.records if r.name == "medfl.wire.transport"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "medfl.wire.transport.server"]
     assert len(lines) == 1 and "malformed" in lines[0] and secret_payload not in lines[0]
     err = c.recv(timeout_ms=3000)
     assert err.body["code"] == "malformed" and err.body["in_reply_to"] is None

@@ -10,7 +10,7 @@ every agent still expected has answered, or at the stage's deadline:
 
 An agent that goes offline is no longer waited for. Fewer than the threshold of agents at any
 stage aborts the run (``error`` says why) and the job's round is retried. Like
-:class:`~coordinator.rounds.JobRun` it never touches a socket.
+:class:`~coordinator.rounds.job.JobRun` it never touches a socket.
 
 References
 ----------

@@ -1,0 +1,118 @@
+"""The plain round (``[aggregation] secure = false``): weights and metrics travel in the clear.
+
+The coordinator collects each participant's trained weights (UPDATE) until all answered or the
+round deadline passed, aggregates them (FedAvg weighted by sample count, or FedProx), sends the
+new global model for validation (EVALUATE) and collects the metrics (METRICS). Fewer than
+``min_agents`` updates by the deadline retries the round. A secure job refuses both messages.
+
+References
+----------
+.. [1] McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized
+   Data", AISTATS 2017.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import time
+
+import numpy as np
+
+from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
+from coordinator.store import RoundRow
+from medfl.aggregation import aggregate
+from medfl.errors import OutOfOrder, Rejected
+from medfl.wire import Envelope, MessageType
+
+__all__ = ["PlainRounds"]
+
+log = logging.getLogger(__name__)
+
+
+class PlainRounds(RoundMachine):
+    """The plain round's messages and its close (joined into :class:`~coordinator.rounds.job.JobRun`)."""
+
+    def on_update(self, fingerprint: str, env: Envelope) -> list[Outgoing]:
+        """An agent's trained weights for the open round."""
+        self._check_stage(env, Stage.FIT)
+        s = self.state
+        if self.spec.aggregation.secure:
+            raise Rejected(f"plain UPDATE in round {s.round} of job {self.job_id}, which uses secure aggregation; "
+                           "send a MASKED_INPUT")
+        if fingerprint not in s.participants:
+            raise OutOfOrder(f"agent {fingerprint[:16]} is not a participant of round {s.round}")
+        arrays = {k: np.asarray(v) for k, v in env.tensors.items()}
+        bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
+        if bad:
+            log.warning("job %s round %d: dropping update of %s with non-finite values in %s",
+                        self.job_id, s.round, fingerprint[:16], bad[:3])
+            s.participants.pop(fingerprint)
+        else:
+            n = int(env.body.get("num_samples", 0))
+            s.updates[fingerprint] = (arrays, n, float(env.body.get("train_loss", math.nan)))
+            if env.body.get("epsilon") is not None:
+                s.epsilons[fingerprint] = (float(env.body["epsilon"]), float(env.body.get("delta", math.nan)))
+            elif self.spec.privacy.enabled:
+                log.warning("job %s round %d: agent %s sent no epsilon for a DP job", self.job_id, s.round,
+                            fingerprint[:16])
+        if set(s.updates) >= set(s.participants):
+            return self._close_fit()
+        return []
+
+    def _close_fit(self) -> list[Outgoing]:
+        s = self.state
+        if len(s.updates) < self.spec.job.min_agents:
+            missing = sorted(set(s.participants) - set(s.updates))
+            return self._retry(f"round {s.round} attempt {s.attempt}: {len(s.updates)} update(s) by the deadline, "
+                               f"min_agents={self.spec.job.min_agents}; missing {[m[:16] for m in missing]}")
+        try:
+            s.candidate = aggregate(self.spec.aggregation.strategy, self.global_arrays,
+                                    [(a, n) for a, n, _ in s.updates.values()],
+                                    server_lr=self.spec.aggregation.server_lr)
+        except ValueError as exc:
+            self._goto(Stage.FAILED)
+            s.message = f"aggregation failed in round {s.round}: {exc}"
+            return []
+        self._goto(Stage.EVALUATE)
+        s.deadline = self.clock() + self.eval_deadline_s
+        targets = [fp for fp in s.updates]
+        env = self._env(MessageType.EVALUATE, {}, s.candidate)
+        return [(fp, env) for fp in targets]
+
+    def on_metrics(self, fingerprint: str, env: Envelope) -> list[Outgoing]:
+        """An agent's validation metrics of the new global model."""
+        self._check_stage(env, Stage.EVALUATE)
+        s = self.state
+        if self.spec.aggregation.secure:
+            raise Rejected(f"plain METRICS in round {s.round} of job {self.job_id}, which uses secure aggregation; "
+                           "send a MASKED_INPUT")
+        if fingerprint not in s.updates:
+            raise OutOfOrder(f"agent {fingerprint[:16]} was not asked to evaluate round {s.round}")
+        s.metrics[fingerprint] = {k: float(env.body.get(k, math.nan)) for k in ("n", "auc", "accuracy", "loss")}
+        if set(s.metrics) >= set(s.updates):
+            return self._close_evaluate()
+        return []
+
+    def _plain_row(self, path: pathlib.Path) -> RoundRow:
+        """The round's row from the clear updates and metrics (sample-weighted means)."""
+        s = self.state
+        n_train = sum(n for _, n, _ in s.updates.values())
+        return RoundRow(
+            job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.updates),
+            agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.updates)),
+            num_samples=n_train,
+            train_loss=_weighted([(n, loss) for _, n, loss in s.updates.values()]),
+            val_auc=_weighted([(m["n"], m["auc"]) for m in s.metrics.values()]),
+            val_accuracy=_weighted([(m["n"], m["accuracy"]) for m in s.metrics.values()]),
+            val_loss=_weighted([(m["n"], m["loss"]) for m in s.metrics.values()]),
+            val_samples=int(sum(m["n"] for m in s.metrics.values() if math.isfinite(m["n"]))),
+            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+            **self._privacy_columns(s.updates))
+
+
+def _weighted(pairs: list[tuple[float, float]]) -> float | None:
+    good = [(w, v) for w, v in pairs if math.isfinite(w) and w > 0 and math.isfinite(v)]
+    total = sum(w for w, _ in good)
+    return sum(w * v for w, v in good) / total if total > 0 else None

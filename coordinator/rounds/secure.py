@@ -1,0 +1,146 @@
+"""The secure round (the default, ``[aggregation] secure = true``): the coordinator sees sums only.
+
+The agents never send their weights or metrics in the clear: TRAIN and EVALUATE carry the
+secure-sum parameters, and each phase runs a :class:`~coordinator.rounds.secure_sum.SecureSum`
+(advertise keys -> share keys -> masked input -> unmask) whose unmasked result is the weighted
+sum of the deltas, the sample counts and the losses (fit) or of the validation metrics
+(evaluate), laid out as :mod:`medfl.secagg.vector` says. A secure sum that falls below its
+threshold aborts and the round is retried like a round short of ``min_agents``.
+
+The ``secure`` parameters repeat the job's ``aggregation.clip_norm`` and ``sample_cap``, which
+the agents already hold from the job offer: agents released before the agent compared them
+require the copies, so they stay on the wire (fields are never removed), and an agent refuses
+a round whose copy disagrees with the job it accepted (:func:`agent.secure.open_secure`).
+
+References
+----------
+.. [1] Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning",
+   CCS 2017.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
+from coordinator.rounds.secure_sum import SecureSum
+from coordinator.store import RoundRow
+from medfl.aggregation import aggregate
+from medfl.errors import NonFiniteError, OutOfOrder, ShareError, StateError
+from medfl.secagg import envelopes
+from medfl.secagg.quantization import choose_spec
+from medfl.secagg.vector import METRICS_LENGTH, MetricsSum, unpack_fit, unpack_metrics
+from medfl.wire import Envelope, MessageType
+
+__all__ = ["SecureRounds"]
+
+log = logging.getLogger(__name__)
+
+
+class SecureRounds(RoundMachine):
+    """The secure round's sums, messages and close (joined into :class:`~coordinator.rounds.job.JobRun`)."""
+
+    def _secure_sum(self, phase: str, agents: list[str], length: int, collect_deadline_s: float) -> SecureSum:
+        agg = self.spec.aggregation
+        spec = choose_spec(n_agents=len(agents), clip_norm=agg.clip_norm, frac_bits=agg.frac_bits)
+        session = envelopes.Session(job=self.job_id, round=self.state.round, attempt=self.state.attempt, phase=phase)
+        return SecureSum(session=session, agents=agents, threshold=agg.threshold_for(len(agents)),
+                         degree=agg.neighbours, spec=spec, length=length, stage_deadline_s=agg.stage_deadline_s,
+                         collect_deadline_s=collect_deadline_s, clock=self.clock)
+
+    def _secure_envelopes(self, mtype: MessageType, body: Mapping[str, Any],
+                          tensors: Mapping[str, np.ndarray]) -> list[Outgoing]:
+        """One envelope per agent of the open secure sum (each is told its own agent id)."""
+        s, agg = self.state, self.spec.aggregation
+        if s.secure is None:
+            raise StateError("no secure sum is open")
+        return [(fp, self._env(mtype, {**body, "secure": {**s.secure.params(fp), "clip_norm": agg.clip_norm,
+                                                          "sample_cap": agg.sample_cap}}, tensors))
+                for fp in sorted(s.secure.expected)]
+
+    def on_secagg(self, fingerprint: str, env: Envelope) -> list[Outgoing]:
+        """A secure-aggregation message of an agent (keys, sealed shares, masked input, unmask shares)."""
+        s = self.state
+        session = envelopes.Session.of(env)
+        if s.secure is None or s.secure.session != session:
+            raise OutOfOrder(f"{env.type} for {session.phase} attempt {session.attempt} of round {session.round}, "
+                             f"but job {self.job_id} is in round {s.round} attempt {s.attempt} stage {s.stage}")
+        return s.secure.on_message(fingerprint, env) + self._after_secure()
+
+    def _forget(self, fingerprint: str) -> list[Outgoing]:
+        s = self.state
+        if s.secure is None or s.stage not in (Stage.FIT, Stage.EVALUATE):
+            return []
+        return s.secure.forget(fingerprint) + self._after_secure()
+
+    def _after_secure(self) -> list[Outgoing]:
+        s = self.state
+        if s.secure is None or not s.secure.done:
+            return []
+        if s.stage == Stage.FIT:
+            return self._close_fit_secure()
+        if s.stage == Stage.EVALUATE:
+            return self._close_evaluate()
+        return []
+
+    def _close_fit_secure(self) -> list[Outgoing]:
+        s, agg = self.state, self.spec.aggregation
+        run = s.secure
+        if run is None:
+            raise StateError("no secure sum to close")
+        if run.error is not None or run.result is None:
+            return self._retry(f"round {s.round} attempt {s.attempt}: secure aggregation aborted: {run.error}")
+        if len(run.survivors) < self.spec.job.min_agents:
+            return self._retry(f"round {s.round} attempt {s.attempt}: {len(run.survivors)} masked update(s) in the "
+                               f"sum, min_agents={self.spec.job.min_agents}")
+        try:
+            fit = unpack_fit(run.result, self.global_arrays, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap)
+        except (ShareError, NonFiniteError) as exc:
+            return self._retry(f"round {s.round} attempt {s.attempt}: the unmasked sum is unusable: {exc}")
+        moved = {k: (v + fit.mean_delta[k]).astype(np.float32) if k in fit.mean_delta else v
+                 for k, v in self.global_arrays.items()}
+        try:
+            s.candidate = aggregate(agg.strategy, self.global_arrays, [(moved, 1)], server_lr=agg.server_lr)
+        except ValueError as exc:
+            self._goto(Stage.FAILED)
+            s.message = f"aggregation failed in round {s.round}: {exc}"
+            return []
+        s.fit_sum, s.survivors = fit, list(run.survivors)
+        s.epsilons = {fp: rep for fp, rep in run.reports.items() if fp in s.survivors}
+        if self.spec.privacy.enabled and set(s.survivors) - set(s.epsilons):
+            log.warning("job %s round %d: %d agent(s) sent no epsilon for a DP job", self.job_id, s.round,
+                        len(set(s.survivors) - set(s.epsilons)))
+        self._goto(Stage.EVALUATE)
+        s.deadline = math.inf
+        s.secure = self._secure_sum("evaluate", s.survivors, METRICS_LENGTH, self.eval_deadline_s)
+        return self._secure_envelopes(MessageType.EVALUATE, {}, s.candidate)
+
+    def _secure_row(self, path: pathlib.Path) -> RoundRow:
+        """The round's row from the two secure sums (the evaluate sum may have aborted: no metrics)."""
+        s, agg = self.state, self.spec.aggregation
+        fit, run = s.fit_sum, s.secure
+        if fit is None or run is None:
+            raise StateError(f"job {self.job_id}: secure round {s.round} closed without its fit sum")
+        metrics = MetricsSum(n=0, auc=None, accuracy=None, loss=None)
+        if run.result is not None:
+            try:
+                metrics = unpack_metrics(run.result, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap)
+            except ShareError as exc:
+                self.store.event(self.job_id, "metrics", f"round {s.round}: validation sum unusable: {exc}")
+        else:
+            self.store.event(self.job_id, "metrics", f"round {s.round}: validation metrics not aggregated: "
+                                                     f"{run.error}")
+        return RoundRow(
+            job_id=self.job_id, round=s.round, attempts=s.attempt, agents=len(s.survivors),
+            agent_names=tuple(sorted(s.participants.get(fp, fp[:16]) for fp in s.survivors)),
+            num_samples=fit.num_samples, train_loss=fit.train_loss, val_auc=metrics.auc,
+            val_accuracy=metrics.accuracy, val_loss=metrics.loss, val_samples=metrics.n,
+            seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+            **self._privacy_columns(s.survivors))
