@@ -63,7 +63,7 @@ if str(REPO) not in sys.path:
 def agent_main(index: int, endpoint: str, secret: bytes, public: bytes, server_public: bytes) -> None:
     """One agent: answer TRAIN / EVALUATE and the secure-aggregation messages until BYE.
 
-    Like the product's agent (:mod:`agent.service`), the local result is computed in a worker
+    Like the product's agent (:mod:`agent.service` with :mod:`agent.rounds`), the local result is computed in a worker
     thread while the socket loop answers the key exchange, and is masked once both are there.
     """
     import queue

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
+from coordinator.aggregation import aggregate
 from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
 from coordinator.store import RoundRow
-from medfl.aggregation import aggregate
 from medfl.errors import OutOfOrder, Rejected
 from medfl.wire import Envelope, MessageType
 

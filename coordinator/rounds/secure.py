@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.aggregation import aggregate
 from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
 from coordinator.rounds.secure_sum import SecureSum
 from coordinator.store import RoundRow
-from medfl.aggregation import aggregate
 from medfl.errors import NonFiniteError, OutOfOrder, ShareError, StateError
 from medfl.secagg import envelopes
 from medfl.secagg.quantization import choose_spec
