@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from agent.budget import RoundPlan
-from medfl.metrics import accuracy, binary_log_loss, roc_auc
+from agent.metrics import accuracy, binary_log_loss, roc_auc
 from medfl.privacy.accountant import SgdRun
 from medfl.privacy.trainer import DPTrainer
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agent.metrics import roc_auc
 from medfl.data.synthetic import SiteShift, generate, hospital_shifts, write_image_folder
-from medfl.metrics import roc_auc
 
 
 def test_deterministic_by_seed_and_bounded():

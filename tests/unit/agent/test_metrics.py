@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medfl.metrics import accuracy, binary_log_loss, roc_auc
+from agent.metrics import accuracy, binary_log_loss, roc_auc
 
 
 def brute_auc(y, s):
