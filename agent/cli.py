@@ -7,7 +7,8 @@ import pathlib
 import shutil
 import signal
 
-from medfl.errors import ConfigError, StateError
+from medfl.config_search import AGENT
+from medfl.errors import ConfigError, DataError, StateError
 from medfl.exits import run_command
 
 __all__ = ["main"]
@@ -35,18 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     pacs = sub.add_parser("pacs", help="the agent as a DICOM node (PACS hooks)")
     psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
     ps = psub.add_parser("serve", help="run only the DICOM node: receive, score, send SRs back")
-    ps.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
+    ps.add_argument("--config", type=pathlib.Path, default=None, help=AGENT.help())
     inf = sub.add_parser("infer", help="score images by encrypted inference with the federation's model server")
     inf.add_argument("images", nargs="+", type=pathlib.Path, metavar="IMAGE", help="PNG, JPEG or DICOM files")
     inf.add_argument("--encrypted", action="store_true", required=True,
                      help="2PC + dealer (the only mode: the agent does not hold the served model)")
     inf.add_argument("--json", type=pathlib.Path, default=None, help="write the results here")
-    inf.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
+    inf.add_argument("--config", type=pathlib.Path, default=None, help=AGENT.help())
     for name, text in (("serve", "run the agent daemon"), ("fingerprint", "print this agent's key fingerprint"),
                        ("check", "validate agent.toml and the data set, then exit"),
                        ("privacy", "show the privacy ledger: epsilon spent per job and in total on this data")):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("--config", type=pathlib.Path, default=pathlib.Path("agent.toml"))
+        sp.add_argument("--config", type=pathlib.Path, default=None, help=AGENT.help())
     return p
 
 
@@ -99,6 +100,7 @@ def _init(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     from agent.config import load_config
 
+    args.config = AGENT.find(args.config)
     return load_config(args.config)
 
 
@@ -195,7 +197,7 @@ def _infer(args: argparse.Namespace) -> None:
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:
-        raise StateError(f"image(s) not found: {', '.join(missing)}")
+        raise DataError(f"image(s) not found: {', '.join(missing)}; give PNG, JPEG or DICOM files")
     summary = run_agent_infer(_load(args), args.images)
     print(format_table(summary))
     if args.json is not None:

@@ -98,7 +98,7 @@ def _infer(args: argparse.Namespace) -> None:
     except SessionAborted as exc:
         die(ExitCode.SESSION_ABORTED, f"session aborted ({exc.code}): {exc}")
     except (StateError, DataError) as exc:
-        die(ExitCode.STATE if isinstance(exc, StateError) else ExitCode.CONFIG, str(exc))
+        die(ExitCode.STATE if isinstance(exc, StateError) else ExitCode.DATA, str(exc))
     except MedflError as exc:
         die(ExitCode.FAILURE if not isinstance(exc, PermissionError) else ExitCode.AUTH, str(exc))
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from medfl.config_search import COORDINATOR
 from medfl.errors import StateError
 from medfl.exits import ExitCode, die, run_command
 
@@ -27,8 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config", type=pathlib.Path, default=pathlib.Path("coordinator.toml"),
-                        help="coordinator.toml (default ./coordinator.toml)")
+        sp.add_argument("--config", type=pathlib.Path, default=None, help=COORDINATOR.help())
         return sp
 
     with_config(sub.add_parser("serve", help="run the daemon"))
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 def _load(args: argparse.Namespace):
     from coordinator.config import load_config
 
-    return load_config(args.config)
+    return load_config(COORDINATOR.find(args.config))
 
 
 def _store(args: argparse.Namespace):

@@ -19,6 +19,10 @@ VARIABLES: dict[str, str] = {
     "MEDFL_LOG_FORMAT": "log format of the daemons: text (default) or json",
     "MEDFL_LOG_LEVEL": "log level of the daemons: DEBUG, INFO (default), WARNING, ERROR",
     "MEDFL_INSECURE_RNG": "1 uses a fast non-cryptographic generator for DP noise (experiments only; warns)",
+    "MEDFL_COORDINATOR_CONFIG": "coordinator.toml of medfl-coordinator's commands when --config is not given "
+                                "(default: ./coordinator.toml, else /etc/medfl/coordinator.toml)",
+    "MEDFL_AGENT_CONFIG": "agent.toml of medfl-agent's commands when --config is not given "
+                          "(default: ./agent.toml, else /etc/medfl/agent.toml)",
     "MEDFL_TORCH_THREADS": "torch intra-op threads in the agent (default: 1 in the demo, else torch's default)",
 }
 

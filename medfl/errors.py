@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "AuthError",
     "ConfigError",
+    "ConfigNotFound",
     "DataError",
     "MalformedMessage",
     "MedflError",
@@ -80,6 +81,10 @@ class NotFound(MedflError, KeyError):
 
 class StateError(MedflError, RuntimeError):
     """Persistent state (database, checkpoint) is inconsistent or missing."""
+
+
+class ConfigNotFound(MedflError, FileNotFoundError):
+    """No configuration file where a command looked; the message lists the places tried and the fix."""
 
 
 class NonFiniteError(MedflError, ValueError):

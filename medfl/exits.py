@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from medfl.errors import (
     AuthError,
     ConfigError,
+    ConfigNotFound,
     DataError,
     MedflError,
     NotFound,
@@ -40,6 +41,8 @@ class ExitCode(enum.IntEnum):
     JOB_FAILED = 7
     SESSION_ABORTED = 8
     POLICY = 9
+    NO_CONFIG = 10
+    DATA = 11
     INTERRUPTED = 130
 
 
@@ -47,7 +50,7 @@ HELP: dict[ExitCode, str] = {
     ExitCode.OK: "finished normally",
     ExitCode.FAILURE: "unexpected failure; the log above has the traceback, please report it",
     ExitCode.USAGE: "bad command line; run with --help",
-    ExitCode.CONFIG: "fix the configuration keys listed above and start again",
+    ExitCode.CONFIG: "fix the configuration problems listed above and start again",
     ExitCode.AUTH: "a key is missing or not approved; check the key files and "
                    "'medfl-coordinator nodes list'",
     ExitCode.STATE: "the state folder is inconsistent; restore it from backup or point "
@@ -58,6 +61,10 @@ HELP: dict[ExitCode, str] = {
                               "check that stopped it (a timeout means a party is down: check the model server "
                               "and the dealer)",
     ExitCode.POLICY: "the local policy (agent.toml) forbids this; change the request or the policy",
+    ExitCode.NO_CONFIG: "no configuration file found; pass --config PATH or set the environment variable named "
+                        "above (or create one with the program's 'init')",
+    ExitCode.DATA: "a data set or image named above is missing, empty or unreadable; fix or replace that file "
+                   "(an agent's data set is the [data] path of agent.toml)",
     ExitCode.INTERRUPTED: "stopped by the operator",
 }
 
@@ -92,10 +99,12 @@ def run_command(command: Callable[..., Any], *args: Any) -> None:
     """
     try:
         command(*args)
+    except ConfigNotFound as exc:
+        die(ExitCode.NO_CONFIG, str(exc))
     except ConfigError as exc:
         die(ExitCode.CONFIG, str(exc))
     except DataError as exc:
-        die(ExitCode.CONFIG, f"data: {exc}")
+        die(ExitCode.DATA, f"data: {exc}")
     except AuthError as exc:
         die(ExitCode.AUTH, str(exc))
     except (StateError, NotFound) as exc:
