@@ -32,6 +32,7 @@ from medfl.errors import ConfigError, MedflError, PolicyViolation
 from medfl.jobspec import JobSpec, job_from_dict
 from medfl.secagg.envelopes import SECAGG_TO_AGENT
 from medfl.wire import ClientChannel, Envelope, MessageType, SocketLimits, read_keypair, read_public_key
+from medfl.wire.messages import REFUSED_RETRY_MAX_S
 
 __all__ = ["AgentService"]
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 HELLO_RETRY_S = 2.0
 HEARTBEAT_S = 2.0
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = REFUSED_RETRY_MAX_S  # 'nodes approve' quotes this cap to the operator
 
 
 class AgentService:

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     with_config(nsub.add_parser("list", help="list known agents (pending ones tried to connect)"))
     ap = with_config(nsub.add_parser("approve", help="approve an agent by fingerprint or public key file"))
     ap.add_argument("who", help="SHA256:... fingerprint, a .key file, or a Z85 public key")
-    ap.add_argument("--name", default="", help="a name for the agent (default: the name it gives)")
+    ap.add_argument("--name", default="", help="a name for the agent, kept over the one it gives in HELLO "
+                    "(default: the name it gives)")
     rv = with_config(nsub.add_parser("revoke", help="revoke an agent"))
     rv.add_argument("fingerprint")
 
@@ -77,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--status-file", type=pathlib.Path, default=None, help="write session records here (JSON)")
 
     st = with_config(sub.add_parser("status", help="daemon, agents, jobs, rounds and inference sessions"))
-    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--json", action="store_true",
+                    help="machine-readable output; per job final_val_auc, final_epsilon and delta (from the last "
+                    "completed round) and rounds_table (keys: coordinator.cli.status_dict's docstring)")
     return p
 
 
@@ -246,25 +249,16 @@ def _model_server(args: argparse.Namespace) -> None:
 
 
 def _nodes(args: argparse.Namespace) -> None:
-    from medfl.wire import fingerprint, read_public_key
+    from coordinator.enrollment import approve, node_table
+    from medfl.wire import check_fingerprint
 
     store = _store(args)
     if args.nodes_cmd == "list":
-        rows = store.nodes()
-        if not rows:
-            print("no agents yet: approve one with 'medfl-coordinator nodes approve agent.key'")
-        for n in rows:
-            print(f"{n.status:9s} {n.fingerprint}  {n.name or '-':20s} last seen {_ago(n.last_seen)}")
+        print("\n".join(node_table(store)))
     elif args.nodes_cmd == "approve":
-        who: str = args.who
-        if who.startswith("SHA256:"):
-            row = store.approve_node(who, name=args.name)
-        else:
-            key = read_public_key(who)
-            row = store.approve_node(fingerprint(key), key.decode("ascii"), name=args.name)
-        print(f"approved {row.fingerprint} {row.name}")
+        print("\n".join(approve(store, args.who, name=args.name)))
     elif args.nodes_cmd == "revoke":
-        row = store.revoke_node(args.fingerprint)
+        row = store.revoke_node(check_fingerprint(args.fingerprint))
         print(f"revoked {row.fingerprint}; its next connection attempt is refused")
 
 
@@ -273,6 +267,9 @@ def _jobs(args: argparse.Namespace) -> None:
 
     store = _store(args)
     if args.jobs_cmd == "submit":
+        if not args.job_file.is_file():
+            die(ExitCode.USAGE, f"job file {args.job_file}: no such file ({args.job_file.absolute()}); give the path "
+                                "of the job's TOML file")
         spec = load_job(args.job_file)
         row = store.submit_job(spec.to_dict())
         print(row.id)
@@ -285,23 +282,34 @@ def _jobs(args: argparse.Namespace) -> None:
         print(f"{row.id} {row.status}")
 
 
-def _ago(t: float | None) -> str:
-    if t is None:
-        return "never"
-    return f"{time.time() - t:.0f} s ago"
-
-
 def status_dict(store: Any) -> dict[str, Any]:
-    """Everything ``status`` shows, as a dict."""
+    """Everything ``status`` shows, as a dict (``status --json`` prints it).
+
+    Keys: ``daemon`` (pid, state, t, endpoint, online names, run, waiting; null before the first
+    start), ``nodes`` (fingerprint, public_key, name, status, first_seen, approved_at, last_seen,
+    last_refused, refusals), ``jobs``, ``events`` (the last 10: t, job_id, kind, detail) and
+    ``inference_sessions``. Each job has id, name, status, rounds_done, rounds, message,
+    aggregation (``secagg``, ``secagg+`` or ``plain``), ``rounds_table`` (one row per completed
+    round: round, attempts, agents, agent_names, num_samples, train_loss, val_auc, val_accuracy,
+    val_loss, val_samples, seconds, finished_at, checkpoint, epsilon, delta, epsilons per agent)
+    and, from the last completed round (so far, while the job runs; null before its first round):
+    ``final_val_auc`` (the global model's validation AUC), ``final_epsilon`` (the largest epsilon
+    any participating hospital has spent on the job; null without DP) and ``delta`` (its delta).
+    """
     daemon = json.loads(store.get_meta("daemon") or "null")
     if daemon and daemon.get("state") == "serving" and time.time() - daemon["t"] > 5:
         daemon["state"] = "not responding (stale status; is the daemon running?)"
     jobs = []
     for j in store.jobs():
+        rounds = store.rounds(j.id)
+        last = rounds[-1] if rounds else None
         jobs.append({"id": j.id, "name": j.name, "status": j.status, "rounds_done": j.rounds_done,
                      "rounds": j.spec["job"]["rounds"], "message": j.message,
                      "aggregation": _aggregation_label(j.spec),
-                     "rounds_table": [r.__dict__ for r in store.rounds(j.id)]})
+                     "final_val_auc": last.val_auc if last else None,
+                     "final_epsilon": last.epsilon if last else None,
+                     "delta": last.delta if last else None,
+                     "rounds_table": [r.__dict__ for r in rounds]})
     sessions = json.loads(store.get_meta("smpc_sessions") or "[]")
     return {"daemon": daemon, "nodes": [n.__dict__ for n in store.nodes()], "jobs": jobs,
             "events": store.events(limit=10), "inference_sessions": sessions}
@@ -337,6 +345,11 @@ def _status(args: argparse.Namespace) -> None:
             auc = f"{r['val_auc']:.4f}" if r["val_auc"] is not None else "n/a"
             dp = f"  epsilon {r['epsilon']:.3f} (delta {r['delta']:g})" if r.get("epsilon") is not None else ""
             print(f"  round {r['round']:3d}  agents {r['agents']}  val_auc {auc}  {r['seconds']:.1f} s{dp}")
+        if j["rounds_table"]:
+            auc = f"{j['final_val_auc']:.4f}" if j["final_val_auc"] is not None else "n/a"
+            dp = (f", epsilon {j['final_epsilon']:.3f} at delta {j['delta']:g} (largest over the hospitals)"
+                  if j["final_epsilon"] is not None else ", no differential privacy")
+            print(f"  final (round {j['rounds_table'][-1]['round']}): val_auc {auc}{dp}")
     for sess in st["inference_sessions"][-10:]:
         online = f"{sess['online_seconds']:.1f} s online" if sess.get("online_seconds") is not None else ""
         print(f"inference session {sess['session']} {sess['model']} agent {sess['agent'][:23]}: "

@@ -25,7 +25,7 @@ from medfl.errors import AuthError, NotFound, StateError
 
 __all__ = ["JobRow", "NodeRow", "RoundRow", "Store"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'revoked')),
     first_seen REAL NOT NULL,
     approved_at REAL,
-    last_seen REAL
+    last_seen REAL,
+    last_refused REAL,
+    refusals INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -79,12 +81,17 @@ CREATE TABLE IF NOT EXISTS events (
 """
 #: columns added after version 1: (table, column, declaration), applied to older databases
 _ADDED_COLUMNS = [("rounds", "epsilon", "REAL"), ("rounds", "delta", "REAL"),
-                  ("rounds", "epsilons", "TEXT NOT NULL DEFAULT '{}'")]
+                  ("rounds", "epsilons", "TEXT NOT NULL DEFAULT '{}'"),
+                  ("nodes", "last_refused", "REAL"), ("nodes", "refusals", "INTEGER NOT NULL DEFAULT 0")]
 
 
 @dataclass(frozen=True)
 class NodeRow:
-    """An agent known to the coordinator."""
+    """An agent known to the coordinator.
+
+    ``last_seen`` is its last handshake or HELLO; ``last_refused`` and ``refusals`` count the
+    handshakes refused while it was not approved (pending or revoked).
+    """
 
     fingerprint: str
     public_key: str
@@ -93,6 +100,8 @@ class NodeRow:
     first_seen: float
     approved_at: float | None
     last_seen: float | None
+    last_refused: float | None = None
+    refusals: int = 0
 
 
 @dataclass(frozen=True)
@@ -176,13 +185,16 @@ class Store:
 
     # ---- nodes -------------------------------------------------------------------------
     def see_node(self, fingerprint: str, public_key: str) -> NodeRow:
-        """Record a handshake from ``public_key``: new keys become 'pending'."""
+        """Record a handshake from ``public_key``: new keys become 'pending'; unapproved ones count a refusal."""
         now = time.time()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO nodes (fingerprint, public_key, status, first_seen, last_seen) "
-                "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(fingerprint) DO UPDATE SET last_seen=excluded.last_seen",
-                (fingerprint, public_key, now, now),
+                "INSERT INTO nodes (fingerprint, public_key, status, first_seen, last_seen, last_refused, refusals) "
+                "VALUES (?, ?, 'pending', ?, ?, ?, 1) ON CONFLICT(fingerprint) DO UPDATE SET "
+                "last_seen=excluded.last_seen, "
+                "last_refused=CASE WHEN nodes.status='approved' THEN nodes.last_refused ELSE excluded.last_seen END, "
+                "refusals=nodes.refusals + (nodes.status != 'approved')",
+                (fingerprint, public_key, now, now, now),
             )
         return self.node(fingerprint)
 
@@ -192,11 +204,14 @@ class Store:
         with self._tx() as db:
             row = db.execute("SELECT * FROM nodes WHERE fingerprint=?", (fingerprint,)).fetchone()
             if row is None and public_key is None:
-                known = [r["fingerprint"] for r in db.execute("SELECT fingerprint FROM nodes")]
+                # never list the other fingerprints here: a typo would print the right one to copy,
+                # and the check against the hospital's reading would be lost
                 raise AuthError(
-                    f"no agent with fingerprint {fingerprint} has tried to connect yet; approve it by its "
-                    f"public key file instead (medfl-coordinator nodes approve agent.key), or start the agent "
-                    f"first. Known fingerprints: {', '.join(known) or 'none'}")
+                    f"no agent with fingerprint {fingerprint} has tried to connect; read the fingerprint again "
+                    "from the hospital ('medfl-agent fingerprint' on their machine, checked with them by phone), "
+                    "never copy it from this machine; 'medfl-coordinator nodes list' shows the agents that tried. "
+                    "Or approve it by its public key file (medfl-coordinator nodes approve agent.key), or start "
+                    "the agent first")
             if row is None:
                 db.execute("INSERT INTO nodes (fingerprint, public_key, name, status, first_seen, approved_at) "
                            "VALUES (?, ?, ?, 'approved', ?, ?)", (fingerprint, public_key, name, now, now))
@@ -214,10 +229,10 @@ class Store:
         return self.node(fingerprint)
 
     def set_node_name(self, fingerprint: str, name: str) -> None:
-        """Remember the name an approved agent gave in HELLO (if the operator gave none)."""
+        """Record an approved agent's HELLO: it was seen now, and its name if the operator gave none."""
         with self._tx() as db:
-            db.execute("UPDATE nodes SET name=?, last_seen=? WHERE fingerprint=? AND name=''",
-                       (name, time.time(), fingerprint))
+            db.execute("UPDATE nodes SET last_seen=?, name=CASE WHEN name='' THEN ? ELSE name END WHERE fingerprint=?",
+                       (time.time(), name, fingerprint))
 
     def is_approved(self, public_key: str) -> bool:
         """True if the key belongs to an approved node."""

@@ -1,7 +1,15 @@
 """The wire: envelopes, CURVE keys, the ZAP allow-list and ROUTER/DEALER channels."""
 
 from medfl.wire.envelope import Envelope, SequenceGuard, decode, encode
-from medfl.wire.keys import KeyPair, fingerprint, generate_keypair, read_keypair, read_public_key, write_keypair
+from medfl.wire.keys import (
+    KeyPair,
+    check_fingerprint,
+    fingerprint,
+    generate_keypair,
+    read_keypair,
+    read_public_key,
+    write_keypair,
+)
 from medfl.wire.messages import PROTOCOL_VERSION, MessageType
 from medfl.wire.transport import ClientChannel, Incoming, ServerChannel, SocketLimits
 
@@ -15,6 +23,7 @@ __all__ = [
     "SequenceGuard",
     "ServerChannel",
     "SocketLimits",
+    "check_fingerprint",
     "decode",
     "encode",
     "fingerprint",

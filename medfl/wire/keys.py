@@ -24,7 +24,8 @@ from zmq.utils import z85
 
 from medfl.errors import AuthError
 
-__all__ = ["KeyPair", "fingerprint", "generate_keypair", "read_keypair", "read_public_key", "write_keypair"]
+__all__ = ["FINGERPRINT_FORM", "KeyPair", "check_fingerprint", "fingerprint", "generate_keypair", "read_keypair",
+           "read_public_key", "write_keypair"]
 
 _Z85 = re.compile(rb"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -97,6 +98,47 @@ def fingerprint(public: bytes | str) -> str:
     if raw is None:
         raise AuthError(f"{str(public)[:60]!r} is not a 40-character Z85 public key")
     return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode("ascii").rstrip("=")
+
+
+#: what ``fingerprint`` returns: the prefix and 43 characters of unpadded base64 (32 bytes)
+FINGERPRINT_FORM = "SHA256: followed by 43 base64 characters (A-Z, a-z, 0-9, + and /), 50 characters in all"
+_B64 = re.compile(r"[A-Za-z0-9+/]*")
+
+
+def check_fingerprint(text: str) -> str:
+    """Return ``text`` if it is a well-formed fingerprint, else say what is wrong with it.
+
+    Only the form is checked (prefix, length, alphabet, a canonical SHA-256 digest), never
+    closeness to a known fingerprint: a near miss is a different key.
+
+    Parameters
+    ----------
+    text : str
+        What the operator typed.
+
+    Raises
+    ------
+    AuthError
+        ``text`` is malformed; the message gives the expected form.
+
+    References
+    ----------
+    .. [1] OpenSSH ssh-keygen(1), ``-l``: SHA256 fingerprints in unpadded base64.
+    """
+    body = text[len("SHA256:"):] if text.startswith("SHA256:") else None
+    if body is None:
+        why = "it does not start with 'SHA256:'"
+    elif len(body) != 43:
+        why = f"it has {len(body)} characters after 'SHA256:', not 43 (truncated or extended?)"
+    elif not _B64.fullmatch(body):
+        bad = sorted({c for c in body if not _B64.fullmatch(c)})
+        why = f"it holds characters base64 does not use: {' '.join(repr(c) for c in bad)}"
+    elif base64.b64encode(base64.b64decode(body + "=")).decode("ascii").rstrip("=") != body:
+        why = "its last character cannot end the base64 of a SHA-256 digest"
+    else:
+        return text
+    raise AuthError(f"malformed fingerprint {text[:80]!r}: {why}; a fingerprint is {FINGERPRINT_FORM}, as "
+                    "'medfl-agent fingerprint' prints it on the hospital's machine")
 
 
 def _z85_raw(text: bytes | str) -> bytes | None:

@@ -53,10 +53,16 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "MessageType"]
+__all__ = ["PROTOCOL_VERSION", "REFUSED_RETRY_MAX_S", "SUPPORTED_VERSIONS", "MessageType"]
 
 PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = frozenset({1, PROTOCOL_VERSION})
+
+#: an agent whose CURVE handshake was refused (its key not approved yet) reconnects with a
+#: back-off that doubles from 2 s up to this cap; ``medfl-coordinator nodes approve`` quotes it
+#: as the longest wait before a just-approved agent connects. Kept short: a refused try costs
+#: the coordinator one handshake and one SQLite write, and the operator is waiting.
+REFUSED_RETRY_MAX_S = 10.0
 
 
 class MessageType(enum.StrEnum):
