@@ -74,8 +74,8 @@ def node_table(store: Store) -> list[str]:
         name = n.name or {"approved": NOT_CONNECTED, "pending": PENDING}.get(n.status, f"({n.status})")
         lines.append(f"{n.status:9s} {name:24s} {n.fingerprint:50s} {_contact(n, online)}")
     if any(n.status == "pending" for n in rows):
-        lines.append("pending agents are refused until approved: read each fingerprint with its hospital "
-                     "('medfl-agent fingerprint' there) before 'medfl-coordinator nodes approve SHA256:...'")
+        lines.append("to admit a pending agent, read its fingerprint with its hospital ('medfl-agent fingerprint' "
+                     "there) and compare before 'medfl-coordinator nodes approve SHA256:...'")
     if online is None:
         lines.append("the daemon is not running (or not responding): nobody is online until "
                      "'medfl-coordinator serve' runs")
