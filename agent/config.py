@@ -33,7 +33,7 @@ Example::
     allow_encrypted = true                      # may this agent request it at all
     endpoint = "tcp://coordinator.example.org:7778"  # default: the coordinator's host, port 7778
     model_server_key_file = "keys/coordinator.key"   # pinned; default: the coordinator's key
-    trusted_dealers = ["keys/dealer.key"]       # dealer public keys (files or Z85) accepted
+    trusted_dealers = ["keys/dealer.key"]       # dealer public keys accepted: files (relative to agent.toml) or Z85
     image_size = 64                             # must match the announced model
 """
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from medfl import config
-from medfl.config import KeysSection
+from medfl.config import KeySource, KeysSection
 
 __all__ = ["AgentConfig", "load_config"]
 
@@ -209,7 +209,7 @@ class InferenceSection:
     allow_encrypted: bool = False
     endpoint: str = ""
     model_server_key_file: pathlib.Path | None = None
-    trusted_dealers: tuple[str, ...] = ()
+    trusted_dealers: tuple[KeySource, ...] = ()
     model: str = "cnn"
     image_size: int = 64
     timeout_s: float = 120.0
