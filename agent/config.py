@@ -40,13 +40,14 @@ Example::
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from medfl import config
 from medfl.config import KeySource, KeysSection
 
-__all__ = ["AgentConfig", "load_config"]
+__all__ = ["AgentConfig", "key_file_problems", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -261,3 +262,41 @@ def load_config(path: str | pathlib.Path) -> AgentConfig:
         The file.
     """
     return config.parse_file(AgentConfig, path)
+
+
+def key_file_problems(cfg: AgentConfig) -> list[tuple[str, str]]:
+    """Every key agent.toml names that cannot be read, by TOML path (what ``medfl-agent check`` reports).
+
+    The daemon and ``infer`` read the same files, so a configuration ``check`` passes does not
+    fail later on a key.
+
+    Parameters
+    ----------
+    cfg : AgentConfig
+        The parsed agent.toml.
+    """
+    from medfl.errors import AuthError
+    from medfl.wire import read_keypair, read_public_key
+
+    out: list[tuple[str, str]] = []
+
+    def probe(path: str, read: Callable[[Any], object], source: object) -> None:
+        looks_like_path = isinstance(source, pathlib.Path) or "/" in str(source) or str(source).endswith(".key")
+        if looks_like_path and not pathlib.Path(str(source)).exists():
+            out.append((path, f"file not found: {source} (relative paths resolve against agent.toml's folder); "
+                              "copy the key file there or fix the path"))
+            return
+        try:
+            read(source)
+        except (AuthError, OSError, ValueError) as exc:
+            out.append((path, str(exc)))
+
+    if cfg.keys.secret_key_file is not None:
+        probe("keys.secret_key_file", read_keypair, cfg.keys.secret_key_file)
+    if cfg.coordinator.public_key_file is not None:
+        probe("coordinator.public_key_file", read_public_key, cfg.coordinator.public_key_file)
+    if cfg.inference.model_server_key_file is not None:
+        probe("inference.model_server_key_file", read_public_key, cfg.inference.model_server_key_file)
+    for i, dealer in enumerate(cfg.inference.trusted_dealers):
+        probe(f"inference.trusted_dealers[{i}]", read_public_key, dealer)
+    return out
