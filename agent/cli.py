@@ -89,12 +89,28 @@ def _init(args: argparse.Namespace) -> None:
         "training": {"torch_threads": 0, "device": "cpu"},
         "transport": {"curve": True, "max_message_mb": 256},
     }
-    cfg_path.write_text("# medfl agent configuration (see README: 'Install an agent')\n" + tomli_w.dumps(doc))
+    cfg_path.write_text("# medfl agent configuration (see README: 'Install an agent')\n" + tomli_w.dumps(doc)
+                        + _inference_example(args.coordinator))
     print(f"wrote {cfg_path}")
     print(f"agent public key: {pub}")
     print(f"fingerprint: {fingerprint(pair.public)}")
     print("send the public key file (or read the fingerprint) to the coordinator operator, who runs:")
     print(f"  medfl-coordinator nodes approve {pub.name}")
+
+
+def _inference_example(coordinator: str) -> str:
+    """A commented ``[inference]`` table for ``init``: encrypted inference stays off until the hospital opts in."""
+    head, sep, port = coordinator.rpartition(":")
+    endpoint = f"{head}:7778" if coordinator.startswith("tcp://") and sep and port.isdigit() else "tcp://host:7778"
+    rows = [("[inference]", "encrypted inference as a data owner (medfl-agent infer --encrypted); uncomment to use"),
+            ("allow_encrypted = true", "may this agent request it at all (default false)"),
+            (f'endpoint = "{endpoint}"', "the model server; default: the coordinator's host, port 7778"),
+            ('model_server_key_file = "keys/coordinator.key"', "pinned; default: coordinator.public_key_file"),
+            ('trusted_dealers = ["keys/dealer.key"]', "dealer public keys: files (relative to this file) or Z85"),
+            ('model = "cnn"', "the served model's architecture"),
+            ("image_size = 64", "must match the served model"),
+            ("timeout_s = 120", "give up on a silent session after this many seconds")]
+    return "\n" + "".join(f"# {row:48s} # {note}\n" for row, note in rows)
 
 
 def _load(args: argparse.Namespace):
@@ -114,14 +130,39 @@ def _fingerprint(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    from agent.config import key_file_problems
     from medfl.data import DataSpec, load_splits
 
     cfg = _load(args)
+    problems = key_file_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source=str(args.config))
     splits = load_splits(DataSpec(kind=cfg.data.kind, path=cfg.data.path, image_size=64))
+    skipped = _skipped(cfg.data.kind, cfg.data.path)
     for name, ds in splits.items():
         labels = ds.tensors[1]
         print(f"{name}: {len(ds)} images, {int(labels.sum())} positive")
+        for line in skipped.get(name, []):
+            print(f"  {line}")
+    for line in skipped.get(None, []):
+        print(line)
     print("configuration OK")
+
+
+def _skipped(kind: str, path: pathlib.Path) -> dict[str | None, list[str]]:
+    """'skipped N <reason>: a, b' lines per split (None: beside the splits) of an image folder."""
+    if kind != "folder":
+        return {}
+    from medfl.data.folder import REASONS, skipped_files
+
+    groups: dict[tuple[str | None, str], list[str]] = {}
+    for s in skipped_files(path):
+        groups.setdefault((s.split, s.reason), []).append(s.path)
+    out: dict[str | None, list[str]] = {}
+    for (split, reason), paths in groups.items():
+        shown = ", ".join(paths[:20]) + (f", ... and {len(paths) - 20} more" if len(paths) > 20 else "")
+        out.setdefault(split, []).append(f"skipped {len(paths)} {REASONS[reason][len(paths) > 1]}: {shown}")
+    return out
 
 
 def _privacy(args: argparse.Namespace) -> None:

@@ -33,20 +33,21 @@ Example::
     allow_encrypted = true                      # may this agent request it at all
     endpoint = "tcp://coordinator.example.org:7778"  # default: the coordinator's host, port 7778
     model_server_key_file = "keys/coordinator.key"   # pinned; default: the coordinator's key
-    trusted_dealers = ["keys/dealer.key"]       # dealer public keys (files or Z85) accepted
+    trusted_dealers = ["keys/dealer.key"]       # dealer public keys accepted: files (relative to agent.toml) or Z85
     image_size = 64                             # must match the announced model
 """
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from medfl import config
-from medfl.config import KeysSection
+from medfl.config import KeySource, KeysSection
 
-__all__ = ["AgentConfig", "load_config"]
+__all__ = ["AgentConfig", "key_file_problems", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class InferenceSection:
     allow_encrypted: bool = False
     endpoint: str = ""
     model_server_key_file: pathlib.Path | None = None
-    trusted_dealers: tuple[str, ...] = ()
+    trusted_dealers: tuple[KeySource, ...] = ()
     model: str = "cnn"
     image_size: int = 64
     timeout_s: float = 120.0
@@ -261,3 +262,41 @@ def load_config(path: str | pathlib.Path) -> AgentConfig:
         The file.
     """
     return config.parse_file(AgentConfig, path)
+
+
+def key_file_problems(cfg: AgentConfig) -> list[tuple[str, str]]:
+    """Every key agent.toml names that cannot be read, by TOML path (what ``medfl-agent check`` reports).
+
+    The daemon and ``infer`` read the same files, so a configuration ``check`` passes does not
+    fail later on a key.
+
+    Parameters
+    ----------
+    cfg : AgentConfig
+        The parsed agent.toml.
+    """
+    from medfl.errors import AuthError
+    from medfl.wire import read_keypair, read_public_key
+
+    out: list[tuple[str, str]] = []
+
+    def probe(path: str, read: Callable[[Any], object], source: object) -> None:
+        looks_like_path = isinstance(source, pathlib.Path) or "/" in str(source) or str(source).endswith(".key")
+        if looks_like_path and not pathlib.Path(str(source)).exists():
+            out.append((path, f"file not found: {source} (relative paths resolve against agent.toml's folder); "
+                              "copy the key file there or fix the path"))
+            return
+        try:
+            read(source)
+        except (AuthError, OSError, ValueError) as exc:
+            out.append((path, str(exc)))
+
+    if cfg.keys.secret_key_file is not None:
+        probe("keys.secret_key_file", read_keypair, cfg.keys.secret_key_file)
+    if cfg.coordinator.public_key_file is not None:
+        probe("coordinator.public_key_file", read_public_key, cfg.coordinator.public_key_file)
+    if cfg.inference.model_server_key_file is not None:
+        probe("inference.model_server_key_file", read_public_key, cfg.inference.model_server_key_file)
+    for i, dealer in enumerate(cfg.inference.trusted_dealers):
+        probe(f"inference.trusted_dealers[{i}]", read_public_key, dealer)
+    return out

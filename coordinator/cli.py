@@ -23,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="create the coordinator's key pair and coordinator.toml")
     init.add_argument("--dir", type=pathlib.Path, default=pathlib.Path("."), help="folder to create (default .)")
-    init.add_argument("--bind", default="tcp://0.0.0.0:7777", help="ZeroMQ endpoint to listen on")
+    init.add_argument("--bind", default="tcp://0.0.0.0:7777",
+                      help="ZeroMQ endpoint agents connect to (default %(default)s)")
+    init.add_argument("--inference-bind", default=None,
+                      help="endpoint of the encrypted-inference model server (default: --bind's host, port 7778)")
     init.add_argument("--name", default="coordinator")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
 
@@ -51,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     cn.add_argument("job_id")
 
     dl = sub.add_parser("dealer", help="run the crypto provider (dealer) of encrypted inference, its own process")
-    dl.add_argument("--bind", default="tcp://0.0.0.0:7779", help="endpoint model servers connect to")
+    dl.add_argument("--bind", default="tcp://0.0.0.0:7779",
+                    help="endpoint model servers connect to (default %(default)s)")
     dl.add_argument("--key", type=pathlib.Path, required=True, help="the dealer's secret key file")
     dl.add_argument("--create-key", action="store_true", help="create the key pair if --key does not exist")
     dl.add_argument("--allow", action="append", default=[], metavar="KEY",
@@ -113,18 +117,51 @@ def _init(args: argparse.Namespace) -> None:
     cfg_path = root / "coordinator.toml"
     if cfg_path.exists() and not args.force:
         raise StateError(f"{cfg_path} exists; use --force to overwrite it (this replaces the coordinator's key)")
+    inference_bind = args.inference_bind or _inference_bind(args.bind)
     root.mkdir(parents=True, exist_ok=True)
     pair = generate_keypair()
     pub, sec = write_keypair(root / "keys", "coordinator", pair, overwrite=args.force)
     doc = {"coordinator": {"name": args.name, "bind": args.bind, "state_dir": "state"},
            "keys": {"secret_key_file": str(sec.relative_to(root))},
            "transport": {"curve": True, "max_message_mb": 256},
-           "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0},
-           "inference": {"enabled": False, "bind": "tcp://0.0.0.0:7778", "timeout_s": 60.0}}
-    cfg_path.write_text("# medfl coordinator configuration (see README: 'Run a coordinator')\n" + tomli_w.dumps(doc))
+           "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0}}
+    cfg_path.write_text("# medfl coordinator configuration (see README: 'Run a coordinator')\n" + tomli_w.dumps(doc)
+                        + _inference_table(inference_bind))
     print(f"wrote {cfg_path}")
     print(f"coordinator public key: {pub}  (fingerprint {fingerprint(pair.public)})")
     print("hand this public key file to every hospital; agents pin it.")
+
+
+def _inference_bind(bind: str) -> str:
+    """The model server's endpoint for ``init --bind``: the same host on port 7778 (ipc: a sibling socket)."""
+    head, sep, port = bind.rpartition(":")
+    if bind.startswith("tcp://") and sep and port.isdigit():
+        if port == "7778":
+            raise StateError(f"--bind {bind} takes port 7778, the model server's default; give --inference-bind "
+                             "(e.g. tcp://0.0.0.0:7780) or bind the coordinator to another port")
+        return f"{head}:7778"
+    if bind.startswith("ipc://"):
+        return f"{bind}-inference"
+    raise StateError(f"cannot derive the model server's endpoint from --bind {bind!r}; give --inference-bind "
+                     "(e.g. tcp://0.0.0.0:7778)")
+
+
+def _inference_table(bind: str) -> str:
+    """The ``[inference]`` table ``init`` writes: off, its bind, and the keys to set to turn it on, commented."""
+    import tomli_w
+
+    host = bind.rpartition(":")[0] if bind.startswith("tcp://") else "tcp://127.0.0.1"
+    dealer = f"{host}:7779" if "0.0.0.0" not in host and "*" not in host else "tcp://127.0.0.1:7779"
+    return ("\n[inference]  # encrypted inference: the model server 'serve' hosts for the agents\n"
+            + tomli_w.dumps({"enabled": False, "bind": bind, "timeout_s": 60.0})
+            + "# to turn it on: start a dealer (medfl-coordinator dealer --key keys/dealer.key_secret --create-key\n"
+              "# --allow keys/coordinator.key), set enabled = true above, and uncomment and edit:\n"
+              f"# dealer = {tomli_w.dumps({'d': dealer})[4:].strip()}  # the dealer's endpoint (its --bind)\n"
+              '# dealer_key_file = "keys/dealer.key"  # the dealer\'s public key, pinned (relative to this file)\n'
+              '# checkpoint = "state/checkpoints/<job>/round-0005.safetensors"  # default: the newest federated '
+              "model\n"
+              '# calibration_dir = "calibration"  # representative images for the fixed-point scales; default: '
+              "synthetic ones\n")
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ Example::
 
     [inference]                              # encrypted inference (model server hosted by serve)
     enabled = false
-    bind = "tcp://0.0.0.0:7778"              # agents connect here (same key as the coordinator)
+    bind = "tcp://0.0.0.0:7778"              # agents connect here (same key); init: --bind's host, port 7778
     checkpoint = "state/checkpoints/<job>/round-0005.safetensors"  # default: the newest federated model
     dealer = "tcp://dealer.example.org:7779"  # the crypto provider (medfl-coordinator dealer)
     dealer_key_file = "keys/dealer.key"       # its public key, pinned
@@ -99,6 +99,8 @@ class InferenceSection:
     def check(self) -> list[tuple[str, str]]:
         """Range checks; an enabled model server needs a checkpoint and a dealer."""
         out = []
+        if not self.bind.startswith(("tcp://", "ipc://")):
+            out.append(("bind", f"must be a ZeroMQ endpoint like tcp://0.0.0.0:7778, got {self.bind!r}"))
         if self.timeout_s <= 0:
             out.append(("timeout_s", f"must be positive, got {self.timeout_s}"))
         if self.enabled:

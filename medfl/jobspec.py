@@ -215,7 +215,10 @@ class PrivacySpec:
         if not self.enabled:
             return out
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            out.append(("", "give exactly one of noise_multiplier and target_epsilon (or enabled = false)"))
+            seen = ("neither" if self.noise_multiplier is None else
+                    f"both (noise_multiplier = {self.noise_multiplier}, target_epsilon = {self.target_epsilon})")
+            out.append(("", "give exactly one of noise_multiplier and target_epsilon (or enabled = false), "
+                            f"got {seen}"))
         if self.noise_multiplier is not None and not 0 < self.noise_multiplier <= 1e4:
             out.append(("noise_multiplier", f"must be in (0, 10000], got {self.noise_multiplier} "
                         "(typical: 0.5-2)"))

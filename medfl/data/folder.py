@@ -3,18 +3,25 @@
 ``root/train/NORMAL/*.png``, ``root/train/PNEUMONIA/*.jpeg``, ``root/val/...``,
 ``root/test/...``; PNG, JPEG and DICOM (``.dcm``, or any file with the DICM preamble).
 Class indices follow sorted class names (NORMAL = 0, PNEUMONIA = 1). Every file is read; one
-that cannot be is an error naming the file, never silently dropped.
+that cannot be is an error naming the file, never silently dropped. What the loader does not
+read by design (hidden files such as ``.DS_Store``, ``Thumbs.db``, folders inside a class
+folder, entries beside the splits) is listed by :func:`skipped_files`, which
+``medfl-agent check`` prints and the loader logs.
 """
 
 from __future__ import annotations
 
+import logging
 import pathlib
+from dataclasses import dataclass
 
 import numpy as np
 
 from medfl.errors import DataError
 
-__all__ = ["load_folder_splits", "read_image"]
+__all__ = ["REASONS", "SkippedFile", "load_folder_splits", "read_image", "skipped_files"]
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -80,9 +87,76 @@ def _read_dicom(path: pathlib.Path) -> np.ndarray:
     return to_unit_gray(ds)
 
 
+#: why an entry under the data folder is not read (:attr:`SkippedFile.reason`)
+NOT_IMAGE, SUBFOLDER, OUTSIDE, NOT_SPLIT = "not-image", "subfolder", "outside-classes", "not-split"
+#: each reason, said of one entry and of several
+REASONS = {NOT_IMAGE: ("file that is not an image", "files that are not images"),
+           SUBFOLDER: ("folder inside a class folder", "folders inside a class folder"),
+           OUTSIDE: ("entry beside the class folders", "entries beside the class folders"),
+           NOT_SPLIT: ("entry that is not a split (train, val, test)",
+                       "entries that are not a split (train, val, test)")}
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An entry under the data folder that the loader does not read, by design.
+
+    Attributes
+    ----------
+    path : str
+        Its path relative to the data folder, with ``/`` (``train/NORMAL/Thumbs.db``).
+    split : str or None
+        The split it sits in (None beside the splits).
+    reason : str
+        A key of :data:`REASONS`: :data:`NOT_IMAGE` (hidden files such as ``.DS_Store``,
+        ``Thumbs.db``, ``desktop.ini``), :data:`SUBFOLDER`, :data:`OUTSIDE` (files in a split
+        folder, hidden folders there) or :data:`NOT_SPLIT`.
+    """
+
+    path: str
+    split: str | None
+    reason: str
+
+
+def _litter(p: pathlib.Path) -> bool:
+    """Hidden files and operating-system files, which the loader never reads as images."""
+    return p.name.startswith(".") or p.name.lower() in _IGNORED
+
+
+def _classes(split_dir: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _files(folder: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.name.lower() not in _IGNORED)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not _litter(p))
+
+
+def skipped_files(root: str | pathlib.Path) -> list[SkippedFile]:
+    """Every entry under ``root`` that :func:`load_folder_splits` does not read, sorted by path.
+
+    Parameters
+    ----------
+    root : str or Path
+        The data folder (an absent one has nothing skipped).
+    """
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        return []
+    out = [SkippedFile(p.name + ("/" if p.is_dir() else ""), None, NOT_SPLIT)
+           for p in root.iterdir() if p.name not in SPLITS or not p.is_dir()]
+    for split in (s for s in SPLITS if (root / s).is_dir()):
+        classes = _classes(root / split)
+        for entry in (root / split).iterdir():
+            if entry.name not in classes:
+                out.append(SkippedFile(f"{split}/{entry.name}" + ("/" if entry.is_dir() else ""), split, OUTSIDE))
+        for cname in classes:
+            for entry in (root / split / cname).iterdir():
+                rel = f"{split}/{cname}/{entry.name}"
+                if entry.is_dir():
+                    out.append(SkippedFile(rel + "/", split, SUBFOLDER))
+                elif not entry.is_file() or _litter(entry):
+                    out.append(SkippedFile(rel, split, NOT_IMAGE))
+    return sorted(out, key=lambda s: s.path)
 
 
 def _read_class(folder: pathlib.Path, image_size: int) -> tuple[list[np.ndarray], list[str]]:
@@ -119,7 +193,7 @@ def load_folder_splits(root: pathlib.Path, image_size: int) -> dict[str, tuple[n
     classes = None
     out = {}
     for split in splits:
-        names = sorted(p.name for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith("."))
+        names = _classes(root / split)
         if classes is None:
             classes = names
             if len(classes) != 2:
@@ -144,4 +218,9 @@ def load_folder_splits(root: pathlib.Path, image_size: int) -> dict[str, tuple[n
                             "fix or move them out of the class folders):\n  " + "\n  ".join(problems[:_SHOWN])
                             + more)
         out[split] = (np.stack(images)[:, None].astype(np.float32), np.asarray(labels, np.int64))
+    skipped = skipped_files(root)
+    if skipped:
+        # counts only: names could carry patient identifiers; 'medfl-agent check' lists them on the console
+        log.info("data folder %s: %d entries not read (%s); 'medfl-agent check' names them", root, len(skipped),
+                 ", ".join(sorted({REASONS[s.reason][1] for s in skipped})))
     return out

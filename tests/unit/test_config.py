@@ -179,3 +179,39 @@ frac_bits = 60
         load_job(p)
     plain = _write(tmp_path, "plain.toml", '[job]\nname = "x"\nmin_agents = 1\n[aggregation]\nsecure = false\n')
     assert not load_job(plain).aggregation.secure
+
+
+def test_type_errors_do_not_hide_range_and_registry_checks(tmp_path):
+    p = _write(tmp_path, "job.toml", '[job]\nname = "x"\nrounds = "2"\nmodel = "cnn3"\n'
+                                     '[aggregation]\nclip_norm = "big"\nstrategy = "fedavgg"\n')
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    paths = [path for path, _ in info.value.problems]
+    assert sorted(paths) == ["aggregation.clip_norm", "aggregation.strategy", "job.model", "job.rounds"]
+    assert "write rounds = 2 without quotes" in str(info.value)
+
+
+def test_table_level_problems_name_the_table(tmp_path):
+    p = _write(tmp_path, "job.toml", '[job]\nname = "x"\n[privacy]\nnoise_multiplyer = 1.0\n')
+    with pytest.raises(ConfigError) as info:
+        load_job(p)
+    assert dict(info.value.problems).keys() == {"privacy.noise_multiplyer", "privacy"}
+    assert "did you mean 'noise_multiplier'" in str(info.value)
+    assert "privacy.:" not in str(info.value)
+
+
+def test_agent_and_coordinator_report_types_and_ranges_together(tmp_path):
+    p = _write(tmp_path, "agent.toml", '[agent]\nname = ""\nstate_dir = 5\n[coordinator]\nendpoint = "tcp://h:1"\n'
+                                       '[data]\npath = "d"\n[transport]\ncurve = false\n'
+                                       '[training]\ntorch_threads = "2"\ndevice = "gpu"\n')
+    with pytest.raises(ConfigError) as info:
+        load_agent(p)
+    assert {path for path, _ in info.value.problems} == {"agent.name", "agent.state_dir", "training.torch_threads",
+                                                         "training.device"}
+    p = _write(tmp_path, "c.toml", '[coordinator]\nbind = "0.0.0.0:7777"\nstate_dir = 3\n'
+                                   '[liveness]\nagent_timeout_s = "20"\neval_deadline_s = -1\n')
+    with pytest.raises(ConfigError) as info:
+        load_coordinator(p)
+    assert {path for path, _ in info.value.problems} == {"coordinator.bind", "coordinator.state_dir",
+                                                         "liveness.agent_timeout_s", "liveness.eval_deadline_s",
+                                                         "keys.secret_key_file"}

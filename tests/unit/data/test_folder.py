@@ -159,3 +159,20 @@ def test_hidden_and_os_files_are_ignored(tmp_path):
     (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"junk")
     (root / "train" / "NORMAL" / "Thumbs.db").write_bytes(b"junk")
     assert len(load_splits(DataSpec(kind="folder", path=root, image_size=8))["train"]) == 4
+
+
+def test_skipped_files_names_what_the_loader_does_not_read(tmp_path):
+    from medfl.data.folder import NOT_IMAGE, NOT_SPLIT, OUTSIDE, SUBFOLDER, skipped_files
+
+    root = tmp_path / "ds"
+    _tree(root)
+    (root / "train" / "NORMAL" / "Thumbs.db").write_bytes(b"x")
+    (root / "train" / "PNEUMONIA" / ".DS_Store").write_bytes(b"x")
+    (root / "train" / "NORMAL" / "old").mkdir()
+    (root / "train" / "notes.txt").write_text("x")
+    (root / "validation").mkdir()
+    assert len(load_splits(DataSpec(kind="folder", path=root, image_size=16))["train"]) == 4
+    got = {(s.path, s.split, s.reason) for s in skipped_files(root)}
+    assert got == {("train/NORMAL/Thumbs.db", "train", NOT_IMAGE), ("train/PNEUMONIA/.DS_Store", "train", NOT_IMAGE),
+                   ("train/NORMAL/old/", "train", SUBFOLDER), ("train/notes.txt", "train", OUTSIDE),
+                   ("validation/", None, NOT_SPLIT)}
