@@ -203,6 +203,7 @@ class Runner:
                 proc.wait()
 
 
+@pytest.mark.slow
 def test_readme_first_hour_runs_as_written(tmp_path):
     from medfl.data.synthetic import write_image_folder
 
@@ -251,6 +252,13 @@ def test_readme_first_hour_runs_as_written(tmp_path):
     assert re.search(r"done\s+first-try\s+rounds 2/2", out("medfl-coordinator jobs list")), runner.report()
     nodes = out("medfl-coordinator nodes list")
     assert all(h in nodes for h in ("st-mary", "st-john")) and "pending" not in nodes, runner.report()
+    # the modes the README gives the key files and their folder are the ones init writes
+    for folder, stem in ((op_values["/srv/medfl"], "coordinator"), (hosp_values[0]["/opt/medfl-agent"], "agent")):
+        keys = pathlib.Path(folder) / "keys"
+        files = (keys, keys / f"{stem}.key", keys / f"{stem}.key_secret")
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files}
+        assert modes == {"keys": "0o700", f"{stem}.key": "0o644", f"{stem}.key_secret": "0o600"}, modes
+        assert f"`{stem}.key`, the public key (mode 0644" in text and "mode 0600" in text and "mode 0700" in text
 
 
 def _merge(base: dict, fragment: dict) -> dict:
