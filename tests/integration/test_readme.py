@@ -97,7 +97,7 @@ def shell_lines(text: str) -> list[str]:
     for raw in text.splitlines():
         line = pending + raw.strip()
         if line.endswith("\\"):
-            pending = line[:-1] + " "
+            pending = line[:-1].rstrip() + " "
             continue
         pending = ""
         if line and not line.startswith("#"):
@@ -130,6 +130,7 @@ class Runner:
                         PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.daemons: list[tuple[str, subprocess.Popen, pathlib.Path]] = []
         self.transcript: list[str] = []
+        self.t0 = time.monotonic()
 
     def argv(self, line: str) -> tuple[list[str], bool]:
         words = shlex.split(line, comments=True)
@@ -148,7 +149,7 @@ class Runner:
 
     def run(self, line: str, party: Party) -> str:
         argv, background = self.argv(substitute(line, party.values))
-        self.transcript.append(f"[{party.name} in {party.cwd}] {line}")
+        self.transcript.append(f"[+{time.monotonic() - self.t0:.1f} s, {party.name} in {party.cwd.name}] {line}")
         if background:
             log = self.tmp / "logs" / f"{len(self.daemons)}-{argv[2]}.log"
             log.parent.mkdir(exist_ok=True)
@@ -242,6 +243,7 @@ def test_readme_first_hour_runs_as_written(tmp_path):
         runner.check_daemons()
     finally:
         runner.stop()
+    runner.transcript.append(f"[+{time.monotonic() - runner.t0:.1f} s] daemons stopped")
     print(runner.report())  # shown with pytest -rP: what the README ran and what it printed
 
     def out(prefix: str) -> str:
