@@ -304,6 +304,12 @@ def test_readme_configuration_examples_are_accepted(tmp_path):
     cli("coordinator.cli", "init", "--dir", "srv")
     cli("agent.cli", "init", "--dir", "agent", "--name", "st-mary", "--coordinator", "tcp://127.0.0.1:7777",
         "--coordinator-key", "srv/keys/coordinator.key", "--data", "data")
+    # the dealer's public key where the README's [inference] examples put it, in both folders
+    from medfl.wire import generate_keypair, write_keypair
+
+    dealer_pub, _ = write_keypair(tmp_path / "dealer", "dealer", generate_keypair())
+    for folder in ("agent", "srv"):
+        shutil.copyfile(dealer_pub, tmp_path / folder / "keys" / "dealer.key")
     for name, folder, check in (("agent.toml", "agent", ("agent.cli", "check")),
                                 ("coordinator.toml", "srv", ("coordinator.cli", "nodes", "list"))):
         path = tmp_path / folder / name
