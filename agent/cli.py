@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import shutil
-import signal
 
 from medfl.config_search import AGENT
 from medfl.errors import ConfigError, DataError, StateError
@@ -190,7 +189,7 @@ def _privacy(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from agent.service import AgentService
-    from medfl.logs import setup_logging
+    from medfl.logs import setup_logging, stop_on_signals
 
     setup_logging("agent")
     cfg = _load(args)
@@ -202,32 +201,29 @@ def _serve(args: argparse.Namespace) -> None:
         pacs = PacsService(cfg)
         pacs.start()
 
-    def stop(*_: object) -> None:
-        service.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    shutdown = stop_on_signals(service.stop)
     try:
         service.serve()
     finally:
         if pacs is not None:
             pacs.stop()
+    shutdown.finish()
 
 
 def _pacs_serve(args: argparse.Namespace) -> None:
     from agent.pacs.service import PacsService
-    from medfl.logs import setup_logging
+    from medfl.logs import setup_logging, stop_on_signals
 
     setup_logging("agent-pacs")
     cfg = _load(args)
     service = PacsService(cfg)
     service.start()
-    signal.signal(signal.SIGTERM, lambda *_: service._stop.set())
-    signal.signal(signal.SIGINT, lambda *_: service._stop.set())
+    shutdown = stop_on_signals(service._stop.set)
     try:
         service.wait()
     finally:
         service.stop()
+    shutdown.finish()
 
 
 def _infer(args: argparse.Namespace) -> None:

@@ -1,9 +1,12 @@
 """The hospital agent daemon: connects out to the coordinator, trains and validates locally.
 
 The agent only ever connects out (a ZeroMQ DEALER; hospital firewalls allow outbound only),
-pins the coordinator's CURVE public key, says HELLO until it is welcomed, heart-beats, and
-re-introduces itself when the coordinator reports it as unknown (the coordinator restarted).
-ZeroMQ reconnects by itself with exponential backoff. Every job offer and every round passes
+pins the coordinator's CURVE public key, says HELLO first on every new connection (the
+coordinator restarted, or the link dropped: the coordinator's session is gone either way) and
+again until it is welcomed, and heart-beats only while connected and welcomed, so a restarted
+coordinator never sees a heartbeat before the hello. An ``unknown_peer`` error (a heartbeat
+that crossed a restart) gets one hello unless one is already on its way. ZeroMQ reconnects by
+itself with exponential backoff. Every job offer and every round passes
 the local policy first. Training and validation run in a worker thread so the socket loop
 keeps heart-beating (:mod:`agent.rounds`, which also holds the DP budget checks); results from
 a superseded round are dropped.
@@ -82,6 +85,7 @@ class AgentService:
         self._stop = threading.Event()
         self._backoff = 1.0
         self._retry_at = 0.0
+        self._handshakes = 0  # the channel's handshakes already answered with a hello
 
     # ---- loop --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -115,14 +119,24 @@ class AgentService:
 
     def _keepalive(self) -> None:
         now = time.monotonic()
-        if self.channel.auth_failed and now >= self._retry_at:
+        ch = self.channel
+        ch.poll_events()
+        if ch.auth_failed and now >= self._retry_at:
             # libzmq does not retry a connection whose key was refused: reconnect ourselves, with backoff
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
             self._retry_at = now + self._backoff
             log.info("reconnecting to %s (next try in %.0f s)", self.cfg.coordinator.endpoint, self._backoff)
-            self.channel.reconnect()
+            ch.reconnect()
+            self.welcomed, self._handshakes = False, 0
+        elif ch.handshakes != self._handshakes and ch.connected:
+            self._handshakes = ch.handshakes  # a new connection: hello goes first, before any heartbeat
             self.welcomed = False
             self._hello()
+        elif not ch.connected:
+            if self.welcomed:
+                log.info("lost the connection to %s; waiting for the coordinator to come back",
+                         self.cfg.coordinator.endpoint)
+            self.welcomed = False
         elif not self.welcomed and now - self._last_hello > HELLO_RETRY_S:
             self._hello()
         elif self.welcomed and now - self._last_send > HEARTBEAT_S:
@@ -164,15 +178,19 @@ class AgentService:
         mtype = env.type
         if mtype == MessageType.WELCOME:
             if not self.welcomed:
-                log.info("welcomed by coordinator %s", env.body.get("coordinator"))
+                log.info("connected to coordinator %s at %s (welcomed)", env.body.get("coordinator"),
+                         self.cfg.coordinator.endpoint)
             self.welcomed = True
             self._backoff = 1.0
+        elif mtype == MessageType.ERROR and env.body.get("code") == "unknown_peer":
+            if not self.welcomed and time.monotonic() - self._last_hello < HELLO_RETRY_S:
+                log.debug("coordinator does not know this agent yet; the hello is on its way")
+                return
+            log.info("the coordinator does not know this agent (it restarted); saying hello again")
+            self.welcomed = False
+            self._hello()
         elif mtype == MessageType.ERROR:
-            code = env.body.get("code")
-            log.warning("coordinator error %s: %s", code, env.body.get("message"))
-            if code == "unknown_peer":
-                self.welcomed = False
-                self._hello()
+            log.warning("coordinator error %s: %s", env.body.get("code"), env.body.get("message"))
         elif mtype == MessageType.JOB_OFFER:
             self._on_offer(env)
         elif mtype == MessageType.TRAIN:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import signal
 import sys
 import time
 from typing import Any
@@ -166,7 +165,7 @@ def _inference_table(bind: str) -> str:
 
 def _serve(args: argparse.Namespace) -> None:
     from coordinator.service import CoordinatorService
-    from medfl.logs import setup_logging
+    from medfl.logs import setup_logging, stop_on_signals
 
     setup_logging("coordinator")
     cfg = _load(args)
@@ -178,16 +177,16 @@ def _serve(args: argparse.Namespace) -> None:
         if isinstance(exc, zmq.ZMQError) and exc.errno == getattr(zmq, "EADDRINUSE", 98):
             die(ExitCode.PORT_IN_USE, f"cannot bind {cfg.coordinator.bind}: {exc}")
         raise
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    shutdown = stop_on_signals(service.stop)
     service.serve()
+    shutdown.finish()
 
 
 def _dealer(args: argparse.Namespace) -> None:
     import threading
 
     from coordinator.inference import make_dealer, public_keys
-    from medfl.logs import setup_logging
+    from medfl.logs import setup_logging, stop_on_signals
     from medfl.wire import fingerprint, generate_keypair, read_keypair, write_keypair
 
     setup_logging("dealer")
@@ -209,8 +208,7 @@ def _dealer(args: argparse.Namespace) -> None:
         die(ExitCode.USAGE, f"dealer --device: {exc}")
     service = make_dealer(bind=args.bind, keys=keys, allowed=public_keys(args.allow), pool=args.pool, device=device)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    shutdown = stop_on_signals(stop.set)
     print(f"dealer {fingerprint(keys.public)} listening on {service.channel.endpoint} (pool {args.pool}, "
           f"generating on {device})",
           flush=True)
@@ -218,13 +216,14 @@ def _dealer(args: argparse.Namespace) -> None:
         service.serve(stop)
     finally:
         service.channel.close()
+    shutdown.finish()
 
 
 def _model_server(args: argparse.Namespace) -> None:
     import threading
 
     from coordinator.inference import load_served, make_model_server, public_keys, store_writer
-    from medfl.logs import setup_logging
+    from medfl.logs import setup_logging, stop_on_signals
     from medfl.wire import read_keypair, read_public_key
 
     setup_logging("model-server")
@@ -274,8 +273,7 @@ def _model_server(args: argparse.Namespace) -> None:
                                dealer_key=read_public_key(str(dealer_key_src)), timeout_s=timeout,
                                on_change=on_change)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    shutdown = stop_on_signals(stop.set)
     print(f"model server for {served.name}{list(served.in_shape)} listening on {server.channel.endpoint}",
           flush=True)
     try:
@@ -283,6 +281,7 @@ def _model_server(args: argparse.Namespace) -> None:
     finally:
         server.channel.close()
         server.dealer.close()
+    shutdown.finish()
 
 
 def _nodes(args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from coordinator.config import CoordinatorConfig
 from coordinator.rounds import JobRun, Outgoing
 from coordinator.store import Store
-from medfl.errors import ConfigError, MedflError, Rejected, StateError, WireError
+from medfl.errors import ConfigError, MedflError, Rejected, StateError, UnknownPeer, WireError
 from medfl.jobspec import job_from_dict
 from medfl.secagg.envelopes import SECAGG_FROM_AGENT
 from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
@@ -63,6 +63,7 @@ class CoordinatorService:
                                      is_allowed=self._is_allowed if keys else None, limits=limits)
         self.sessions: dict[str, Session] = {}
         self.by_peer: dict[bytes, str] = {}
+        self._told_unknown: set[bytes] = set()  # peers already asked to say hello (one log line each)
         self.run: JobRun | None = None
         self._stop = threading.Event()
         self._last_housekeeping = 0.0
@@ -167,6 +168,15 @@ class CoordinatorService:
     def _dispatch(self, peer: bytes, user_id: str, env: Envelope) -> None:
         try:
             self._handle(peer, user_id, env)
+        except UnknownPeer as exc:  # expected after a restart: the agent's hello follows
+            if peer not in self._told_unknown:
+                if len(self._told_unknown) > 10_000:
+                    self._told_unknown.clear()
+                self._told_unknown.add(peer)
+                log.info("%s from %s before its hello (expected after a restart); asked it to say hello",
+                         env.type, user_id[:23] if user_id else peer.hex()[:16])
+            self.channel.send(peer, Envelope(type=MessageType.ERROR, body={
+                "code": exc.code, "message": str(exc), "in_reply_to": env.seq}))
         except WireError as exc:
             self._error(peer, env, exc)
         except MedflError as exc:
@@ -174,7 +184,7 @@ class CoordinatorService:
             self._error(peer, env, Rejected(str(exc)))
 
     def _handle(self, peer: bytes, user_id: str, env: Envelope) -> None:
-        from medfl.errors import OutOfOrder, UnknownPeer
+        from medfl.errors import OutOfOrder
 
         mtype = env.type
         if mtype == MessageType.HELLO:
@@ -224,10 +234,14 @@ class CoordinatorService:
             self.channel.forget(old.peer)
         self.sessions[fp] = Session(fingerprint=fp, peer=peer, name=name, hello=dict(env.body))
         self.by_peer[peer] = fp
+        self._told_unknown.discard(peer)
         if user_id:
             self.store.set_node_name(fp, name)
-        log.info("agent %s (%s) connected: %s train / %s val samples", name, fp[:23],
-                 env.body.get("train_samples"), env.body.get("val_samples"))
+        if old is not None and old.peer == peer:  # a repeated hello on the same connection: one line per connection
+            log.debug("agent %s said hello again on the same connection", name)
+        else:
+            log.info("agent %s (%s) connected: %s train / %s val samples", name, fp[:23],
+                     env.body.get("train_samples"), env.body.get("val_samples"))
         self.channel.send(peer, Envelope(type=MessageType.WELCOME, body={"coordinator": self.cfg.coordinator.name}))
         if self.run is not None:
             self._send(self.run.offer(fp))

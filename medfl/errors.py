@@ -109,7 +109,7 @@ class SessionAborted(MedflError, RuntimeError):
     A party vanished, a dealer message failed authentication, was replayed or belongs to
     another session, or a party refused a step.
     ``code`` names the cause (``timeout``, ``auth``, ``replay``, ``foreign_session``, ``peer``,
-    ``policy``, ``plan``) and is sent to the other party in the SMPC_ABORT message.
+    ``policy``, ``plan``, ``shutdown``) and is sent to the other party in the SMPC_ABORT message.
     """
 
     def __init__(self, message: str, *, code: str = "aborted"):

@@ -15,7 +15,8 @@ The summary (``summarize``)::
 ``seconds`` is the session's wall time divided by the images (offline, weight preparation and
 online together); ``online_seconds``, ``bytes_online`` (both directions) and ``rounds`` are the
 image's own online phase; ``bytes_offline`` is the sealed dealer material this party received,
-divided by the images.
+divided by the images (the dealer seals as much again for the model server, so the dealer's
+log, which counts both parties, shows about twice the session's ``bytes_offline``).
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{f(r['bytes_online'] / 1e6 if r.get('bytes_online') is not None else None, '9.2f')} "
                      f"{f(r['bytes_offline'] / 1e6 if r.get('bytes_offline') is not None else None, '10.1f')} "
                      f"{f(r.get('rounds'), '6d')}")
+    session = summary.get("session") or {}
+    if session.get("bytes_offline") is not None:
+        lines.append(f"MB offline: dealer material received by this data owner (party 0), per image; "
+                     f"{session['bytes_offline'] / 1e6:.1f} MB for the session. The model server received its "
+                     "own half, about as much: the dealer's log counts both parties")
     if summary.get("max_abs_diff") is not None:
         lines.append(f"max |encrypted - plain| logit difference: {summary['max_abs_diff']:.2e}; decisions "
                      f"{'agree' if summary.get('decisions_agree') else 'DIFFER'}")

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _CHATTY_LOGGERS = ("highdicom", "pynetdicom", "pydicom")
 
 STATUS_SUCCESS = 0x0000
+#: how long a stop waits for the workers' and senders' current items before abandoning them
+STOP_GRACE_S = 2.0
 STATUS_OUT_OF_RESOURCES = 0xA700
 
 
@@ -347,12 +349,23 @@ class PacsService:
             log.error("%s; scans will wait in the inbox until a usable model arrives", exc)
 
     def stop(self) -> None:
-        """Stop accepting, let the threads finish their current item, close."""
+        """Stop accepting, give the threads :data:`STOP_GRACE_S` to finish their current item, close.
+
+        A thread still busy then (an encrypted session, a slow PACS) is abandoned: its items were
+        claimed, not done, so the next start recovers them into the inbox and scores them (the
+        audit row is the commit point, as after a kill).
+        """
         self._stop.set()
         if self._server is not None:
             self._server.shutdown()
+        deadline = time.monotonic() + STOP_GRACE_S
         for t in self._threads:
-            t.join(timeout=10)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in self._threads if t.is_alive()]
+        if busy:
+            log.info("not waiting for %s: their items stay in the inbox and outbox for the next start",
+                     ", ".join(busy))
+            return  # the busy threads may still use the audit log; the process exit closes it
         self.audit.close()
 
     def wait(self) -> None:

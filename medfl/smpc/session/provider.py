@@ -113,6 +113,7 @@ class DealerService:
         self._last_plan: list[PlanEntry] | None = None
         self.served = 0
         self._backlog: deque[Incoming] = deque()
+        self._stop = threading.Event()
 
     def pooled(self) -> int:
         """Sessions of material ready now."""
@@ -130,7 +131,7 @@ class DealerService:
         h0: _Items = []
         h1: _Items = []
         for i, kind, a0, a1 in generate(self._last_plan, LocalDealer(device=self.device)):
-            if self._backlog or self.channel.poll(0):  # a request waits: serve it first, drop this partial fill
+            if self._backlog or self.channel.poll(0) or self._stop.is_set():  # serve a request first, drop this fill
                 return False
             h0.append((i, kind, a0))
             h1.append((i, kind, a1))
@@ -139,7 +140,12 @@ class DealerService:
         return True
 
     def serve(self, stop: threading.Event) -> None:
-        """Answer requests until ``stop`` is set; fill the pool while idle."""
+        """Answer requests until ``stop`` is set; fill the pool while idle.
+
+        A session being streamed when ``stop`` is set is abandoned and its model server told
+        (SMPC_ABORT, code ``shutdown``): material is never kept, so nothing is lost but the session.
+        """
+        self._stop = stop
         while not stop.is_set():
             if self._backlog or self.channel.poll(200):
                 self.step()
@@ -185,16 +191,15 @@ class DealerService:
         self._last_plan = plan
         sealers = [Sealer(dealer_secret=self._secret, party_public=keys[p], session=session, party=p) for p in (0, 1)]
         buffers = [bytearray(), bytearray()]
-        sent = 0
+        sent = [0, 0]  # sealed bytes per party
 
         def flush(party: int, last: bool) -> bool:
             """Seal and send the first chunk_bytes of the party's stream (all of it when last)."""
-            nonlocal sent
             buf = buffers[party]
             n = len(buf) if last else self.chunk_bytes
             seq, ct = sealers[party].seal(bytes(buf[:n]), last=last)
             del buf[:n]
-            sent += len(ct)
+            sent[party] += len(ct)
             return self.channel.send(inc.peer, Envelope(
                 type=MessageType.SMPC_MATERIAL, job=session,
                 body={"session": session, "party": party, "seq": seq, "last": last, "pooled": pooled},
@@ -210,13 +215,18 @@ class DealerService:
             if self._cancelled(session):
                 log.info("session %s cancelled by the model server; material stopped", session)
                 return
+            if self._stop.is_set():
+                self._abort(inc, session, "shutdown", "the dealer is shutting down; ask again when it is back")
+                return
         if not (flush(0, True) and flush(1, True)):
             log.warning("session %s: model server gone while sending material", session)
             return
         self.served += 1
-        log.info("session %s: %d items, %.1f MB sealed for %s (%s, %.2f s)", session, len(plan), sent / 1e6,
-                 inc.user_id or "model server", "pooled" if pooled else "generated on request",
-                 time.perf_counter() - t0)
+        # each party receives only its own half: a data owner's "MB offline" is party 0's figure
+        log.info("session %s: %d items, %.1f MB sealed for both parties (party 0, the data owner: %.1f MB; "
+                 "party 1, the model server: %.1f MB) via %s (%s, %.2f s)", session, len(plan), sum(sent) / 1e6,
+                 sent[0] / 1e6, sent[1] / 1e6, inc.user_id or "model server",
+                 "pooled" if pooled else "generated on request", time.perf_counter() - t0)
 
     def _cancelled(self, session: str) -> bool:
         """True if an SMPC_ABORT for ``session`` is waiting (other messages wait for the loop)."""

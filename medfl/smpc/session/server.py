@@ -33,11 +33,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from torch import nn
 
 from medfl import csprng
-from medfl.errors import MalformedMessage, SessionAborted
+from medfl.errors import SessionAborted
 from medfl.smpc import ring
-from medfl.smpc.dealer import Opener, PlanEntry, plan_from_wire, plan_to_wire, unpack_items
+from medfl.smpc.dealer import Opener, PlanEntry, plan_to_wire, unpack_items
 from medfl.smpc.evaluator import Calibration
 from medfl.smpc.session.party import PartyRunner, ReplayDealer, describe, trace_plan
+from medfl.smpc.session.plan_cache import read_plan, write_plan
 from medfl.smpc.session.stages import SessionRecord, Stage
 from medfl.wire.envelope import Envelope
 from medfl.wire.keys import fingerprint
@@ -88,28 +89,23 @@ class ServedModel:
         """Trace the plan of one session with one image and split it into preparation and per-image parts.
 
         The plan depends only on the announcement (architecture, shapes, calibrated ranges), so
-        it is kept in ``cache`` (JSON) under a digest of the announcement and reused.
+        it is kept in ``cache`` under a digest of the announcement and reused
+        (:mod:`medfl.smpc.session.plan_cache`).
         """
         model.eval()
         key = hashlib.sha256(json.dumps(describe(name, kwargs, in_shape, calibration, frac_bits),
                                         sort_keys=True).encode()).hexdigest()
-        cached = _read_cache(cache, key)
+        cached = read_plan(cache, key)
         if cached is not None:
-            prep, per_image, rounds = cached
-            return cls(name, dict(kwargs), model, in_shape, calibration, prep, per_image, rounds, frac_bits)
-        plan, total_rounds = trace_plan(model, in_shape, calibration, frac_bits)
-        prep_n = sum(1 for e in plan if e.kind == "weight_mask")
-        prep, per_image = plan[:prep_n], plan[prep_n:]
-        if any(e.kind == "weight_mask" for e in per_image):
-            raise ValueError("weight masks must all come before the first image's items")
-        rounds = total_rounds - prep_n
-        if cache is not None:
-            try:
-                cache.write_text(json.dumps({"key": key, "prep": plan_to_wire(prep), "image": plan_to_wire(per_image),
-                                             "rounds": rounds}))
-            except OSError as exc:
-                log.info("plan not cached at %s: %s", cache, exc)
-        return cls(name, dict(kwargs), model, in_shape, calibration, prep, per_image, rounds, frac_bits)
+            plan, prep_n, rounds = cached
+        else:
+            plan, total_rounds = trace_plan(model, in_shape, calibration, frac_bits)
+            prep_n = sum(1 for e in plan if e.kind == "weight_mask")
+            if any(e.kind == "weight_mask" for e in plan[prep_n:]):
+                raise ValueError("weight masks must all come before the first image's items")
+            rounds = total_rounds - prep_n
+            write_plan(cache, key, plan, prep_n, rounds)
+        return cls(name, dict(kwargs), model, in_shape, calibration, plan[:prep_n], plan[prep_n:], rounds, frac_bits)
 
     def plan_for(self, images: int) -> list[PlanEntry]:
         """The session's plan for ``images`` images (references re-based to the preparation)."""
@@ -118,19 +114,6 @@ class ServedModel:
     def description(self) -> dict[str, Any]:
         """The announcement (data only)."""
         return describe(self.name, self.kwargs, self.in_shape, self.calibration, self.frac_bits)
-
-
-def _read_cache(cache: pathlib.Path | None, key: str) -> tuple[list[PlanEntry], list[PlanEntry], int] | None:
-    if cache is None or not cache.is_file():
-        return None
-    try:
-        doc = json.loads(cache.read_text())
-        if doc.get("key") != key:
-            return None
-        return plan_from_wire(doc["prep"]), plan_from_wire(doc["image"]), int(doc["rounds"])
-    except (OSError, ValueError, KeyError, TypeError, MalformedMessage) as exc:
-        log.info("ignoring plan cache %s: %s", cache, exc)
-        return None
 
 
 @dataclass
@@ -159,7 +142,7 @@ class _ServerLink:
         while True:
             self.server.tick()
             left = deadline - time.monotonic()
-            if left <= 0 or not self.server.channel.poll(min(int(left * 1000) + 1, 1000)):
+            if left <= 0 or not self.server.channel.poll(min(int(left * 1000) + 1, 200)):
                 if time.monotonic() >= deadline:
                     return None
                 continue
@@ -206,6 +189,7 @@ class ModelServer:
         self.sessions: collections.deque[SessionRecord] = collections.deque(maxlen=history)
         self.dealer_fp = fingerprint(zmq.utils.z85.encode(dealer_public))
         self._last_tick = 0.0
+        self._stop = threading.Event()
 
     # -- status -------------------------------------------------------------------------------
     def _changed(self) -> None:
@@ -216,7 +200,13 @@ class ModelServer:
     QUEUE_TICK_S = 2.0
 
     def tick(self) -> None:
-        """Every QUEUE_TICK_S, tell each queued data owner its position (they know the server is alive)."""
+        """Every QUEUE_TICK_S, tell each queued data owner its position (they know the server is alive).
+
+        Called from every wait of a running session, so a shutdown aborts the session at once
+        (the data owner is told; no result was released, nothing is lost but the session).
+        """
+        if self._stop.is_set():
+            raise SessionAborted("the model server is shutting down; ask again when it is back", code="shutdown")
         now = time.monotonic()
         if now - self._last_tick < self.QUEUE_TICK_S:
             return
@@ -260,9 +250,22 @@ class ModelServer:
 
     # -- loop ---------------------------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set."""
-        while not stop.is_set():
-            self.step(200)
+        """Serve until ``stop`` is set; a running session is aborted then, queued ones are told."""
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                self.step(200)
+        finally:
+            self._abort_queued()
+
+    def _abort_queued(self) -> None:
+        while self.queue:
+            req = self.queue.popleft()
+            self.channel.send(req.peer, Envelope(type=MessageType.SMPC_ABORT, body={
+                "session": req.record.session, "code": "shutdown",
+                "message": "the model server is shutting down; ask again when it is back"}))
+            req.record.move(Stage.ABORTED, "shutdown: the model server stopped before the session ran")
+        self._changed()
 
     def step(self, timeout_ms: int) -> None:
         """Run the next queued session, or wait up to ``timeout_ms`` for a request."""

@@ -4,7 +4,9 @@ With keys the client runs CurveZMQ and pins the server's public key; without key
 plaintext (the in-process twin and tests of the plain path). libzmq does not reconnect a
 client whose key was refused: :attr:`ClientChannel.auth_failed` reports it and
 :meth:`ClientChannel.reconnect` tries again (after the operator approved the key). A bad
-message from the server is logged and dropped, never raised.
+message from the server is logged and dropped, never raised. :attr:`ClientChannel.connected`
+and :attr:`ClientChannel.handshakes` follow the connection (the server restarted when a new
+handshake follows a disconnect), so the agent can say hello first on a new connection.
 
 References
 ----------
@@ -63,6 +65,10 @@ class ClientChannel:
         self._monitor: zmq.Socket | None = None
         #: set when the server refused our key (ZAP); libzmq does not retry then, see reconnect()
         self.auth_failed = False
+        #: True between a completed handshake and the next disconnect
+        self.connected = False
+        #: completed handshakes of the current socket (a restart of the server adds one)
+        self.handshakes = 0
         self.reconnect()
 
     def reconnect(self) -> None:
@@ -79,7 +85,7 @@ class ClientChannel:
                 sock.curve_publickey = self._keys.public
                 sock.curve_serverkey = self._server_key
             self._monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                                    | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+                                                    | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
             sock.connect(self._endpoint)
         except BaseException:
             sock.close(linger=0)
@@ -87,6 +93,7 @@ class ClientChannel:
             raise
         self.sock = sock
         self.auth_failed = False
+        self.connected, self.handshakes = False, 0
         self._guard = SequenceGuard()
         self._seq = Sequencer()
 
@@ -103,6 +110,17 @@ class ClientChannel:
                 self.auth_failed = True
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.auth_failed = False
+                self.connected = True
+                self.handshakes += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.connected = False
+
+    def poll_events(self) -> None:
+        """Update :attr:`connected`, :attr:`handshakes` and :attr:`auth_failed` from the socket's events.
+
+        :meth:`recv` does this too; call it before deciding what to send first.
+        """
+        self._drain_monitor()
 
     def send(self, env: Envelope) -> bool:
         """Queue a message, stamping this channel's sequence number.

@@ -39,8 +39,53 @@ def test_plan_split_and_cache_reuse(tmp_path):
     wider = ServedModel.register(name="cnn", kwargs={"width": 2}, model=_model(), in_shape=(1, 32, 32),
                                  calibration=other, cache=cache)
     assert wider.plan_for(1) == trace_plan(_model(), (1, 32, 32), other)[0]  # traced for its own ranges
-    assert json.loads(cache.read_text())["key"] != doc["key"]
+    assert set(json.loads(cache.read_text())["plans"]) > set(doc["plans"])  # its own plan, added beside the first
     cache.write_text("{not json")
     fixed = ServedModel.register(name="cnn", kwargs={"width": 2}, model=_model(), in_shape=(1, 32, 32),
                                  calibration=CAL, cache=cache)
     assert fixed.plan_for(1) == plan
+
+
+def test_cache_is_used_and_other_files_are_traced_again_at_info(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from medfl.smpc.session import plan_cache, server
+
+    cache = tmp_path / "m.smpc-plan.json"
+    traced = []
+    real = server.trace_plan
+
+    def counting(*a, **kw):
+        traced.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(server, "trace_plan", counting)
+
+    def register(cal=CAL):
+        return ServedModel.register(name="cnn", kwargs={"width": 2}, model=_model(), in_shape=(1, 32, 32),
+                                    calibration=cal, cache=cache)
+
+    first = register()
+    with caplog.at_level(logging.INFO):
+        again = register()
+    assert len(traced) == 1, "the second start must read the plan from the cache, not trace it"
+    assert again.plan_for(2) == first.plan_for(2) and again.rounds_per_image == first.rounds_per_image
+    assert "plan read from cache" in caplog.text
+    # two announcements share the file (e.g. `medfl infer` and the coordinator calibrating differently)
+    other = Calibration(8.0, ((1e-4, 500.0),) * 4)
+    register(other)
+    register(other)
+    register()
+    assert len(traced) == 2
+    assert len(json.loads(cache.read_text())["plans"]) == 2
+    # the format of earlier versions (prep and image apart) is traced again quietly, then rewritten
+    plan, _ = trace_plan(_model(), (1, 32, 32), CAL)
+    prep = sum(e.kind == "weight_mask" for e in plan)
+    cache.write_text(json.dumps({"key": "x", "prep": plan_cache.plan_to_wire(plan[:prep]),
+                                 "image": plan_cache.plan_to_wire(plan[prep:]), "rounds": 3}))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert register().plan_for(1) == plan
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "not usable (format 'none'" in caplog.text
+    assert json.loads(cache.read_text())["format"] == plan_cache.FORMAT
