@@ -179,6 +179,7 @@ class PacsSection:
     watch_folder: pathlib.Path | None = None
     send_retries: int = 5
     scoring: Literal["plain", "encrypted"] = "plain"
+    quarantine_max_mb: int = 1024
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks."""
@@ -200,6 +201,8 @@ class PacsSection:
             out.append(("senders", f"must be 1-16, got {self.senders}"))
         if self.send_retries < 0:
             out.append(("send_retries", f"must be >= 0, got {self.send_retries}"))
+        if self.quarantine_max_mb < 1:
+            out.append(("quarantine_max_mb", f"must be >= 1 (MiB), got {self.quarantine_max_mb}"))
         return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from medfl.exits import ExitCode, die
+from medfl.exits import ExitCode, die, run_command
 
 __all__ = ["main"]
 
@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl``."""
-    args = _parser().parse_args(argv)
+    run_command(_dispatch, _parser().parse_args(argv))
+
+
+def _dispatch(args: argparse.Namespace) -> None:
     if args.cmd == "version":
         from medfl import __version__
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -87,8 +88,39 @@ def die(code: ExitCode, message: str = "") -> NoReturn:
     sys.exit(int(code))
 
 
+def _stdout_broken() -> bool:
+    """Whether stdout's reader has gone (POLLERR on a pipe); True when it cannot be told."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _stdout_closed() -> NoReturn:
+    """Leave quietly because the reader of stdout went away (``... | head``).
+
+    As the Python docs recommend (signal module, "Note on SIGPIPE"): point stdout at devnull so
+    the interpreter's final flush does not raise again, and exit with 1 and no traceback.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (replaced by a test harness)
+        pass
+    finally:
+        os.close(devnull)
+    log.debug("stdout closed by its reader; stopping")
+    sys.exit(int(ExitCode.FAILURE))
+
+
 def run_command(command: Callable[..., Any], *args: Any) -> None:
     """Run a CLI command, leaving through :func:`die` with the exit code of any medfl error.
+
+    A closed stdout (the command piped into ``head``) ends it quietly, without a traceback.
 
     Parameters
     ----------
@@ -99,6 +131,11 @@ def run_command(command: Callable[..., Any], *args: Any) -> None:
     """
     try:
         command(*args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        if not _stdout_broken():
+            raise  # a socket or a child's pipe, not our stdout: a real failure
+        _stdout_closed()
     except ConfigNotFound as exc:
         die(ExitCode.NO_CONFIG, str(exc))
     except ConfigError as exc:

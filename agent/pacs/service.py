@@ -77,7 +77,7 @@ class PacsService:
         root = cfg.agent.state_dir / "pacs"
         self.inbox = DurableQueue(root / "inbox")
         self.outbox = DurableQueue(root / "outbox")
-        self.quarantine = Quarantine(root / "quarantine")
+        self.quarantine = Quarantine(root / "quarantine", max_bytes=self.pcfg.quarantine_max_mb * 1024 * 1024)
         self.results_dir = root / "results"
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.audit = AuditLog(root / "audit.sqlite")
@@ -102,18 +102,20 @@ class PacsService:
         except Exception as exc:
             key = uid_hash(f"unparsed:{time.time_ns()}")
             reason = f"cannot parse the DICOM data set: {type(exc).__name__}"
-            self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source=source)
-            self.audit.failed(key, "quarantined", reason)
-            log.warning("quarantined %s from %s: %s", key[:16], source, reason)
+            kept = self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source=source)
+            self.audit.failed(key, "quarantined", reason if kept else f"{reason} (not kept: quarantine full)")
+            log.warning("quarantined %s from %s: %s%s", key[:16], source, reason, "" if kept else " (not kept)")
             return STATUS_CANNOT_UNDERSTAND, reason
         key = uid_hash(uid)
         sop_class = str(getattr(ds, "SOPClassUID", ""))
         rejection = check_dataset(ds)
         if rejection is not None:
-            self.quarantine.put(key, data, rejection.reason, rejection.status, source=source, sop_class=sop_class)
-            self.audit.failed(key, "quarantined", rejection.reason, sop_class)
-            log.warning("quarantined %s from %s: %s (status 0x%04X)", key[:16], source, rejection.reason,
-                        rejection.status)
+            kept = self.quarantine.put(key, data, rejection.reason, rejection.status, source=source,
+                                       sop_class=sop_class)
+            self.audit.failed(key, "quarantined", rejection.reason if kept else
+                              f"{rejection.reason} (not kept: quarantine full)", sop_class)
+            log.warning("quarantined %s from %s: %s (status 0x%04X)%s", key[:16], source, rejection.reason,
+                        rejection.status, "" if kept else " (not kept)")
             return rejection.status, rejection.reason
         if self.audit.is_scored(key):
             log.info("instance %s from %s was scored before; not scoring it again", key[:16], source)
@@ -179,7 +181,8 @@ class PacsService:
                 ready.append((path, ds, preprocess(ds, loaded.image_size)))
             except Exception as exc:
                 reason = f"cannot decode or score the image: {type(exc).__name__}: {str(exc)[:200]}"
-                self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source="worker")
+                # acknowledged already: kept even over the quarantine's cap (nothing acknowledged is lost)
+                self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source="worker", force=True)
                 self.audit.failed(key, "failed", reason)
                 log.warning("quarantined %s after acknowledging it: %s", key[:16], reason)
                 self.inbox.done(path)
@@ -329,7 +332,12 @@ class PacsService:
             self._threads.append(t)
 
     def _warm_up(self) -> None:
-        """Load the model and the SR machinery before the node answers, so the first scan is not slow."""
+        """Load the model and the SR machinery before the node answers, so the first scan is not slow.
+
+        A configured ``[pacs] model_file`` that is corrupt or does not fit its model raises
+        :class:`StateError` (the node does not start); a federated checkpoint that is, or a model
+        not there yet, is logged and scans wait in the inbox.
+        """
         import numpy as np
 
         from medfl import __version__
@@ -345,7 +353,11 @@ class PacsService:
             probe = synthetic_cr(np.zeros((64, 64)), patient_id="WARMUP")
             score, model = self.scorer.score(probe)
             build_sr(probe, score=score, threshold=self.pcfg.threshold, model_id=model.model_id, version=__version__)
-        except (FileNotFoundError, StateError) as exc:
+        except StateError as exc:
+            if self.scorer.model_file is not None:
+                raise  # the configured [pacs] model_file is unusable: refuse to start, the message says why
+            log.error("%s; scans will wait in the inbox until a usable model arrives", exc)
+        except FileNotFoundError as exc:
             log.error("%s; scans will wait in the inbox until a usable model arrives", exc)
 
     def stop(self) -> None:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from medfl.errors import StateError
+
 __all__ = ["load_checkpoint", "load_state_arrays", "save_checkpoint", "state_arrays"]
 
 
@@ -83,9 +85,27 @@ def load_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], di
     ----------
     path : str or Path
         The file.
-    """
-    from safetensors import safe_open
 
-    with safe_open(str(path), framework="numpy") as fh:
-        metadata = dict(fh.metadata() or {})
-    return load_file(str(path)), metadata
+    Raises
+    ------
+    StateError
+        The file exists but is not a readable safetensors checkpoint (truncated, corrupt, another
+        format); the message names the file and the fix.
+    FileNotFoundError
+        There is no such file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            metadata = dict(fh.metadata() or {})
+        return load_file(str(path)), metadata
+    except (SafetensorError, ValueError, OSError, MemoryError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise StateError(f"model checkpoint {path} ({path.stat().st_size} bytes) is not a readable safetensors "
+                         f"file ({type(exc).__name__}: {detail}); it is truncated, corrupt or in another format: "
+                         "replace it with a checkpoint written by medfl (a round-N.safetensors from the "
+                         "coordinator's or the agent's state folder) or point the config at another file") from None
