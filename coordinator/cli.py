@@ -12,6 +12,7 @@ from typing import Any
 from medfl.config_search import COORDINATOR
 from medfl.errors import StateError
 from medfl.exits import ExitCode, die, run_command
+from medfl.safetext import escape
 
 __all__ = ["main"]
 
@@ -369,7 +370,7 @@ def _status(args: argparse.Namespace) -> None:
     d = st["daemon"]
     print(f"daemon: {d['state'] if d else 'never started'}" + (f" on {d.get('endpoint')}" if d else ""))
     if d and d.get("online") is not None:
-        print(f"agents online: {', '.join(d['online']) or 'none'}")
+        print(f"agents online: {', '.join(escape(n, limit=64) for n in d['online']) or 'none'}")
     if d and d.get("run"):
         print(f"running: {d['run']}" + (f" ({d['waiting']})" if d.get("waiting") else ""))
     print(f"nodes: {sum(n['status'] == 'approved' for n in st['nodes'])} approved, "

@@ -16,6 +16,7 @@ import time
 
 from coordinator.store import NodeRow, Store
 from medfl.errors import NotFound
+from medfl.safetext import escape
 from medfl.wire import check_fingerprint, fingerprint, read_public_key
 from medfl.wire.messages import REFUSED_RETRY_MAX_S
 
@@ -71,7 +72,8 @@ def node_table(store: Store) -> list[str]:
     online = _online(store)
     lines = [f"{'STATE':9s} {'NAME':24s} {'FINGERPRINT':50s} LAST CONTACT"]
     for n in rows:
-        name = n.name or {"approved": NOT_CONNECTED, "pending": PENDING}.get(n.status, f"({n.status})")
+        placeholder = {"approved": NOT_CONNECTED, "pending": PENDING}.get(n.status, f"({n.status})")
+        name = escape(n.name, limit=64) or placeholder
         lines.append(f"{n.status:9s} {name:24s} {n.fingerprint:50s} {_contact(n, online)}")
     if any(n.status == "pending" for n in rows):
         lines.append("to admit a pending agent, read its fingerprint with its hospital ('medfl-agent fingerprint' "

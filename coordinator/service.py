@@ -23,8 +23,10 @@ from coordinator.rounds import JobRun, Outgoing
 from coordinator.store import Store
 from medfl.errors import ConfigError, MedflError, Rejected, StateError, UnknownPeer, WireError
 from medfl.jobspec import job_from_dict
+from medfl.safetext import escape, fold_name
 from medfl.secagg.envelopes import SECAGG_FROM_AGENT
 from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
+from medfl.wire.hello import Hello, parse_hello
 
 __all__ = ["CoordinatorService"]
 
@@ -38,7 +40,7 @@ class Session:
     fingerprint: str
     peer: bytes
     name: str
-    hello: dict[str, Any]
+    hello: Hello
     last_seen: float = field(default_factory=time.monotonic)
 
 
@@ -63,6 +65,7 @@ class CoordinatorService:
                                      is_allowed=self._is_allowed if keys else None, limits=limits)
         self.sessions: dict[str, Session] = {}
         self.by_peer: dict[bytes, str] = {}
+        self._models: frozenset[str] | None = None
         self._told_unknown: set[bytes] = set()  # peers already asked to say hello (one log line each)
         self.run: JobRun | None = None
         self._stop = threading.Event()
@@ -160,8 +163,16 @@ class CoordinatorService:
                 continue
             self.channel.send(sess.peer, env)
 
-    def _error(self, peer: bytes, env: Envelope | None, exc: WireError) -> None:
-        log.warning("protocol error from %s: %s %s", self.by_peer.get(peer, peer.hex()[:16]), exc.code, exc)
+    def _who(self, peer: bytes, user_id: str = "") -> str:
+        """The peer as the operator knows it: its session's name and key fingerprint, else the fingerprint."""
+        fp = self.by_peer.get(peer) or user_id
+        sess = self.sessions.get(fp) if fp else None
+        if sess is not None:
+            return f"{escape(sess.name, limit=64)} ({fp[:23]})"
+        return f"key {fp[:23]}" if fp else f"connection {peer.hex()[:16]} (no CURVE key: plain transport)"
+
+    def _error(self, peer: bytes, env: Envelope | None, exc: WireError, user_id: str = "") -> None:
+        log.warning("protocol error from %s: %s %s", self._who(peer, user_id), exc.code, escape(exc, limit=500))
         self.channel.send(peer, Envelope(type=MessageType.ERROR, body={
             "code": exc.code, "message": str(exc), "in_reply_to": env.seq if env else None}))
 
@@ -174,14 +185,14 @@ class CoordinatorService:
                     self._told_unknown.clear()
                 self._told_unknown.add(peer)
                 log.info("%s from %s before its hello (expected after a restart); asked it to say hello",
-                         env.type, user_id[:23] if user_id else peer.hex()[:16])
+                         env.type, self._who(peer, user_id))
             self.channel.send(peer, Envelope(type=MessageType.ERROR, body={
                 "code": exc.code, "message": str(exc), "in_reply_to": env.seq}))
         except WireError as exc:
-            self._error(peer, env, exc)
+            self._error(peer, env, exc, user_id)
         except MedflError as exc:
-            log.warning("rejected %s from %s: %s", env.type, self.by_peer.get(peer, "?"), exc)
-            self._error(peer, env, Rejected(str(exc)))
+            log.warning("rejected %s from %s: %s", env.type, self._who(peer, user_id), escape(exc, limit=500))
+            self._error(peer, env, Rejected(str(exc)), user_id)
 
     def _handle(self, peer: bytes, user_id: str, env: Envelope) -> None:
         from medfl.errors import OutOfOrder
@@ -201,7 +212,8 @@ class CoordinatorService:
             self._drop(fp, "said bye")
             return
         if mtype == MessageType.ERROR:
-            log.warning("agent %s reported error %s: %s", sess.name, env.body.get("code"), env.body.get("message"))
+            log.warning("agent %s reported error %s: %s", escape(sess.name, limit=64),
+                        escape(env.body.get("code"), limit=40), escape(env.body.get("message"), limit=500))
             return
         run = self.run
         if mtype in SECAGG_FROM_AGENT:
@@ -217,7 +229,8 @@ class CoordinatorService:
             if mtype == MessageType.JOB_ACCEPT:
                 run.on_accept(fp, sess.name)
             elif mtype == MessageType.JOB_REFUSE:
-                self._send(run.on_refuse(fp, str(env.body.get("reason", "no reason given"))[:2000], name=sess.name))
+                reason = escape(env.body.get("reason", "no reason given"), limit=2000)
+                self._send(run.on_refuse(fp, reason, name=sess.name))
             elif mtype == MessageType.UPDATE:
                 self._send(run.on_update(fp, env))
             else:
@@ -225,23 +238,55 @@ class CoordinatorService:
             return
         raise OutOfOrder(f"agents do not send {mtype} to the coordinator")
 
+    def _known_models(self) -> frozenset[str]:
+        if self._models is None:
+            from medfl.models import list_models  # lazy: torch loads once, at the first hello
+
+            self._models = frozenset(list_models())
+        return self._models
+
+    def _name_taken(self, fp: str, name: str) -> str | None:
+        """The fingerprint of another node that already goes by ``name`` (compared case- and width-folded)."""
+        folded = fold_name(name)
+        for other in self.sessions.values():
+            if other.fingerprint != fp and fold_name(other.name) == folded:
+                return other.fingerprint
+        for node in self.store.nodes():
+            if node.fingerprint != fp and node.status == "approved" and node.name and fold_name(node.name) == folded:
+                return node.fingerprint
+        return None
+
     def _on_hello(self, peer: bytes, user_id: str, env: Envelope) -> None:
-        name = str(env.body.get("name", ""))[:64] or "unnamed"
-        fp = user_id or f"plain:{name}"
+        hello = parse_hello(env.body, known_models=self._known_models())
+        fp = user_id or f"plain:{hello.name}"
+        name = hello.name
+        if user_id:
+            given = self.store.node(fp).name
+            if given and fold_name(given) != fold_name(name):
+                name = given  # the operator's (or the first hello's) name wins over what the agent says now
+        clash = self._name_taken(fp, name)
+        if clash is not None:
+            raise Rejected(f"name {escape(name, limit=64)!r} is already used by another agent ({clash[:23]}); "
+                           "set a different [agent] name in agent.toml, or the operator names this key with "
+                           f"'medfl-coordinator nodes approve {fp[:23]} --name NAME'")
         old = self.sessions.get(fp)
         if old is not None and old.peer != peer:
             self.by_peer.pop(old.peer, None)
             self.channel.forget(old.peer)
-        self.sessions[fp] = Session(fingerprint=fp, peer=peer, name=name, hello=dict(env.body))
+            log.warning("agent %s (%s) connected again from a new connection: the old connection %s is closed "
+                        "and the new one %s takes over its session%s", escape(name, limit=64), fp[:23],
+                        old.peer.hex()[:16], peer.hex()[:16],
+                        f" (job {self.run.job_id} counts it once)" if self.run is not None else "")
+        self.sessions[fp] = Session(fingerprint=fp, peer=peer, name=name, hello=hello)
         self.by_peer[peer] = fp
         self._told_unknown.discard(peer)
         if user_id:
             self.store.set_node_name(fp, name)
         if old is not None and old.peer == peer:  # a repeated hello on the same connection: one line per connection
-            log.debug("agent %s said hello again on the same connection", name)
+            log.debug("agent %s said hello again on the same connection", escape(name, limit=64))
         else:
-            log.info("agent %s (%s) connected: %s train / %s val samples", name, fp[:23],
-                     env.body.get("train_samples"), env.body.get("val_samples"))
+            log.info("agent %s (%s) connected: %d train / %d val samples", escape(name, limit=64), fp[:23],
+                     hello.train_samples, hello.val_samples)
         self.channel.send(peer, Envelope(type=MessageType.WELCOME, body={"coordinator": self.cfg.coordinator.name}))
         if self.run is not None:
             self._send(self.run.offer(fp))
@@ -254,7 +299,7 @@ class CoordinatorService:
         self.channel.forget(sess.peer)
         if self.run is not None:
             self._send(self.run.on_offline(fp))
-        log.info("agent %s offline: %s", sess.name, why)
+        log.info("agent %s offline: %s", escape(sess.name, limit=64), why)
 
     # ---- housekeeping ------------------------------------------------------------------
     def _housekeeping(self) -> None:

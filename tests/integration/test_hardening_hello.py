@@ -1,0 +1,69 @@
+"""An approved key that lies in its HELLO: forged log lines, terminal escapes, huge or borrowed names
+and wrong types are refused with typed errors, and nothing it sends reaches a log or terminal raw."""
+
+from __future__ import annotations
+
+import pytest
+
+from medfl.wire import ClientChannel, Envelope, MessageType, read_keypair, read_public_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GOOD = {"version": "0.1.0", "models": ["cnn"], "min_parties": 2, "train_samples": 10, "val_samples": 4}
+
+
+def _reply(chan: ClientChannel) -> Envelope:
+    env = chan.recv(timeout_ms=15_000)
+    assert env is not None, "no reply from the coordinator"
+    return env
+
+
+def _hello(chan: ClientChannel, **body) -> Envelope:
+    chan.send(Envelope(type=MessageType.HELLO, body={**GOOD, **body}))
+    return _reply(chan)
+
+
+def test_lying_hellos_are_refused_and_never_printed_raw(federation):
+    fed = federation
+    fed.add_agent("legit-a", seed=0)
+    rogue = fed.add_agent("rogue", seed=1)  # approved key, lying client
+    fed.start_coordinator()
+    fed.start_agent("legit-a")
+    fed.wait_online(1)
+
+    keys = read_keypair(rogue / "keys" / "agent.key_secret")
+    server = read_public_key(fed.coord_dir / "keys" / "coordinator.key")
+    with ClientChannel(connect=fed.endpoint, keys=keys, server_public_key=server) as chan:
+        forged = "x\n2026-12-07 INFO coordinator: agent admin approved"
+        err = _hello(chan, name=forged)
+        assert err.type == MessageType.ERROR and err.body["code"] == "malformed", err
+        assert "printable" in err.body["message"]
+        err = _hello(chan, name="\x1b[2J\x1b]0;owned\x07evil")
+        assert err.body["code"] == "malformed"
+        err = _hello(chan, name="\u202eevil")  # a bidi override reorders what the operator reads
+        assert err.body["code"] == "malformed"
+        err = _hello(chan, name="A" * 10_000)
+        assert err.body["code"] == "malformed" and "at most 64" in err.body["message"]
+        err = _hello(chan, name="rogue", train_samples="lots", models={"cnn": 1}, min_parties=-1)
+        assert err.body["code"] == "malformed"
+        for field in ("train_samples", "models", "min_parties"):
+            assert field in err.body["message"], err.body["message"]
+        err = _hello(chan, name="rogue", val_samples=True)  # a bool is not a count
+        assert err.body["code"] == "malformed" and "val_samples" in err.body["message"]
+        err = _hello(chan, name="ＬＥＧＩＴ-A")  # fullwidth, upper case: the same name after NFKC + casefold
+        assert err.body["code"] == "rejected" and "already used" in err.body["message"], err
+        ok = _hello(chan, name="rogue")
+        assert ok.type == MessageType.WELCOME, ok
+        # after hello, its error reports are logged escaped
+        chan.send(Envelope(type=MessageType.ERROR, body={"code": "x\x1b[31m", "message": "boom\nFAKE LINE"}))
+        chan.send(Envelope(type=MessageType.HEARTBEAT))
+
+    fed.wait_for("the error report in the log", lambda: "boom" in fed.log("coordinator"), timeout=20)
+    log = fed.log("coordinator")
+    assert "\x1b" not in log and "\u202e" not in log and "\x07" not in log
+    assert "\nFAKE LINE" not in log and "boom\\nFAKE LINE" in log
+    assert "\n2026-12-07 INFO coordinator: agent admin approved" not in log
+    listing = fed.coordinator("nodes", "list")
+    assert "\x1b" not in listing and "legit-a" in listing and "rogue" in listing
+    assert listing.lower().count("legit-a") == 1
+    assert fed.procs["coordinator"].poll() is None, "the daemon must keep serving"
