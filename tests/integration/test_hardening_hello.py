@@ -67,3 +67,38 @@ def test_lying_hellos_are_refused_and_never_printed_raw(federation):
     assert "\x1b" not in listing and "legit-a" in listing and "rogue" in listing
     assert listing.lower().count("legit-a") == 1
     assert fed.procs["coordinator"].poll() is None, "the daemon must keep serving"
+
+
+def test_a_second_connection_with_one_key_during_a_secure_round_counts_the_hospital_once(federation):
+    fed = federation
+    names = ["h-a", "h-b", "h-c"]
+    for i, n in enumerate(names):
+        fed.add_agent(n, seed=i)
+    fed.start_coordinator()
+    for n in names:
+        fed.start_agent(n)
+    fed.wait_online(3)
+    job_id = fed.submit(rounds=2, min_agents=3, extra="[aggregation]\nsecure = true\nclip_norm = 100.0\n")
+
+    store = fed.store()
+    try:
+        fed.wait_for("the secure job to start", lambda: store.job(job_id).status == "running", timeout=60, every=0.05)
+    finally:
+        store.close()
+    keys = read_keypair(fed.root / "h-a" / "keys" / "agent.key_secret")
+    server = read_public_key(fed.coord_dir / "keys" / "coordinator.key")
+    with ClientChannel(connect=fed.endpoint, keys=keys, server_public_key=server) as chan:
+        ok = _hello(chan, name="h-a")  # the same key from a second connection, mid-job
+        assert ok.type == MessageType.WELCOME, ok
+    job = fed.wait_job(job_id, timeout=240)
+    assert job.status in ("done", "failed"), job  # completes, or aborts cleanly with a reason
+    store = fed.store()
+    try:
+        for r in store.rounds(job_id):
+            members = r.agent_names.split(",") if isinstance(r.agent_names, str) else list(r.agent_names)
+            assert len(members) == len(set(members)) and r.agents <= 3, r
+    finally:
+        store.close()
+    log = fed.log("coordinator")
+    assert "connected again from a new connection" in log and "takes over its session" in log
+    assert fed.procs["coordinator"].poll() is None
