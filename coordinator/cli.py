@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
                     "(default: the name it gives)")
     rv = with_config(nsub.add_parser("revoke", help="revoke an agent"))
     rv.add_argument("fingerprint")
+    fg = with_config(nsub.add_parser("forget", help="delete a pending or revoked agent's record"))
+    fg.add_argument("fingerprint")
+    pr = with_config(nsub.add_parser("prune", help="delete pending (or revoked) records not seen for a while"))
+    pr.add_argument("--older-than", default="0s", help="e.g. 7d, 12h, 30m, 45s (default: 0s, every one)")
+    pr.add_argument("--revoked", action="store_true", help="prune revoked records instead of pending ones")
 
     jobs = sub.add_parser("jobs", help="federated jobs")
     jsub = jobs.add_subparsers(dest="jobs_cmd", required=True)
@@ -297,6 +302,27 @@ def _nodes(args: argparse.Namespace) -> None:
     elif args.nodes_cmd == "revoke":
         row = store.revoke_node(check_fingerprint(args.fingerprint))
         print(f"revoked {row.fingerprint}; its next connection attempt is refused")
+    elif args.nodes_cmd == "forget":
+        row = store.forget_node(check_fingerprint(args.fingerprint))
+        print(f"forgot {row.status} {row.fingerprint}; if it tries again it is recorded anew as pending")
+    elif args.nodes_cmd == "prune":
+        status = "revoked" if args.revoked else "pending"
+        n = store.prune_nodes(status=status, older_than_s=_duration_s(args.older_than))
+        print(f"pruned {n} {status} record(s) not seen for {args.older_than}")
+
+
+def _duration_s(text: str) -> float:
+    """Seconds in a duration such as 7d, 12h, 30m or 45s."""
+    from medfl.errors import ConfigError
+
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units and float(t[:-1]) >= 0:
+            return float(t[:-1]) * units[t[-1]]
+    except ValueError:
+        pass
+    raise ConfigError([("--older-than", f"must be a number and a unit (d, h, m, s) such as 7d or 12h, got {text!r}")])
 
 
 def _jobs(args: argparse.Namespace) -> None:

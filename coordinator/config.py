@@ -25,6 +25,13 @@ Example::
     dealer_key_file = "keys/dealer.key"       # its public key, pinned
     calibration_dir = "calibration"           # representative images; omit for synthetic ones
     timeout_s = 60                            # a silent party aborts the session after this
+
+    [enrollment]                             # handshakes from keys not approved yet
+    mode = "pending"                          # or "invite-only": unknown keys refused, never recorded
+    max_pending = 100                         # pending keys kept at most; past it new keys are refused unrecorded
+    pending_expiry_h = 168                    # a pending key not seen for this long is forgotten
+    new_keys_per_minute = 20                  # new keys recorded per minute, all addresses together
+    new_keys_per_minute_per_address = 4       # ... and from one source address
 """
 
 from __future__ import annotations
@@ -112,6 +119,32 @@ class InferenceSection:
 
 
 @dataclass(frozen=True)
+class EnrollmentSection:
+    """The ``[enrollment]`` table: how handshakes from unknown keys are treated (see coordinator.admission)."""
+
+    mode: str = "pending"
+    max_pending: int = 100
+    pending_expiry_h: float = 168.0
+    new_keys_per_minute: float = 20.0
+    new_keys_per_minute_per_address: float = 4.0
+
+    def check(self) -> list[tuple[str, str]]:
+        """Range checks."""
+        out = []
+        if self.mode not in ("pending", "invite-only"):
+            out.append(("mode", f"must be 'pending' (unknown keys wait for approval) or 'invite-only' (unknown "
+                                f"keys are refused and not recorded), got {self.mode!r}"))
+        if not 0 <= self.max_pending <= 100_000:
+            out.append(("max_pending", f"must be between 0 and 100000, got {self.max_pending}"))
+        if self.pending_expiry_h <= 0:
+            out.append(("pending_expiry_h", f"must be positive (hours), got {self.pending_expiry_h}"))
+        for key in ("new_keys_per_minute", "new_keys_per_minute_per_address"):
+            if not 0 < getattr(self, key) <= 10_000:
+                out.append((key, f"must be in (0, 10000], got {getattr(self, key)}"))
+        return out
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     """The whole coordinator.toml."""
 
@@ -120,6 +153,7 @@ class CoordinatorConfig:
     transport: TransportSection = field(default_factory=TransportSection)
     liveness: LivenessSection = field(default_factory=LivenessSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
+    enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-table checks."""

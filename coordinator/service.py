@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.admission import Admission
 from coordinator.config import CoordinatorConfig
 from coordinator.rounds import JobRun, Outgoing
 from coordinator.store import Store
@@ -60,6 +61,7 @@ class CoordinatorService:
         keys = read_keypair(cfg.keys.secret_key_file) if cfg.transport.curve and cfg.keys.secret_key_file else None
         if not cfg.transport.curve:
             log.warning("transport.curve = false: traffic is NOT encrypted or authenticated (tests only)")
+        self.admission = Admission(self.store, cfg.enrollment, fingerprint=fingerprint)
         limits = SocketLimits(max_message_bytes=cfg.transport.max_message_mb * 2**20)
         self.channel = ServerChannel(bind=cfg.coordinator.bind, keys=keys,
                                      is_allowed=self._is_allowed if keys else None, limits=limits)
@@ -122,14 +124,7 @@ class CoordinatorService:
 
     # ---- authentication (runs in the ZAP thread) ---------------------------------------
     def _is_allowed(self, public_key: bytes) -> bool:
-        key = public_key.decode("ascii") if isinstance(public_key, bytes) else str(public_key)
-        fp = fingerprint(public_key)
-        self.store.see_node(fp, key)
-        ok = self.store.is_approved(key)
-        if not ok:
-            log.warning("refused handshake from unapproved key %s; approve it with "
-                        "'medfl-coordinator nodes approve %s'", fp, fp)
-        return ok
+        return self.admission(public_key)
 
     # ---- main loop ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -313,6 +308,7 @@ class CoordinatorService:
         if now - self._last_housekeeping < 0.5:
             return
         self._last_housekeeping = now
+        self.admission.tick()
         self._check_jobs()
         self.store.set_meta("daemon", json.dumps({
             "pid": os.getpid(), "state": "serving", "t": time.time(), "endpoint": self.channel.endpoint,

@@ -25,7 +25,7 @@ from medfl.errors import AuthError, NotFound, StateError
 
 __all__ = ["JobRow", "NodeRow", "RoundRow", "Store"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: index nodes_by_public_key (the ZAP lookup no longer scans the table)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_refused REAL,
     refusals INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS nodes_by_public_key ON nodes(public_key);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -162,6 +163,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StateError(f"cannot open coordinator database {self.path}: {exc}; move the file aside "
                              "or point state_dir at a fresh folder") from exc
+        with self._lock:  # an older file was migrated above (tables, index, columns): record it
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema_version' AND CAST(value AS INTEGER) < ?",
+                             (str(SCHEMA_VERSION), SCHEMA_VERSION))
 
     def close(self) -> None:
         """Close the connection."""
@@ -238,6 +242,37 @@ class Store:
         """True if the key belongs to an approved node."""
         rows = self._query("SELECT status FROM nodes WHERE public_key=?", (public_key,))
         return bool(rows) and rows[0]["status"] == "approved"
+
+    def node_status(self, public_key: str) -> str | None:
+        """The status of the node with this key ('pending', 'approved', 'revoked'), or None if unknown."""
+        rows = self._query("SELECT status FROM nodes WHERE public_key=?", (public_key,))
+        return str(rows[0]["status"]) if rows else None
+
+    def count_nodes(self, status: str) -> int:
+        """How many nodes have this status."""
+        return int(self._query("SELECT COUNT(*) AS n FROM nodes WHERE status=?", (status,))[0]["n"])
+
+    def forget_node(self, fingerprint: str) -> NodeRow:
+        """Delete a pending or revoked node's row (an approved one must be revoked first)."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM nodes WHERE fingerprint=?", (fingerprint,)).fetchone()
+            if row is None:
+                raise NotFound(f"no node with fingerprint {fingerprint}; see 'medfl-coordinator nodes list'")
+            if row["status"] == "approved":
+                raise StateError(f"{fingerprint} is approved; revoke it first ('medfl-coordinator nodes revoke "
+                                 f"{fingerprint}'), then forget it")
+            db.execute("DELETE FROM nodes WHERE fingerprint=?", (fingerprint,))
+        return NodeRow(**dict(row))
+
+    def prune_nodes(self, *, status: str = "pending", older_than_s: float = 0.0) -> int:
+        """Delete nodes with ``status`` not seen for ``older_than_s`` seconds; returns how many."""
+        if status not in ("pending", "revoked"):
+            raise StateError(f"only pending or revoked nodes can be pruned, not {status!r}")
+        cutoff = time.time() - older_than_s
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM nodes WHERE status=? AND COALESCE(last_seen, first_seen) <= ?",
+                             (status, cutoff))
+            return int(cur.rowcount)
 
     def node(self, fingerprint: str) -> NodeRow:
         """One node by fingerprint."""

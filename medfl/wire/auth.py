@@ -23,6 +23,8 @@ References
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 
 import zmq
@@ -31,17 +33,32 @@ from zmq.utils import z85
 
 from medfl.wire.keys import KeyPair, fingerprint
 
-__all__ = ["ZAP_DOMAIN", "AllowListAuthenticator", "enforce"]
+__all__ = ["ZAP_DOMAIN", "AllowListAuthenticator", "current_address", "enforce"]
 
 #: ZAP domain of medfl's server sockets (set with ZMQ_ZAP_DOMAIN so ZAP can be enforced)
 ZAP_DOMAIN = "medfl"
 
 log = logging.getLogger(__name__)
 
+#: denials are logged in one line per this many seconds, with their count
+DENIALS_REPORT_S = 60.0
+
+_request = threading.local()
+
+
+def current_address() -> str:
+    """The source IP address of the handshake being decided ("" outside an allow-list callback).
+
+    Valid only inside ``is_allowed`` (it runs in the ZAP thread, one request at a time).
+    """
+    return str(getattr(_request, "address", ""))
+
 
 class _Provider:
     def __init__(self, is_allowed: Callable[[bytes], bool]):
         self.is_allowed = is_allowed
+        self._denied = 0
+        self._since = -DENIALS_REPORT_S  # the first denial is logged at once
 
     def callback(self, domain: str, key: bytes) -> bool:
         try:
@@ -50,8 +67,14 @@ class _Provider:
             log.exception("allow-list check failed for %s; denying", fingerprint(key))
             return False
         if not ok:
-            log.warning("CURVE handshake denied for %s: key not on the allow-list (approve it to admit it)",
-                        fingerprint(key))
+            self._denied += 1
+            now = time.monotonic()
+            if now - self._since >= DENIALS_REPORT_S:
+                first = self._since < 0
+                log.warning("CURVE handshake denied for %s: key not on the allow-list (%s)", fingerprint(key),
+                            "further denials are counted and logged once a minute" if first else
+                            f"{self._denied} denial(s) in the last {now - self._since:.0f} s")
+                self._denied, self._since = 0, now
         return ok
 
 
@@ -84,6 +107,14 @@ class AllowListAuthenticator(ThreadAuthenticator):
     def stop(self) -> None:
         """Stop the ZAP thread; sockets that enforce ZAP then refuse every new handshake."""
         super().stop()
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        """Note the request's source address (for :func:`current_address`), then decide as pyzmq does."""
+        _request.address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        try:
+            await super().handle_zap_message(msg)
+        finally:
+            _request.address = ""
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         """User-Id of an accepted connection: the key's fingerprint (pyzmq passes the raw 32 bytes)."""
