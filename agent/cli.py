@@ -32,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--max-total-epsilon", type=float, default=None,
                       help="refuse rounds that take this data set past this epsilon over all jobs (default: no limit)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
+    en = sub.add_parser("enroll", help="join a federation with the invitation file the operator sent: creates "
+                        "the keys and agent.toml, and the invitation approves the key")
+    en.add_argument("invitation", type=pathlib.Path, help="the .medfl file from 'medfl-coordinator nodes invite'")
+    en.add_argument("--data", type=pathlib.Path, required=True,
+                    help="data folder (train/<CLASS>/..., val/<CLASS>/...) or a .npz file")
+    en.add_argument("--dir", type=pathlib.Path, default=pathlib.Path("."), help="where agent.toml and keys/ go")
+    en.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the coordinator (default 30)")
+    en.add_argument("--force", action="store_true", help="replace an existing agent.toml and key in --dir")
     pacs = sub.add_parser("pacs", help="the agent as a DICOM node (PACS hooks)")
     psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
     ps = psub.add_parser("serve", help="run only the DICOM node: receive, score, send SRs back")
@@ -53,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-agent``."""
     args = _parser().parse_args(argv)
-    commands = {"init": _init, "serve": _serve, "fingerprint": _fingerprint, "check": _check, "pacs": _pacs_serve,
-                "privacy": _privacy, "infer": _infer}
+    commands = {"init": _init, "enroll": _enroll, "serve": _serve, "fingerprint": _fingerprint, "check": _check,
+                "pacs": _pacs_serve, "privacy": _privacy, "infer": _infer}
     run_command(commands[args.cmd], args)
 
 
@@ -95,6 +103,23 @@ def _init(args: argparse.Namespace) -> None:
     print(f"fingerprint: {fingerprint(pair.public)}")
     print("send the public key file (or read the fingerprint) to the coordinator operator, who runs:")
     print(f"  medfl-coordinator nodes approve {pub.name}")
+
+
+def _enroll(args: argparse.Namespace) -> None:
+    import tomli_w
+
+    from agent.enroll import enroll
+    from medfl.safetext import escape
+
+    res, doc, cfg_path = enroll(args.invitation, root=args.dir, data=args.data, force=args.force,
+                                timeout_s=args.timeout)
+    head = "# medfl agent configuration, written by 'medfl-agent enroll' (see README: 'Install an agent')\n"
+    cfg_path.write_text(head + tomli_w.dumps(doc) + _inference_example(doc["coordinator"]["endpoint"]))
+    print(f"enrolled as {escape(res.name, limit=64)!r} in federation {escape(res.coordinator, limit=64)!r}: the "
+          "coordinator approved this agent's key")
+    print(f"fingerprint: {res.fingerprint}")
+    print(f"wrote {cfg_path} (policy: secure aggregation required, at least 2 hospitals; edit [policy] to tighten)")
+    print(f"start the agent with: medfl-agent serve --config {cfg_path}")
 
 
 def _inference_example(coordinator: str) -> str:

@@ -4,7 +4,8 @@ The coordinator's public key is handed to every hospital, so anyone can complete
 handshake with a fresh key of their own. Each such handshake used to insert a "pending" row
 (synchronous SQLite) and two WARNING lines, without limit. :class:`Admission` is the ZAP
 decision with bounds, modelled on OpenSSH's treatment of unauthenticated connections
-(``MaxStartups``, ``PerSourcePenalties``): an approved key is admitted; a key already on record
+(``MaxStartups``, ``PerSourcePenalties``): an approved key is admitted, and so is an invitation
+key (:mod:`coordinator.invitations`: it can only say ENROLL); a key already on record
 (pending or revoked) only bumps its counters; a new key is recorded as pending only while the
 global and per-source-address token buckets have room and fewer than ``max_pending`` keys are
 pending, and never in ``invite-only`` mode. Everything refused is counted and reported in one
@@ -111,6 +112,8 @@ class Admission:
             now = self._clock()
             self._expire(now)
             status = self.store.node_status(key)
+            if status is None and self.store.is_invitation_key(key):
+                return True  # it may only say ENROLL (coordinator.invitations decides, and says why not)
             if status == "approved":
                 self.store.see_node(fp, key)
                 return True

@@ -46,9 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     rv.add_argument("fingerprint")
     fg = with_config(nsub.add_parser("forget", help="delete a pending or revoked agent's record"))
     fg.add_argument("fingerprint")
+    iv = with_config(nsub.add_parser("invite", help="write an invitation file for a hospital: 'medfl-agent enroll "
+                                     "FILE' there creates its key and approves it, once"))
+    iv.add_argument("--name", required=True, help="the hospital's name, as the federation will know it")
+    iv.add_argument("--expires", default="72h", help="valid for this long, e.g. 72h, 7d, 30m (default 72h)")
+    iv.add_argument("--endpoint", default=None, help="the address agents reach, e.g. tcp://fl.example.org:7777 "
+                    "(default: [coordinator] bind, a wildcard host replaced by this machine's name)")
+    iv.add_argument("--out", type=pathlib.Path, default=pathlib.Path("."),
+                    help="file or folder (default: ./NAME.medfl)")
+    with_config(nsub.add_parser("invitations", help="list invitations: open, used (by which key) or expired"))
     pr = with_config(nsub.add_parser("prune", help="delete pending (or revoked) records not seen for a while"))
     pr.add_argument("--older-than", default="0s", help="e.g. 7d, 12h, 30m, 45s (default: 0s, every one)")
     pr.add_argument("--revoked", action="store_true", help="prune revoked records instead of pending ones")
+    pr.add_argument("--invitations", action="store_true", help="prune used or expired invitations instead")
 
     jobs = sub.add_parser("jobs", help="federated jobs")
     jsub = jobs.add_subparsers(dest="jobs_cmd", required=True)
@@ -305,6 +315,16 @@ def _nodes(args: argparse.Namespace) -> None:
     elif args.nodes_cmd == "forget":
         row = store.forget_node(check_fingerprint(args.fingerprint))
         print(f"forgot {row.status} {row.fingerprint}; if it tries again it is recorded anew as pending")
+    elif args.nodes_cmd in ("invite", "invitations"):
+        from coordinator.invitations import invitation_table, invite_command
+
+        lines = invite_command(_load(args), store, args, _duration_s(args.expires)) \
+            if args.nodes_cmd == "invite" else invitation_table(store)
+        print("\n".join(lines))
+    elif args.nodes_cmd == "prune" and args.invitations:
+        n = store.prune_invitations(older_than_s=_duration_s(args.older_than))
+        print(f"pruned {n} used or expired invitation(s) older than {args.older_than}; their keys are no longer "
+              "admitted, so an agent still holding one is refused at the handshake")
     elif args.nodes_cmd == "prune":
         status = "revoked" if args.revoked else "pending"
         n = store.prune_nodes(status=status, older_than_s=_duration_s(args.older_than))

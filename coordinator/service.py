@@ -196,6 +196,9 @@ class CoordinatorService:
         if mtype == MessageType.HELLO:
             self._on_hello(peer, user_id, env)
             return
+        if mtype == MessageType.ENROLL:
+            self._on_enroll(peer, user_id, env)
+            return
         fp = self.by_peer.get(peer)
         if fp is None or fp not in self.sessions:
             raise UnknownPeer(f"{mtype} before hello (the coordinator may have restarted); say hello first")
@@ -251,7 +254,22 @@ class CoordinatorService:
                 return node.fingerprint
         return None
 
+    def _on_enroll(self, peer: bytes, user_id: str, env: Envelope) -> None:
+        from coordinator.invitations import redeem
+
+        if not user_id:
+            raise Rejected("enrollment by invitation needs transport.curve = true")
+        done = redeem(self.store, user_id, env.body, name_taken=self._name_taken)
+        node = done.node
+        log.info("agent %s (%s) enrolled by invitation %s%s", escape(node.name, limit=64), node.fingerprint[:23],
+                 done.invitation_id, " (again: the same key, the reply was lost)" if done.again else "")
+        self.channel.send(peer, Envelope(type=MessageType.ENROLLED, body={
+            "fingerprint": node.fingerprint, "name": node.name, "coordinator": self.cfg.coordinator.name}))
+
     def _on_hello(self, peer: bytes, user_id: str, env: Envelope) -> None:
+        if user_id and self.store.invitation(user_id) is not None:
+            raise Rejected("this connection uses an invitation key, which can only enroll: run "
+                           "'medfl-agent enroll INVITATION' (it makes the agent's own key), then 'medfl-agent serve'")
         hello = parse_hello(env.body, known_models=self._known_models())
         fp = user_id or f"plain:{hello.name}"
         name = hello.name

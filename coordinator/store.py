@@ -23,9 +23,9 @@ from typing import Any
 from medfl.durable_db import open_durable
 from medfl.errors import AuthError, NotFound, StateError
 
-__all__ = ["JobRow", "NodeRow", "RoundRow", "Store"]
+__all__ = ["InvitationRow", "JobRow", "NodeRow", "RoundRow", "Store"]
 
-SCHEMA_VERSION = 4  # 4: index nodes_by_public_key (the ZAP lookup no longer scans the table)
+SCHEMA_VERSION = 5  # 4: index nodes_by_public_key (the ZAP lookup no longer scans the table); 5: invitations
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +72,17 @@ CREATE TABLE IF NOT EXISTS rounds (
     epsilons TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (job_id, round)
 );
+CREATE TABLE IF NOT EXISTS invitations (
+    id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL UNIQUE,
+    fingerprint TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    fields_json TEXT NOT NULL,
+    used_at REAL,
+    used_by TEXT
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     t REAL NOT NULL,
@@ -103,6 +114,25 @@ class NodeRow:
     last_seen: float | None
     last_refused: float | None = None
     refusals: int = 0
+
+
+@dataclass(frozen=True)
+class InvitationRow:
+    """An invitation issued by ``nodes invite``: its key, the hospital's name, expiry, and who used it.
+
+    ``fields`` are the signed fields exactly as written into the file (the record the coordinator
+    trusts; the file is compared against it).
+    """
+
+    id: str
+    public_key: str
+    fingerprint: str
+    name: str
+    created: float
+    expires: float
+    fields: dict[str, Any]
+    used_at: float | None
+    used_by: str | None
 
 
 @dataclass(frozen=True)
@@ -284,6 +314,66 @@ class Store:
     def nodes(self) -> list[NodeRow]:
         """Every known node."""
         return [NodeRow(**dict(r)) for r in self._query("SELECT * FROM nodes ORDER BY first_seen")]
+
+    # ---- invitations -------------------------------------------------------------------
+    def add_invitation(self, row: InvitationRow) -> None:
+        """Record an issued invitation."""
+        with self._tx() as db:
+            db.execute("INSERT INTO invitations (id, public_key, fingerprint, name, created, expires, fields_json) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (row.id, row.public_key, row.fingerprint, row.name,
+                                                        row.created, row.expires, json.dumps(row.fields)))
+
+    @staticmethod
+    def _invitation_row(r: sqlite3.Row) -> InvitationRow:
+        d = dict(r)
+        d["fields"] = json.loads(d.pop("fields_json"))
+        return InvitationRow(**d)
+
+    def invitation(self, fingerprint: str) -> InvitationRow | None:
+        """The invitation whose key has this fingerprint, or None."""
+        rows = self._query("SELECT * FROM invitations WHERE fingerprint=?", (fingerprint,))
+        return self._invitation_row(rows[0]) if rows else None
+
+    def is_invitation_key(self, public_key: str) -> bool:
+        """True if the key is an invitation key (any state: a used or expired one is told so, not silently cut)."""
+        return bool(self._query("SELECT 1 FROM invitations WHERE public_key=?", (public_key,)))
+
+    def invitations(self) -> list[InvitationRow]:
+        """Every invitation, oldest first."""
+        return [self._invitation_row(r) for r in self._query("SELECT * FROM invitations ORDER BY created")]
+
+    def redeem_invitation(self, invitation_id: str, fingerprint: str, public_key: str, name: str) -> NodeRow:
+        """Mark the invitation used by ``fingerprint`` and approve that key, in one transaction.
+
+        Raises
+        ------
+        StateError
+            The invitation was used meanwhile by another key, or the key is revoked.
+        """
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE invitations SET used_at=?, used_by=? WHERE id=? AND used_at IS NULL",
+                             (now, fingerprint, invitation_id))
+            if cur.rowcount != 1:
+                raise StateError(f"invitation {invitation_id} was used meanwhile")
+            row = db.execute("SELECT status FROM nodes WHERE fingerprint=?", (fingerprint,)).fetchone()
+            if row is not None and row["status"] == "revoked":
+                raise StateError(f"key {fingerprint} was revoked; an invitation does not undo a revocation")
+            if row is None:
+                db.execute("INSERT INTO nodes (fingerprint, public_key, name, status, first_seen, approved_at) "
+                           "VALUES (?, ?, ?, 'approved', ?, ?)", (fingerprint, public_key, name, now, now))
+            else:
+                db.execute("UPDATE nodes SET status='approved', approved_at=?, name=? WHERE fingerprint=?",
+                           (now, name, fingerprint))
+            self._event(db, None, "enrolled", f"{name} ({fingerprint}) by invitation {invitation_id}")
+        return self.node(fingerprint)
+
+    def prune_invitations(self, *, older_than_s: float = 0.0) -> int:
+        """Delete invitations used or expired more than ``older_than_s`` seconds ago; returns how many."""
+        cutoff = time.time() - older_than_s
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM invitations WHERE COALESCE(used_at, expires) <= ?", (cutoff,))
+            return int(cur.rowcount)
 
     # ---- jobs --------------------------------------------------------------------------
     def submit_job(self, spec: dict[str, Any]) -> JobRow:

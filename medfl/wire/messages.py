@@ -26,6 +26,10 @@ as raw tensor frames, never pickled):
 - SECAGG_UNMASK (agent -> coordinator): phase, attempt, self_mask_shares, key_shares.
 - ERROR (either way): code, message, in_reply_to (the offending seq, or None).
 - BYE (agent -> coordinator): {}; the agent is shutting down.
+- ENROLL (agent -> coordinator, over an invitation's key; :mod:`medfl.wire.invitation`):
+  invitation (the file's signed fields and mac), public_key (the agent's own Z85 key).
+- ENROLLED (coordinator -> agent): fingerprint, name, coordinator; the agent's key is approved
+  and the invitation spent. A refusal is an ERROR saying why (used, expired, edited, ...).
 
 Encrypted inference (:mod:`medfl.smpc`; the model server's and the dealer's own sockets):
 
@@ -92,6 +96,8 @@ class MessageType(enum.StrEnum):
     SECAGG_UNMASK = "secagg_unmask"
     ERROR = "error"
     BYE = "bye"
+    ENROLL = "enroll"
+    ENROLLED = "enrolled"
     SMPC_REQUEST = "smpc_request"
     SMPC_QUEUED = "smpc_queued"
     SMPC_ANNOUNCE = "smpc_announce"

@@ -1,4 +1,4 @@
-"""Admission bounds against a real SQLite store and a controlled clock; the schema 3 -> 4 migration."""
+"""Admission bounds against a real SQLite store and a controlled clock; the schema 3 -> 5 migration."""
 
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def test_schema_3_database_is_migrated(tmp_path):
     db.commit()
     db.close()
     store = Store(path)
-    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "4"
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "5"
+    assert store.invitations() == []  # schema 5: the invitations table exists on a migrated file
     assert store.node_status("k") == "approved" and store.node("SHA256:x").name == "st-mary"
     plan = store._query("EXPLAIN QUERY PLAN SELECT status FROM nodes WHERE public_key=?", ("k",))
     assert any("nodes_by_public_key" in str(tuple(r)) for r in plan)
