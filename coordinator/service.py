@@ -27,6 +27,7 @@ from medfl.jobspec import job_from_dict
 from medfl.safetext import escape, fold_name
 from medfl.secagg.envelopes import SECAGG_FROM_AGENT
 from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
+from medfl.wire.bodies import MAX_REASON, parse_refuse
 from medfl.wire.hello import Hello, parse_hello
 
 __all__ = ["CoordinatorService"]
@@ -188,6 +189,14 @@ class CoordinatorService:
         except MedflError as exc:
             log.warning("rejected %s from %s: %s", env.type, self._who(peer, user_id), escape(exc, limit=500))
             self._error(peer, env, Rejected(str(exc)), user_id)
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the daemon (and every hospital's job) down
+            log.error("internal error handling %s from %s: %s: %s (the message was dropped; please report this "
+                      "with the debug log)", env.type, self._who(peer, user_id), type(exc).__name__,
+                      escape(exc, limit=300))
+            log.debug("internal error detail", exc_info=True)
+            self.channel.send(peer, Envelope(type=MessageType.ERROR, body={
+                "code": "internal", "message": f"the coordinator could not handle this {env.type}",
+                "in_reply_to": env.seq}))
 
     def _handle(self, peer: bytes, user_id: str, env: Envelope) -> None:
         from medfl.errors import OutOfOrder
@@ -227,7 +236,7 @@ class CoordinatorService:
             if mtype == MessageType.JOB_ACCEPT:
                 run.on_accept(fp, sess.name)
             elif mtype == MessageType.JOB_REFUSE:
-                reason = escape(env.body.get("reason", "no reason given"), limit=2000)
+                reason = escape(parse_refuse(env.body).reason, limit=MAX_REASON)
                 self._send(run.on_refuse(fp, reason, name=sess.name))
             elif mtype == MessageType.UPDATE:
                 self._send(run.on_update(fp, env))

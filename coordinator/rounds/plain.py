@@ -25,6 +25,7 @@ from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
 from coordinator.store import RoundRow
 from medfl.errors import OutOfOrder, Rejected
 from medfl.wire import Envelope, MessageType
+from medfl.wire.bodies import parse_metrics, parse_update
 
 __all__ = ["PlainRounds"]
 
@@ -43,6 +44,7 @@ class PlainRounds(RoundMachine):
                            "send a MASKED_INPUT")
         if fingerprint not in s.participants:
             raise OutOfOrder(f"agent {fingerprint[:16]} is not a participant of round {s.round}")
+        body = parse_update(env.body)
         arrays = {k: np.asarray(v) for k, v in env.tensors.items()}
         bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
         if bad:
@@ -50,10 +52,9 @@ class PlainRounds(RoundMachine):
                         self.job_id, s.round, fingerprint[:16], bad[:3])
             s.participants.pop(fingerprint)
         else:
-            n = int(env.body.get("num_samples", 0))
-            s.updates[fingerprint] = (arrays, n, float(env.body.get("train_loss", math.nan)))
-            if env.body.get("epsilon") is not None:
-                s.epsilons[fingerprint] = (float(env.body["epsilon"]), float(env.body.get("delta", math.nan)))
+            s.updates[fingerprint] = (arrays, body.num_samples, body.train_loss)
+            if body.epsilon is not None:
+                s.epsilons[fingerprint] = (body.epsilon, math.nan if body.delta is None else body.delta)
             elif self.spec.privacy.enabled:
                 log.warning("job %s round %d: agent %s sent no epsilon for a DP job", self.job_id, s.round,
                             fingerprint[:16])
@@ -90,7 +91,7 @@ class PlainRounds(RoundMachine):
                            "send a MASKED_INPUT")
         if fingerprint not in s.updates:
             raise OutOfOrder(f"agent {fingerprint[:16]} was not asked to evaluate round {s.round}")
-        s.metrics[fingerprint] = {k: float(env.body.get(k, math.nan)) for k in ("n", "auc", "accuracy", "loss")}
+        s.metrics[fingerprint] = parse_metrics(env.body).as_dict()
         if set(s.metrics) >= set(s.updates):
             return self._close_evaluate()
         return []

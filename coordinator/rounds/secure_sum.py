@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from medfl.buffers import default_pool
-from medfl.errors import MedflError, OutOfOrder, Rejected, SecAggAbort
+from medfl.errors import MalformedMessage, MedflError, OutOfOrder, Rejected, SecAggAbort
 from medfl.secagg import envelopes
 from medfl.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskResponse
 from medfl.secagg.quantization import QuantSpec
 from medfl.secagg.server import SecAggServer, ServerStage
 from medfl.wire import Envelope, MessageType
+from medfl.wire.bodies import parse_report
 
 __all__ = ["SecureSum"]
 
@@ -98,18 +99,14 @@ class SecureSum:
 
     def _take_report(self, agent: str, report: Any) -> None:
         """Keep an agent's clear privacy report (epsilon, delta) if it is well formed."""
-        if report is None:
-            return
         try:
-            eps, delta = float(report["epsilon"]), float(report.get("delta", math.nan))
-        except (TypeError, KeyError, ValueError):
-            log.warning("job %s: agent %s sent a malformed privacy report beside its masked input; ignored",
-                        self.session.job, agent[:16])
+            parsed = parse_report(report)
+        except MalformedMessage as exc:
+            log.warning("job %s: agent %s sent a malformed privacy report beside its masked input (%s); ignored",
+                        self.session.job, agent[:16], exc)
             return
-        if eps < 0 or math.isnan(eps):
-            log.warning("job %s: agent %s reported epsilon=%r; ignored", self.session.job, agent[:16], eps)
-            return
-        self.reports[agent] = (eps, delta)
+        if parsed.epsilon is not None:
+            self.reports[agent] = (parsed.epsilon, math.nan if parsed.delta is None else parsed.delta)
 
     # ---- what the agents are told ------------------------------------------------------
     def params(self, agent: str) -> dict[str, Any]:
