@@ -33,7 +33,9 @@ from agent.secure import SecureRound, open_secure
 from medfl import __version__, envvars
 from medfl.errors import ConfigError, MedflError, PolicyViolation
 from medfl.jobspec import JobSpec, job_from_dict
+from medfl.safetext import escape
 from medfl.secagg.envelopes import SECAGG_TO_AGENT
+from medfl.versions import parse_version
 from medfl.wire import ClientChannel, Envelope, MessageType, SocketLimits, read_keypair, read_public_key
 from medfl.wire.messages import REFUSED_RETRY_MAX_S
 
@@ -42,6 +44,8 @@ __all__ = ["AgentService"]
 log = logging.getLogger(__name__)
 
 HELLO_RETRY_S = 2.0
+#: the hello is repeated this often while the coordinator refuses this agent's version
+VERSION_RETRY_S = 60.0
 HEARTBEAT_S = 2.0
 MAX_BACKOFF_S = REFUSED_RETRY_MAX_S  # 'nodes approve' quotes this cap to the operator
 
@@ -78,6 +82,7 @@ class AgentService:
                                      limits=limits)
         self.jobs: dict[str, JobSpec] = {}
         self.welcomed = False
+        self._told_version = False  # the version refusal is logged once
         self._last_hello = -math.inf
         self._last_send = -math.inf
         self._current: tuple[str, int, str] | None = None
@@ -178,8 +183,15 @@ class AgentService:
         mtype = env.type
         if mtype == MessageType.WELCOME:
             if not self.welcomed:
-                log.info("connected to coordinator %s at %s (welcomed)", env.body.get("coordinator"),
-                         self.cfg.coordinator.endpoint)
+                theirs = str(env.body.get("version") or "?")
+                log.info("connected to coordinator %s at %s (welcomed; it runs medfl %s)",
+                         escape(env.body.get("coordinator"), limit=64), self.cfg.coordinator.endpoint,
+                         escape(theirs, limit=32))
+                ahead, ours = parse_version(theirs), parse_version(__version__)
+                if ahead is not None and ours is not None and ahead[:2] > ours[:2]:
+                    log.warning("the coordinator runs medfl %s and this agent %s: it serves agents one minor "
+                                "version behind it, so upgrade medfl-agent to %d.%d before its next release",
+                                escape(theirs, limit=32), __version__, ahead[0], ahead[1])
             self.welcomed = True
             self._backoff = 1.0
         elif mtype == MessageType.ERROR and env.body.get("code") == "unknown_peer":
@@ -189,8 +201,16 @@ class AgentService:
             log.info("the coordinator does not know this agent (it restarted); saying hello again")
             self.welcomed = False
             self._hello()
+        elif mtype == MessageType.ERROR and env.body.get("code") == "incompatible_version":
+            if not self._told_version:
+                log.error("the coordinator does not serve this agent's version (medfl %s): %s; retrying every "
+                          "%.0f s in case it is upgraded", __version__, escape(env.body.get("message"), limit=400),
+                          VERSION_RETRY_S)
+            self._told_version = True
+            self._last_hello = time.monotonic() + VERSION_RETRY_S - HELLO_RETRY_S
         elif mtype == MessageType.ERROR:
-            log.warning("coordinator error %s: %s", env.body.get("code"), env.body.get("message"))
+            log.warning("coordinator error %s: %s", escape(env.body.get("code"), limit=40),
+                        escape(env.body.get("message"), limit=600))
         elif mtype == MessageType.JOB_OFFER:
             self._on_offer(env)
         elif mtype == MessageType.TRAIN:

@@ -70,11 +70,12 @@ def node_table(store: Store) -> list[str]:
         return ["no agents yet: approve one with 'medfl-coordinator nodes approve agent.key' (its public key "
                 "file), or start the agent and approve the fingerprint it shows"]
     online = _online(store)
-    lines = [f"{'STATE':9s} {'NAME':24s} {'FINGERPRINT':50s} LAST CONTACT"]
+    lines = [f"{'STATE':9s} {'NAME':24s} {'VERSION':9s} {'FINGERPRINT':50s} LAST CONTACT"]
     for n in rows:
         placeholder = {"approved": NOT_CONNECTED, "pending": PENDING}.get(n.status, f"({n.status})")
         name = escape(n.name, limit=64) or placeholder
-        lines.append(f"{n.status:9s} {name:24s} {n.fingerprint:50s} {_contact(n, online)}")
+        version = escape(n.version, limit=32) or "-"
+        lines.append(f"{n.status:9s} {name:24s} {version:9s} {n.fingerprint:50s} {_contact(n, online)}")
     if any(n.status == "pending" for n in rows):
         lines.append("to admit a pending agent, read its fingerprint with its hospital ('medfl-agent fingerprint' "
                      "there) and compare before 'medfl-coordinator nodes approve SHA256:...'")

@@ -22,10 +22,12 @@ from coordinator.admission import Admission
 from coordinator.config import CoordinatorConfig
 from coordinator.rounds import JobRun, Outgoing
 from coordinator.store import Store
-from medfl.errors import ConfigError, MedflError, Rejected, StateError, UnknownPeer, WireError
+from medfl import __version__
+from medfl.errors import ConfigError, IncompatibleVersion, MedflError, Rejected, StateError, UnknownPeer, WireError
 from medfl.jobspec import job_from_dict
 from medfl.safetext import escape, fold_name
 from medfl.secagg.envelopes import SECAGG_FROM_AGENT
+from medfl.versions import agent_refusal
 from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
 from medfl.wire.bodies import MAX_REASON, parse_refuse
 from medfl.wire.hello import Hello, parse_hello
@@ -280,6 +282,9 @@ class CoordinatorService:
             raise Rejected("this connection uses an invitation key, which can only enroll: run "
                            "'medfl-agent enroll INVITATION' (it makes the agent's own key), then 'medfl-agent serve'")
         hello = parse_hello(env.body, known_models=self._known_models())
+        why = agent_refusal(hello.version)
+        if why is not None:
+            raise IncompatibleVersion(why)
         fp = user_id or f"plain:{hello.name}"
         name = hello.name
         if user_id:
@@ -303,13 +308,14 @@ class CoordinatorService:
         self.by_peer[peer] = fp
         self._told_unknown.discard(peer)
         if user_id:
-            self.store.set_node_name(fp, name)
+            self.store.set_node_name(fp, name, version=hello.version)
         if old is not None and old.peer == peer:  # a repeated hello on the same connection: one line per connection
             log.debug("agent %s said hello again on the same connection", escape(name, limit=64))
         else:
             log.info("agent %s (%s) connected: %d train / %d val samples", escape(name, limit=64), fp[:23],
                      hello.train_samples, hello.val_samples)
-        self.channel.send(peer, Envelope(type=MessageType.WELCOME, body={"coordinator": self.cfg.coordinator.name}))
+        self.channel.send(peer, Envelope(type=MessageType.WELCOME, body={"coordinator": self.cfg.coordinator.name,
+                                                                         "version": __version__}))
         if self.run is not None:
             self._send(self.run.offer(fp))
 

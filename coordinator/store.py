@@ -25,7 +25,8 @@ from medfl.errors import AuthError, NotFound, StateError
 
 __all__ = ["InvitationRow", "JobRow", "NodeRow", "RoundRow", "Store"]
 
-SCHEMA_VERSION = 5  # 4: index nodes_by_public_key (the ZAP lookup no longer scans the table); 5: invitations
+SCHEMA_VERSION = 5  # 4: index nodes_by_public_key (the ZAP lookup no longer scans the table); 5: invitations,
+# nodes.version
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     approved_at REAL,
     last_seen REAL,
     last_refused REAL,
-    refusals INTEGER NOT NULL DEFAULT 0
+    refusals INTEGER NOT NULL DEFAULT 0,
+    version TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS nodes_by_public_key ON nodes(public_key);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -94,7 +96,8 @@ CREATE TABLE IF NOT EXISTS events (
 #: columns added after version 1: (table, column, declaration), applied to older databases
 _ADDED_COLUMNS = [("rounds", "epsilon", "REAL"), ("rounds", "delta", "REAL"),
                   ("rounds", "epsilons", "TEXT NOT NULL DEFAULT '{}'"),
-                  ("nodes", "last_refused", "REAL"), ("nodes", "refusals", "INTEGER NOT NULL DEFAULT 0")]
+                  ("nodes", "last_refused", "REAL"), ("nodes", "refusals", "INTEGER NOT NULL DEFAULT 0"),
+                  ("nodes", "version", "TEXT NOT NULL DEFAULT ''")]
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class NodeRow:
     last_seen: float | None
     last_refused: float | None = None
     refusals: int = 0
+    #: the software version of its last HELLO ("" before one)
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,11 +267,12 @@ class Store:
                 raise NotFound(f"no node with fingerprint {fingerprint}; see 'medfl-coordinator nodes list'")
         return self.node(fingerprint)
 
-    def set_node_name(self, fingerprint: str, name: str) -> None:
-        """Record an approved agent's HELLO: it was seen now, and its name if the operator gave none."""
+    def set_node_name(self, fingerprint: str, name: str, *, version: str = "") -> None:
+        """Record an approved agent's HELLO: it was seen now, its version, and its name if the operator gave none."""
         with self._tx() as db:
-            db.execute("UPDATE nodes SET last_seen=?, name=CASE WHEN name='' THEN ? ELSE name END WHERE fingerprint=?",
-                       (time.time(), name, fingerprint))
+            db.execute("UPDATE nodes SET last_seen=?, name=CASE WHEN name='' THEN ? ELSE name END, "
+                       "version=CASE WHEN ?='' THEN version ELSE ? END WHERE fingerprint=?",
+                       (time.time(), name, version, version, fingerprint))
 
     def is_approved(self, public_key: str) -> bool:
         """True if the key belongs to an approved node."""

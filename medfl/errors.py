@@ -153,6 +153,12 @@ class Rejected(WireError, ValueError):
     code = "rejected"
 
 
+class IncompatibleVersion(WireError, ValueError):
+    """An agent whose software version this coordinator does not serve (the message says what to upgrade)."""
+
+    code = "incompatible_version"
+
+
 class UnknownPeer(WireError, PermissionError):
     """A message from a peer that has not said hello (or was forgotten on restart)."""
 

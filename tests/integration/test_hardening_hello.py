@@ -52,8 +52,18 @@ def test_lying_hellos_are_refused_and_never_printed_raw(federation):
         assert err.body["code"] == "malformed" and "val_samples" in err.body["message"]
         err = _hello(chan, name="ＬＥＧＩＴ-A")  # fullwidth, upper case: the same name after NFKC + casefold
         assert err.body["code"] == "rejected" and "already used" in err.body["message"], err
-        ok = _hello(chan, name="rogue")
-        assert ok.type == MessageType.WELCOME, ok
+        # versions (issue #18 item 6): a newer minor, another major, none at all are refused by name
+        from medfl import __version__
+        from medfl.versions import parse_version
+
+        major, minor, _ = parse_version(__version__)
+        for version, says in ((f"{major}.{minor + 1}.0", "upgrades medfl-coordinator"),
+                              (f"{major + 1}.0.0", "upgrades medfl-coordinator"), ("", "no usable version")):
+            err = _hello(chan, name="rogue", version=version)
+            assert err.body["code"] == "incompatible_version" and says in err.body["message"], err
+        older = f"{major}.{max(0, minor - 1)}.9"  # one minor behind: still served
+        ok = _hello(chan, name="rogue", version=older)
+        assert ok.type == MessageType.WELCOME and ok.body["version"] == __version__, ok
         # after hello, its error reports are logged escaped
         chan.send(Envelope(type=MessageType.ERROR, body={"code": "x\x1b[31m", "message": "boom\nFAKE LINE"}))
         chan.send(Envelope(type=MessageType.HEARTBEAT))
@@ -65,6 +75,7 @@ def test_lying_hellos_are_refused_and_never_printed_raw(federation):
     assert "\n2026-12-07 INFO coordinator: agent admin approved" not in log
     listing = fed.coordinator("nodes", "list")
     assert "\x1b" not in listing and "legit-a" in listing and "rogue" in listing
+    assert "VERSION" in listing and older in listing  # the version of each node's last hello
     assert listing.lower().count("legit-a") == 1
     assert fed.procs["coordinator"].poll() is None, "the daemon must keep serving"
 
