@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="2PC + dealer (the only mode: the agent does not hold the served model)")
     inf.add_argument("--json", type=pathlib.Path, default=None, help="write the results here")
     inf.add_argument("--config", type=pathlib.Path, default=None, help=AGENT.help())
+    stp = sub.add_parser("status", help="what this agent is doing: connection, policy, budget, PACS queue, disk")
+    stp.add_argument("--config", type=pathlib.Path, default=None, help=AGENT.help())
+    stp.add_argument("--json", action="store_true", help="print the status as JSON")
+    dr = sub.add_parser("doctor", help="check config, keys, disk, clock, coordinator, PACS; each failure with a fix")
+    dr.add_argument("--config", type=pathlib.Path, default=None, help=AGENT.help())
+    dr.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the coordinator (default 5)")
     for name, text in (("serve", "run the agent daemon"), ("fingerprint", "print this agent's key fingerprint"),
                        ("check", "validate agent.toml and the data set, then exit"),
                        ("privacy", "show the privacy ledger: epsilon spent per job and in total on this data")):
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-agent``."""
     args = _parser().parse_args(argv)
     commands = {"init": _init, "enroll": _enroll, "serve": _serve, "fingerprint": _fingerprint, "check": _check,
-                "pacs": _pacs_serve, "privacy": _privacy, "infer": _infer}
+                "pacs": _pacs_serve, "privacy": _privacy, "infer": _infer, "status": _status, "doctor": _doctor}
     run_command(commands[args.cmd], args)
 
 
@@ -120,6 +126,25 @@ def _enroll(args: argparse.Namespace) -> None:
     print(f"fingerprint: {res.fingerprint}")
     print(f"wrote {cfg_path} (policy: secure aggregation required, at least 2 hospitals; edit [policy] to tighten)")
     print(f"start the agent with: medfl-agent serve --config {cfg_path}")
+
+
+def _status(args: argparse.Namespace) -> None:
+    import json
+
+    from agent.status import agent_status, format_status
+
+    cfg = _load(args)
+    st = agent_status(cfg, args.config)
+    print(json.dumps(st, indent=2, default=str) if args.json else "\n".join(format_status(st)))
+
+
+def _doctor(args: argparse.Namespace) -> None:
+    from agent.doctor import diagnose, format_checks
+
+    checks = diagnose(AGENT.find(args.config), timeout_s=args.timeout)
+    print("\n".join(format_checks(checks)))
+    if any(c.state == "fail" for c in checks):
+        raise SystemExit(1)
 
 
 def _inference_example(coordinator: str) -> str:

@@ -30,6 +30,7 @@ from agent import policy
 from agent.config import AgentConfig
 from agent.rounds import RoundWorker
 from agent.secure import SecureRound, open_secure
+from agent.status import StatusFile
 from medfl import __version__, envvars
 from medfl.errors import ConfigError, MedflError, PolicyViolation
 from medfl.jobspec import JobSpec, job_from_dict
@@ -83,6 +84,7 @@ class AgentService:
         self.jobs: dict[str, JobSpec] = {}
         self.welcomed = False
         self._told_version = False  # the version refusal is logged once
+        self.status = StatusFile(cfg.agent.state_dir)  # what 'medfl-agent status' reads
         self._last_hello = -math.inf
         self._last_send = -math.inf
         self._current: tuple[str, int, str] | None = None
@@ -110,6 +112,10 @@ class AgentService:
                         log.warning("could not handle %s: %s", env.type, exc)
                 self._flush_results()
                 self._keepalive()
+                cur = self._current
+                self.status.update(connected=self.channel.connected, welcomed=self.welcomed,
+                                   job=cur[0] if cur else None, round=cur[1] if cur else None,
+                                   work=cur[2] if cur else "")
         finally:
             try:
                 if self.welcomed:
@@ -194,6 +200,11 @@ class AgentService:
                                 escape(theirs, limit=32), __version__, ahead[0], ahead[1])
             self.welcomed = True
             self._backoff = 1.0
+            sent_at = env.body.get("time")
+            skew = time.time() - float(sent_at) if isinstance(sent_at, (int, float)) and \
+                not isinstance(sent_at, bool) and math.isfinite(sent_at) else None
+            self.status.update(coordinator=str(env.body.get("coordinator") or "")[:64],
+                               coordinator_version=str(env.body.get("version") or "")[:32], clock_skew_s=skew)
         elif mtype == MessageType.ERROR and env.body.get("code") == "unknown_peer":
             if not self.welcomed and time.monotonic() - self._last_hello < HELLO_RETRY_S:
                 log.debug("coordinator does not know this agent yet; the hello is on its way")

@@ -315,7 +315,7 @@ class CoordinatorService:
             log.info("agent %s (%s) connected: %d train / %d val samples", escape(name, limit=64), fp[:23],
                      hello.train_samples, hello.val_samples)
         self.channel.send(peer, Envelope(type=MessageType.WELCOME, body={"coordinator": self.cfg.coordinator.name,
-                                                                         "version": __version__}))
+                                                                         "version": __version__, "time": time.time()}))
         if self.run is not None:
             self._send(self.run.offer(fp))
 

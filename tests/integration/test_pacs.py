@@ -270,6 +270,18 @@ def test_orthanc_routes_scans_and_gets_one_sr_each(site, tmp_path, model_file):
     for p in paths:  # no patient identifiers in the logs
         ds = dcmread(p)
         assert ds.PatientID not in log and str(ds.PatientName) not in log and ds.SOPInstanceUID not in log
+    # hospital IT's view (issue #18 item 5): doctor verifies the PACS with a C-ECHO, status shows the queues
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    doctor = subprocess.run([sys.executable, "-m", "agent.cli", "doctor", "--config", str(tmp_path / "agent.toml"),
+                             "--timeout", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert f"[ok  ] pacs destination: ORTHANC@127.0.0.1:{orthanc.dicom_port} answers C-ECHO" in doctor.stdout, \
+        doctor.stdout + doctor.stderr
+    assert "[fail] coordinator: no CurveZMQ handshake with tcp://127.0.0.1:1" in doctor.stdout  # none in this test
+    assert doctor.returncode == 1 and "fix: check the address" in doctor.stdout
+    status = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(tmp_path / "agent.toml"),
+                             "--json"], capture_output=True, text=True, env=env, timeout=120)
+    st = json.loads(status.stdout)
+    assert st["pacs"] == {"enabled": True, "inbox": 0, "outbox": 0, "quarantined": 0}, st
 
 
 ACK = "Received Store Response (Success)"
