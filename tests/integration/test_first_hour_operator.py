@@ -109,8 +109,9 @@ def test_pending_agent_typos_names_and_when_it_comes_back(tmp_path):
         assert fp == fed.run_cli("agent.cli", "fingerprint", "--config", str(fed.root / "late" / "agent.toml")
                                  ).stdout.strip()
         listing = fed.coordinator("nodes", "list")
-        assert re.search(rf"pending\s+\(pending: not approved\)\s+\S+\s+{re.escape(fp)}\s+refused \d+ times?, last \d+ s ago",
-                         listing), listing
+        pending_row = (rf"pending\s+\(pending: not approved\)\s+\S+\s+{re.escape(fp)}"
+                       r"\s+refused \d+ times?, last \d+ s ago")
+        assert re.search(pending_row, listing), listing
         assert f"retries at most every {REFUSED_RETRY_MAX_S:.0f} s" in listing
         # item 3: truncated -> malformed, with the form; one character off -> refused, nothing to copy
         proc = fed.run_cli("coordinator.cli", "nodes", "approve", fp[:-3], "--config", fed.ccfg, check=False)
