@@ -70,6 +70,7 @@ class JobSection:
     seed: int = 0
     image_size: int = 64
     model_args: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks, reported by TOML key."""
@@ -88,11 +89,23 @@ class JobSection:
             out.append(("max_round_retries", f"must be >= 0, got {self.max_round_retries}"))
         if not 16 <= self.image_size <= 1024:
             out.append(("image_size", f"must be between 16 and 1024 pixels, got {self.image_size}"))
-        from medfl.models import list_models  # lazy: torch loads in seconds
+        from medfl.models import TASKS, list_models, model_task  # lazy: torch loads in seconds
 
         if self.model not in list_models():
             out.append(("model", f"unknown model {self.model!r}; known: {', '.join(list_models())}"
                         + did_you_mean(self.model, list_models())))
+        elif self.task in TASKS and model_task(self.model) != self.task:
+            fits = [m for m in list_models() if model_task(m) == self.task]
+            out.append(("model", f"{self.model!r} is a {model_task(self.model)} model but task = {self.task!r}; "
+                                 f"use one of {', '.join(fits)} or set task = {model_task(self.model)!r}"))
+        if self.task not in TASKS:
+            out.append(("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}"
+                        + did_you_mean(self.task, TASKS)))
+        elif self.task == "segmentation":
+            out.append(("task", "segmentation jobs cannot run in a federation yet: agents train and validate "
+                                "classification only (the segmentation trainer, loaders and secure Dice are "
+                                "issue 19's items 2 and 4); the models, loss and metrics are in medfl.models and "
+                                "medfl.segmentation for local use"))
         return out
 
 
@@ -268,8 +281,15 @@ class JobSpec:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (JSON and msgpack safe) that :func:`job_from_dict` reads back."""
-        return dataclasses.asdict(self)
+        """Plain dict (JSON and msgpack safe) that :func:`job_from_dict` reads back.
+
+        ``job.task`` is left out when it is the default, so that agents one minor version older
+        (which know no ``task`` key) still read classification jobs.
+        """
+        out = dataclasses.asdict(self)
+        if out["job"].get("task") == "classification":
+            del out["job"]["task"]
+        return out
 
     def to_json(self) -> str:
         """JSON text of :meth:`to_dict`."""

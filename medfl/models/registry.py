@@ -10,25 +10,43 @@ import torch
 
 from medfl.errors import NotFound, did_you_mean
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["TASKS", "create_model", "list_models", "model_task", "register_model"]
+
+#: What a model is for: a job's ``task`` must match its model's.
+TASKS = ("classification", "segmentation")
 
 _MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
+_TASK: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
+def register_model(name: str, task: str = "classification"
+                   ) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
     """Decorator registering a model factory under ``name``.
 
     Parameters
     ----------
     name : str
         The name job files use.
+    task : {"classification", "segmentation"}
+        What the model outputs: logits per image, or logits per pixel/voxel.
     """
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {TASKS}")
+
     def deco(factory: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = factory
+        _TASK[name] = task
         return factory
     return deco
+
+
+def model_task(name: str) -> str:
+    """The task a registered model is for ("classification" or "segmentation")."""
+    if name not in _MODELS:
+        raise NotFound(f"unknown model {name!r}; known: {', '.join(list_models())}" + did_you_mean(name, _MODELS))
+    return _TASK[name]
 
 
 def list_models() -> list[str]:

@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight as _conv2d_weight
+from torch.nn.grad import conv3d_weight as _conv3d_weight
 
 from medfl.errors import StateError
 from medfl.native import clipping as kernels
 
 __all__ = ["SUPPORTED", "GradSampleClipper"]
 
-SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm, nn.Embedding)
+SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm,
+                                          nn.Embedding)
 
 
 #: Conv2d with at most this many (input channels / groups) x kernel taps per output unfold their
@@ -81,14 +83,16 @@ class _Layer:
             self._affine, self._sq = (wg, bg), sq
             self.a = self.g = None
             return
-        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) or (isinstance(m, nn.Conv2d) and m.weight.requires_grad):
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) or (isinstance(m, (nn.Conv2d, nn.Conv3d))
+                                                           and m.weight.requires_grad):
             sq = self._sq_norms()
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
                 if self._per_sample is None:
                     return
                 g = self.g
                 assert g is not None
-                self._bias = g.sum((2, 3)) if m.bias is not None and m.bias.requires_grad else None
+                self._bias = (g.sum(tuple(range(2, g.dim()))) if m.bias is not None and m.bias.requires_grad
+                              else None)
             self._sq = sq.to(torch.float64)
             self.a = self.g = None
 
@@ -149,6 +153,26 @@ class _Layer:
             self._per_sample = per_sample
         return kernels.row_sqnorms(per_sample)
 
+    def _conv3d_sq_norms(self) -> Tensor:
+        """Per-sample squared norm of a Conv3d weight gradient.
+
+        Volumes make unfolding (and the ghost norm's T x T products) far larger than the
+        per-sample gradients themselves, so each sample's weight gradient comes from one grouped
+        backward-weight convolution with the batch folded into the groups [1]. They are kept
+        for :meth:`accumulate` when no larger than the saved input and output gradient.
+        """
+        m, a, g = self.module, self.a, self.g
+        assert isinstance(m, nn.Conv3d) and a is not None and g is not None
+        b, c_in = a.shape[0], a.shape[1]
+        p = g.shape[1]
+        per_sample = _conv3d_weight(
+            a.reshape(1, b * c_in, *a.shape[2:]), (b * p, c_in // m.groups, *m.kernel_size),
+            g.reshape(1, b * p, *g.shape[2:]), stride=m.stride, padding=m.padding, dilation=m.dilation,
+            groups=b * m.groups).reshape(b, -1)  # type: ignore[arg-type]
+        if per_sample.numel() <= _KEEP_PER_SAMPLE * (a.numel() + g.numel()):
+            self._per_sample = per_sample
+        return kernels.row_sqnorms(per_sample)
+
     def sq_norms(self) -> Tensor:
         """Per-sample squared gradient norm over this module's trainable parameters.
 
@@ -158,13 +182,16 @@ class _Layer:
 
     def _sq_norms(self) -> Tensor:
         m = self.module
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
             g = self.g
             if g is None or self.a is None:
                 raise StateError(f"{type(m).__name__} saw no forward/backward; call backward() on the loss first")
-            out = self._conv_sq_norms() if m.weight.requires_grad else g.new_zeros(g.shape[0])
+            if not m.weight.requires_grad:
+                out = g.new_zeros(g.shape[0])
+            else:
+                out = self._conv_sq_norms() if isinstance(m, nn.Conv2d) else self._conv3d_sq_norms()
             if m.bias is not None and m.bias.requires_grad:
-                out = out + g.sum((2, 3)).pow(2).sum(1)
+                out = out + g.sum(tuple(range(2, g.dim()))).pow(2).sum(1)
             return out
         a, g = self._flat()
         b = g.shape[0]
@@ -203,12 +230,12 @@ class _Layer:
         m = self.module
         c = c.to(self.dtype)
         grads: dict[str, Tensor] = {}
-        if isinstance(m, nn.Conv2d) and self._per_sample is not None:
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)) and self._per_sample is not None:
             grads["weight"] = kernels.clipped_sum(self._per_sample, c).reshape(m.weight.shape)
             if self._bias is not None:
                 grads["bias"] = kernels.clipped_sum(self._bias, c)
             elif self.g is not None:
-                grads["bias"] = kernels.clipped_sum(self.g.sum((2, 3)), c)
+                grads["bias"] = kernels.clipped_sum(self.g.sum(tuple(range(2, self.g.dim()))), c)
             self._write(grads)
             return
         if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
@@ -217,16 +244,18 @@ class _Layer:
             grads["bias"] = kernels.clipped_sum(bg, c).reshape(m.bias.shape)  # type: ignore[union-attr,arg-type]
             self._write(grads)
             return
-        if isinstance(m, nn.Conv2d) and self.a is not None and self.g is not None:
-            a, g, cv = self.a, self.g, c.view(-1, 1, 1, 1)
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)) and self.a is not None and self.g is not None:
+            a, g, cv = self.a, self.g, c.view(-1, *([1] * (self.a.dim() - 1)))
             # sum_i c_i G_i is linear in either factor: scale the smaller tensor
             if a.numel() <= g.numel():
                 a = a * cv
             else:
                 g = g * cv
-            grads["weight"] = _conv2d_weight(a, m.weight.shape, g, stride=m.stride,  # type: ignore[arg-type]
-                                             padding=m.padding, dilation=m.dilation, groups=m.groups)
-            grads["bias"] = torch.einsum("bp,b->p", self.g.sum((2, 3)), c)
+            weight_grad = _conv2d_weight if isinstance(m, nn.Conv2d) else _conv3d_weight
+            grads["weight"] = weight_grad(a, m.weight.shape, g, stride=m.stride,  # type: ignore[arg-type]
+                                          padding=m.padding, dilation=m.dilation, groups=m.groups)
+            if m.bias is not None:
+                grads["bias"] = torch.einsum("bp,b->p", self.g.sum(tuple(range(2, self.g.dim()))), c)
             self._write(grads)
             return
         a, g = self._flat()

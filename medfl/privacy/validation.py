@@ -51,7 +51,7 @@ def _problem(name: str, m: nn.Module) -> Problem | None:
     if isinstance(m, _BN):
         return Problem(name, kind, "BatchNorm mixes samples; medfl.privacy.fix() replaces it by GroupNorm")
     own = [p for p in m.parameters(recurse=False) if p.requires_grad]
-    if isinstance(m, nn.Conv2d) and m.groups != 1 and own:
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.groups != 1 and own:
         return Problem(name, kind, f"groups={m.groups} is not supported; use groups=1 or freeze it")
     if own and not isinstance(m, SUPPORTED):
         names = ", ".join(t.__name__ for t in SUPPORTED)
