@@ -114,6 +114,7 @@ setup(
         "pylibjpeg-rle>=2.0",
         "dp-accounting>=0.4",
         "monai>=1.3",
+        "nibabel>=5.0",
         "scipy>=1.10",
     ],
     extras_require={
