@@ -27,7 +27,8 @@ def _site(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if any(p in f.filename for p in ("/medfl/", "/agent/", "/coordinator/"))]
     f = (ours or frames or [None])[-1]
-    return f"{type(exc).__name__} at {f.filename.rsplit('/', 2)[-2:] if f else '?'}:{f.lineno if f else 0}"
+    where = "/".join(f.filename.rsplit("/", 2)[-2:]) if f else "?"
+    return f"{type(exc).__name__} at {where}:{f.lineno if f else 0}"
 
 
 class _Counter:
