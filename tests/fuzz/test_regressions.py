@@ -163,3 +163,30 @@ def test_zero_dimensional_material_array_keeps_its_shape():
 
     (_, _, arrays), = unpack_items(pack_items([(0, "mul_triple", {"a": np.array(3, np.uint64)})]))
     assert arrays["a"].shape == () and int(arrays["a"]) == 3
+
+
+# ---- the same DICOM inputs through the real PACS intake (PacsService.accept, as a C-STORE handler calls it) ---------
+def test_pacs_accept_refuses_unreadable_attributes_and_keeps_the_evidence(tmp_path):
+    from agent.config import AgentConfig
+    from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND
+    from agent.pacs.service import PacsService
+    from medfl import config
+
+    cfg = config.parse(AgentConfig, {
+        "agent": {"name": "h", "state_dir": str(tmp_path / "state")},
+        "coordinator": {"endpoint": "tcp://127.0.0.1:1"}, "data": {"path": str(tmp_path)},
+        "transport": {"curve": False}, "pacs": {"enabled": True}})
+    service = PacsService(cfg)
+    d = seeds()["dicom"][0]
+    at = d.index(struct.pack("<HH", 0x0008, 0x0016), 132 + 12)
+    bad = [_dicom_with((0x0028, 0x0008), b"ZZ", b"1 "), _dicom_with((0x0028, 0x0008), b"IS", b"abcd"),
+           d[:at + 4] + b"ZZ" + d[at + 6:]]
+    try:
+        with pytest.warns(UserWarning):
+            statuses = [service.accept(data, source="fuzz")[0] for data in bad]
+        assert service.accept(d, source="fuzz")[0] == 0  # the valid seed is still accepted and queued
+    finally:
+        service.audit.close()
+    assert statuses == [STATUS_CANNOT_UNDERSTAND] * 3
+    kept = sorted(p.read_bytes() for p in (tmp_path / "state" / "pacs" / "quarantine").glob("*.dcm"))
+    assert kept == sorted(bad)  # every refused original kept byte for byte
