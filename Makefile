@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install system-deps demo test bench fuzz clean
 
 # System packages the PACS tests need (Orthanc and DCMTK); installed when running as root.
 system-deps:
@@ -47,5 +47,10 @@ bench: install
 	$(BIN)/python benchmarks/dp_step.py --model cnn --batch 32 --image 128
 	$(BIN)/python benchmarks/dp_step.py --model resnet18 --batch 16 --image 224
 
+# Coverage-guided fuzzing of every decoder, longer than CI's 60 s (benchmarks/fuzz/run.py; 1 on a crash)
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(BIN)/python benchmarks/fuzz/run.py --seconds $(FUZZ_SECONDS) --out fuzz-out --json fuzz-out/results.json
+
 clean:
-	rm -rf build dist *.egg-info demo-out medfl/_native*.so
+	rm -rf build dist *.egg-info demo-out fuzz-out medfl/_native*.so

@@ -119,7 +119,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1", "sycret==0.2.8",
-                 "import-linter==2.17"],
+                 "import-linter==2.17", "atheris>=2.3"],
         "bench": ["opacus>=1.5"],
     },
     entry_points={

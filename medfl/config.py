@@ -68,6 +68,9 @@ def load_toml(path: str | pathlib.Path) -> dict[str, Any]:
         raise ConfigError([("", f"file not found: {p}")], source=str(p)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("", f"not valid TOML: {exc}")], source=str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"not valid TOML: byte {exc.start} is not UTF-8 ({exc.reason}); save the file "
+                                "as UTF-8 text")], source=str(p)) from None
 
 
 def parse_file(cls: type[T], path: str | pathlib.Path, *, base_dir: pathlib.Path | None = None) -> T:

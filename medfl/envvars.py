@@ -24,6 +24,7 @@ VARIABLES: dict[str, str] = {
     "MEDFL_AGENT_CONFIG": "agent.toml of medfl-agent's commands when --config is not given "
                           "(default: ./agent.toml, else /etc/medfl/agent.toml)",
     "MEDFL_TORCH_THREADS": "torch intra-op threads in the agent (default: 1 in the demo, else torch's default)",
+    "MEDFL_FUZZ_SECONDS": "seconds each fuzz target runs in benchmarks/fuzz/run.py and its CI test (default: 60)",
 }
 
 

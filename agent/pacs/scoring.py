@@ -15,6 +15,7 @@ References
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import pathlib
@@ -22,12 +23,14 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from medfl.errors import StateError
+from medfl.errors import DataError, StateError
+from medfl.safetext import escape
 
-__all__ = ["SCORABLE_SOP_CLASSES", "Rejection", "Scorer", "check_dataset", "preprocess"]
+__all__ = ["SCORABLE_SOP_CLASSES", "Rejection", "Scorer", "check_dataset", "preprocess", "read_instance"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,26 @@ class Rejection:
     reason: str
 
 
+def read_instance(data: bytes) -> tuple[Dataset, str, str]:
+    """Parse one encoded instance: the data set, its SOP Instance UID and its SOP Class UID ("" if absent).
+
+    Parameters
+    ----------
+    data : bytes
+        The instance as received (C-STORE data set or a file of the watch folder).
+
+    Raises
+    ------
+    DataError
+        pydicom cannot parse it, or the UIDs cannot be read (the caller quarantines it).
+    """
+    try:
+        ds = dcmread(io.BytesIO(data))
+        return ds, str(ds.SOPInstanceUID), str(getattr(ds, "SOPClassUID", ""))
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise DataError(f"cannot parse the DICOM data set: {type(exc).__name__}") from None
+
+
 def check_dataset(ds: Dataset) -> Rejection | None:
     """Return why ``ds`` cannot be scored (with its DICOM status), or None if it can.
 
@@ -59,7 +82,21 @@ def check_dataset(ds: Dataset) -> Rejection | None:
     ----------
     ds : pydicom Dataset
         The received instance (with file meta).
+
+    Notes
+    -----
+    Never raises: pydicom parses elements lazily, so an element it cannot convert (an unknown
+    VR, a non-numeric IS value) fails only when read here; such an instance is refused with
+    0xC000 (cannot understand), as DCMTK's storescp refuses what it cannot parse.
     """
+    try:
+        return _check(ds)
+    except Exception as exc:  # pydicom raises many types on malformed elements
+        return Rejection(STATUS_CANNOT_UNDERSTAND, f"cannot read the data set's attributes: {type(exc).__name__}: "
+                                                   f"{escape(exc, limit=120)}")
+
+
+def _check(ds: Dataset) -> Rejection | None:
     from pydicom.pixels import get_decoder
 
     sop_class = str(getattr(ds, "SOPClassUID", ""))

@@ -29,8 +29,8 @@ from agent.config import AgentConfig
 from agent.pacs.audit import AuditLog
 from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
 from agent.pacs.report import build_sr
-from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, LoadedModel, Scorer, check_dataset, preprocess
-from medfl.errors import PolicyViolation, SessionAborted, StateError
+from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, LoadedModel, Scorer, check_dataset, preprocess, read_instance
+from medfl.errors import DataError, PolicyViolation, SessionAborted, StateError
 
 __all__ = ["PacsService"]
 
@@ -97,17 +97,15 @@ class PacsService:
     def accept(self, data: bytes, *, source: str) -> tuple[int, str]:
         """Validate and durably enqueue one encoded instance; the DICOM status and a comment."""
         try:
-            ds = dcmread(io.BytesIO(data))
-            uid = str(ds.SOPInstanceUID)
-        except Exception as exc:
+            ds, uid, sop_class = read_instance(data)
+        except DataError as exc:
             key = uid_hash(f"unparsed:{time.time_ns()}")
-            reason = f"cannot parse the DICOM data set: {type(exc).__name__}"
+            reason = str(exc)
             kept = self.quarantine.put(key, data, reason, STATUS_CANNOT_UNDERSTAND, source=source)
             self.audit.failed(key, "quarantined", reason if kept else f"{reason} (not kept: quarantine full)")
             log.warning("quarantined %s from %s: %s%s", key[:16], source, reason, "" if kept else " (not kept)")
             return STATUS_CANNOT_UNDERSTAND, reason
         key = uid_hash(uid)
-        sop_class = str(getattr(ds, "SOPClassUID", ""))
         rejection = check_dataset(ds)
         if rejection is not None:
             kept = self.quarantine.put(key, data, rejection.reason, rejection.status, source=source,

@@ -127,7 +127,7 @@ def encode(env: Envelope) -> list[Any]:
             raise ValueError(f"tensor {name!r} has dtype {a.dtype}; allowed: {', '.join(DTYPES)}")
         if a.dtype.byteorder == ">":
             a = a.astype(DTYPES[key])
-        a = np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a).reshape(a.shape)  # ascontiguousarray makes a 0-d array 1-d: keep its shape
         spec: list[Any] = [str(name), key, list(a.shape)]
         if not a.size:
             frames.append(b"")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +159,7 @@ def pack_items(items: Sequence[tuple[int, str, dict[str, np.ndarray]]]) -> bytes
         spec = []
         raw = []
         for name, a in arrays.items():
-            a = np.ascontiguousarray(a)
+            a = np.ascontiguousarray(a).reshape(np.shape(a))  # a 0-d array keeps its shape
             if a.dtype.name not in _DTYPES:
                 raise ValueError(f"material array {name} has dtype {a.dtype}")
             spec.append([name, a.dtype.name, list(a.shape)])
@@ -190,14 +190,19 @@ def unpack_items(blob: bytes | bytearray) -> list[tuple[int, str, dict[str, np.n
         except Exception as exc:
             raise MalformedMessage(f"material record header does not parse: {exc}") from None
         pos += hl
-        if not isinstance(head, dict) or head.get("k") not in KINDS or not isinstance(head.get("t"), list):
-            raise MalformedMessage("material record header is not {i, k, t}")
+        if (not isinstance(head, dict) or head.get("k") not in KINDS or not isinstance(head.get("t"), list)
+                or not isinstance(head.get("i"), int) or isinstance(head["i"], bool)):
+            raise MalformedMessage("material record header is not {i: int, k: kind, t: [[name, dtype, shape]...]}")
         arrays: dict[str, np.ndarray] = {}
         for spec in head["t"]:
+            if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)
+                    and isinstance(spec[1], str) and isinstance(spec[2], list)):
+                raise MalformedMessage(f"material array spec {str(spec)[:60]!r} is not [name, dtype, shape]")
             name, dname, shape = spec
             dt = _DTYPES.get(dname)
-            if dt is None or not all(isinstance(d, int) and d >= 0 for d in shape):
-                raise MalformedMessage(f"material array {name!r} has dtype {dname!r} / shape {shape!r}")
+            if dt is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise MalformedMessage(f"material array {name[:40]!r} has dtype {dname[:20]!r} / shape "
+                                       f"{str(shape)[:60]}")
             n = math.prod(shape) * dt.itemsize
             if pos + n > len(view):
                 raise MalformedMessage(f"material array {name!r} runs past the end of the stream")
@@ -305,6 +310,29 @@ class Opener:
         self.next_seq += 1
         self.done = last
         return plain
+
+    def open_message(self, body: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> bytes:
+        """Check the fields of one relayed SMPC_MATERIAL message, then :meth:`open` its chunk.
+
+        The message passed through the other party, so its fields are checked before use:
+        ``session`` a string, ``seq`` an integer >= 0, ``last`` a bool (absent: false), and one
+        uint8 vector ``c``, the ciphertext.
+
+        Raises
+        ------
+        SessionAborted
+            ``plan``: a field is missing or of the wrong type; otherwise as :meth:`open`.
+        """
+        session, seq, last, ct = body.get("session"), body.get("seq"), body.get("last", False), tensors.get("c")
+        bad = [what for what, ok in (
+            ("session (a string)", isinstance(session, str)),
+            ("seq (an integer >= 0)", isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0),
+            ("last (true or false)", isinstance(last, bool)),
+            ("tensor c (a uint8 vector)", ct is not None and ct.dtype == np.uint8 and ct.ndim == 1)) if not ok]
+        if bad or not isinstance(session, str) or not isinstance(seq, int) or ct is None:
+            raise SessionAborted(f"dealer material message with a bad {', '.join(bad)}: not what the dealer "
+                                 "sends; the relaying party altered it", code="plan")
+        return self.open(session=session, seq=seq, last=bool(last), ciphertext=ct.tobytes())
 
 
 def dcf_of(arrays: dict[str, np.ndarray]) -> DcfKey:

@@ -214,10 +214,9 @@ def _run(link: _ClientLink, body: Any, own: X25519PrivateKey, images: Sequence[n
                      what="dealer material")
         if env.body.get("party") != 0:
             raise SessionAborted("relayed material is marked for the other party", code="auth")
-        ct = bytes(env.tensors["c"])
-        report.bytes_offline += len(ct)
-        stream += opener.open(session=str(env.body.get("session")), seq=int(env.body.get("seq", -1)),
-                              last=bool(env.body.get("last")), ciphertext=ct)
+        chunk = opener.open_message(env.body, env.tensors)
+        report.bytes_offline += env.tensors["c"].nbytes
+        stream += chunk
     dealer = ReplayDealer(0, unpack_items(stream))
     report.offline_seconds = time.perf_counter() - t0
     runner = PartyRunner(party=0, model=skeleton, in_shape=in_shape,  # type: ignore[arg-type]

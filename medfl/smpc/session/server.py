@@ -350,8 +350,7 @@ class ModelServer:
                                    tensors=dict(env.tensors)))
                 relayed_last = bool(env.body.get("last"))
             elif party == 1:
-                stream += opener.open(session=str(env.body["session"]), seq=int(env.body["seq"]),
-                                      last=bool(env.body.get("last")), ciphertext=bytes(env.tensors["c"]))
+                stream += opener.open_message(env.body, env.tensors)
         items = unpack_items(stream)
         rec.offline_seconds = time.perf_counter() - t0
         channel_timeout = self.timeout_s
