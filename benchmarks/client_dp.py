@@ -51,40 +51,39 @@ def _median(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _kernel_row(n: int, m: int, repeats: int, *, numpy_too: bool) -> dict[str, object]:
+    nonce = bytes(12)
+    spec = ClientDP(clip=1.0, noise_multiplier=0.8, dim=n, threshold=2)
+    x = (np.random.default_rng(0).normal(size=n) * 1e-3).astype(np.float32)
+    masks = [MaskSeed(csprng.token_bytes(32), 1 if j % 2 else -1) for j in range(m)]
+    out = np.empty(n, dtype=np.uint32)
+
+    def qm() -> None:
+        quantize_and_mask(x, frac_bits=16, ring_bits=32, masks=masks, nonce=nonce, rounding_seed=1, out=out)
+
+    def noise() -> None:
+        add_discrete_gaussian(out, sigma=spec.sigma)
+
+    def both() -> None:
+        qm()
+        noise()
+
+    def numpy_path() -> None:
+        v = discrete_gaussian_reference(n, spec.sigma, csprng.token_bytes(32)).astype(np.uint32)
+        apply_masks_reference(v, masks, nonce)
+
+    qm()
+    t_qm, t_noise, t_both = (_median(f, repeats) for f in (qm, noise, both))
+    row: dict[str, object] = {"params": n, "masks": m, "sigma": round(spec.sigma, 1), "quantize+mask_s": t_qm,
+                              "noise_s": t_noise, "noise+quantize+mask_s": t_both, "ratio": t_both / t_qm}
+    if numpy_too:
+        row["numpy_noise+mask_s"] = _median(numpy_path, 1)
+    return row
+
+
 def kernel_rows(sizes: list[int], peers: list[int], repeats: int) -> list[dict[str, object]]:
     """Time quantize+mask, the noise, both, and (smallest size) the NumPy reference."""
-    rows = []
-    nonce = bytes(12)
-    for n in sizes:
-        spec = ClientDP(clip=1.0, noise_multiplier=0.8, dim=n, threshold=2)
-        x = (np.random.default_rng(0).normal(size=n) * 1e-3).astype(np.float32)
-        for m in peers:
-            masks = [MaskSeed(csprng.token_bytes(32), 1 if j % 2 else -1) for j in range(m)]
-            out = np.empty(n, dtype=np.uint32)
-
-            def qm() -> None:
-                quantize_and_mask(x, frac_bits=16, ring_bits=32, masks=masks, nonce=nonce, rounding_seed=1, out=out)
-
-            def noise() -> None:
-                add_discrete_gaussian(out, sigma=spec.sigma)
-
-            def both() -> None:
-                qm()
-                noise()
-
-            qm()
-            t_qm, t_noise, t_both = (_median(f, repeats) for f in (qm, noise, both))
-            row: dict[str, object] = {"params": n, "masks": m, "sigma": round(spec.sigma, 1),
-                                      "quantize+mask_s": t_qm, "noise_s": t_noise, "noise+quantize+mask_s": t_both,
-                                      "ratio": t_both / t_qm}
-            if n == min(sizes):
-                def numpy_path() -> None:
-                    v = discrete_gaussian_reference(n, spec.sigma, csprng.token_bytes(32)).astype(np.uint32)
-                    apply_masks_reference(v, masks, nonce)
-
-                row["numpy_noise+mask_s"] = _median(numpy_path, 1)
-            rows.append(row)
-    return rows
+    return [_kernel_row(n, m, repeats, numpy_too=n == min(sizes)) for n in sizes for m in peers]
 
 
 def epsilon_rows() -> list[dict[str, object]]:

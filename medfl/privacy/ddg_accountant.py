@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 from dp_accounting import rdp
 
-__all__ = ["ORDERS", "epsilon", "rounded_sensitivity", "round_rho", "tau"]
+__all__ = ["ORDERS", "epsilon", "planned_epsilon", "rounded_sensitivity", "round_rho", "tau"]
 
 #: RDP orders of the conversion (those of dp-accounting's RdpAccountant default, plus large ones)
 ORDERS: tuple[float, ...] = tuple([1.0 + x / 10.0 for x in range(1, 100)] + list(range(11, 64))
@@ -50,7 +50,10 @@ ORDERS: tuple[float, ...] = tuple([1.0 + x / 10.0 for x in range(1, 100)] + list
 
 
 def tau(sigma: float, n: int) -> float:
-    """The paper's ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k/(k+1))`` (distance of the sum of ``n`` DGs from one DG)."""
+    """The paper's ``tau = 10 sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k/(k+1))``.
+
+    It measures how far the sum of ``n`` discrete Gaussians is from one.
+    """
     return 10.0 * sum(math.exp(-2.0 * math.pi ** 2 * sigma * sigma * k / (k + 1)) for k in range(1, n))
 
 
@@ -74,7 +77,7 @@ def rounded_sensitivity(*, clip: float, gamma: float, dim: int, beta: float) -> 
 
 
 def round_rho(*, sensitivity: float, sigma: float, n: int, dim: int) -> float:
-    """zCDP parameter ``eps^2 / 2`` of one secure sum of ``n`` agents each adding ``N_Z(0, sigma^2)``.
+    """The zCDP parameter ``eps^2 / 2`` of one secure sum of ``n`` agents each adding ``N_Z(0, sigma^2)``.
 
     References
     ----------
@@ -102,3 +105,16 @@ def epsilon(rhos: Sequence[float], delta: float) -> float:
         return 0.0
     orders = np.asarray(ORDERS)
     return float(rdp.compute_epsilon(orders, orders * total, delta)[0])
+
+
+def planned_epsilon(*, noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Client-level epsilon at ``delta`` of ``rounds`` rounds at noise multiplier ``z``, each at ``t`` survivors.
+
+    With every share sized for the threshold (``sigma = z Delta_2 / sqrt(t)``, see
+    :mod:`medfl.privacy.distributed_dp`), a round's zCDP is ``1 / (2 z^2)`` plus the ``tau`` term,
+    which is below 1e-300 for the integer-domain sigma client-level DP uses (thousands); this is
+    the figure an agent's policy compares with ``max_client_epsilon`` before it accepts a job.
+    """
+    if not (noise_multiplier > 0 and rounds >= 1):
+        raise ValueError(f"need noise_multiplier > 0 and rounds >= 1, got {noise_multiplier}, {rounds}")
+    return epsilon([0.5 / noise_multiplier ** 2] * rounds, delta)

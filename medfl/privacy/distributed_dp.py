@@ -123,7 +123,7 @@ class ClientDP:
                          "fit a 64-bit ring; lower granularity")
 
     def round_rho(self, survivors: int) -> float:
-        """zCDP of one round whose sum holds ``survivors`` (>= threshold) shares."""
+        """The zCDP of one round whose sum holds ``survivors`` (>= threshold) shares."""
         if survivors < self.threshold:
             raise SecAggAbort(f"{survivors} survivors is below the threshold t={self.threshold}: the round aborts")
         return ddg_accountant.round_rho(sensitivity=self.sensitivity, sigma=self.sigma, n=survivors, dim=self.dim)
