@@ -21,7 +21,7 @@
 namespace medfl::ddg {
 
 constexpr std::size_t kChunk = 1024;      // elements per chunk
-constexpr std::size_t kPassBlocks = 128;  // ChaCha20 blocks per pass (512 candidates)
+constexpr std::size_t kPassBlocks = 32;  // ChaCha20 blocks per pass (128 candidates)
 constexpr std::uint32_t kMaxPasses = 1u << 16;
 
 // vec[i] += (T) y_i (wrapping). Returns 0, or -1 when a chunk ran out of passes (never for

@@ -1,4 +1,4 @@
-// CUDA discrete Gaussian noise (see ddg.h): one thread block of kPassBlocks threads per chunk; per
+// CUDA discrete Gaussian noise (see ddg.h): one warp (kPassBlocks threads) per chunk; per
 // pass each thread makes one ChaCha20 block in registers (4 candidates), a block-wide exclusive scan
 // of the accept counts places the accepted values in candidate order, as the CPU kernel does.
 #include "ddg/ddg.h"

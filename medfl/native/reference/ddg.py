@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 __all__ = ["CHUNK", "PASS_BLOCKS", "candidates_reference", "discrete_gaussian_reference"]
 
 CHUNK = 1024
-PASS_BLOCKS = 128
+PASS_BLOCKS = 32
 MAX_PASSES = 1 << 16
 _INV53 = 1.0 / float(1 << 53)
 
