@@ -98,6 +98,9 @@ class PolicySection:
     max_total_epsilon: float | None = None
     total_delta: float = 1e-5
     max_delta: float | None = None
+    #: client-level DP (issue 20): refuse jobs without it, and cap its planned client-level epsilon
+    require_client_dp: bool = False
+    max_client_epsilon: float | None = None
 
     @property
     def limits_privacy(self) -> bool:
@@ -116,7 +119,7 @@ class PolicySection:
                             + did_you_mean(m, list_models())))
         if self.min_parties < 1:
             out.append(("min_parties", f"must be at least 1, got {self.min_parties}"))
-        for key in ("max_epsilon_per_job", "max_total_epsilon"):
+        for key in ("max_epsilon_per_job", "max_total_epsilon", "max_client_epsilon"):
             value = getattr(self, key)
             if value is not None and not 0 < value < float("inf"):
                 out.append((key, f"must be positive and finite, got {value}"))

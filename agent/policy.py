@@ -46,7 +46,37 @@ def check_job(policy: PolicySection, job: JobSpec) -> None:
     _check_privacy(policy, job)
 
 
+def _check_client_dp(policy: PolicySection, job: JobSpec) -> None:
+    dp, name = job.privacy, job.job.name
+    client = dp.enabled and dp.level in ("client", "both")
+    if not client:
+        if policy.require_client_dp or policy.max_client_epsilon is not None:
+            raise PolicyViolation(
+                f"job {name!r} has no client-level DP (privacy.level = {dp.level!r}"
+                f"{'' if dp.enabled else ', disabled'}) but agent.toml policy.require_client_dp = "
+                f"{str(policy.require_client_dp).lower()} / "
+                f"max_client_epsilon = {policy.max_client_epsilon}; submit the job with [privacy] level = \"client\" "
+                "(or \"both\") and client_noise_multiplier, or lift the local requirement")
+        return
+    if not job.aggregation.secure:
+        raise PolicyViolation(f"job {name!r} asks client-level DP without secure aggregation: the coordinator would "
+                              "see this hospital's noised update alone; set aggregation.secure = true")
+    if policy.max_client_epsilon is None or dp.client_noise_multiplier is None:
+        return
+    from medfl.privacy.ddg_accountant import planned_epsilon  # lazy: dp_accounting loads in seconds
+
+    eps = planned_epsilon(noise_multiplier=dp.client_noise_multiplier, rounds=job.job.rounds, delta=dp.delta)
+    if eps > policy.max_client_epsilon:
+        raise PolicyViolation(
+            f"job {name!r} plans client-level epsilon={eps:.3g} (client_noise_multiplier="
+            f"{dp.client_noise_multiplier:g}, "
+            f"{job.job.rounds} rounds, delta={dp.delta:g}, worst case: every round at its threshold) but agent.toml "
+            f"policy.max_client_epsilon={policy.max_client_epsilon:g}; raise the job's client_noise_multiplier, "
+            "run fewer rounds, or raise the local limit")
+
+
 def _check_privacy(policy: PolicySection, job: JobSpec) -> None:
+    _check_client_dp(policy, job)
     dp, name = job.privacy, job.job.name
     if not dp.enabled:
         if policy.limits_privacy:

@@ -40,3 +40,55 @@ def test_policy_refuses_a_threshold_below_min_parties():
     with pytest.raises(PolicyViolation, match="threshold=2"):
         check_job(policy, low)
     check_job(policy, job_from_dict({"job": {"name": "t", "min_agents": 3}, "aggregation": {"threshold": 3}}))
+
+
+def _client_job(*, level: str, z: float | None, rounds: int = 2, secure: bool = True):
+    import dataclasses
+
+    base = job_from_dict({"job": {"name": "c", "min_agents": 2, "rounds": rounds},
+                          "aggregation": {"secure": secure}})
+    privacy = dataclasses.replace(base.privacy, enabled=True, level=level, client_noise_multiplier=z,
+                                  noise_multiplier=1.0 if level != "client" else None)
+    return dataclasses.replace(base, privacy=privacy)
+
+
+def test_policy_requires_client_level_dp():
+    policy = PolicySection(require_client_dp=True)
+    with pytest.raises(PolicyViolation, match="no client-level DP.*require_client_dp = true"):
+        check_job(policy, job_from_dict({"job": {"name": "s", "min_agents": 2}}))
+    with pytest.raises(PolicyViolation, match="level = 'sample'"):
+        check_job(policy, _client_job(level="sample", z=None))
+    check_job(policy, _client_job(level="client", z=1.0))
+    check_job(policy, _client_job(level="both", z=1.0))
+    with pytest.raises(PolicyViolation, match="without secure aggregation"):
+        check_job(PolicySection(require_secure_aggregation=False), _client_job(level="client", z=1.0, secure=False))
+
+
+def test_policy_caps_the_planned_client_epsilon():
+    from medfl.privacy.ddg_accountant import planned_epsilon
+
+    eps = planned_epsilon(noise_multiplier=0.8, rounds=2, delta=1e-5)
+    assert 9.0 < eps < 9.5  # 9.23: the Gaussian mechanism at z = 0.8, twice (worst case: t survivors)
+    check_job(PolicySection(max_client_epsilon=9.5), _client_job(level="client", z=0.8))
+    with pytest.raises(PolicyViolation, match=r"client-level epsilon=9\.23.*max_client_epsilon=5"):
+        check_job(PolicySection(max_client_epsilon=5.0), _client_job(level="client", z=0.8))
+    check_job(PolicySection(max_client_epsilon=5.0), _client_job(level="client", z=3.0, rounds=5))
+
+
+def test_client_level_jobs_are_refused_until_rounds_carry_them():
+    from medfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not yet wired"):
+        job_from_dict({"job": {"name": "c", "min_agents": 2},
+                       "privacy": {"level": "client", "client_noise_multiplier": 1.0}})
+    with pytest.raises(ConfigError, match="client_noise_multiplier"):
+        job_from_dict({"job": {"name": "c", "min_agents": 2}, "privacy": {"level": "client"}})
+    with pytest.raises(ConfigError, match="level"):
+        job_from_dict({"job": {"name": "c", "min_agents": 2},
+                       "privacy": {"level": "clients", "noise_multiplier": 1.0}})
+
+
+def test_offers_keep_the_old_layout_at_default_levels():
+    job = job_from_dict({"job": {"name": "s", "min_agents": 2}, "privacy": {"noise_multiplier": 1.0}})
+    assert "level" not in job.to_dict()["privacy"]
+    assert job_from_dict(job.to_dict()) == job
