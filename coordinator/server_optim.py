@@ -16,7 +16,7 @@ aggregate pseudo-gradient and composes with SecAgg unchanged. ``delta`` below is
 A step never mutates the optimizer: :meth:`ServerOptimizer.propose` returns the new weights and
 the state they came from, and the round machine commits that state only when the round's
 checkpoint is written (a redone round starts again from the committed state). The state is
-saved as a safetensors file next to the round's checkpoint and loaded on resume.
+saved as ``server-opt-round-N.safetensors`` next to the round's checkpoint and loaded on resume.
 
 References
 ----------
@@ -52,9 +52,13 @@ class ServerOptState:
 
 
 def state_path(checkpoint: str | pathlib.Path) -> pathlib.Path:
-    """Where the optimizer state of a round lives: beside its model checkpoint."""
+    """Where the optimizer state of a round lives: beside its model checkpoint.
+
+    The name does not start with ``round-``, so the globs that look for the newest model
+    (``*/round-*.safetensors``: the model server's default checkpoint) never pick it.
+    """
     p = pathlib.Path(checkpoint)
-    return p.with_name(p.name.removesuffix(".safetensors") + ".server-opt.safetensors")
+    return p.with_name("server-opt-" + p.name)
 
 
 class ServerOptimizer:

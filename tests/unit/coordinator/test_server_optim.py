@@ -200,7 +200,9 @@ def test_state_file_round_trip_and_refusals(tmp_path):
     opt = ServerOptimizer("fedadagrad", server_lr=0.1)
     _, st = opt.propose(x0, {k: rng.standard_normal(a.shape).astype(np.float32) for k, a in x0.items()})
     path = state_path(tmp_path / "job" / "round-0001.safetensors")
-    assert path.name == "round-0001.server-opt.safetensors"
+    assert path.name == "server-opt-round-0001.safetensors"
+    # the newest-model globs (the model server's default checkpoint, the agents' scorer) must not pick it
+    assert not path.match("*/round-*.safetensors")
     opt.save(path, st, job_id="j1", rnd=1)
     assert b"pickle" not in path.read_bytes()[:64]
     again = ServerOptimizer("fedadagrad", server_lr=0.1)
