@@ -1,7 +1,9 @@
 """Server-side aggregation strategies (FedAvg, FedProx) behind a registry.
 
 The names a job may ask for are :data:`medfl.jobspec.STRATEGIES` (both sides read them); this
-registry implements exactly those (checked in tests/unit/coordinator/test_aggregation.py).
+registry (the stateless strategies) and :mod:`coordinator.server_optim` (the stateful server
+optimizers FedAvgM, FedAdam, FedYogi, FedAdagrad) implement exactly those together (checked in
+tests/unit/coordinator/test_aggregation.py).
 
 References
 ----------
@@ -19,7 +21,7 @@ import numpy as np
 
 from medfl.errors import NotFound, did_you_mean
 
-__all__ = ["Update", "aggregate", "list_strategies"]
+__all__ = ["Update", "aggregate", "list_strategies", "mean_delta"]
 
 Arrays = Mapping[str, np.ndarray]
 #: one agent's contribution: its trained weights and its number of training samples
@@ -36,8 +38,10 @@ def _register(name: str):
 
 
 def list_strategies() -> list[str]:
-    """Names of the registered strategies."""
-    return sorted(_STRATEGIES)
+    """Names of every strategy a job may name: the stateless ones here and the server optimizers."""
+    from coordinator.server_optim import OPTIMIZERS
+
+    return sorted({*_STRATEGIES, *OPTIMIZERS})
 
 
 def _weighted_mean(updates: Sequence[Update]) -> dict[str, np.ndarray]:
@@ -86,7 +90,36 @@ def aggregate(strategy: str, global_arrays: Arrays, updates: Sequence[Update], *
         The new global weights (float32).
     """
     if strategy not in _STRATEGIES:
-        raise NotFound(f"unknown aggregation strategy {strategy!r}" + did_you_mean(strategy, _STRATEGIES))
+        from coordinator.server_optim import OPTIMIZERS
+
+        if strategy in OPTIMIZERS:
+            raise ValueError(f"strategy {strategy!r} keeps state across rounds; step it with "
+                             "coordinator.server_optim.ServerOptimizer on the round's mean delta")
+        raise NotFound(f"unknown aggregation strategy {strategy!r}" + did_you_mean(strategy, list_strategies()))
+    _check_updates(global_arrays, updates)
+    return _STRATEGIES[strategy](global_arrays, updates, server_lr)
+
+
+def mean_delta(global_arrays: Arrays, updates: Sequence[Update]) -> dict[str, np.ndarray]:
+    """The sample-weighted mean of ``weights - global_arrays`` over the updates, in float64.
+
+    This is what a secure sum reveals, computed from clear updates: the (negated) pseudo-gradient
+    a server optimizer steps on.
+    """
+    _check_updates(global_arrays, updates)
+    total = sum(n for _, n in updates)
+    if total <= 0:
+        raise ValueError(f"cannot average updates with total sample count {total}; every agent reported 0 samples")
+    out: dict[str, np.ndarray] = {}
+    for name, g in global_arrays.items():
+        acc = np.zeros(np.shape(g), dtype=np.float64)
+        for arrays, n in updates:
+            acc += (np.asarray(arrays[name], dtype=np.float64) - np.asarray(g, dtype=np.float64)) * (n / total)
+        out[name] = acc
+    return out
+
+
+def _check_updates(global_arrays: Arrays, updates: Sequence[Update]) -> None:
     if not updates:
         raise ValueError("no updates to aggregate")
     expected = {k: v.shape for k, v in global_arrays.items()}
@@ -98,4 +131,3 @@ def aggregate(strategy: str, global_arrays: Arrays, updates: Sequence[Update], *
             bad = sorted(k for k in set(got) & set(expected) if got[k] != tuple(expected[k]))
             raise ValueError(f"update {i} does not match the global model: missing={missing} extra={extra} "
                              f"shape mismatch={bad}")
-    return _STRATEGIES[strategy](global_arrays, updates, server_lr)

@@ -21,7 +21,12 @@ Example::
     lr = 0.01
 
     [aggregation]
-    strategy = "fedavg"      # or "fedprox"
+    strategy = "fedavg"      # or "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"
+    server_lr = 1.0          # server step; FedAdam/FedYogi/FedAdagrad want far less (0.01-0.1)
+    beta1 = 0.9              # FedAdam/FedYogi/FedAdagrad: first-moment decay
+    beta2 = 0.99             # FedAdam/FedYogi: second-moment decay
+    tau = 1e-3               # FedAdam/FedYogi/FedAdagrad: adaptivity (step = m / (sqrt(v) + tau))
+    server_momentum = 0.9    # FedAvgM: server momentum
     secure = true            # the default: the coordinator learns only the sum (SecAgg / SecAgg+)
     threshold = 0            # 0: max(2, ceil(2n/3)) of the round's n participants
     neighbours = 0           # SecAgg+ neighbourhood size; 0: every agent masks with every other (SecAgg)
@@ -53,8 +58,9 @@ __all__ = ["PRIVACY_LEVELS", "STRATEGIES",
            "AggregationSpec", "JobSpec", "PrivacySpec", "TrainingSpec", "load_job", "job_from_dict"]
 
 #: aggregation strategies a job may name: the coordinator implements each one
-#: (:mod:`coordinator.aggregation`), the agents apply FedProx's proximal term themselves
-STRATEGIES = ("fedavg", "fedprox")
+#: (:mod:`coordinator.aggregation`, :mod:`coordinator.server_optim`), the agents apply FedProx's
+#: proximal term themselves
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,10 @@ class AggregationSpec:
     frac_bits: int = 24
     sample_cap: int = 10_000
     stage_deadline_s: float = 30.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    server_momentum: float = 0.9
 
     def threshold_for(self, n: int) -> int:
         """The secure-aggregation threshold of a round with ``n`` participants.
@@ -194,8 +204,18 @@ class AggregationSpec:
                         f"{', '.join(STRATEGIES)}" + did_you_mean(self.strategy, STRATEGIES)))
         if self.fedprox_mu < 0:
             out.append(("fedprox_mu", f"must be >= 0, got {self.fedprox_mu}"))
-        if not self.server_lr > 0:
-            out.append(("server_lr", f"must be positive, got {self.server_lr}"))
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            out.append(("server_lr", f"must be a finite number > 0, got {self.server_lr}"))
+        for key, value in (("beta1", self.beta1), ("beta2", self.beta2), ("server_momentum", self.server_momentum)):
+            if not (math.isfinite(value) and 0 <= value < 1):
+                out.append((key, f"must be in [0, 1), got {value}"))
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            out.append(("tau", f"must be a finite number > 0, got {self.tau} (Reddi et al. use 1e-3; it bounds "
+                               "the step where the second moment is near 0)"))
+        if self.strategy in ("fedadam", "fedyogi", "fedadagrad") and math.isfinite(self.server_lr) \
+                and self.server_lr > 1:
+            out.append(("server_lr", f"{self.strategy} moves each weight by up to about server_lr per round; "
+                                     f"got {self.server_lr}, use at most 1 (typical: 0.01-0.1)"))
         return out
 
 

@@ -78,6 +78,10 @@ class JobRun(PlainRounds, SecureRounds):
                 raise StateError(f"checkpoint {last.checkpoint} does not belong to job {self.job_id} round "
                                  f"{last.round} (metadata {meta})")
             self.global_arrays = dict(arrays)
+            if self.server_opt is not None:
+                from coordinator.server_optim import state_path
+
+                self.server_opt.load(state_path(last.checkpoint), job_id=self.job_id, rnd=last.round)
             self.state.round = last.round + 1
             log.info("job %s: resuming after round %d from %s", self.job_id, last.round, last.checkpoint)
             self.store.event(self.job_id, "resumed", f"resuming after round {last.round}")
@@ -175,6 +179,7 @@ class JobRun(PlainRounds, SecureRounds):
         s.epsilons = {}
         s.metrics = {}
         s.candidate = None
+        s.opt_pending = None
         s.round_started = self.clock()
         s.deadline = s.round_started + self.spec.job.round_deadline_s
         s.secure, s.fit_sum, s.survivors = None, None, []

@@ -31,7 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from coordinator.aggregation import Update, aggregate, mean_delta
 from coordinator.rounds.secure_sum import SecureSum
+from coordinator.server_optim import ServerOptimizer, ServerOptState, state_path
 from coordinator.store import RoundRow, Store
 from medfl.errors import OutOfOrder, StateError
 from medfl.jobspec import JobSpec
@@ -86,6 +88,7 @@ class RunState:
     secure: SecureSum | None = None              # the open secure sum (fit or evaluate phase)
     fit_sum: FitSum | None = None                # what the unmasked fit sum revealed
     survivors: list[str] = field(default_factory=list)  # agents whose masked update is in the sum
+    opt_pending: ServerOptState | None = None    # the server optimizer's state after the candidate's step
 
 
 class RoundMachine:
@@ -101,6 +104,7 @@ class RoundMachine:
         self.clock = clock
         self.state = RunState()
         self.global_arrays: dict[str, np.ndarray] = {}
+        self.server_opt = ServerOptimizer.from_spec(spec.aggregation)  # None: a stateless strategy
 
     # ---- helpers -----------------------------------------------------------------------
     def _goto(self, stage: Stage) -> None:
@@ -146,6 +150,22 @@ class RoundMachine:
         """The closing round's row (the plain or the secure round says how)."""
         raise NotImplementedError
 
+    def _aggregate_updates(self, updates: list[Update]) -> dict[str, np.ndarray]:
+        """The candidate model from clear updates (raises ValueError when they cannot be combined)."""
+        agg = self.spec.aggregation
+        if self.server_opt is None:
+            return aggregate(agg.strategy, self.global_arrays, updates, server_lr=agg.server_lr)
+        return self._aggregate_delta(mean_delta(self.global_arrays, updates))
+
+    def _aggregate_delta(self, delta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The candidate model from the round's mean delta (all a secure sum reveals)."""
+        agg = self.spec.aggregation
+        if self.server_opt is None:
+            moved = {k: (v + delta[k]).astype(np.float32) if k in delta else v for k, v in self.global_arrays.items()}
+            return aggregate(agg.strategy, self.global_arrays, [(moved, 1)], server_lr=agg.server_lr)
+        candidate, self.state.opt_pending = self.server_opt.propose(self.global_arrays, delta)
+        return candidate
+
     def _close_evaluate(self) -> list[Outgoing]:
         from medfl.models.weights import save_checkpoint
 
@@ -156,9 +176,16 @@ class RoundMachine:
         save_checkpoint(path, s.candidate, {"job_id": self.job_id, "round": str(s.round),
                                             "model": self.spec.job.model,
                                             "model_args": json.dumps(self.spec.job.model_args, sort_keys=True)})
+        if self.server_opt is not None:
+            if s.opt_pending is None:
+                raise StateError(f"job {self.job_id}: round {s.round} closes without its server optimizer step")
+            self.server_opt.save(state_path(path), s.opt_pending, job_id=self.job_id, rnd=s.round)
         row = self._row(path)
         s.secure = None
         self.store.record_round(row)
+        if self.server_opt is not None and s.opt_pending is not None:
+            self.server_opt.commit(s.opt_pending)
+            s.opt_pending = None
         log.info("job %s round %d done: %d agents, val_auc=%s%s", self.job_id, s.round, row.agents,
                  f"{row.val_auc:.4f}" if row.val_auc is not None else "n/a",
                  f", epsilon={row.epsilon:.3f} at delta={row.delta:g}" if row.epsilon is not None else "")

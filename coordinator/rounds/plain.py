@@ -1,7 +1,7 @@
 """The plain round (``[aggregation] secure = false``): weights and metrics travel in the clear.
 
 The coordinator collects each participant's trained weights (UPDATE) until all answered or the
-round deadline passed, aggregates them (FedAvg weighted by sample count, or FedProx), sends the
+round deadline passed, aggregates them (FedAvg weighted by sample count, FedProx, or a server optimizer), sends the
 new global model for validation (EVALUATE) and collects the metrics (METRICS). Fewer than
 ``min_agents`` updates by the deadline retries the round. A secure job refuses both messages.
 
@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 
-from coordinator.aggregation import aggregate
 from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
 from coordinator.store import RoundRow
 from medfl.errors import OutOfOrder, Rejected
@@ -69,9 +68,7 @@ class PlainRounds(RoundMachine):
             return self._retry(f"round {s.round} attempt {s.attempt}: {len(s.updates)} update(s) by the deadline, "
                                f"min_agents={self.spec.job.min_agents}; missing {[m[:16] for m in missing]}")
         try:
-            s.candidate = aggregate(self.spec.aggregation.strategy, self.global_arrays,
-                                    [(a, n) for a, n, _ in s.updates.values()],
-                                    server_lr=self.spec.aggregation.server_lr)
+            s.candidate = self._aggregate_updates([(a, n) for a, n, _ in s.updates.values()])
         except ValueError as exc:
             self._goto(Stage.FAILED)
             s.message = f"aggregation failed in round {s.round}: {exc}"

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.aggregation import aggregate
 from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
 from coordinator.rounds.secure_sum import SecureSum
 from coordinator.store import RoundRow
@@ -104,10 +103,8 @@ class SecureRounds(RoundMachine):
             fit = unpack_fit(run.result, self.global_arrays, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap)
         except (ShareError, NonFiniteError) as exc:
             return self._retry(f"round {s.round} attempt {s.attempt}: the unmasked sum is unusable: {exc}")
-        moved = {k: (v + fit.mean_delta[k]).astype(np.float32) if k in fit.mean_delta else v
-                 for k, v in self.global_arrays.items()}
         try:
-            s.candidate = aggregate(agg.strategy, self.global_arrays, [(moved, 1)], server_lr=agg.server_lr)
+            s.candidate = self._aggregate_delta(fit.mean_delta)
         except ValueError as exc:
             self._goto(Stage.FAILED)
             s.message = f"aggregation failed in round {s.round}: {exc}"

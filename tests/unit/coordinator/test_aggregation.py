@@ -26,7 +26,9 @@ def test_server_lr_moves_part_way():
 
 
 def test_errors():
-    assert list_strategies() == ["fedavg", "fedprox"]
+    assert list_strategies() == sorted(["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+    with pytest.raises(ValueError, match="keeps state across rounds"):
+        aggregate("fedadam", _arrays(0), [(_arrays(1), 1)])
     with pytest.raises(NotFound, match="did you mean 'fedavg'"):
         aggregate("fedavgg", _arrays(0), [(_arrays(1), 1)])
     with pytest.raises(ValueError, match="no updates"):
