@@ -6,8 +6,10 @@ multipart message, and libzmq keeps every one of them in memory until the last f
 (the message is delivered atomically). Nothing in libzmq bounds that sum.
 
 How: a thread reads the socket's monitor (ZMQ_EVENT_ACCEPTED / CONNECTED give the connection's
-file descriptor, DISCONNECTED / CLOSED end it) and, every ``interval_s``, asks the kernel how many
-bytes arrived on each connection (``TCP_INFO.tcpi_bytes_received``). The owner reports what it
+file descriptor, DISCONNECTED / CLOSED end it) and asks the kernel how many bytes arrived on each
+connection (``TCP_INFO.tcpi_bytes_received``): every ``interval_s`` (5 ms) for a connection whose
+count moved at the last look, every ``idle_s`` (25 ms) for a quiet one, so idle
+connections cost little CPU (about 5 us of one core per look: 0.2 % of a core per 10 idle connections). The owner reports what it
 took off the socket (:meth:`ConnectionGuard.consumed`, keyed by the ZMQ_SRCFD of the frames). The
 difference, less an allowance for framing, CURVE boxes and heartbeats, is what libzmq and the
 kernel hold for that connection and the application has not read. Past ``budget`` bytes the
@@ -72,6 +74,8 @@ class _Conn:
     frames: int = 0
     user_id: str = ""
     unread: int = 0
+    received: int = -1
+    due: float = 0.0
 
 
 def _open_fd(fd: int) -> socket.socket | None:
@@ -107,8 +111,8 @@ class ConnectionGuard:
         The socket to watch (its monitor is taken: a socket has one monitor).
     budget : int
         Unread bytes allowed per connection, beyond :func:`allowance`.
-    interval_s : float
-        How often the kernel's counters are read.
+    interval_s, idle_s : float
+        How often the kernel's counter of a connection is read while bytes arrive, and while none do.
     forward : int
         Further monitor event flags the owner wants; they are queued for :meth:`events`.
 
@@ -117,11 +121,12 @@ class ConnectionGuard:
     .. [1] zmq_socket_monitor(3); zmq_msg_get(3) (ZMQ_SRCFD); tcp(7) (TCP_INFO).
     """
 
-    def __init__(self, sock: zmq.Socket, *, budget: int, interval_s: float = 0.02, forward: int = 0):
+    def __init__(self, sock: zmq.Socket, *, budget: int, interval_s: float = 0.005, idle_s: float = 0.025,
+                 forward: int = 0):
         if budget <= 0:
             raise ValueError(f"budget={budget}; it must be positive")
         self.budget = budget
-        self.interval_s = interval_s
+        self.interval_s, self.idle_s = interval_s, idle_s
         self._forward = forward
         self._sock = sock
         self._monitor = sock.get_monitor_socket(_EVENTS | forward)
@@ -220,8 +225,9 @@ class ConnectionGuard:
                 self._events.append((event, value))
 
     def _probe(self) -> None:
+        now = time.monotonic()
         with self._lock:
-            conns = list(self._conns.values())
+            conns = [c for c in self._conns.values() if c.due <= now]
         for conn in conns:
             s = _open_fd(conn.fd)
             if s is None:
@@ -237,6 +243,8 @@ class ConnectionGuard:
                 except OSError:
                     continue
                 received = struct.unpack_from("<Q", info, _BYTES_RECEIVED_AT)[0]
+                conn.due = now + (self.interval_s if received != conn.received else self.idle_s)
+                conn.received = received
                 with self._lock:
                     unread = received - conn.consumed - allowance(frames=conn.frames,
                                                                   seconds=time.monotonic() - conn.opened)
