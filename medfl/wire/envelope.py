@@ -19,9 +19,10 @@ Decoding never trusts the peer: every field is type-checked, sizes are bounded b
 is allocated, the header is checked whole (type, job, round, tensor specs, their declared sizes
 against the frames that follow, frame count and sum) before any tensor is built, and an
 ``admit`` callback may refuse the message from its header alone (the coordinator refuses an
-UPDATE for a job that is not running without decoding or pooling its tensors), and every failure is a :class:`~medfl.errors.WireError` subclass whose ``code``
-goes back in the ERROR reply. A tensor in one frame is a read-only view of the frame; one in
-several frames is copied once into an array of its own (also marked read-only).
+UPDATE for a job that is not running without decoding or pooling its tensors). Every failure
+is a :class:`~medfl.errors.WireError` subclass whose ``code`` goes back in the ERROR reply. A
+tensor in one frame is a read-only view of the frame; one in several frames is copied once into
+an array of its own (also marked read-only).
 """
 
 from __future__ import annotations

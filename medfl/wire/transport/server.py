@@ -213,8 +213,9 @@ class ServerChannel:
 
     def close(self) -> None:
         """Close the socket, the watchdog, the ZAP thread and the private context."""
-        if getattr(self, "guard", None) is not None:
-            self.guard.stop()
+        guard = getattr(self, "guard", None)
+        if guard is not None:
+            guard.stop()
             self.guard = None
         if getattr(self, "sock", None) is not None and not self.sock.closed:
             self.sock.close()
