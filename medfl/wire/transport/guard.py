@@ -6,16 +6,18 @@ multipart message, and libzmq keeps every one of them in memory until the last f
 (the message is delivered atomically). Nothing in libzmq bounds that sum.
 
 How: a thread reads the socket's monitor (ZMQ_EVENT_ACCEPTED / CONNECTED give the connection's
-file descriptor, DISCONNECTED / CLOSED end it) and asks the kernel how many bytes arrived on each
-connection (``TCP_INFO.tcpi_bytes_received``): every ``interval_s`` (5 ms) for a connection whose
-count moved at the last look, every ``idle_s`` (25 ms) for a quiet one (a look costs about 5 us:
-0.2 % of a core per 10 idle connections). The owner reports what it took off the socket
+file descriptor, DISCONNECTED / CLOSED end it) and asks the kernel how many bytes arrived on
+each connection (``TCP_INFO.tcpi_bytes_received``): every ``interval_s`` (5 ms) for a connection
+whose count moved at the last look, every ``idle_s`` (25 ms) for a quiet one (a look costs about
+5 us: 0.2 % of a core per 10 idle connections). The owner reports what it took off the socket
 (:meth:`ConnectionGuard.consumed`, keyed by the ZMQ_SRCFD of the frames). The difference, less
 an allowance for framing, CURVE boxes and heartbeats, is what libzmq and the kernel hold for
 that connection and the application has not read. Past ``budget`` bytes the thread shuts the
-connection down (``shutdown(SHUT_RDWR)`` on the descriptor): libzmq sees the end of the stream, drops the partial message (its pipe rolls back) and frees it; a DEALER peer
-reconnects by itself. The cut is logged once with the peer's address and key fingerprint, and
-:meth:`ConnectionGuard.take_notice` lets the owner tell that key ``too_large`` on its next message.
+connection down (``shutdown(SHUT_RDWR)`` on the descriptor): libzmq sees the end of the stream,
+drops the partial message (its pipe rolls back) and frees it; a DEALER peer reconnects by
+itself. The cut is logged once with the peer's address and key fingerprint, and
+:meth:`ConnectionGuard.take_notice` lets the owner tell that key ``too_large`` on its next
+message.
 
 Descriptors are reused by the kernel: each one is matched by its peer address, checked before
 every probe and before a cut, so a new connection on a recycled number is never touched.
