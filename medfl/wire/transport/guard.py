@@ -161,11 +161,28 @@ class ConnectionGuard:
         size = sum(len(f) for f in frames)
         with self._lock:
             conn = self._conns.get(fd)
-            if conn is not None:
+        if conn is None:  # read before the thread saw the connection's ACCEPTED event: register it here
+            conn = self._register(fd)
+        if conn is not None:
+            with self._lock:
                 conn.consumed += size
                 conn.frames += len(frames)
                 if user_id:
                     conn.user_id = user_id
+
+    def _register(self, fd: int) -> _Conn | None:
+        """The record of descriptor ``fd``: the one kept if it is the same connection, else a new one."""
+        s = _open_fd(fd)
+        peer = _peer_of(s) if s is not None else None
+        if s is not None:
+            s.close()
+        if peer is None:
+            return None
+        with self._lock:
+            conn = self._conns.get(fd)
+            if conn is None or conn.peer != peer:
+                conn = self._conns[fd] = _Conn(fd=fd, peer=peer)
+            return conn
 
     def events(self) -> list[tuple[int, int]]:
         """Monitor events of the ``forward`` kinds since the last call, as ``(event, value)``."""
@@ -211,13 +228,7 @@ class ConnectionGuard:
 
     def _on_event(self, event: int, value: int) -> None:
         if event & (zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED):
-            s = _open_fd(value)
-            peer = _peer_of(s) if s is not None else None
-            if s is not None:
-                s.close()
-            if peer is not None:
-                with self._lock:
-                    self._conns[value] = _Conn(fd=value, peer=peer)
+            self._register(value)
         elif event & (zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED):
             with self._lock:
                 self._conns.pop(value, None)
