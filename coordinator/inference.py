@@ -31,7 +31,7 @@ from medfl.models.weights import load_checkpoint, load_state_arrays
 from medfl.smpc.evaluator import calibrate
 from medfl.smpc.session.provider import DealerService
 from medfl.smpc.session.server import ModelServer, ServedModel
-from medfl.wire import ClientChannel, KeyPair, ServerChannel, read_public_key
+from medfl.wire import ClientChannel, KeyPair, ServerChannel, SocketLimits, read_public_key
 
 __all__ = ["HostedModelServer", "load_served", "make_dealer", "make_model_server", "public_keys", "raw_key",
            "store_writer"]
@@ -39,6 +39,8 @@ __all__ = ["HostedModelServer", "load_served", "make_dealer", "make_model_server
 log = logging.getLogger(__name__)
 
 SESSIONS_META = "smpc_sessions"
+#: largest message the dealer accepts: requests carry keys and a plan's item counts, a few KiB
+DEALER_REQUEST_LIMIT = 4 << 20
 
 
 def raw_key(z85: bytes) -> bytes:
@@ -105,7 +107,9 @@ def make_dealer(*, bind: str, keys: KeyPair, allowed: set[bytes], pool: int, dev
 
     ``device`` is where it generates material (``"cpu"`` or ``"cuda"``; default ``MEDFL_SMPC_DEVICE``).
     """
-    channel = ServerChannel(bind=bind, keys=keys, is_allowed=lambda k: bytes(k) in allowed)
+    # model servers ask for material with small requests; what is streamed back is not bounded by this
+    channel = ServerChannel(bind=bind, keys=keys, is_allowed=lambda k: bytes(k) in allowed,
+                            limits=SocketLimits(max_message_bytes=DEALER_REQUEST_LIMIT))
     if keys.secret is None:
         raise StateError("the dealer needs its secret key")
     return DealerService(channel=channel, secret_raw=raw_key(keys.secret), pool=pool, device=device)

@@ -23,12 +23,21 @@ from coordinator.config import CoordinatorConfig
 from coordinator.rounds import JobRun, Outgoing
 from coordinator.store import Store
 from medfl import __version__
-from medfl.errors import ConfigError, IncompatibleVersion, MedflError, Rejected, StateError, UnknownPeer, WireError
+from medfl.errors import (
+    ConfigError,
+    IncompatibleVersion,
+    MedflError,
+    OutOfOrder,
+    Rejected,
+    StateError,
+    UnknownPeer,
+    WireError,
+)
 from medfl.jobspec import job_from_dict
 from medfl.safetext import escape, fold_name
 from medfl.secagg.envelopes import SECAGG_FROM_AGENT
 from medfl.versions import agent_refusal
-from medfl.wire import Envelope, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
+from medfl.wire import Envelope, Incoming, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
 from medfl.wire.bodies import MAX_REASON, parse_refuse
 from medfl.wire.hello import Hello, parse_hello
 
@@ -67,7 +76,7 @@ class CoordinatorService:
         self.admission = Admission(self.store, cfg.enrollment, fingerprint=fingerprint)
         limits = SocketLimits(max_message_bytes=cfg.transport.max_message_mb * 2**20)
         self.channel = ServerChannel(bind=cfg.coordinator.bind, keys=keys,
-                                     is_allowed=self._is_allowed if keys else None, limits=limits)
+                                     is_allowed=self._is_allowed if keys else None, limits=limits, admit=self._admit)
         self.sessions: dict[str, Session] = {}
         self.by_peer: dict[bytes, str] = {}
         self._models: frozenset[str] | None = None
@@ -128,6 +137,20 @@ class CoordinatorService:
     # ---- authentication (runs in the ZAP thread) ---------------------------------------
     def _is_allowed(self, public_key: bytes) -> bool:
         return self.admission(public_key)
+
+    def _admit(self, incoming: Incoming, tensor_bytes: int) -> None:
+        """Refuse, from its header alone, a message whose tensors this daemon would only throw away."""
+        env = incoming.envelope
+        if not tensor_bytes or env.type in (MessageType.HELLO, MessageType.ENROLL):
+            return
+        fp = self.by_peer.get(incoming.peer)
+        if fp is None or fp not in self.sessions:
+            raise UnknownPeer(f"{env.type} with {tensor_bytes} bytes of tensors before hello; say hello first")
+        run = self.run
+        if (env.type in SECAGG_FROM_AGENT or env.type == MessageType.UPDATE) and (run is None
+                                                                                  or env.job != run.job_id):
+            raise OutOfOrder(f"{env.type} for job {env.job!r} but the running job is "
+                             f"{run.job_id if run else 'none'}; its {tensor_bytes} bytes of tensors were not decoded")
 
     # ---- main loop ---------------------------------------------------------------------
     def stop(self) -> None:
@@ -201,8 +224,6 @@ class CoordinatorService:
                 "in_reply_to": env.seq}))
 
     def _handle(self, peer: bytes, user_id: str, env: Envelope) -> None:
-        from medfl.errors import OutOfOrder
-
         mtype = env.type
         if mtype == MessageType.HELLO:
             self._on_hello(peer, user_id, env)

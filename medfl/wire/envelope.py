@@ -16,15 +16,19 @@ their zero-copy single frame: with 4 MiB frames, plain FedAvg paid copies to rea
 and gained nothing.
 
 Decoding never trusts the peer: every field is type-checked, sizes are bounded before anything
-is allocated, and every failure is a :class:`~medfl.errors.WireError` subclass whose ``code``
-goes back in the ERROR reply. A tensor in one frame is a read-only view of the frame; one in
-several frames is copied once into an array of its own (also marked read-only).
+is allocated, the header is checked whole (type, job, round, tensor specs, their declared sizes
+against the frames that follow, frame count and sum) before any tensor is built, and an
+``admit`` callback may refuse the message from its header alone (the coordinator refuses an
+UPDATE for a job that is not running without decoding or pooling its tensors). Every failure
+is a :class:`~medfl.errors.WireError` subclass whose ``code`` goes back in the ERROR reply. A
+tensor in one frame is a read-only view of the frame; one in several frames is copied once into
+an array of its own (also marked read-only).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,7 +173,11 @@ def _check_plain(obj: Any) -> None:
             raise MalformedMessage(f"header holds a {type(item).__name__}; extension types are not allowed")
 
 
-def decode(frames: Sequence[Any], *, max_bytes: int) -> Envelope:
+#: called with the header-only envelope (no tensors) and the tensor bytes it declares; raises to refuse
+Admit = Callable[["Envelope", int], None]
+
+
+def decode(frames: Sequence[Any], *, max_bytes: int, admit: Admit | None = None) -> Envelope:
     """Parse frames from the wire into an :class:`Envelope`, or raise a WireError.
 
     Tensors are read-only views of the frames' memory (no copy). Nothing but a
@@ -181,6 +189,10 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Envelope:
         The multipart message (without the ROUTER identity).
     max_bytes : int
         Largest total size accepted (application limit).
+    admit : callable(Envelope, int), optional
+        Called once the header is valid and matches the frames, before any tensor is built, with
+        the envelope without its tensors and the tensor bytes declared; it refuses the message by
+        raising a WireError (which propagates).
 
     Returns
     -------
@@ -225,7 +237,7 @@ def decode(frames: Sequence[Any], *, max_bytes: int) -> Envelope:
     if version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersion(f"protocol version {version} is not spoken here; supported: "
                                  f"{sorted(SUPPORTED_VERSIONS)}; upgrade the older side")
-    return _parse_header(header, views[1:])
+    return _parse_header(header, views[1:], admit)
 
 
 def _field(header: dict, key: str, types: tuple[type, ...], optional: bool = False) -> Any:
@@ -237,7 +249,7 @@ def _field(header: dict, key: str, types: tuple[type, ...], optional: bool = Fal
     return value
 
 
-def _parse_header(header: dict, frames: list[memoryview]) -> Envelope:
+def _parse_header(header: dict, frames: list[memoryview], admit: Admit | None = None) -> Envelope:
     try:
         mtype = MessageType(_field(header, "type", (str,)))
     except ValueError:
@@ -254,16 +266,21 @@ def _parse_header(header: dict, frames: list[memoryview]) -> Envelope:
     if sum(counts) != len(frames):
         raise MalformedMessage(f"header lists {len(specs)} tensors in {sum(counts)} frames but {len(frames)} "
                                "frames follow")
-    tensors: dict[str, np.ndarray] = {}
-    pos = 0
-    for spec, n in zip(specs, counts, strict=True):
-        name, arr = _tensor(spec[:3], frames[pos:pos + n])
-        pos += n
-        if name in tensors:
+    layout = []
+    pos, names = 0, set()
+    for spec, n in zip(specs, counts, strict=True):  # every spec checked against its frames, nothing built yet
+        parts = frames[pos:pos + n]
+        name, dtype, shape = _check_spec(spec[:3], parts)
+        if name in names:
             raise MalformedMessage(f"tensor {name!r} appears twice")
-        tensors[name] = arr
-    return Envelope(type=mtype, job=job, round=rnd, seq=seq, body=body, tensors=tensors,
-                    version=int(header["v"]))
+        names.add(name)
+        layout.append((name, dtype, shape, parts))
+        pos += n
+    head = Envelope(type=mtype, job=job, round=rnd, seq=seq, body=body, version=int(header["v"]))
+    if admit is not None:
+        admit(head, sum(f.nbytes for f in frames))
+    tensors = {name: _build(dtype, shape, parts) for name, dtype, shape, parts in layout}
+    return Envelope(type=mtype, job=job, round=rnd, seq=seq, body=body, tensors=tensors, version=head.version)
 
 
 def _parts(spec: Any, split: bool) -> int:
@@ -279,7 +296,8 @@ def _parts(spec: Any, split: bool) -> int:
     return parts
 
 
-def _tensor(spec: list[Any], frames: list[memoryview]) -> tuple[str, np.ndarray]:
+def _check_spec(spec: list[Any], frames: list[memoryview]) -> tuple[str, np.dtype, list[int]]:
+    """Validate one tensor spec against the frames that carry it (no allocation)."""
     if not (len(spec) == 3 and isinstance(spec[0], str) and isinstance(spec[1], str) and isinstance(spec[2], list)):
         raise MalformedMessage("tensor spec must be [name, dtype, shape]")
     name, dtype_name, shape = spec
@@ -296,6 +314,13 @@ def _tensor(spec: list[Any], frames: list[memoryview]) -> tuple[str, np.ndarray]
                                f"{count * dtype.itemsize} bytes, its {len(frames)} frame(s) hold {got}")
     if len(frames) > 1 and any(f.nbytes == 0 for f in frames):
         raise MalformedMessage(f"tensor {name[:40]!r} has an empty part")
+    return name, dtype, shape
+
+
+def _build(dtype: np.dtype, shape: list[int], frames: list[memoryview]) -> np.ndarray:
+    """The read-only array of a checked spec: a view of its frame, or one copy joined from its parts."""
+    count = math.prod(shape)
+    got = sum(f.nbytes for f in frames)
     if not count:
         arr = np.zeros(shape, dtype)
     elif len(frames) == 1:
@@ -307,7 +332,7 @@ def _tensor(spec: list[Any], frames: list[memoryview]) -> tuple[str, np.ndarray]
             pos += f.nbytes
         arr = flat.view(dtype).reshape(shape)
     arr.flags.writeable = False
-    return name, arr
+    return arr
 
 
 class SequenceGuard:

@@ -3,7 +3,9 @@
 With keys the server runs CurveZMQ behind the ZAP allow-list of :mod:`medfl.wire.auth` (which
 fails closed); without keys it speaks plaintext (the in-process twin and tests of the plain
 path). Bad input never raises out of :meth:`ServerChannel.recv`: it is answered with a typed
-ERROR envelope and one log line.
+ERROR envelope and one log line. Memory: the limits of :mod:`medfl.wire.transport.sockets`, the
+unread-bytes watchdog of :mod:`medfl.wire.transport.guard` on TCP endpoints, and an optional
+``admit`` callback that refuses a message from its header before its tensors are decoded.
 
 References
 ----------
@@ -19,11 +21,12 @@ from typing import Any
 
 import zmq
 
-from medfl.errors import WireError
+from medfl.errors import MessageTooLarge, WireError
 from medfl.wire.auth import AllowListAuthenticator, enforce
 from medfl.wire.envelope import Envelope, SequenceGuard, decode, encode
 from medfl.wire.keys import KeyPair
 from medfl.wire.messages import MessageType
+from medfl.wire.transport.guard import ConnectionGuard
 from medfl.wire.transport.sockets import Sequencer, SocketLimits, configure
 
 __all__ = ["Incoming", "ServerChannel"]
@@ -69,6 +72,10 @@ class ServerChannel:
         Sizes and heartbeats.
     context : zmq.Context, optional
         Shared context (needed for inproc); a private one by default.
+    admit : callable(Incoming, int), optional
+        Called with the message's header (an Incoming whose envelope has no tensors) and the tensor
+        bytes it declares, before the tensors are decoded; raising a WireError refuses the message
+        with that code.
 
     References
     ----------
@@ -78,8 +85,11 @@ class ServerChannel:
     _MAX_PEERS = 65536  # replay guards kept; the oldest is dropped beyond it
 
     def __init__(self, *, bind: str, keys: KeyPair | None, is_allowed: Callable[[bytes], bool] | None = None,
-                 limits: SocketLimits = SocketLimits(), context: zmq.Context | None = None):
+                 limits: SocketLimits = SocketLimits(), context: zmq.Context | None = None,
+                 admit: Callable[[Incoming, int], None] | None = None):
         self.limits = limits
+        self.admit = admit
+        self.guard: ConnectionGuard | None = None
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.auth: AllowListAuthenticator | None = None
@@ -93,6 +103,8 @@ class ServerChannel:
                     raise ValueError("a CURVE server needs its secret key and an is_allowed allow-list")
                 self.auth = AllowListAuthenticator(self.context, is_allowed=is_allowed)
                 enforce(self.sock, auth=self.auth, keys=keys)
+            if limits.guard and bind.startswith("tcp://"):
+                self.guard = ConnectionGuard(self.sock, budget=limits.budget)
             self.sock.bind(bind)
         except BaseException:
             self.close()
@@ -129,9 +141,25 @@ class ServerChannel:
                 user_id = str(frames[1].get("User-Id") or "")
             except zmq.ZMQError:
                 user_id = ""
+        if self.guard is not None:
+            self.guard.consumed(frames, user_id=user_id)
+            cut = self.guard.take_notice(user_id)
+            if cut is not None:
+                self.send(peer, Envelope(type=MessageType.ERROR, body={
+                    "code": MessageTooLarge.code, "in_reply_to": None, "message":
+                    f"an earlier connection of this key was closed after {cut} bytes of an unfinished message, over "
+                    f"this socket's limit of {self.limits.max_message_bytes} bytes; that message was dropped"}))
         seq = None
+        admit = None
+        if self.admit is not None:
+            hook = self.admit
+
+            def admit(head: Envelope, tensor_bytes: int) -> None:
+                nonlocal seq
+                seq = head.seq
+                hook(Incoming(peer=peer, user_id=user_id, envelope=head), tensor_bytes)
         try:
-            env = decode(frames[1:], max_bytes=self.limits.max_message_bytes)
+            env = decode(frames[1:], max_bytes=self.limits.max_message_bytes, admit=admit)
             seq = env.seq
             self._guard(peer).check(env.seq)
         except WireError as exc:
@@ -184,7 +212,11 @@ class ServerChannel:
         self._guards.pop(peer, None)
 
     def close(self) -> None:
-        """Close the socket, the ZAP thread and the private context."""
+        """Close the socket, the watchdog, the ZAP thread and the private context."""
+        guard = getattr(self, "guard", None)
+        if guard is not None:
+            guard.stop()
+            self.guard = None
         if getattr(self, "sock", None) is not None and not self.sock.closed:
             self.sock.close()
         if self.auth is not None:

@@ -1,11 +1,26 @@
 """What both ends of a channel share: the socket limits, the options every socket gets, sequence numbers.
 
-Limits: every socket has ZMQ_MAXMSGSIZE (the hard limit: libzmq drops a connection that sends
-a larger frame) and an application limit below it on the whole message, enforced by
-:func:`~medfl.wire.envelope.decode`, which is answered with a ``too_large`` ERROR. Since
-protocol version 2 no frame from an honest peer exceeds 16 MiB (large tensors travel in parts),
-so an oversized message is answered rather than dropped; the hard limit still drops any single
-oversized frame.
+Limits, enforced before a message is buffered in full:
+
+- the application limit ``max_message_bytes`` on a whole message (all frames together),
+  checked by :func:`~medfl.wire.envelope.decode` and answered with a ``too_large`` ERROR;
+- ZMQ_MAXMSGSIZE per frame at 1.25 x that limit (:attr:`SocketLimits.hard`): libzmq reads a
+  frame's declared size first and closes the connection (no reply, nothing allocated) when it is
+  larger. That is libzmq's behaviour, not a choice of ours; since protocol version 2 no frame
+  from an honest peer exceeds 16 MiB (large tensors travel in parts), so it only hits a peer
+  that ignores the protocol or a limit below 16 MiB;
+- the sum of frames of one message, which libzmq does not bound (it holds every frame of a
+  multipart message until the last one arrives): the watchdog of
+  :mod:`medfl.wire.transport.guard` closes a TCP connection once the bytes it delivered and the
+  application has not read pass the same 1.25 x limit (:attr:`SocketLimits.budget`);
+- queues: ZMQ_RCVHWM and ZMQ_SNDHWM of 64 messages per peer (libzmq stops reading a peer whose
+  queue is full, so a peer cannot make the daemon queue without bound), and a CURVE handshake
+  must finish within 10 s (ZMQ_HANDSHAKE_IVL).
+
+So, per TCP connection, the daemon holds at most about 1.25 x the limit of a peer's unread data
+(plus the kernel's socket buffer); a message between the limit and 1.25 x the limit is answered
+``too_large``, a larger one closes the connection and its key is told ``too_large`` on its next
+message.
 
 References
 ----------
@@ -34,11 +49,18 @@ class SocketLimits:
         Application limit on a message's total size; larger ones get a ``too_large`` ERROR.
     hard_limit_bytes : int or None
         ZMQ_MAXMSGSIZE (per frame): libzmq drops a connection that sends a larger frame.
-        Default: twice ``max_message_bytes``.
+        Default: 1.25 x ``max_message_bytes``.
     heartbeat_ivl_ms, heartbeat_timeout_ms : int
         ZMTP PING interval and how long without traffic before the connection is dropped.
     linger_ms : int
         How long close() waits for unsent messages.
+    hwm : int
+        ZMQ_SNDHWM and ZMQ_RCVHWM: messages queued per peer in each direction.
+    handshake_ms : int
+        ZMQ_HANDSHAKE_IVL: a connection that has not finished its handshake by then is closed.
+    guard : bool
+        Run the unread-bytes watchdog (:mod:`medfl.wire.transport.guard`) on TCP sockets; off only
+        to measure what it prevents (benchmarks/membound.py).
 
     References
     ----------
@@ -50,6 +72,9 @@ class SocketLimits:
     heartbeat_ivl_ms: int = 2000
     heartbeat_timeout_ms: int = 10000
     linger_ms: int = 1000
+    hwm: int = 64
+    handshake_ms: int = 10000
+    guard: bool = True
 
     def __post_init__(self) -> None:
         if self.max_message_bytes <= 0:
@@ -60,11 +85,18 @@ class SocketLimits:
                              "of getting an error reply. Raise it or leave it unset")
         if self.heartbeat_ivl_ms < 0 or self.heartbeat_timeout_ms < 0 or self.linger_ms < -1:
             raise ValueError("heartbeat_ivl_ms and heartbeat_timeout_ms must be >= 0 and linger_ms >= -1")
+        if self.hwm < 1 or self.handshake_ms < 0:
+            raise ValueError(f"hwm={self.hwm} must be >= 1 and handshake_ms={self.handshake_ms} >= 0")
 
     @property
     def hard(self) -> int:
-        """ZMQ_MAXMSGSIZE: the explicit hard limit, else twice the application limit."""
-        return self.hard_limit_bytes if self.hard_limit_bytes is not None else 2 * self.max_message_bytes
+        """ZMQ_MAXMSGSIZE: the explicit hard limit, else 1.25 x the application limit."""
+        return self.hard_limit_bytes if self.hard_limit_bytes is not None else self.budget
+
+    @property
+    def budget(self) -> int:
+        """Unread bytes the watchdog lets one connection hold: 1.25 x the application limit."""
+        return self.max_message_bytes + self.max_message_bytes // 4
 
 
 class Sequencer:
@@ -87,7 +119,7 @@ class Sequencer:
 
 
 def configure(sock: zmq.Socket, limits: SocketLimits) -> None:
-    """Set the options every medfl socket gets: linger, the hard size limit, ZMTP heartbeats, queue sizes.
+    """Set the options every medfl socket gets: linger, the hard size limit, heartbeats, queues, handshake time.
 
     Parameters
     ----------
@@ -101,5 +133,6 @@ def configure(sock: zmq.Socket, limits: SocketLimits) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, limits.heartbeat_ivl_ms)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, limits.heartbeat_timeout_ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, limits.heartbeat_timeout_ms)
-    sock.setsockopt(zmq.SNDHWM, 1000)
-    sock.setsockopt(zmq.RCVHWM, 1000)
+    sock.setsockopt(zmq.SNDHWM, limits.hwm)
+    sock.setsockopt(zmq.RCVHWM, limits.hwm)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, limits.handshake_ms)

@@ -322,7 +322,7 @@ def test_socket_limits_are_validated():
         SocketLimits(max_message_bytes=100, hard_limit_bytes=10)
     with pytest.raises(ValueError, match="positive"):
         SocketLimits(max_message_bytes=0)
-    assert SocketLimits(max_message_bytes=10).hard == 20
+    assert SocketLimits(max_message_bytes=10).hard == 12  # 1.25 x the limit
 
 
 def test_curve_needs_keys_on_both_sides():
