@@ -113,6 +113,7 @@ setup(
         "pylibjpeg-openjpeg>=2.3",
         "pylibjpeg-rle>=2.0",
         "dp-accounting>=0.4",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1", "sycret==0.2.8",

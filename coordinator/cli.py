@@ -34,7 +34,19 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", type=pathlib.Path, default=None, help=COORDINATOR.help())
         return sp
 
-    with_config(sub.add_parser("serve", help="run the daemon"))
+    sv = with_config(sub.add_parser("serve", help="run the daemon"))
+    sv.add_argument("--log-format", choices=["text", "json"], default=None,
+                    help="json: one object per line (ts, level, logger, msg, fields) for the journal "
+                    "(default: MEDFL_LOG_FORMAT, else text)")
+    with_config(sub.add_parser("web-token", help="write a fresh bearer token for the status page (0600 file) and "
+                               "print it; clients off this machine send 'Authorization: Bearer TOKEN'"))
+    bk = with_config(sub.add_parser("backup", help="copy the store (SQLite online backup) and checkpoints to DIR, "
+                                    "consistent while the daemon runs"))
+    bk.add_argument("dir", type=pathlib.Path, help="a new or empty folder")
+    rs = with_config(sub.add_parser("restore", help="verify a backup folder and make it this coordinator's state "
+                                    "(the daemon must be stopped)"))
+    rs.add_argument("dir", type=pathlib.Path, help="a folder written by 'backup'")
+    rs.add_argument("--force", action="store_true", help="replace a non-empty state_dir (kept aside, renamed)")
     nodes = sub.add_parser("nodes", help="enrolled agents")
     nsub = nodes.add_subparsers(dest="nodes_cmd", required=True)
     with_config(nsub.add_parser("list", help="list known agents (pending ones tried to connect)"))
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-coordinator``."""
     args = _parser().parse_args(argv)
     commands = {"init": _init, "serve": _serve, "nodes": _nodes, "jobs": _jobs, "status": _status,
-                "dealer": _dealer, "model-server": _model_server}
+                "dealer": _dealer, "model-server": _model_server, "web-token": _web_token, "backup": _backup,
+                "restore": _restore}
     run_command(commands[args.cmd], args)
 
 
@@ -181,10 +194,12 @@ def _inference_table(bind: str) -> str:
 
 def _serve(args: argparse.Namespace) -> None:
     from coordinator.service import CoordinatorService
+    from coordinator.statelock import StateLock
     from medfl.logs import setup_logging, stop_on_signals
 
-    setup_logging("coordinator")
+    setup_logging("coordinator", fmt=args.log_format)
     cfg = _load(args)
+    lock = StateLock(cfg.coordinator.state_dir, purpose="medfl-coordinator serve").acquire()
     try:
         service = CoordinatorService(cfg)
     except Exception as exc:
@@ -195,7 +210,34 @@ def _serve(args: argparse.Namespace) -> None:
         raise
     shutdown = stop_on_signals(service.stop)
     service.serve()
+    lock.release()
     shutdown.finish()
+
+
+def _web_token(args: argparse.Namespace) -> None:
+    from coordinator.web import write_token
+
+    cfg = _load(args)
+    token = write_token(cfg.web_token_file)
+    print(f"wrote {cfg.web_token_file} (mode 0600); restart the daemon to use it. Clients off this machine send:")
+    print(f"Authorization: Bearer {token}")
+
+
+def _backup(args: argparse.Namespace) -> None:
+    from coordinator.backup import backup
+
+    t0 = time.monotonic()
+    res = backup(_load(args).coordinator.state_dir, args.dir)
+    print(f"backed up {res.files} file(s), {res.bytes / 2**20:.1f} MiB, {res.rounds} round(s) to {res.path} in "
+          f"{time.monotonic() - t0:.2f} s; restore with 'medfl-coordinator restore {res.path}'")
+
+
+def _restore(args: argparse.Namespace) -> None:
+    from coordinator.backup import restore
+
+    res = restore(args.dir, _load(args).coordinator.state_dir, force=args.force)
+    print(f"restored {res.files} file(s), {res.bytes / 2**20:.1f} MiB, {res.rounds} round(s) into {res.path}; "
+          "start the daemon: a job that was running resumes after its last backed-up round")
 
 
 def _dealer(args: argparse.Namespace) -> None:
