@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--inference-bind", default=None,
                       help="endpoint of the encrypted-inference model server (default: --bind's host, port 7778)")
     init.add_argument("--name", default="coordinator")
+    init.add_argument("--web-bind", default="127.0.0.1:7790",
+                      help="HOST:PORT of the status page and /metrics (default %(default)s: this machine only)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -154,7 +156,10 @@ def _init(args: argparse.Namespace) -> None:
            "transport": {"curve": True, "max_message_mb": 256},
            "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0}}
     cfg_path.write_text("# medfl coordinator configuration (see README: 'Run a coordinator')\n" + tomli_w.dumps(doc)
-                        + _inference_table(inference_bind))
+                        + _inference_table(inference_bind)
+                        + "\n[web]  # status page, /status.json and Prometheus /metrics (read-only); loopback clients "
+                          "need no token,\n# others send the bearer token of 'medfl-coordinator web-token'\n"
+                        + tomli_w.dumps({"enabled": True, "bind": args.web_bind}))
     print(f"wrote {cfg_path}")
     print(f"coordinator public key: {pub}  (fingerprint {fingerprint(pair.public)})")
     print("hand this public key file to every hospital; agents pin it.")

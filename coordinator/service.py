@@ -83,6 +83,8 @@ class CoordinatorService:
 
         self.metrics = CoordinatorMetrics(self.store, lambda: len(self.sessions))
         self._counted = {"bytes_in": 0, "bytes_out": 0, "event": self.store.last_event_id()}
+        self._started_at = time.time()
+        self._observed: set[tuple[str, int]] = set()  # (job, round) already in the round metrics
         self.web = self._start_web() if cfg.web.enabled else None
 
     def _start_web(self) -> Any:
@@ -93,9 +95,14 @@ class CoordinatorService:
 
         host, port = self.cfg.web.host_port
         token = read_token(self.cfg.web_token_file)
-        web = StatusServer(host=host, port=port, token=token, metrics=self.metrics.exposition,
-                           page=lambda: render_status(self.store, coordinator=self.cfg.coordinator.name),
-                           status_json=lambda: status_dict(self.store))
+        try:
+            web = StatusServer(host=host, port=port, token=token, metrics=self.metrics.exposition,
+                               page=lambda: render_status(self.store, coordinator=self.cfg.coordinator.name),
+                               status_json=lambda: status_dict(self.store))
+        except OSError as exc:  # the federation matters more than its status page: serve on without it
+            log.error("status page NOT served: cannot listen on [web] bind = %s: %s; pick a free port in "
+                      "coordinator.toml's [web] table (or enabled = false) and restart", self.cfg.web.bind, exc)
+            return None
         web.start()
         log.info("status page on %s (%s)", web.url, "loopback clients only: no token file at "
                  f"{self.cfg.web_token_file}" if token is None else "other clients need the bearer token")
@@ -389,10 +396,11 @@ class CoordinatorService:
         for e in self.store.events_after(c["event"]):
             c["event"] = e["id"]
             if e["kind"] == "round" and e["job_id"]:
-                rounds = self.store.rounds(e["job_id"])
-                if rounds:
-                    m.rounds.inc()
-                    m.round_seconds.observe(rounds[-1].seconds)
+                for r in self.store.rounds(e["job_id"]):
+                    if r.finished_at >= self._started_at and (r.job_id, r.round) not in self._observed:
+                        self._observed.add((r.job_id, r.round))
+                        m.rounds.inc()
+                        m.round_seconds.observe(r.seconds)
             elif e["kind"] == "retry":
                 m.retries.inc()
 

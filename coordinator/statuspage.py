@@ -58,7 +58,7 @@ def _nodes(store: Any, online: set[str], now: float) -> str:
                      str(n.refusals)])
     if not rows:
         return "<p>No node has connected yet.</p>"
-    return _table(["name", "status", "session", "last seen", "version", "fingerprint", "refused handshakes"],
+    return _table(["name", "status", "session", "last hello", "version", "fingerprint", "refused handshakes"],
                   rows, "nodes")
 
 
