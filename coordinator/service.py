@@ -89,8 +89,8 @@ class CoordinatorService:
 
     def _start_web(self) -> Any:
         """Serve the status page and /metrics from a thread (``[web]``); see coordinator.web."""
-        from coordinator.cli import status_dict
         from coordinator.statuspage import render_status
+        from coordinator.statusview import status_dict
         from coordinator.web import StatusServer, read_token
 
         host, port = self.cfg.web.host_port

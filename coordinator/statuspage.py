@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from coordinator.charts import line_chart
+from coordinator.statusview import aggregation_label
 from medfl import __version__
 
 __all__ = ["render_status"]
@@ -89,8 +90,7 @@ def _jobs(store: Any) -> str:
         return "<p>No job submitted yet.</p>"
     rows = []
     for j in jobs:
-        agg = j.spec.get("aggregation") or {}
-        label = "plain" if agg.get("secure", True) is False else "secagg+" if agg.get("neighbours") else "secagg"
+        label = aggregation_label(j.spec)
         rows.append([f"<code>{escape(j.id)}</code>", escape(j.name), escape(j.status),
                      f"{j.rounds_done}/{int(j.spec['job']['rounds'])}", label, escape(j.message)])
     listed = _table(["id", "name", "status", "rounds", "aggregation", "message"], rows, "jobs")
