@@ -72,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "medfl-coordinator"
     sys_version = ""
+    timeout = 10.0  # a client that stalls mid-request loses its thread after this, not forever
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("web %s " + format, self.client_address[0], *args)

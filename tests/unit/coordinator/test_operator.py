@@ -200,3 +200,22 @@ def test_restore_force_keeps_old_state_and_refuses_while_a_daemon_holds_the_lock
     restore(tmp_path / "bk", state, force=True)
     assert len(list(tmp_path.glob("state.replaced-*"))) == 1
     assert sqlite3.connect(state / "coordinator.sqlite").execute("SELECT COUNT(*) FROM rounds").fetchone()[0] == 3
+
+
+def test_json_log_lines_carry_ts_level_logger_msg_and_fields():
+    import io
+    import logging
+
+    from medfl.logs import setup_logging
+
+    buf = io.StringIO()
+    setup_logging("coordinator", fmt="json", stream=buf)
+    try:
+        logging.getLogger("coordinator.service").info("job %s started", "j1", extra={"job": "j1", "round": 2})
+        logging.getLogger("coordinator.web").warning('name "%s"', EVIL)
+    finally:
+        setup_logging("test", fmt="text")
+    first, second = (json.loads(line) for line in buf.getvalue().splitlines())
+    assert first["level"] == "INFO" and first["logger"] == "coordinator.service" and first["msg"] == "job j1 started"
+    assert first["job"] == "j1" and first["round"] == 2 and first["ts"].endswith("Z")
+    assert second["msg"] == f'name "{EVIL}"'  # one line, quotes and markup inside the JSON string
