@@ -11,12 +11,13 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps demo test bench fuzz clean
 
-# System packages the PACS tests need (Orthanc and DCMTK); installed when running as root.
+# System packages the PACS tests need (Orthanc and DCMTK) and the status page's browser test (Chromium);
+# installed when running as root.
 system-deps:
-	@if ! command -v Orthanc >/dev/null || [ ! -x /usr/bin/storescu ]; then \
+	@if ! command -v Orthanc >/dev/null || [ ! -x /usr/bin/storescu ] || ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc dcmtk >/dev/null; \
-	  else echo "note: install Debian's orthanc and dcmtk (sudo apt-get install orthanc dcmtk) to run the PACS tests"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc dcmtk chromium >/dev/null; \
+	  else echo "note: install Debian's orthanc, dcmtk and chromium (sudo apt-get install orthanc dcmtk chromium) to run the PACS and status-page tests"; fi; \
 	fi
 
 install:

@@ -116,6 +116,7 @@ setup(
         "monai>=1.3",
         "nibabel>=5.0",
         "scipy>=1.10",
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1", "sycret==0.2.8",

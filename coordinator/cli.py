@@ -9,12 +9,13 @@ import sys
 import time
 from typing import Any
 
+from coordinator.statusview import aggregation_label, status_dict
 from medfl.config_search import COORDINATOR
 from medfl.errors import StateError
 from medfl.exits import ExitCode, die, run_command
 from medfl.safetext import escape
 
-__all__ = ["main"]
+__all__ = ["aggregation_label", "main", "status_dict"]  # the status view re-exported (older imports)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,13 +29,27 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--inference-bind", default=None,
                       help="endpoint of the encrypted-inference model server (default: --bind's host, port 7778)")
     init.add_argument("--name", default="coordinator")
+    init.add_argument("--web-bind", default="127.0.0.1:7790",
+                      help="HOST:PORT of the status page and /metrics (default %(default)s: this machine only)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--config", type=pathlib.Path, default=None, help=COORDINATOR.help())
         return sp
 
-    with_config(sub.add_parser("serve", help="run the daemon"))
+    sv = with_config(sub.add_parser("serve", help="run the daemon"))
+    sv.add_argument("--log-format", choices=["text", "json"], default=None,
+                    help="json: one object per line (ts, level, logger, msg, fields) for the journal "
+                    "(default: MEDFL_LOG_FORMAT, else text)")
+    with_config(sub.add_parser("web-token", help="write a fresh bearer token for the status page (0600 file) and "
+                               "print it; clients off this machine send 'Authorization: Bearer TOKEN'"))
+    bk = with_config(sub.add_parser("backup", help="copy the store (SQLite online backup) and checkpoints to DIR, "
+                                    "consistent while the daemon runs"))
+    bk.add_argument("dir", type=pathlib.Path, help="a new or empty folder")
+    rs = with_config(sub.add_parser("restore", help="verify a backup folder and make it this coordinator's state "
+                                    "(the daemon must be stopped)"))
+    rs.add_argument("dir", type=pathlib.Path, help="a folder written by 'backup'")
+    rs.add_argument("--force", action="store_true", help="replace a non-empty state_dir (kept aside, renamed)")
     nodes = sub.add_parser("nodes", help="enrolled agents")
     nsub = nodes.add_subparsers(dest="nodes_cmd", required=True)
     with_config(nsub.add_parser("list", help="list known agents (pending ones tried to connect)"))
@@ -99,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     st = with_config(sub.add_parser("status", help="daemon, agents, jobs, rounds and inference sessions"))
     st.add_argument("--json", action="store_true",
                     help="machine-readable output; per job final_val_auc, final_epsilon and delta (from the last "
-                    "completed round) and rounds_table (keys: coordinator.cli.status_dict's docstring)")
+                    "completed round) and rounds_table (keys: coordinator.statusview.status_dict's docstring)")
     return p
 
 
@@ -107,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``medfl-coordinator``."""
     args = _parser().parse_args(argv)
     commands = {"init": _init, "serve": _serve, "nodes": _nodes, "jobs": _jobs, "status": _status,
-                "dealer": _dealer, "model-server": _model_server}
+                "dealer": _dealer, "model-server": _model_server, "web-token": _web_token, "backup": _backup,
+                "restore": _restore}
     run_command(commands[args.cmd], args)
 
 
@@ -141,7 +157,10 @@ def _init(args: argparse.Namespace) -> None:
            "transport": {"curve": True, "max_message_mb": 256},
            "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0}}
     cfg_path.write_text("# medfl coordinator configuration (see README: 'Run a coordinator')\n" + tomli_w.dumps(doc)
-                        + _inference_table(inference_bind))
+                        + _inference_table(inference_bind)
+                        + "\n[web]  # status page, /status.json and Prometheus /metrics (read-only); loopback clients "
+                          "need no token,\n# others send the bearer token of 'medfl-coordinator web-token'\n"
+                        + tomli_w.dumps({"enabled": True, "bind": args.web_bind}))
     print(f"wrote {cfg_path}")
     print(f"coordinator public key: {pub}  (fingerprint {fingerprint(pair.public)})")
     print("hand this public key file to every hospital; agents pin it.")
@@ -181,10 +200,12 @@ def _inference_table(bind: str) -> str:
 
 def _serve(args: argparse.Namespace) -> None:
     from coordinator.service import CoordinatorService
+    from coordinator.statelock import StateLock
     from medfl.logs import setup_logging, stop_on_signals
 
-    setup_logging("coordinator")
+    setup_logging("coordinator", fmt=args.log_format)
     cfg = _load(args)
+    lock = StateLock(cfg.coordinator.state_dir, purpose="medfl-coordinator serve").acquire()
     try:
         service = CoordinatorService(cfg)
     except Exception as exc:
@@ -195,7 +216,34 @@ def _serve(args: argparse.Namespace) -> None:
         raise
     shutdown = stop_on_signals(service.stop)
     service.serve()
+    lock.release()
     shutdown.finish()
+
+
+def _web_token(args: argparse.Namespace) -> None:
+    from coordinator.web import write_token
+
+    cfg = _load(args)
+    token = write_token(cfg.web_token_file)
+    print(f"wrote {cfg.web_token_file} (mode 0600); restart the daemon to use it. Clients off this machine send:")
+    print(f"Authorization: Bearer {token}")
+
+
+def _backup(args: argparse.Namespace) -> None:
+    from coordinator.backup import backup
+
+    t0 = time.monotonic()
+    res = backup(_load(args).coordinator.state_dir, args.dir)
+    print(f"backed up {res.files} file(s), {res.bytes / 2**20:.1f} MiB, {res.rounds} round(s) to {res.path} in "
+          f"{time.monotonic() - t0:.2f} s; restore with 'medfl-coordinator restore {res.path}'")
+
+
+def _restore(args: argparse.Namespace) -> None:
+    from coordinator.backup import restore
+
+    res = restore(args.dir, _load(args).coordinator.state_dir, force=args.force)
+    print(f"restored {res.files} file(s), {res.bytes / 2**20:.1f} MiB, {res.rounds} round(s) into {res.path}; "
+          "start the daemon: a job that was running resumes after its last backed-up round")
 
 
 def _dealer(args: argparse.Namespace) -> None:
@@ -363,47 +411,6 @@ def _jobs(args: argparse.Namespace) -> None:
     elif args.jobs_cmd == "cancel":
         row = store.cancel_job(args.job_id)
         print(f"{row.id} {row.status}")
-
-
-def status_dict(store: Any) -> dict[str, Any]:
-    """Everything ``status`` shows, as a dict (``status --json`` prints it).
-
-    Keys: ``daemon`` (pid, state, t, endpoint, online names, run, waiting; null before the first
-    start), ``nodes`` (fingerprint, public_key, name, status, first_seen, approved_at, last_seen,
-    last_refused, refusals), ``jobs``, ``events`` (the last 10: t, job_id, kind, detail) and
-    ``inference_sessions``. Each job has id, name, status, rounds_done, rounds, message,
-    aggregation (``secagg``, ``secagg+`` or ``plain``), ``rounds_table`` (one row per completed
-    round: round, attempts, agents, agent_names, num_samples, train_loss, val_auc, val_accuracy,
-    val_loss, val_samples, seconds, finished_at, checkpoint, epsilon, delta, epsilons per agent)
-    and, from the last completed round (so far, while the job runs; null before its first round):
-    ``final_val_auc`` (the global model's validation AUC), ``final_epsilon`` (the largest epsilon
-    any participating hospital has spent on the job; null without DP) and ``delta`` (its delta).
-    """
-    daemon = json.loads(store.get_meta("daemon") or "null")
-    if daemon and daemon.get("state") == "serving" and time.time() - daemon["t"] > 5:
-        daemon["state"] = "not responding (stale status; is the daemon running?)"
-    jobs = []
-    for j in store.jobs():
-        rounds = store.rounds(j.id)
-        last = rounds[-1] if rounds else None
-        jobs.append({"id": j.id, "name": j.name, "status": j.status, "rounds_done": j.rounds_done,
-                     "rounds": j.spec["job"]["rounds"], "message": j.message,
-                     "aggregation": _aggregation_label(j.spec),
-                     "final_val_auc": last.val_auc if last else None,
-                     "final_epsilon": last.epsilon if last else None,
-                     "delta": last.delta if last else None,
-                     "rounds_table": [r.__dict__ for r in rounds]})
-    sessions = json.loads(store.get_meta("smpc_sessions") or "[]")
-    return {"daemon": daemon, "nodes": [n.__dict__ for n in store.nodes()], "jobs": jobs,
-            "events": store.events(limit=10), "inference_sessions": sessions}
-
-
-def _aggregation_label(spec: dict) -> str:
-    """"secagg", "secagg+" or "plain", as the job file says (secure is the default)."""
-    agg = spec.get("aggregation") or {}
-    if agg.get("secure", True) is False:
-        return "plain"
-    return "secagg+" if agg.get("neighbours") else "secagg"
 
 
 def _status(args: argparse.Namespace) -> None:

@@ -32,6 +32,11 @@ Example::
     pending_expiry_h = 168                    # a pending key not seen for this long is forgotten
     new_keys_per_minute = 20                  # new keys recorded per minute, all addresses together
     new_keys_per_minute_per_address = 4       # ... and from one source address
+
+    [web]                                    # status page, /status.json and Prometheus /metrics (read-only)
+    enabled = true
+    bind = "127.0.0.1:7790"                   # loopback clients need no token; others send the bearer token
+    token_file = "state/web.token"            # written by 'medfl-coordinator web-token' (mode 0600)
 """
 
 from __future__ import annotations
@@ -145,6 +150,28 @@ class EnrollmentSection:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    """The ``[web]`` table: the daemon's read-only status page and metrics endpoint (see coordinator.web)."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1:7790"
+    token_file: pathlib.Path | None = None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """``bind`` split into host and port (an IPv6 host in brackets)."""
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def check(self) -> list[tuple[str, str]]:
+        """``bind`` must be HOST:PORT."""
+        host, sep, port = self.bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            return [("bind", f"must be HOST:PORT such as 127.0.0.1:7790, got {self.bind!r}")]
+        return []
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     """The whole coordinator.toml."""
 
@@ -154,6 +181,7 @@ class CoordinatorConfig:
     liveness: LivenessSection = field(default_factory=LivenessSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     enrollment: EnrollmentSection = field(default_factory=EnrollmentSection)
+    web: WebSection = field(default_factory=WebSection)
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-table checks."""
@@ -171,6 +199,11 @@ class CoordinatorConfig:
     def checkpoint_dir(self) -> pathlib.Path:
         """Where the global model of every round is kept."""
         return self.coordinator.state_dir / "checkpoints"
+
+    @property
+    def web_token_file(self) -> pathlib.Path:
+        """The status page's bearer token file (``[web] token_file``, default ``state_dir/web.token``)."""
+        return self.web.token_file or self.coordinator.state_dir / "web.token"
 
 
 def load_config(path: str | pathlib.Path) -> CoordinatorConfig:

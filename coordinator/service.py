@@ -88,6 +88,35 @@ class CoordinatorService:
                  cfg.transport.curve)
         self.store.set_meta("endpoint", self.channel.endpoint)
         self.model_server = self._start_model_server(keys) if cfg.inference.enabled else None
+        from coordinator.metrics import CoordinatorMetrics
+
+        self.metrics = CoordinatorMetrics(self.store, lambda: len(self.sessions))
+        self._counted = {"bytes_in": 0, "bytes_out": 0, "event": self.store.last_event_id()}
+        self._started_at = time.time()
+        self._observed: set[tuple[str, int]] = set()  # (job, round) already in the round metrics
+        self.web = self._start_web() if cfg.web.enabled else None
+
+    def _start_web(self) -> Any:
+        """Serve the status page and /metrics from a thread (``[web]``); see coordinator.web."""
+        from coordinator.statuspage import render_status
+        from coordinator.statusview import status_dict
+        from coordinator.web import StatusServer, read_token
+
+        host, port = self.cfg.web.host_port
+        token = read_token(self.cfg.web_token_file)
+        try:
+            web = StatusServer(host=host, port=port, token=token, metrics=self.metrics.exposition,
+                               page=lambda: render_status(self.store, coordinator=self.cfg.coordinator.name),
+                               status_json=lambda: status_dict(self.store))
+        except OSError as exc:  # the federation matters more than its status page: serve on without it
+            log.error("status page NOT served: cannot listen on [web] bind = %s: %s; pick a free port in "
+                      "coordinator.toml's [web] table (or enabled = false) and restart", self.cfg.web.bind, exc)
+            return None
+        web.start()
+        log.info("status page on %s (%s)", web.url, "loopback clients only: no token file at "
+                 f"{self.cfg.web_token_file}" if token is None else "other clients need the bearer token")
+        self.store.set_meta("web", web.url)
+        return web
 
     def _served_checkpoint(self) -> tuple[Any, int | None]:
         """``[inference] checkpoint``, else the newest global model of the federation (and its job's image size)."""
@@ -172,6 +201,8 @@ class CoordinatorService:
         finally:
             if self.model_server is not None:
                 self.model_server.stop()
+            if self.web is not None:
+                self.web.stop()
             self.channel.close()
             self.store.set_meta("daemon", json.dumps({"pid": os.getpid(), "state": "stopped", "t": time.time()}))
             self.store.close()
@@ -182,7 +213,8 @@ class CoordinatorService:
             if sess is None:
                 log.info("not sending %s to %s: not connected", env.type, fp[:16])
                 continue
-            self.channel.send(sess.peer, env)
+            if self.channel.send(sess.peer, env):
+                self.metrics.messages_out.labels(str(env.type)).inc()
 
     def _who(self, peer: bytes, user_id: str = "") -> str:
         """The peer as the operator knows it: its session's name and key fingerprint, else the fingerprint."""
@@ -193,11 +225,13 @@ class CoordinatorService:
         return f"key {fp[:23]}" if fp else f"connection {peer.hex()[:16]} (no CURVE key: plain transport)"
 
     def _error(self, peer: bytes, env: Envelope | None, exc: WireError, user_id: str = "") -> None:
+        self.metrics.errors.labels(exc.code).inc()
         log.warning("protocol error from %s: %s %s", self._who(peer, user_id), exc.code, escape(exc, limit=500))
         self.channel.send(peer, Envelope(type=MessageType.ERROR, body={
             "code": exc.code, "message": str(exc), "in_reply_to": env.seq if env else None}))
 
     def _dispatch(self, peer: bytes, user_id: str, env: Envelope) -> None:
+        self.metrics.messages_in.labels(str(env.type)).inc()
         try:
             self._handle(peer, user_id, env)
         except UnknownPeer as exc:  # expected after a restart: the agent's hello follows
@@ -347,6 +381,7 @@ class CoordinatorService:
         self.by_peer.pop(sess.peer, None)
         self.channel.forget(sess.peer)
         if self.run is not None:
+            self.metrics.dropouts.inc()
             self._send(self.run.on_offline(fp))
         log.info("agent %s offline: %s", escape(sess.name, limit=64), why)
 
@@ -364,12 +399,31 @@ class CoordinatorService:
         self._last_housekeeping = now
         self.admission.tick()
         self._check_jobs()
+        self._count()
         self.store.set_meta("daemon", json.dumps({
             "pid": os.getpid(), "state": "serving", "t": time.time(), "endpoint": self.channel.endpoint,
             "online": sorted(s.name for s in self.sessions.values()),
             "run": self.run.describe() if self.run else None,
             "waiting": self.run.state.message if self.run else "",
         }))
+
+    def _count(self) -> None:
+        """Feed the live metrics: the channel's byte counts and the rounds and retries logged since the last call."""
+        m, c = self.metrics, self._counted
+        for key, counter in (("bytes_in", m.bytes_in), ("bytes_out", m.bytes_out)):
+            now = getattr(self.channel, key)
+            counter.inc(max(0, now - c[key]))
+            c[key] = now
+        for e in self.store.events_after(c["event"]):
+            c["event"] = e["id"]
+            if e["kind"] == "round" and e["job_id"]:
+                for r in self.store.rounds(e["job_id"]):
+                    if r.finished_at >= self._started_at and (r.job_id, r.round) not in self._observed:
+                        self._observed.add((r.job_id, r.round))
+                        m.rounds.inc()
+                        m.round_seconds.observe(r.seconds)
+            elif e["kind"] == "retry":
+                m.retries.inc()
 
     def _check_jobs(self) -> None:
         run = self.run
@@ -382,7 +436,8 @@ class CoordinatorService:
                 ok = run.state.stage == "done"
                 self.store.set_job_status(run.job_id, "done" if ok else "failed",
                                           "completed" if ok else run.state.message)
-                log.info("job %s %s", run.job_id, "done" if ok else f"failed: {run.state.message}")
+                log.info("job %s %s", run.job_id, "done" if ok else f"failed: {run.state.message}",
+                         extra={"job": run.job_id, "status": "done" if ok else "failed"})
                 self.run = None
         if self.run is None:
             pending = self.store.jobs(status="running") + self.store.jobs(status="queued")
@@ -402,7 +457,8 @@ class CoordinatorService:
             return
         self.store.set_job_status(job_id, "running")
         self.run = run
-        log.info("job %s (%s) started at round %d", job_id, spec.job.name, run.state.round)
+        log.info("job %s (%s) started at round %d", job_id, spec.job.name, run.state.round,
+                 extra={"job": job_id, "round": run.state.round, "status": "running"})
         for fp in list(self.sessions):
             self._send(run.offer(fp))
 

@@ -474,6 +474,21 @@ class Store:
             rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(r) for r in reversed(rows)]
 
+    def last_event_id(self) -> int:
+        """The id of the newest event (0 when there is none)."""
+        return int(self._query("SELECT COALESCE(MAX(id), 0) AS n FROM events")[0]["n"])
+
+    def events_after(self, event_id: int, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with an id above ``event_id``, oldest first."""
+        return [dict(r) for r in self._query("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                                             (event_id, limit))]
+
+    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        """A read-only query for the status page and the metrics (SELECT only)."""
+        if not sql.lstrip().upper().startswith("SELECT"):
+            raise ValueError("Store.query runs SELECT statements only")
+        return self._query(sql, args)
+
     def set_meta(self, key: str, value: str) -> None:
         """Store a small key/value (e.g. the daemon's live status line)."""
         with self._tx() as db:

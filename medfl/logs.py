@@ -17,17 +17,27 @@ __all__ = ["Shutdown", "setup_logging", "stop_on_signals"]
 log = logging.getLogger(__name__)
 
 
+#: attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged as a field
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
 class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ms), level, logger, msg, pid, then the record's extra fields."""
+
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "t": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+        doc: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and key not in doc:
+                doc[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+        return json.dumps(doc, ensure_ascii=False)
 
 
 def setup_logging(name: str, *, level: str | None = None, fmt: str | None = None, stream=None) -> None:

@@ -42,7 +42,9 @@ class Federation:
         self.logs: dict[str, pathlib.Path] = {}
         self.env = dict(os.environ, MEDFL_TORCH_THREADS="1", PYTHONUNBUFFERED="1", MEDFL_LOG_LEVEL="INFO",
                         PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.run_cli("coordinator.cli", "init", "--dir", str(self.coord_dir), "--bind", self.endpoint)
+        self.web_port = free_port()
+        self.run_cli("coordinator.cli", "init", "--dir", str(self.coord_dir), "--bind", self.endpoint,
+                     "--web-bind", f"127.0.0.1:{self.web_port}")
         cfg = self.coord_dir / "coordinator.toml"
         text = cfg.read_text()
         text = text.replace("max_message_mb = 256", f"max_message_mb = {max_message_mb}")

@@ -111,6 +111,9 @@ class ServerChannel:
             raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._guards: dict[bytes, SequenceGuard] = {}
+        #: bytes of the messages received and sent (frames after the routing id), for the metrics
+        self.bytes_in = 0
+        self.bytes_out = 0
         self._seq = Sequencer()
 
     def poll(self, timeout_ms: int) -> bool:
@@ -135,6 +138,7 @@ class ServerChannel:
         except zmq.Again:
             return None
         peer = bytes(frames[0].bytes)
+        self.bytes_in += sum(len(f) for f in frames[1:])
         user_id = ""
         if len(frames) > 1:
             try:
@@ -193,7 +197,9 @@ class ServerChannel:
             False (and a log line) if the peer is gone or its queue stayed full for a second.
         """
         try:
-            self.sock.send_multipart([peer, *encode(self._seq.stamp(env))], copy=False)
+            frames = encode(self._seq.stamp(env))
+            self.sock.send_multipart([peer, *frames], copy=False)
+            self.bytes_out += sum(memoryview(f).nbytes for f in frames)
             return True
         except zmq.ZMQError as exc:
             if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
