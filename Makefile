@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test bench fuzz clean
+.PHONY: install system-deps demo test bench fuzz bundle deb clean
 
 # System packages the PACS tests need (Orthanc and DCMTK) and the status page's browser test (Chromium);
 # installed when running as root.
@@ -30,14 +30,14 @@ install:
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q pybind11 cmake ninja
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-build-isolation -e ".[test,bundle]"
 	@$(BIN)/python -c "import medfl._native as n; print('medfl._native built:', n.build_info())"
 
 demo: install
 	$(BIN)/medfl demo --json demo-out/summary.json
 
 test: install system-deps
-	$(BIN)/ruff check medfl agent coordinator apps tests benchmarks
+	$(BIN)/ruff check medfl agent coordinator apps tests benchmarks installer
 	$(BIN)/mypy medfl agent coordinator apps
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -52,6 +52,16 @@ bench: install
 FUZZ_SECONDS ?= 300
 fuzz: install
 	$(BIN)/python benchmarks/fuzz/run.py --seconds $(FUZZ_SECONDS) --out fuzz-out --json fuzz-out/results.json
+
+# One-folder PyInstaller bundle holding medfl-agent and medfl-coordinator (no Python needed on the target)
+bundle: install
+	$(BIN)/pyinstaller --noconfirm --log-level WARN --distpath build/bundle/dist --workpath build/bundle/work \
+	  installer/bundle/medfl.spec
+	@du -sh build/bundle/dist/medfl
+
+# Debian packages medfl-agent and medfl-coordinator from the bundle, in dist/deb/
+deb: bundle
+	$(BIN)/python installer/deb/build_deb.py --bundle build/bundle/dist/medfl --out dist/deb
 
 clean:
 	rm -rf build dist *.egg-info demo-out fuzz-out medfl/_native*.so

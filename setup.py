@@ -122,6 +122,7 @@ setup(
         "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff==0.17.6", "mypy==2.4.1", "sycret==0.2.8",
                  "import-linter==2.17", "atheris>=2.3"],
         "bench": ["opacus>=1.5"],
+        "bundle": ["pyinstaller>=6.0,<7", "pyinstaller-hooks-contrib>=2024.0"],
     },
     entry_points={
         "console_scripts": [

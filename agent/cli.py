@@ -13,6 +13,9 @@ from medfl.exits import run_command
 __all__ = ["main"]
 
 
+STATE_DIR_HELP = "where the agent keeps its state (models, ledger, PACS queues); default: state/ beside agent.toml"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medfl-agent", description="medfl hospital agent")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -32,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--max-total-epsilon", type=float, default=None,
                       help="refuse rounds that take this data set past this epsilon over all jobs (default: no limit)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
+    init.add_argument("--state-dir", type=pathlib.Path, default=None,
+                      help=STATE_DIR_HELP)
     en = sub.add_parser("enroll", help="join a federation with the invitation file the operator sent: creates "
                         "the keys and agent.toml, and the invitation approves the key")
     en.add_argument("invitation", type=pathlib.Path, help="the .medfl file from 'medfl-coordinator nodes invite'")
@@ -40,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--dir", type=pathlib.Path, default=pathlib.Path("."), help="where agent.toml and keys/ go")
     en.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the coordinator (default 30)")
     en.add_argument("--force", action="store_true", help="replace an existing agent.toml and key in --dir")
+    en.add_argument("--state-dir", type=pathlib.Path, default=None,
+                      help=STATE_DIR_HELP)
     pacs = sub.add_parser("pacs", help="the agent as a DICOM node (PACS hooks)")
     psub = pacs.add_subparsers(dest="pacs_cmd", required=True)
     ps = psub.add_parser("serve", help="run only the DICOM node: receive, score, send SRs back")
@@ -91,7 +98,7 @@ def _init(args: argparse.Namespace) -> None:
         shutil.copyfile(args.coordinator_key, pinned)
     data = args.data.resolve()
     doc = {
-        "agent": {"name": args.name, "state_dir": "state"},
+        "agent": {"name": args.name, "state_dir": str(args.state_dir.resolve()) if args.state_dir else "state"},
         "coordinator": {"endpoint": args.coordinator, "public_key_file": str(pinned.relative_to(root))},
         "keys": {"secret_key_file": str(sec.relative_to(root))},
         "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data)},
@@ -119,6 +126,8 @@ def _enroll(args: argparse.Namespace) -> None:
 
     res, doc, cfg_path = enroll(args.invitation, root=args.dir, data=args.data, force=args.force,
                                 timeout_s=args.timeout)
+    if args.state_dir is not None:  # e.g. the package's /var/lib/medfl/agent, beside /etc/medfl/agent.toml
+        doc["agent"]["state_dir"] = str(args.state_dir.resolve())
     head = "# medfl agent configuration, written by 'medfl-agent enroll' (see README: 'Install an agent')\n"
     cfg_path.write_text(head + tomli_w.dumps(doc) + _inference_example(doc["coordinator"]["endpoint"]))
     print(f"enrolled as {escape(res.name, limit=64)!r} in federation {escape(res.coordinator, limit=64)!r}: the "

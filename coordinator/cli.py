@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--web-bind", default="127.0.0.1:7790",
                       help="HOST:PORT of the status page and /metrics (default %(default)s: this machine only)")
     init.add_argument("--force", action="store_true", help="overwrite an existing configuration and keys")
+    init.add_argument("--state-dir", type=pathlib.Path, default=None,
+                      help="where the daemon keeps its database and checkpoints (default: state/ beside the config)")
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sp.add_argument("--config", type=pathlib.Path, default=None, help=COORDINATOR.help())
@@ -152,7 +154,8 @@ def _init(args: argparse.Namespace) -> None:
     root.mkdir(parents=True, exist_ok=True)
     pair = generate_keypair()
     pub, sec = write_keypair(root / "keys", "coordinator", pair, overwrite=args.force)
-    doc = {"coordinator": {"name": args.name, "bind": args.bind, "state_dir": "state"},
+    state_dir = str(args.state_dir.resolve()) if args.state_dir else "state"
+    doc = {"coordinator": {"name": args.name, "bind": args.bind, "state_dir": state_dir},
            "keys": {"secret_key_file": str(sec.relative_to(root))},
            "transport": {"curve": True, "max_message_mb": 256},
            "liveness": {"agent_timeout_s": 20.0, "eval_deadline_s": 120.0}}

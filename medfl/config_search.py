@@ -5,7 +5,8 @@ A command that takes ``--config`` uses the first of:
 1. ``--config PATH`` (given: it must exist);
 2. the environment variable (``MEDFL_COORDINATOR_CONFIG`` or ``MEDFL_AGENT_CONFIG``; set: it must exist);
 3. the file in the current folder (``./coordinator.toml``, ``./agent.toml``);
-4. the well-known system path (``/etc/medfl/coordinator.toml``, ``/etc/medfl/agent.toml``).
+4. the well-known system paths (``/etc/medfl/coordinator.toml``, ``/etc/medfl/agent.toml``), then
+   the Debian packages' (``/etc/medfl/coordinator/coordinator.toml``, ``/etc/medfl/agent/agent.toml``).
 
 When none is found, :class:`~medfl.errors.ConfigNotFound` names every place tried and how to
 point at the file. An explicit ``--config`` or variable that names a missing file is an error
@@ -46,13 +47,18 @@ class ConfigSearch:
 
     @property
     def system_path(self) -> pathlib.Path:
-        """The well-known path, tried last."""
+        """The well-known path."""
         return SYSTEM_DIR / self.filename
+
+    @property
+    def package_path(self) -> pathlib.Path:
+        """Where the Debian package keeps the file (with its keys beside it), tried last."""
+        return SYSTEM_DIR / self.filename.removesuffix(".toml") / self.filename
 
     def help(self) -> str:
         """The ``--config`` help text: the search order."""
         return (f"{self.filename} to use (default: ${self.variable}, else ./{self.filename}, "
-                f"else {self.system_path})")
+                f"else {self.system_path}, else {self.package_path})")
 
     def find(self, given: str | pathlib.Path | None) -> pathlib.Path:
         """The configuration file to read.
@@ -81,13 +87,14 @@ class ConfigSearch:
                 raise ConfigNotFound(f"{self.variable}={value}: {_why(path)}; unset it or {fix}")
             return path
         here = pathlib.Path(self.filename)
-        for path in (here, self.system_path):
+        for path in (here, self.system_path, self.package_path):
             if path.is_file():
                 return path
         tried = ["  1. --config PATH: not given",
                  f"  2. ${self.variable}: not set",
                  f"  3. ./{self.filename}: {_why(here)}",
-                 f"  4. {self.system_path}: {_why(self.system_path)}"]
+                 f"  4. {self.system_path}: {_why(self.system_path)}",
+                 f"  5. {self.package_path}: {_why(self.package_path)}"]
         raise ConfigNotFound(f"no {self.filename} found; looked at, in order:\n" + "\n".join(tried) + f"\n{fix}")
 
 
