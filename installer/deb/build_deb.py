@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -39,9 +40,10 @@ DESCRIPTIONS = {
 
 
 def _version() -> str:
-    ns: dict[str, str] = {}
-    exec((ROOT / "medfl" / "__init__.py").read_text(), ns)  # noqa: S102 - our own file, one assignment
-    return ns["__version__"]
+    found = re.search(r'^__version__ = "([^"]+)"', (ROOT / "medfl" / "__init__.py").read_text(), re.M)
+    if found is None:
+        raise SystemExit("error: no __version__ in medfl/__init__.py; pass --version")
+    return found.group(1)
 
 
 def _size_kib(path: pathlib.Path) -> int:

@@ -20,9 +20,10 @@ References
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,10 +173,20 @@ def _labels(raw: np.ndarray, mapping: dict[int, int], num_classes: int) -> np.nd
     return out
 
 
-def _finish(images: list[np.ndarray], labels: list[np.ndarray], cases: list[str], skipped: list[SkippedCase],
-            channels: list[str], num_classes: int, patch: Sequence[int]) -> SegmentationSet:
-    c = len(channels)
-    imgs = np.stack(images) if images else np.empty((0, c, *patch), np.float32)
+def _collect(items: Iterable[tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]], channels: list[str],
+             num_classes: int, patch: Sequence[int]) -> SegmentationSet:
+    """Read each (case, reader) pair; a reader's :class:`_CaseError` leaves that case out with its reason."""
+    images, labels, cases, skipped = [], [], [], []
+    for case, read in items:
+        try:
+            x, y = read()
+        except _CaseError as err:
+            skipped.append(SkippedCase(case, err.reason, err.detail))
+            continue
+        images.append(x)
+        labels.append(y)
+        cases.append(case)
+    imgs = np.stack(images) if images else np.empty((0, len(channels), *patch), np.float32)
     labs = np.stack(labels) if labels else np.empty((0, *patch), np.int64)
     return SegmentationSet(imgs, labs, cases, num_classes, channels, skipped)
 
@@ -232,30 +243,25 @@ def load_msd(root: str | pathlib.Path, *, patch: Sequence[int] = (32, 32, 32),
     if ct_window is None and channels == ["CT"]:
         ct_window = (-200.0, 250.0)
     mapping = {k: k for k in classes}
-    images, labels, cases, skipped = [], [], [], []
-    for entry in meta["training"]:
-        name = str(entry.get("image", "?")) if isinstance(entry, dict) else "?"
-        case = pathlib.Path(name).name.removesuffix(".gz").removesuffix(".nii")
-        try:
-            if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
-                raise _CaseError(MISSING, f"training entry {entry!r:.80} lacks 'image' or 'label'")
-            img = _read(root / str(entry["image"]), spacing, label=False)
-            lab_raw = _read(root / str(entry["label"]), spacing, label=True)
-            img = img[None] if img.ndim == 3 else img
-            if img.shape[0] != len(channels):
-                raise _CaseError(MISSING, f"the image has {img.shape[0]} channel(s); dataset.json names "
-                                          f"{len(channels)} ({', '.join(channels)})")
-            if lab_raw.shape != img.shape[1:]:
-                raise _CaseError(SHAPE, f"image {tuple(img.shape[1:])} and label {tuple(lab_raw.shape)} differ")
-            lab = _labels(lab_raw, mapping, len(classes))
-            x, y = _to_patch(_normalise(img, ct_window), lab, patch)
-        except _CaseError as err:
-            skipped.append(SkippedCase(case, err.reason, err.detail))
-            continue
-        images.append(x)
-        labels.append(y)
-        cases.append(case)
-    return _finish(images, labels, cases, skipped, channels, len(classes), patch)
+
+    def read(entry: object) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
+            raise _CaseError(MISSING, f"training entry {entry!r:.80} lacks 'image' or 'label'")
+        img = _read(root / str(entry["image"]), spacing, label=False)
+        lab_raw = _read(root / str(entry["label"]), spacing, label=True)
+        img = img[None] if img.ndim == 3 else img
+        if img.shape[0] != len(channels):
+            raise _CaseError(MISSING, f"the image has {img.shape[0]} channel(s); dataset.json names "
+                                      f"{len(channels)} ({', '.join(channels)})")
+        if lab_raw.shape != img.shape[1:]:
+            raise _CaseError(SHAPE, f"image {tuple(img.shape[1:])} and label {tuple(lab_raw.shape)} differ")
+        return _to_patch(_normalise(img, ct_window), _labels(lab_raw, mapping, len(classes)), patch)
+
+    def name(entry: object) -> str:
+        image = str(entry.get("image", "?")) if isinstance(entry, dict) else "?"
+        return pathlib.Path(image).name.removesuffix(".gz").removesuffix(".nii")
+
+    return _collect(((name(e), functools.partial(read, e)) for e in meta["training"]), channels, len(classes), patch)
 
 
 def load_brats(root: str | pathlib.Path, *, patch: Sequence[int] = (32, 32, 32),
@@ -270,31 +276,23 @@ def load_brats(root: str | pathlib.Path, *, patch: Sequence[int] = (32, 32, 32),
     root = pathlib.Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder of BraTS cases")
-    images, labels, cases, skipped = [], [], [], []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        case = d.name
-        try:
-            def find(suffix: str, d: pathlib.Path = d, case: str = case) -> pathlib.Path:
-                for ext in (".nii.gz", ".nii"):
-                    p = d / f"{case}_{suffix}{ext}"
-                    if p.is_file():
-                        return p
-                raise _CaseError(MISSING, f"no {case}_{suffix}.nii.gz (sequence {suffix!r})")
 
-            vols = [_read(find(m), spacing, label=False) for m in MODALITIES]
-            shapes = {v.shape for v in vols}
-            if len(shapes) != 1 or vols[0].ndim != 3:
-                raise _CaseError(SHAPE, "the sequences differ in shape: " + ", ".join(
-                    f"{m} {tuple(v.shape)}" for m, v in zip(MODALITIES, vols, strict=True)))
-            lab_raw = _read(find("seg"), spacing, label=True)
-            if lab_raw.shape != vols[0].shape:
-                raise _CaseError(SHAPE, f"sequences {tuple(vols[0].shape)} and seg {tuple(lab_raw.shape)} differ")
-            lab = _labels(lab_raw, BRATS_LABELS, 4)
-            x, y = _to_patch(_normalise(np.stack(vols), None), lab, patch)
-        except _CaseError as err:
-            skipped.append(SkippedCase(case, err.reason, err.detail))
-            continue
-        images.append(x)
-        labels.append(y)
-        cases.append(case)
-    return _finish(images, labels, cases, skipped, list(MODALITIES), 4, patch)
+    def read(d: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+        def find(suffix: str) -> pathlib.Path:
+            for ext in (".nii.gz", ".nii"):
+                p = d / f"{d.name}_{suffix}{ext}"
+                if p.is_file():
+                    return p
+            raise _CaseError(MISSING, f"no {d.name}_{suffix}.nii.gz (sequence {suffix!r})")
+
+        vols = [_read(find(m), spacing, label=False) for m in MODALITIES]
+        if len({v.shape for v in vols}) != 1 or vols[0].ndim != 3:
+            raise _CaseError(SHAPE, "the sequences differ in shape: " + ", ".join(
+                f"{m} {tuple(v.shape)}" for m, v in zip(MODALITIES, vols, strict=True)))
+        lab_raw = _read(find("seg"), spacing, label=True)
+        if lab_raw.shape != vols[0].shape:
+            raise _CaseError(SHAPE, f"sequences {tuple(vols[0].shape)} and seg {tuple(lab_raw.shape)} differ")
+        return _to_patch(_normalise(np.stack(vols), None), _labels(lab_raw, BRATS_LABELS, 4), patch)
+
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return _collect(((d.name, functools.partial(read, d)) for d in folders), list(MODALITIES), 4, patch)

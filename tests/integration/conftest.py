@@ -145,6 +145,14 @@ lr = 0.05
 
         return Store(self.coord_dir / "state" / "coordinator.sqlite")
 
+    def rounds(self, job_id: str) -> list[Any]:
+        """The job's completed rounds, as the store holds them."""
+        store = self.store()
+        try:
+            return store.rounds(job_id)
+        finally:
+            store.close()
+
     def status(self) -> dict[str, Any]:
         return json.loads(self.coordinator("status", "--json"))
 

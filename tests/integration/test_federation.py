@@ -11,14 +11,6 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _rounds(fed, job_id):
-    store = fed.store()
-    try:
-        return store.rounds(job_id)
-    finally:
-        store.close()
-
-
 def test_three_agents_train_to_completion(federation):
     fed = federation
     names = ["h-a", "h-b", "h-c"]
@@ -30,7 +22,7 @@ def test_three_agents_train_to_completion(federation):
     job_id = fed.submit(rounds=2, min_agents=3)
     job = fed.wait_job(job_id)
     assert job.status == "done", job.message
-    rounds = _rounds(fed, job_id)
+    rounds = fed.rounds(job_id)
     assert [r.round for r in rounds] == [1, 2]
     assert all(r.agents == 3 and sorted(r.agent_names) == names for r in rounds)
     assert all(r.val_auc is not None and 0.0 <= r.val_auc <= 1.0 for r in rounds)
@@ -70,7 +62,7 @@ def test_agent_killed_mid_round_round_completes_with_survivors(federation):
     fed.kill("slow", signal.SIGKILL)
     job = fed.wait_job(job_id)
     assert job.status == "done", job.message
-    rounds = _rounds(fed, job_id)
+    rounds = fed.rounds(job_id)
     assert rounds[0].agents == 2 and sorted(rounds[0].agent_names) == ["h-a", "h-b"]
     assert rounds[1].agents == 2
 
@@ -84,14 +76,14 @@ def test_coordinator_sigkill_mid_job_resumes(federation):
     for n in names:
         fed.start_agent(n)
     job_id = fed.submit(rounds=4, min_agents=3)
-    fed.wait_for("round 1 to complete", lambda: len(_rounds(fed, job_id)) >= 1, timeout=120, every=0.05)
+    fed.wait_for("round 1 to complete", lambda: len(fed.rounds(job_id)) >= 1, timeout=120, every=0.05)
     fed.kill("coordinator", signal.SIGKILL)
-    done_before = len(_rounds(fed, job_id))
+    done_before = len(fed.rounds(job_id))
     assert done_before < 4, "the job finished before the kill; make rounds slower"
     fed.start_coordinator()
     job = fed.wait_job(job_id, timeout=240)
     assert job.status == "done", job.message
-    rounds = _rounds(fed, job_id)
+    rounds = fed.rounds(job_id)
     assert [r.round for r in rounds] == [1, 2, 3, 4]
     from medfl.models.weights import load_checkpoint
 
@@ -120,7 +112,7 @@ def test_unapproved_agent_is_refused_and_learns_nothing(federation):
     job_id = fed.submit(rounds=1, min_agents=3)
     job = fed.wait_job(job_id)
     assert job.status == "done"
-    rounds = _rounds(fed, job_id)
+    rounds = fed.rounds(job_id)
     assert "intruder" not in rounds[0].agent_names
     listing = fed.coordinator("nodes", "list")
     intruder_line = next(line for line in listing.splitlines() if line.startswith("pending"))
@@ -146,7 +138,7 @@ def test_agent_policy_refuses_a_job_and_the_operator_sees_why(federation):
     job_id = fed.submit(rounds=1, min_agents=2)
     job = fed.wait_job(job_id)
     assert job.status == "done"
-    assert _rounds(fed, job_id)[0].agent_names == ("h-a", "h-b")
+    assert fed.rounds(job_id)[0].agent_names == ("h-a", "h-b")
     status = fed.coordinator("status")
     assert "refused" in status and "allowed_models" in status
     assert "refusing job" in fed.log("picky")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import zmq
 
+from benchmarks.membound import _rss
 from medfl.wire import Envelope, MessageType, decode, encode, read_keypair, read_public_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -30,12 +31,7 @@ HELLO = {"name": "rogue", "version": "0.1.0", "models": ["cnn"], "min_parties": 
 
 
 def _status(pid: int) -> dict[str, int]:
-    out = {}
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
+    return _rss(pid)  # VmRSS and VmHWM, in bytes, from /proc (the benchmark's reader)
 
 
 def _reset_peak(pid: int) -> int:

@@ -21,14 +21,6 @@ secure = false
 """
 
 
-def _rounds(fed, job_id):
-    store = fed.store()
-    try:
-        return store.rounds(job_id)
-    finally:
-        store.close()
-
-
 def _events(fed, job_id):
     store = fed.store()
     try:
@@ -71,7 +63,7 @@ def test_secure_round_gives_the_plain_fedavg_model(federation):
         assert job.status == "done", job.message
     from medfl.models.weights import load_checkpoint
 
-    secure_row, plain_row = _rounds(fed, secure_id)[0], _rounds(fed, plain_id)[0]
+    secure_row, plain_row = fed.rounds(secure_id)[0], fed.rounds(plain_id)[0]
     assert secure_row.agents == plain_row.agents == 3
     assert secure_row.num_samples == plain_row.num_samples == 32 + 48 + 64  # sample counts summed securely
     # the loss travels as u * loss / 100 with 2^-32 resolution: 3 roundings / total weight 0.0144 x 100
@@ -105,7 +97,7 @@ def test_agent_killed_after_sharing_keys_round_completes(federation):
     fed.kill("slow", signal.SIGKILL)
     job = fed.wait_job(job_id, timeout=120)
     assert job.status == "done", job.message
-    row = _rounds(fed, job_id)[0]
+    row = fed.rounds(job_id)[0]
     assert row.agents == 2 and row.agent_names == ("h-a", "h-b") and row.attempts == 1
     assert row.num_samples == 96 and row.val_auc is not None
     assert "1 agent(s) dropped after sharing keys" in fed.log("coordinator")
@@ -129,7 +121,7 @@ def test_below_threshold_aborts_and_the_round_is_retried(federation):
     fed.start_agent("slow")  # the hospital comes back: attempt 2 runs with fresh keys and completes
     job = fed.wait_job(job_id, timeout=180)
     assert job.status == "done", job.message
-    row = _rounds(fed, job_id)[0]
+    row = fed.rounds(job_id)[0]
     assert row.attempts == 2 and row.agents == 3
 
 
@@ -146,7 +138,7 @@ def test_agent_requiring_secure_aggregation_refuses_a_plain_job(federation):
     job_id = fed.submit(rounds=1, min_agents=2, extra=PLAIN)
     job = fed.wait_job(job_id)
     assert job.status == "done", job.message
-    assert _rounds(fed, job_id)[0].agent_names == ("h-a", "h-b")
+    assert fed.rounds(job_id)[0].agent_names == ("h-a", "h-b")
     status = fed.coordinator("status")
     assert "refused" in status and "require_secure_aggregation" in status and "(plain aggregation)" in status
     assert "refusing job" in fed.log("strict")

@@ -31,14 +31,6 @@ frac_bits = 32
 """
 
 
-def _rounds(fed, job_id):
-    store = fed.store()
-    try:
-        return store.rounds(job_id)
-    finally:
-        store.close()
-
-
 def test_fedadam_job_with_secagg_survives_a_coordinator_restart(federation):
     from coordinator.server_optim import state_path
     from medfl.models.weights import load_checkpoint
@@ -52,13 +44,13 @@ def test_fedadam_job_with_secagg_survives_a_coordinator_restart(federation):
         fed.start_agent(n)
     fed.wait_online(3)
     job_id = fed.submit(rounds=3, min_agents=3, extra=FEDADAM)
-    fed.wait_for("round 1 to complete", lambda: len(_rounds(fed, job_id)) >= 1, timeout=120, every=0.05)
+    fed.wait_for("round 1 to complete", lambda: len(fed.rounds(job_id)) >= 1, timeout=120, every=0.05)
     fed.kill("coordinator", signal.SIGKILL)
-    assert len(_rounds(fed, job_id)) < 3, "the job finished before the kill"
+    assert len(fed.rounds(job_id)) < 3, "the job finished before the kill"
     fed.start_coordinator()
     job = fed.wait_job(job_id, timeout=120)
     assert job.status == "done", job.message
-    rounds = _rounds(fed, job_id)
+    rounds = fed.rounds(job_id)
     assert [r.round for r in rounds] == [1, 2, 3] and all(r.agents == 3 for r in rounds)
     assert "resuming after round" in fed.log("coordinator")
 
