@@ -26,7 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--coordinator-key", type=pathlib.Path, required=True,
                       help="the coordinator.key file the operator handed over (pinned)")
     init.add_argument("--data", type=pathlib.Path, required=True,
-                      help="data folder (train/<CLASS>/..., val/<CLASS>/...) or a .npz file")
+                      help="data folder (train/<CLASS>/..., val/<CLASS>/...), a .npz file, or segmentation cases "
+                           "(a BraTS folder or a Decathlon task folder)")
+    init.add_argument("--allowed-models", default="cnn,resnet18",
+                      help="comma-separated models this hospital trains (default cnn,resnet18; segmentation: "
+                           "unet2d, unet3d)")
     init.add_argument("--min-parties", type=int, default=2, help="refuse aggregates with fewer hospitals")
     init.add_argument("--require-secure-aggregation", action=argparse.BooleanOptionalAction, default=True,
                       help="refuse jobs with plain aggregation (default: require secure aggregation)")
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 def _init(args: argparse.Namespace) -> None:
     import tomli_w
 
+    from agent.config import detect_data_kind
     from medfl.wire import fingerprint, generate_keypair, read_public_key, write_keypair
 
     root: pathlib.Path = args.dir
@@ -97,12 +102,13 @@ def _init(args: argparse.Namespace) -> None:
     if args.coordinator_key.resolve() != pinned.resolve():
         shutil.copyfile(args.coordinator_key, pinned)
     data = args.data.resolve()
+    models = [m.strip() for m in args.allowed_models.split(",") if m.strip()]
     doc = {
         "agent": {"name": args.name, "state_dir": str(args.state_dir.resolve()) if args.state_dir else "state"},
         "coordinator": {"endpoint": args.coordinator, "public_key_file": str(pinned.relative_to(root))},
         "keys": {"secret_key_file": str(sec.relative_to(root))},
-        "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data)},
-        "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": args.min_parties,
+        "data": {"kind": detect_data_kind(data), "path": str(data)},
+        "policy": {"allowed_models": models, "min_parties": args.min_parties,
                    "require_secure_aggregation": args.require_secure_aggregation,
                    **({"max_epsilon_per_job": args.max_epsilon_per_job} if args.max_epsilon_per_job else {}),
                    **({"max_total_epsilon": args.max_total_epsilon} if args.max_total_epsilon else {})},
@@ -195,6 +201,16 @@ def _check(args: argparse.Namespace) -> None:
     problems = key_file_problems(cfg)
     if problems:
         raise ConfigError(problems, source=str(args.config))
+    if cfg.data.kind in ("brats", "msd"):
+        from medfl.data.segmentation import load_segmentation_splits
+
+        seg, cases = load_segmentation_splits(cfg.data.kind, cfg.data.path, patch=(32, 32, 32))
+        print(cases.report())
+        print(f"{cases.num_classes} classes (background included), channels: {', '.join(cases.channel_names)}")
+        for name, ds in seg.items():
+            print(f"{name}: {len(ds)} cases")
+        print("configuration OK")
+        return
     splits = load_splits(DataSpec(kind=cfg.data.kind, path=cfg.data.path, image_size=64))
     skipped = _skipped(cfg.data.kind, cfg.data.path)
     for name, ds in splits.items():

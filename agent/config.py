@@ -14,7 +14,7 @@ Example::
     secret_key_file = "keys/agent.key_secret"
 
     [data]
-    kind = "folder"                             # or "npz"
+    kind = "folder"                             # or "npz"; "brats" or "msd" for segmentation
     path = "/data/chest_xray"                   # train/NORMAL, train/PNEUMONIA, val/...
 
     [policy]
@@ -78,12 +78,31 @@ class CoordinatorLink:
         return []
 
 
+def detect_data_kind(path: pathlib.Path) -> str:
+    """The ``[data] kind`` of a data set on disk, as ``init`` and ``enroll`` write it.
+
+    A ``.npz`` file is ``npz``; a folder with ``dataset.json`` is a Decathlon task (``msd``); a
+    folder of case folders holding ``<case>_seg.nii[.gz]`` is ``brats``; any other folder is an
+    image ``folder`` (train/<CLASS>/...).
+    """
+    if path.suffix == ".npz":
+        return "npz"
+    if (path / "dataset.json").is_file():
+        return "msd"
+    if path.is_dir():
+        for case in path.iterdir():
+            if case.is_dir() and any((case / f"{case.name}_seg{ext}").is_file() for ext in (".nii.gz", ".nii")):
+                return "brats"
+    return "folder"
+
+
 @dataclass(frozen=True)
 class DataSection:
     """The ``[data]`` table."""
 
     path: pathlib.Path
-    kind: Literal["folder", "npz"] = "folder"
+    #: "folder" or "npz" (classification), "brats" or "msd" (segmentation: NIfTI cases)
+    kind: Literal["folder", "npz", "brats", "msd"] = "folder"
 
 
 @dataclass(frozen=True)

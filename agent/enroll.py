@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config import detect_data_kind
 from medfl.errors import AuthError, Rejected, StateError
 from medfl.safetext import escape
 from medfl.wire import ClientChannel, Envelope, MessageType, fingerprint, generate_keypair, read_keypair
@@ -82,7 +83,7 @@ def enroll(path: pathlib.Path, *, root: pathlib.Path, data: pathlib.Path, force:
         "agent": {"name": name, "state_dir": "state"},
         "coordinator": {"endpoint": inv.endpoint, "public_key_file": "keys/coordinator.key"},
         "keys": {"secret_key_file": "keys/agent.key_secret"},
-        "data": {"kind": "npz" if data.suffix == ".npz" else "folder", "path": str(data.resolve())},
+        "data": {"kind": detect_data_kind(data.resolve()), "path": str(data.resolve())},
         "policy": {"allowed_models": ["cnn", "resnet18"], "min_parties": 2, "require_secure_aggregation": True},
         "training": {"torch_threads": 0, "device": "cpu"},
         "transport": {"curve": True, "max_message_mb": 256},

@@ -76,7 +76,12 @@ class RoundWorker:
     def __init__(self, cfg: AgentConfig):
         self.cfg = cfg
         self._splits_cache: dict[int, dict[str, Any]] = {}
-        self.splits(64)  # validate the data set at start-up: fail early and clearly
+        self._seg_cache: dict[tuple[int, ...], dict[str, Any]] = {}
+        # validate the data set at start-up: fail early and clearly
+        if self.segmentation_data:
+            self.seg_splits((32, 32, 32))
+        else:
+            self.splits(64)
         from medfl.privacy.ledger import Ledger, dataset_key
 
         self.ledger = Ledger(cfg.agent.state_dir / "privacy" / "ledger.sqlite")
@@ -96,9 +101,64 @@ class RoundWorker:
         from medfl.data import DataSpec, load_splits
 
         if image_size not in self._splits_cache:
-            spec = DataSpec(kind=self.cfg.data.kind, path=self.cfg.data.path, image_size=image_size)
+            kind = self.cfg.data.kind
+            if kind not in ("folder", "npz"):
+                raise ValueError(f"data kind {kind!r} holds segmentation cases, not classified images")
+            spec = DataSpec(kind=kind, path=self.cfg.data.path, image_size=image_size)
             self._splits_cache[image_size] = load_splits(spec)
         return self._splits_cache[image_size]
+
+    @property
+    def segmentation_data(self) -> bool:
+        """Whether this hospital's data set is a segmentation one (BraTS or MSD cases)."""
+        from medfl.data.segmentation import SEGMENTATION_KINDS
+
+        return self.cfg.data.kind in SEGMENTATION_KINDS
+
+    def seg_splits(self, patch: tuple[int, ...]) -> dict[str, Any]:
+        """The segmentation cases' splits at ``patch`` (read once per patch; left-out cases logged)."""
+        from medfl.data.segmentation import load_segmentation_splits
+
+        if patch not in self._seg_cache:
+            splits, cases = load_segmentation_splits(self.cfg.data.kind, self.cfg.data.path, patch=patch)
+            if cases.skipped:
+                log.warning("data set %s: %s", self.cfg.data.path, cases.report())
+            self._seg_cache[patch] = {**splits, "num_classes": cases.num_classes, "channels": cases.channel_names}
+        return self._seg_cache[patch]
+
+    def job_data(self, spec: JobSpec) -> dict[str, Any]:
+        """The train and val splits for a job, in the form its model takes.
+
+        Raises
+        ------
+        ValueError
+            The job's task does not match this hospital's data, or a segmentation model's input
+            channels or classes differ from the data's (the message names both).
+        """
+        task = spec.job.task
+        if task != "segmentation":
+            if self.segmentation_data:
+                raise ValueError(f"this hospital's data set is {self.cfg.data.kind!r} segmentation cases; "
+                                 f"job {spec.job.name!r} is a {task} job")
+            return self.splits(spec.job.image_size)
+        if not self.segmentation_data:
+            raise ValueError(f"job {spec.job.name!r} is a segmentation job but this hospital's data set is "
+                             f"{self.cfg.data.kind!r} (classification); point [data] at BraTS or MSD cases")
+        from medfl.models import model_defaults
+
+        data = self.seg_splits(spec.patch)
+        defaults = model_defaults(spec.job.model)
+        in_channels = int(spec.job.model_args.get("in_channels", defaults.get("in_channels", 1)))
+        channels = data["channels"]
+        if in_channels != len(channels):
+            raise ValueError(f"the job's model {spec.job.model} takes {in_channels} input channel(s); this "
+                             f"hospital's cases have {len(channels)} ({', '.join(channels)})")
+        if spec.num_classes != data["num_classes"]:
+            raise ValueError(f"the job's model outputs {spec.num_classes} classes; this hospital's labels have "
+                             f"{data['num_classes']} (background included)")
+        if int(defaults.get("spatial_dims", 3 if spec.job.model.endswith("3d") else 2)) == 2:
+            return {k: _slices(data[k]) for k in ("train", "val")}
+        return data
 
     def close(self) -> None:
         """Close the privacy ledger."""
@@ -156,7 +216,7 @@ class RoundWorker:
         from medfl.models.weights import state_arrays
         job_id, rnd, b = str(env.job), int(env.round or 0), env.body
         attempt = int(b.get("attempt", 1))
-        train = self.splits(spec.job.image_size)["train"]
+        train = self.job_data(spec)["train"]
         plan = None
         prior: tuple[SgdRun, ...] = ()
         if spec.privacy.enabled:
@@ -184,7 +244,7 @@ class RoundWorker:
                 model, train, epochs=int(b["local_epochs"]), batch_size=int(b["batch_size"]), lr=float(b["lr"]),
                 momentum=float(b["momentum"]), weight_decay=float(b["weight_decay"]),
                 fedprox_mu=float(b.get("fedprox_mu", 0.0)), optimizer=str(b.get("optimizer", "sgd")),
-                global_arrays=global_arrays, seed=seed, dp=plan, dp_prior=prior)
+                global_arrays=global_arrays, seed=seed, dp=plan, dp_prior=prior, task=spec.job.task)
         body: dict[str, Any] = {"num_samples": result.num_samples, "train_loss": result.mean_loss,
                                 "seconds": time.monotonic() - started}
         report: dict[str, Any] = {}
@@ -222,25 +282,42 @@ class RoundWorker:
 
     def _evaluate_worker(self, key: RoundKey, spec: JobSpec, env: Envelope,
                          secure: SecureRound | None = None) -> None:
-        from agent.trainer import evaluate
+        from agent.trainer import evaluate, evaluate_segmentation
+        from medfl.secagg.vector import metric_names
 
         try:
             model = self._model(spec, {k: v.copy() for k, v in env.tensors.items()})
-            m = evaluate(model, self.splits(spec.job.image_size)["val"])
+            val = self.job_data(spec)["val"]
+            if spec.job.task == "segmentation":
+                m = evaluate_segmentation(model, val, num_classes=spec.num_classes)
+                names = metric_names("segmentation", spec.num_classes)
+                shown = f"val dice {m['dice']:.4f} loss {m['loss']:.4f}"
+            else:
+                m = evaluate(model, val)
+                names = metric_names()
+                shown = f"val auc {m['auc']:.4f} acc {m['accuracy']:.4f}"
             self._keep_model(spec, env)
             if secure is not None:
                 from medfl.secagg.vector import pack_metrics
 
-                log.info("job %s round %s: val auc %.4f acc %.4f (sent masked)", env.job, env.round, m["auc"],
-                         m["accuracy"])
+                log.info("job %s round %s: %s (sent masked)", env.job, env.round, shown)
                 self.results.put(RoundResult(key, vector=pack_metrics(m, clip_norm=secure.clip_norm,
-                                                                   sample_cap=secure.sample_cap)))
+                                                                   sample_cap=secure.sample_cap, names=names)))
                 return
             out = Envelope(type=MessageType.METRICS, job=env.job, round=env.round,
-                           body={k: float(m[k]) for k in ("n", "auc", "accuracy", "loss")})
-            log.info("job %s round %s: val auc %.4f acc %.4f", env.job, env.round, m["auc"], m["accuracy"])
+                           body={k: float(m[k]) for k in ("n", *names)})
+            log.info("job %s round %s: %s", env.job, env.round, shown)
         except Exception as exc:
             log.exception("validation failed for job %s round %s", env.job, env.round)
             out = Envelope(type=MessageType.ERROR, job=env.job, round=env.round,
                            body={"code": "evaluation_failed", "message": str(exc)[:500], "in_reply_to": env.seq})
         self.results.put(RoundResult(key, out))
+
+
+def _slices(data: Any) -> Any:
+    """Volumes (N, C, D, H, W) with maps (N, D, H, W) as the N*D axial slices a 2-D model takes."""
+    from torch.utils.data import TensorDataset
+
+    x, y = data.tensors
+    n, c, d = x.shape[:3]
+    return TensorDataset(x.transpose(1, 2).reshape(n * d, c, *x.shape[3:]), y.reshape(n * d, *y.shape[2:]))

@@ -32,7 +32,7 @@ from agent.rounds import RoundWorker
 from agent.secure import SecureRound, open_secure
 from agent.status import StatusFile
 from medfl import __version__, envvars
-from medfl.errors import ConfigError, MedflError, PolicyViolation
+from medfl.errors import ConfigError, DataError, MedflError, PolicyViolation
 from medfl.jobspec import JobSpec, job_from_dict
 from medfl.safetext import escape
 from medfl.secagg.envelopes import SECAGG_TO_AGENT
@@ -68,7 +68,8 @@ class AgentService:
 
             torch.set_num_threads(threads)
         self.work = RoundWorker(cfg)  # validates the data set at start-up: fail early and clearly
-        self.splits = self.work.splits(64)
+        # what HELLO announces: images (or segmentation cases) per split
+        self.splits = self.work.seg_splits((32, 32, 32)) if self.work.segmentation_data else self.work.splits(64)
         if cfg.transport.curve:
             if cfg.keys.secret_key_file is None or cfg.coordinator.public_key_file is None:
                 raise ConfigError([("keys", "transport.curve = true needs keys.secret_key_file and "
@@ -241,8 +242,8 @@ class AgentService:
         try:
             spec = job_from_dict(dict(env.body), source="JOB_OFFER")
             policy.check_job(self.cfg.policy, spec)
-            self.work.splits(spec.job.image_size)
-        except (ConfigError, PolicyViolation) as exc:
+            self.work.job_data(spec)  # the task, channels and classes must fit this hospital's data
+        except (ConfigError, PolicyViolation, DataError, ValueError) as exc:
             self._refuse(env, str(exc))
             return
         self.jobs[str(env.job)] = spec

@@ -24,7 +24,7 @@ from agent.metrics import accuracy, binary_log_loss, roc_auc
 from medfl.privacy.accountant import SgdRun
 from medfl.privacy.trainer import DPTrainer
 
-__all__ = ["TrainResult", "evaluate", "train_local"]
+__all__ = ["TrainResult", "evaluate", "evaluate_segmentation", "train_local"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
                 momentum: float = 0.9, weight_decay: float = 0.0, fedprox_mu: float = 0.0, optimizer: str = "sgd",
                 global_arrays: dict[str, np.ndarray] | None = None, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None, device: str = "cpu",
-                dp: RoundPlan | None = None, dp_prior: tuple[SgdRun, ...] = ()) -> TrainResult:
-    """Train ``model`` in place on ``dataset`` with SGD and cross-entropy.
+                dp: RoundPlan | None = None, dp_prior: tuple[SgdRun, ...] = (),
+                task: str = "classification") -> TrainResult:
+    """Train ``model`` in place on ``dataset`` with SGD: cross-entropy, or Dice + cross-entropy.
 
     Parameters
     ----------
@@ -71,6 +72,9 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
         the CSPRNG).
     dp_prior : tuple of SgdRun
         Earlier runs of the same job, so the reported epsilon covers the whole job.
+    task : {"classification", "segmentation"}
+        The loss: cross-entropy of image labels, or per-sample soft Dice + cross-entropy of voxel
+        labels (:mod:`medfl.segmentation.losses`; per sample, so DP-SGD clips each case).
     """
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty data set")
@@ -100,15 +104,28 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
         if missing:
             raise ValueError(f"global_arrays lacks parameter(s) {missing[:5]} of the model")
         anchors = {k: torch.as_tensor(global_arrays[k]).to(device) for k in names}
+    if task == "segmentation":
+        from medfl.segmentation.losses import dice_ce_loss, dice_ce_losses
+
+        batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = dice_ce_loss
+        per_sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = dice_ce_losses
+    elif task == "classification":
+        batch_loss = F.cross_entropy
+
+        def per_sample(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, y, reduction="none")
+    else:
+        raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
     if dp is not None:
-        return _train_dp(model, dataset, opt, dp, dp_prior, anchors, fedprox_mu, progress, device, started)
+        return _train_dp(model, dataset, opt, dp, dp_prior, anchors, fedprox_mu, progress, device, started,
+                         per_sample)
     total = epochs * len(loader)
     losses, done = [], 0
     for _ in range(epochs):
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = batch_loss(model(x), y)
             objective = loss
             if anchors is not None:
                 prox = sum(((p - anchors[k]) ** 2).sum() for k, p in model.named_parameters())
@@ -125,7 +142,8 @@ def train_local(model: torch.nn.Module, dataset: TensorDataset, *, epochs: int, 
 
 def _train_dp(model: torch.nn.Module, dataset: TensorDataset, opt: torch.optim.Optimizer, plan: RoundPlan,
               prior: tuple[SgdRun, ...], anchors: dict[str, torch.Tensor] | None, mu: float,
-              progress: Callable[[int, int], None] | None, device: str, started: float) -> TrainResult:
+              progress: Callable[[int, int], None] | None, device: str, started: float,
+              criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> TrainResult:
     regularizer = None
     if anchors is not None:
         named = dict(model.named_parameters())
@@ -136,7 +154,7 @@ def _train_dp(model: torch.nn.Module, dataset: TensorDataset, opt: torch.optim.O
     trainer = DPTrainer(model=model, optimizer=opt, dataset=dataset, sample_rate=plan.sample_rate,
                         noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm, delta=plan.delta,
                         accountant=plan.accountant, prior=prior, max_physical_batch=plan.max_physical_batch,
-                        regularizer=regularizer, epsilon_every=0, device=device)
+                        regularizer=regularizer, epsilon_every=0, device=device, criterion=criterion)
     try:
         stats = trainer.train(steps=plan.steps,
                               on_step=None if progress is None else (lambda s: progress(s.step, plan.steps)))
@@ -172,3 +190,49 @@ def evaluate(model: torch.nn.Module, dataset: TensorDataset, *, batch_size: int 
     p = np.concatenate(probs) if probs else np.zeros(0)
     y = np.concatenate(labels) if labels else np.zeros(0)
     return {"n": float(len(y)), "auc": roc_auc(y, p), "accuracy": accuracy(y, p), "loss": binary_log_loss(y, p)}
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: torch.nn.Module, dataset: TensorDataset, *, num_classes: int, batch_size: int = 4,
+                          device: str = "cpu") -> dict[str, float]:
+    """Validation metrics of a segmentation model, NaN where undefined.
+
+    The keys: n, dice (mean over the foreground classes), dice_1 .. dice_{K-1}, hd95 (mean over
+    the classes, in voxels) and loss (Dice + cross-entropy).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Per-voxel logits (N, K, *spatial).
+    dataset : TensorDataset
+        (images, class maps).
+    num_classes : int
+        K, background included.
+    batch_size : int
+        Scoring batch size.
+    device : str
+        Torch device.
+    """
+    import math
+
+    from medfl.segmentation.losses import dice_ce_losses
+    from medfl.segmentation.metrics import segmentation_metrics
+
+    model.to(device).eval()
+    preds, labels, losses = [], [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        logits = model(x.to(device))
+        losses.append(dice_ce_losses(logits, y.to(device)).cpu())
+        preds.append(logits.argmax(1).cpu())
+        labels.append(y)
+    if not preds:
+        return {"n": 0.0, "dice": math.nan, "hd95": math.nan, "loss": math.nan,
+                **{f"dice_{k}": math.nan for k in range(1, num_classes)}}
+    m = segmentation_metrics(torch.cat(preds), torch.cat(labels), num_classes)
+    dice, hd = list(m["dice"]), list(m["hd95"])  # type: ignore[call-overload]
+    finite_hd = [h for h in hd if math.isfinite(h)]
+    out = {"n": float(len(dataset)), "dice": float(m["mean_dice"]),  # type: ignore[arg-type]
+           "hd95": float(np.mean(finite_hd)) if finite_hd else math.nan,
+           "loss": float(torch.cat(losses).mean())}
+    out.update({f"dice_{k + 1}": float(d) for k, d in enumerate(dice)})
+    return out

@@ -26,7 +26,7 @@ from medfl.errors import AuthError, NotFound, StateError
 __all__ = ["InvitationRow", "JobRow", "NodeRow", "RoundRow", "Store"]
 
 SCHEMA_VERSION = 5  # 4: index nodes_by_public_key (the ZAP lookup no longer scans the table); 5: invitations,
-# nodes.version
+# nodes.version (rounds.val_metrics, added later, is one of _ADDED_COLUMNS: no version bump needed)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     epsilon REAL,
     delta REAL,
     epsilons TEXT NOT NULL DEFAULT '{}',
+    val_metrics TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (job_id, round)
 );
 CREATE TABLE IF NOT EXISTS invitations (
@@ -97,7 +98,8 @@ CREATE TABLE IF NOT EXISTS events (
 _ADDED_COLUMNS = [("rounds", "epsilon", "REAL"), ("rounds", "delta", "REAL"),
                   ("rounds", "epsilons", "TEXT NOT NULL DEFAULT '{}'"),
                   ("nodes", "last_refused", "REAL"), ("nodes", "refusals", "INTEGER NOT NULL DEFAULT 0"),
-                  ("nodes", "version", "TEXT NOT NULL DEFAULT ''")]
+                  ("nodes", "version", "TEXT NOT NULL DEFAULT ''"),
+                  ("rounds", "val_metrics", "TEXT NOT NULL DEFAULT '{}'")]
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,9 @@ class RoundRow:
     epsilon: float | None = None
     delta: float | None = None
     epsilons: dict[str, float] = field(default_factory=dict)
+    #: the task's other validation metrics, e.g. a segmentation job's ``dice`` (mean over the
+    #: foreground classes), ``dice_1`` .. ``dice_{K-1}`` and ``hd95`` (None where not measured)
+    val_metrics: dict[str, float | None] = field(default_factory=dict)
 
 
 class Store:
@@ -438,6 +443,7 @@ class Store:
         d = row.__dict__.copy()
         d["agent_names"] = json.dumps(list(row.agent_names))
         d["epsilons"] = json.dumps(row.epsilons, sort_keys=True)
+        d["val_metrics"] = json.dumps(row.val_metrics, sort_keys=True)
         cols = ", ".join(d)
         marks = ", ".join("?" for _ in d)
         with self._tx() as db:
@@ -452,6 +458,7 @@ class Store:
             d = dict(r)
             d["agent_names"] = tuple(json.loads(d["agent_names"]))
             d["epsilons"] = json.loads(d["epsilons"] or "{}")
+            d["val_metrics"] = json.loads(d["val_metrics"] or "{}")
             out.append(RoundRow(**d))
         return out
 

@@ -78,6 +78,9 @@ class JobSection:
     image_size: int = 64
     model_args: dict[str, Any] = field(default_factory=dict)
     task: str = "classification"
+    #: segmentation: the patch's slices (D of D x image_size x image_size); 0 means image_size (a cube).
+    #: A 2-D model trains on each of a patch's D slices.
+    patch_depth: int = 0
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks, reported by TOML key."""
@@ -108,11 +111,8 @@ class JobSection:
         if self.task not in TASKS:
             out.append(("task", f"must be one of {', '.join(TASKS)}, got {self.task!r}"
                         + did_you_mean(self.task, TASKS)))
-        elif self.task == "segmentation":
-            out.append(("task", "segmentation jobs cannot run in a federation yet: agents train and validate "
-                                "classification only (the segmentation trainer, loaders and secure Dice are "
-                                "issue 19's items 2 and 4); the models, loss and metrics are in medfl.models and "
-                                "medfl.segmentation for local use"))
+        if not 0 <= self.patch_depth <= 1024:
+            out.append(("patch_depth", f"must be between 0 (image_size) and 1024 slices, got {self.patch_depth}"))
         return out
 
 
@@ -334,6 +334,8 @@ class JobSpec:
         out = dataclasses.asdict(self)
         if out["job"].get("task") == "classification":
             del out["job"]["task"]
+        if out["job"].get("patch_depth") == 0:
+            del out["job"]["patch_depth"]
         for key, default in _NEW_PRIVACY_DEFAULTS.items():
             if out["privacy"].get(key, default) == default:
                 out["privacy"].pop(key, None)
@@ -342,6 +344,19 @@ class JobSpec:
     def to_json(self) -> str:
         """JSON text of :meth:`to_dict`."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the job's model outputs (its ``num_classes`` argument, or the factory's default)."""
+        from medfl.models import model_defaults
+
+        return int(self.job.model_args.get("num_classes", model_defaults(self.job.model).get("num_classes", 2)))
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """A segmentation job's (D, H, W) patch."""
+        side = self.job.image_size
+        return (self.job.patch_depth or side, side, side)
 
     @property
     def prox_mu(self) -> float:

@@ -107,7 +107,13 @@ class PlainRounds(RoundMachine):
             val_loss=_weighted([(m["n"], m["loss"]) for m in s.metrics.values()]),
             val_samples=int(sum(m["n"] for m in s.metrics.values() if math.isfinite(m["n"]))),
             seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
+            val_metrics={k: _weighted([(m["n"], m[k]) for m in s.metrics.values() if k in m])
+                         for k in sorted({k for m in s.metrics.values() for k in m} - _CORE_METRICS)},
             **self._privacy_columns(s.updates))
+
+
+#: the metrics with columns of their own (the rest go to ``val_metrics``)
+_CORE_METRICS = {"n", "auc", "accuracy", "loss"}
 
 
 def _weighted(pairs: list[tuple[float, float]]) -> float | None:

@@ -35,7 +35,7 @@ from coordinator.store import RoundRow
 from medfl.errors import NonFiniteError, OutOfOrder, ShareError, StateError
 from medfl.secagg import envelopes
 from medfl.secagg.quantization import choose_spec
-from medfl.secagg.vector import METRICS_LENGTH, MetricsSum, unpack_fit, unpack_metrics
+from medfl.secagg.vector import MetricsSum, metric_names, metrics_length, unpack_fit, unpack_metrics
 from medfl.wire import Envelope, MessageType
 
 __all__ = ["SecureRounds"]
@@ -116,7 +116,8 @@ class SecureRounds(RoundMachine):
                         len(set(s.survivors) - set(s.epsilons)))
         self._goto(Stage.EVALUATE)
         s.deadline = math.inf
-        s.secure = self._secure_sum("evaluate", s.survivors, METRICS_LENGTH, self.eval_deadline_s)
+        s.secure = self._secure_sum("evaluate", s.survivors, metrics_length(self._metric_names()),
+                                    self.eval_deadline_s)
         return self._secure_envelopes(MessageType.EVALUATE, {}, s.candidate)
 
     def _secure_row(self, path: pathlib.Path) -> RoundRow:
@@ -128,7 +129,8 @@ class SecureRounds(RoundMachine):
         metrics = MetricsSum(n=0, auc=None, accuracy=None, loss=None)
         if run.result is not None:
             try:
-                metrics = unpack_metrics(run.result, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap)
+                metrics = unpack_metrics(run.result, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap,
+                                         names=self._metric_names())
             except ShareError as exc:
                 self.store.event(self.job_id, "metrics", f"round {s.round}: validation sum unusable: {exc}")
         else:
@@ -140,4 +142,9 @@ class SecureRounds(RoundMachine):
             num_samples=fit.num_samples, train_loss=fit.train_loss, val_auc=metrics.auc,
             val_accuracy=metrics.accuracy, val_loss=metrics.loss, val_samples=metrics.n,
             seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
-            **self._privacy_columns(s.survivors))
+            val_metrics=metrics.extra, **self._privacy_columns(s.survivors))
+
+    def _metric_names(self) -> tuple[str, ...]:
+        """The validation metrics the job's task sums (:func:`medfl.secagg.vector.metric_names`)."""
+        task = self.spec.job.task
+        return metric_names(task, self.spec.num_classes if task == "segmentation" else 2)

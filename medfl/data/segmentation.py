@@ -27,10 +27,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from torch.utils.data import TensorDataset
 
 from medfl.data.synthetic_seg import BRATS_LABELS, MODALITIES
 
-__all__ = ["SegmentationSet", "SkippedCase", "load_brats", "load_msd"]
+__all__ = ["SEGMENTATION_KINDS", "SegmentationSet", "SkippedCase", "load_brats", "load_msd",
+           "load_segmentation_splits"]
+
+#: the ``[data] kind`` values of segmentation data sets
+SEGMENTATION_KINDS = ("brats", "msd")
+#: validation share of the cases (held out by case, with a permutation fixed by the case count)
+VAL_FRACTION = 0.15
 
 #: Reasons a case is left out (the keys of :class:`SkippedCase`'s ``reason``).
 UNREADABLE, MISSING, SHAPE, LABELS, EMPTY = "unreadable", "missing", "shape_mismatch", "label_values", "empty"
@@ -296,3 +303,49 @@ def load_brats(root: str | pathlib.Path, *, patch: Sequence[int] = (32, 32, 32),
 
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return _collect(((d.name, functools.partial(read, d)) for d in folders), list(MODALITIES), 4, patch)
+
+
+def load_segmentation_splits(kind: str, root: str | pathlib.Path, *, patch: Sequence[int]
+                             ) -> tuple[dict[str, TensorDataset], SegmentationSet]:
+    """A hospital's segmentation data as train and val splits of whole cases, and what was read.
+
+    Parameters
+    ----------
+    kind : {"brats", "msd"}
+        The layout.
+    root : path
+        The BraTS folder of cases or the Decathlon task folder.
+    patch : (D, H, W)
+        Patch every case is cropped or padded to.
+
+    Returns
+    -------
+    splits : dict
+        ``train`` and ``val``: TensorDataset of (float32 images (N, C, D, H, W), int64 labels (N, D, H, W)).
+    cases : SegmentationSet
+        Every case read and every case left out, with its reason (:meth:`SegmentationSet.report`).
+
+    Raises
+    ------
+    DataError
+        Unknown kind, an unusable folder, or fewer than 2 readable cases.
+    """
+    import torch
+
+    from medfl.errors import DataError, did_you_mean
+
+    if kind not in SEGMENTATION_KINDS:
+        raise DataError(f"unknown segmentation data kind {kind!r}; use one of {list(SEGMENTATION_KINDS)}"
+                        + did_you_mean(str(kind), SEGMENTATION_KINDS))
+    try:
+        got = load_brats(root, patch=patch) if kind == "brats" else load_msd(root, patch=patch)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    n = len(got.cases)
+    if n < 2:
+        raise DataError(f"{root}: {got.report()}; need at least 2 readable cases to hold out a validation case")
+    order = np.random.default_rng(n).permutation(n)
+    n_val = max(1, int(round(VAL_FRACTION * n)))
+    parts = {"val": order[:n_val], "train": order[n_val:]}
+    return ({k: TensorDataset(torch.from_numpy(got.images[idx]), torch.from_numpy(got.labels[idx]))
+             for k, idx in parts.items()}, got)

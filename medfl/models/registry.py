@@ -10,7 +10,7 @@ import torch
 
 from medfl.errors import NotFound, did_you_mean
 
-__all__ = ["TASKS", "create_model", "list_models", "model_task", "register_model"]
+__all__ = ["TASKS", "create_model", "list_models", "model_defaults", "model_task", "register_model"]
 
 #: What a model is for: a job's ``task`` must match its model's.
 TASKS = ("classification", "segmentation")
@@ -47,6 +47,14 @@ def model_task(name: str) -> str:
     if name not in _MODELS:
         raise NotFound(f"unknown model {name!r}; known: {', '.join(list_models())}" + did_you_mean(name, _MODELS))
     return _TASK[name]
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The keyword arguments of a registered model's factory that have defaults, with those defaults."""
+    if name not in _MODELS:
+        raise NotFound(f"unknown model {name!r}; known: {', '.join(list_models())}" + did_you_mean(name, _MODELS))
+    return {k: p.default for k, p in inspect.signature(_MODELS[name]).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def list_models() -> list[str]:

@@ -10,9 +10,12 @@ the summed vector, weighted, and divided out at the coordinator:
   agent's FedAvg weight (at most 1); ``s = min(1, clip_norm)`` keeps the scalars within the
   bound; ``v = u`` when the training loss is finite and 0 otherwise; the loss is clamped to
   ``[0, LOSS_CAP]``.
-- **evaluate**: for each of ``auc``, ``accuracy`` and ``loss`` the pair
-  ``[v_m * s, v_m * s * m']`` with ``v_m = min(n_val, sample_cap) / sample_cap`` when the metric
-  is finite (else 0) and ``m'`` the metric (loss divided by ``LOSS_CAP``), then ``u * s``.
+- **evaluate**: for each metric of the job's task (:func:`metric_names`: ``auc``, ``accuracy``
+  and ``loss`` for classification; ``dice``, ``loss``, ``hd95`` and ``dice_1`` .. ``dice_{K-1}``
+  for segmentation) the pair ``[v_m * s, v_m * s * m']`` with
+  ``v_m = min(n_val, sample_cap) / sample_cap`` when the metric is finite (else 0: a site whose
+  validation cases lack a class does not dilute that class's Dice) and ``m'`` the metric (loss
+  and HD95 divided by ``LOSS_CAP``, clamped to ``[0, 1]``), then ``u * s``.
 
 Every coordinate is within ``clip_norm`` in absolute value, which is what
 :class:`~medfl.secagg.quantization.QuantSpec` needs so that the sum cannot wrap. The sum of
@@ -33,20 +36,45 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from medfl.errors import NonFiniteError, ShareError
 
-__all__ = ["LAYOUT", "LOSS_CAP", "FitSum", "MetricsSum", "fit_length", "float_names", "pack_fit", "pack_metrics",
-           "unpack_fit", "unpack_metrics"]
+__all__ = ["LAYOUT", "LOSS_CAP", "FitSum", "MetricsSum", "fit_length", "float_names", "metric_names",
+           "metrics_length", "pack_fit", "pack_metrics", "unpack_fit", "unpack_metrics"]
 
 LAYOUT = "medfl-secagg-vector-v1"
 LOSS_CAP = 100.0
 METRICS = ("auc", "accuracy", "loss")
 _FIT_EXTRA = 3
 METRICS_LENGTH = 2 * len(METRICS) + 1
+#: metrics divided by LOSS_CAP before they are summed (unbounded above: a loss, a distance in voxels)
+_SCALED = ("loss", "hd95")
+
+
+def metric_names(task: str = "classification", num_classes: int = 2) -> tuple[str, ...]:
+    """The validation metrics a job of ``task`` sums, in vector order.
+
+    Parameters
+    ----------
+    task : {"classification", "segmentation"}
+    num_classes : int
+        Classes of a segmentation model, background included (``dice_1`` .. ``dice_{K-1}``).
+    """
+    if task == "classification":
+        return METRICS
+    if task == "segmentation":
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"a segmentation job needs num_classes >= 2, got {num_classes!r}")
+        return ("dice", "loss", "hd95", *(f"dice_{k}" for k in range(1, num_classes)))
+    raise ValueError(f"no secure metrics for task {task!r}")
+
+
+def metrics_length(names: tuple[str, ...] = METRICS) -> int:
+    """Length of the evaluate vector for these metric names."""
+    return 2 * len(names) + 1
 
 
 def float_names(arrays: Mapping[str, np.ndarray]) -> list[str]:
@@ -182,17 +210,21 @@ def unpack_fit(total: np.ndarray, global_arrays: Mapping[str, np.ndarray], *, cl
     return FitSum(mean_delta=out, num_samples=int(round(weight * sample_cap)), train_loss=loss)
 
 
-def pack_metrics(metrics: Mapping[str, float], *, clip_norm: float, sample_cap: int) -> np.ndarray:
-    """Build an agent's evaluate vector from its validation metrics (``n``, ``auc``, ``accuracy``, ``loss``)."""
+def pack_metrics(metrics: Mapping[str, float], *, clip_norm: float, sample_cap: int,
+                 names: tuple[str, ...] = METRICS) -> np.ndarray:
+    """Build an agent's evaluate vector from its validation metrics (``n`` and each of ``names``).
+
+    A metric missing from ``metrics`` counts as not measured (weight 0), like NaN.
+    """
     u = _weight(float(metrics["n"]), sample_cap)
     s = min(1.0, clip_norm)
     out = []
-    for m in METRICS:
-        value = float(metrics[m])
+    for m in names:
+        value = float(metrics.get(m, math.nan))
         if not math.isfinite(value):
             out += [0.0, 0.0]
             continue
-        value = min(max(value, 0.0), LOSS_CAP) / LOSS_CAP if m == "loss" else min(max(value, 0.0), 1.0)
+        value = min(max(value, 0.0), LOSS_CAP) / LOSS_CAP if m in _SCALED else min(max(value, 0.0), 1.0)
         out += [u * s, u * s * value]
     out.append(u * s)
     return np.asarray(out, dtype=np.float32)
@@ -200,24 +232,29 @@ def pack_metrics(metrics: Mapping[str, float], *, clip_norm: float, sample_cap: 
 
 @dataclass(frozen=True)
 class MetricsSum:
-    """Sample-weighted validation metrics of the round (None where no agent had a finite value)."""
+    """Sample-weighted validation metrics of the round (None where no agent had a finite value).
+
+    ``extra`` holds the metrics other than auc, accuracy and loss (a segmentation job's Dice and HD95).
+    """
 
     n: int
     auc: float | None
     accuracy: float | None
     loss: float | None
+    extra: dict[str, float | None] = field(default_factory=dict)
 
 
-def unpack_metrics(total: np.ndarray, *, clip_norm: float, sample_cap: int) -> MetricsSum:
+def unpack_metrics(total: np.ndarray, *, clip_norm: float, sample_cap: int,
+                   names: tuple[str, ...] = METRICS) -> MetricsSum:
     """Turn the unmasked evaluate sum into weighted-mean metrics."""
     total = np.asarray(total, dtype=np.float64).reshape(-1)
-    if total.size != METRICS_LENGTH:
-        raise ShareError(f"metrics sum has {total.size} elements, expected {METRICS_LENGTH}")
+    if total.size != metrics_length(names):
+        raise ShareError(f"metrics sum has {total.size} elements, expected {metrics_length(names)}")
     s = min(1.0, clip_norm)
     got: dict[str, float | None] = {}
-    for i, m in enumerate(METRICS):
+    for i, m in enumerate(names):
         w, ws = total[2 * i] / s, total[2 * i + 1] / s
         value = ws / w if w > 0.5 / sample_cap else None
-        got[m] = value * LOSS_CAP if (value is not None and m == "loss") else value
-    return MetricsSum(n=int(round(total[-1] / s * sample_cap)), auc=got["auc"], accuracy=got["accuracy"],
-                      loss=got["loss"])
+        got[m] = value * LOSS_CAP if (value is not None and m in _SCALED) else value
+    return MetricsSum(n=int(round(total[-1] / s * sample_cap)), auc=got.pop("auc", None),
+                      accuracy=got.pop("accuracy", None), loss=got.pop("loss", None), extra=got)

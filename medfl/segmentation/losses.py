@@ -15,9 +15,49 @@ References
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["dice_ce_loss"]
+__all__ = ["dice_ce_loss", "dice_ce_losses"]
+
+
+def _checked(logits: Tensor, labels: Tensor, dice_weight: float, ce_weight: float) -> Tensor:
+    """``labels`` as (N, 1, *spatial) long class indices, after checking them against ``logits``."""
+    if logits.dim() < 4:
+        raise ValueError(f"dice_ce_loss: logits must be (N, K, *spatial) with 2 or 3 spatial dims, got "
+                         f"{tuple(logits.shape)}")
+    if labels.dim() == logits.dim() - 1:
+        labels = labels.unsqueeze(1)
+    if labels.shape[0] != logits.shape[0] or labels.shape[1] != 1 or labels.shape[2:] != logits.shape[2:]:
+        raise ValueError(f"dice_ce_loss: labels of shape {tuple(labels.shape)} do not match logits "
+                         f"{tuple(logits.shape)}; expected (N, *spatial) class indices")
+    if labels.is_floating_point():
+        labels = labels.round()
+    k = logits.shape[1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise ValueError(f"dice_ce_loss: labels must lie in [0, {k - 1}] for {k} classes, got values "
+                         f"{int(labels.min())}..{int(labels.max())}")
+    if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
+        raise ValueError(f"dice_ce_loss: weights must be >= 0 and not both 0, got {dice_weight}, {ce_weight}")
+    return labels.to(torch.long)
+
+
+def dice_ce_losses(logits: Tensor, labels: Tensor, *, dice_weight: float = 1.0, ce_weight: float = 1.0) -> Tensor:
+    """Per-sample soft Dice loss + cross-entropy, shape (N,): the loss DP-SGD clips sample by sample.
+
+    The Dice term is MONAI's ``DiceLoss`` with ``reduction="none"`` (one value per sample and
+    class, averaged over classes); the cross-entropy is averaged over each sample's voxels. The
+    mean of the result equals :func:`dice_ce_loss` (MONAI's ``DiceCELoss`` with ``batch=False``).
+
+    Parameters and errors as :func:`dice_ce_loss`.
+    """
+    from monai.losses import DiceLoss  # lazy: MONAI imports in about a second
+
+    y = _checked(logits, labels, dice_weight, ce_weight)
+    n = logits.shape[0]
+    dice = DiceLoss(to_onehot_y=True, softmax=True, batch=False, reduction="none")(logits, y).reshape(n, -1).mean(1)
+    ce = F.cross_entropy(logits, y[:, 0], reduction="none").reshape(n, -1).mean(1)
+    return dice_weight * dice + ce_weight * ce
 
 
 def dice_ce_loss(logits: Tensor, labels: Tensor, *, dice_weight: float = 1.0, ce_weight: float = 1.0) -> Tensor:
@@ -39,21 +79,6 @@ def dice_ce_loss(logits: Tensor, labels: Tensor, *, dice_weight: float = 1.0, ce
     """
     from monai.losses import DiceCELoss  # lazy: MONAI imports in about a second
 
-    if logits.dim() < 4:
-        raise ValueError(f"dice_ce_loss: logits must be (N, K, *spatial) with 2 or 3 spatial dims, got "
-                         f"{tuple(logits.shape)}")
-    if labels.dim() == logits.dim() - 1:
-        labels = labels.unsqueeze(1)
-    if labels.shape[0] != logits.shape[0] or labels.shape[1] != 1 or labels.shape[2:] != logits.shape[2:]:
-        raise ValueError(f"dice_ce_loss: labels of shape {tuple(labels.shape)} do not match logits "
-                         f"{tuple(logits.shape)}; expected (N, *spatial) class indices")
-    if labels.is_floating_point():
-        labels = labels.round()
-    k = logits.shape[1]
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
-        raise ValueError(f"dice_ce_loss: labels must lie in [0, {k - 1}] for {k} classes, got values "
-                         f"{int(labels.min())}..{int(labels.max())}")
-    if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
-        raise ValueError(f"dice_ce_loss: weights must be >= 0 and not both 0, got {dice_weight}, {ce_weight}")
+    y = _checked(logits, labels, dice_weight, ce_weight)
     loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=False, lambda_dice=dice_weight, lambda_ce=ce_weight)
-    return loss(logits, labels.to(torch.long))
+    return loss(logits, y)

@@ -11,7 +11,7 @@ compatibility rule of :mod:`medfl.wire.messages`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medfl.errors import MalformedMessage
@@ -98,22 +98,40 @@ class MetricsBody:
     auc: float
     accuracy: float
     loss: float
+    #: a segmentation job's ``dice``, ``dice_1`` .. ``dice_K`` (in [0, 1]) and ``hd95`` (voxels)
+    extra: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
-        """The four values as floats (the plain round's bookkeeping)."""
-        return {"n": float(self.n), "auc": self.auc, "accuracy": self.accuracy, "loss": self.loss}
+        """The values as floats (the plain round's bookkeeping)."""
+        return {"n": float(self.n), "auc": self.auc, "accuracy": self.accuracy, "loss": self.loss, **self.extra}
+
+
+#: segmentation classes a METRICS body may name (``dice_1`` .. ``dice_{MAX_CLASSES}``)
+MAX_CLASSES = 64
+_SEG_KEYS = {"dice": 1.0, "hd95": math.inf, **{f"dice_{k}": 1.0 for k in range(1, MAX_CLASSES + 1)}}
 
 
 def parse_metrics(body: Any) -> MetricsBody:
-    """Check a METRICS body; ``n`` may arrive as an integral float (the agent sends floats)."""
+    """Check a METRICS body; ``n`` may arrive as an integral float (the agent sends floats).
+
+    Keys other than n, auc, accuracy, loss and the segmentation metrics are refused.
+    """
     f = _Fields("metrics", body)
     n = f.count("n", integral_float=True)
     auc, acc = f.real("auc", hi=1.0), f.real("accuracy", hi=1.0)
     loss = f.real("loss")
+    extra: dict[str, float] = {}
+    for key in sorted(set(body) - {"n", "auc", "accuracy", "loss"}, key=str):
+        if key not in _SEG_KEYS:
+            f.problems.append(f"unknown metric {escape(repr(key), limit=40)}")
+            continue
+        v = f.real(key, hi=_SEG_KEYS[key])
+        if v is not None:
+            extra[key] = v
     f.done()
     nan = math.nan
     return MetricsBody(n=n, auc=nan if auc is None else auc, accuracy=nan if acc is None else acc,
-                       loss=nan if loss is None else loss)
+                       loss=nan if loss is None else loss, extra=extra)
 
 
 @dataclass(frozen=True)

@@ -127,3 +127,31 @@ def test_argument_errors():
         train_local(model, data, epochs=1, batch_size=4, lr=-1.0)
     with pytest.raises(ValueError, match="optimizer"):
         train_local(model, data, epochs=1, batch_size=4, lr=0.1, optimizer="lbfgs")
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_segmentation_training_lowers_the_dice_ce_loss_and_is_evaluated_with_monai(dp):
+    from agent.budget import RoundPlan
+    from agent.trainer import evaluate_segmentation
+    from medfl.data.synthetic_seg import BRATS_LABELS, brain_volumes
+    from medfl.segmentation.metrics import segmentation_metrics
+
+    x, y = brain_volumes(12, seed=5, size=16)
+    y = np.vectorize(BRATS_LABELS.get)(y)
+    ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    torch.manual_seed(0)
+    model = create_model("unet3d", width=4, depth=2)
+    before = evaluate_segmentation(model, ds, num_classes=4)
+    plan = (RoundPlan(sample_rate=0.5, noise_multiplier=0.3, max_grad_norm=5.0, delta=1e-5, steps=12,
+                      accountant="rdp", max_physical_batch=8) if dp else None)
+    res = train_local(model, ds, epochs=4, batch_size=4, lr=0.1, seed=1, dp=plan, task="segmentation")
+    after = evaluate_segmentation(model, ds, num_classes=4)
+    assert after["loss"] < before["loss"] - 0.05, (before, after)
+    assert res.num_samples == 12 and np.isfinite(res.mean_loss)
+    if dp:
+        assert res.epsilon is not None and res.epsilon > 0
+    ref = segmentation_metrics(model(ds.tensors[0]).argmax(1), ds.tensors[1], 4)
+    assert after["dice"] == pytest.approx(ref["mean_dice"], nan_ok=True)
+    assert [after[f"dice_{k}"] for k in (1, 2, 3)] == pytest.approx(ref["dice"], nan_ok=True)
+    with pytest.raises(ValueError, match="task must be"):
+        train_local(model, ds, epochs=1, batch_size=4, lr=0.1, task="detection")

@@ -8,6 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medfl.data.segmentation import load_brats, load_msd
 from medfl.data.synthetic import SiteShift, hospital_shifts
@@ -111,3 +112,30 @@ def test_msd_refuses_a_broken_description_and_reports_bad_entries(tmp_path):
     assert reasons.count("missing") == 4 and any("5 (FLAIR" in k.detail for k in s.skipped)
     with pytest.raises(ValueError, match="three positive integers"):
         load_msd(root, patch=(16, 16))
+
+
+def test_segmentation_splits_hold_out_whole_cases_and_the_kind_is_detected(tmp_path):
+    from agent.config import detect_data_kind
+    from medfl.data.segmentation import load_segmentation_splits
+    from medfl.errors import DataError
+
+    brats = write_brats(tmp_path / "brats", n=7, seed=2, size=16)
+    msd = write_msd(tmp_path / "msd", task="liver", n=3, seed=2, size=16)
+    (tmp_path / "xray" / "train" / "NORMAL").mkdir(parents=True)
+    assert detect_data_kind(brats) == "brats" and detect_data_kind(msd) == "msd"
+    assert detect_data_kind(tmp_path / "xray") == "folder" and detect_data_kind(tmp_path / "a.npz") == "npz"
+    splits, cases = load_segmentation_splits("brats", brats, patch=(16, 16, 16))
+    assert len(splits["train"]) + len(splits["val"]) == 7 and len(splits["val"]) == 1
+    x, y = splits["train"].tensors
+    assert x.shape[1:] == (4, 16, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert cases.num_classes == 4 and not cases.skipped
+    again, _ = load_segmentation_splits("brats", brats, patch=(16, 16, 16))
+    assert torch.equal(again["val"].tensors[1], splits["val"].tensors[1])  # the same held-out case every time
+    liver, lcases = load_segmentation_splits("msd", msd, patch=(4, 16, 16))
+    assert lcases.num_classes == 3 and liver["train"].tensors[0].shape[1:] == (1, 4, 16, 16)
+    with pytest.raises(DataError, match="did you mean 'brats'"):
+        load_segmentation_splits("brat", brats, patch=(16, 16, 16))
+    with pytest.raises(DataError, match="need at least 2 readable cases"):
+        load_segmentation_splits("brats", write_brats(tmp_path / "one", n=1, seed=1, size=16), patch=(16, 16, 16))
+    with pytest.raises(DataError, match="no dataset.json"):
+        load_segmentation_splits("msd", brats, patch=(16, 16, 16))

@@ -91,3 +91,29 @@ def test_pack_fit_into_out_matches_and_refuses_what_does_not_fit() -> None:
                 np.zeros(2 * fit_length(g), np.float32)[::2]):
         with pytest.raises(ValueError, match="out must be"):
             pack_fit(g, t, num_samples=10, train_loss=0.3, clip_norm=1.0, sample_cap=100, out=bad)
+
+
+def test_segmentation_metrics_sum_to_weighted_dice_and_skip_absent_classes():
+    from medfl.secagg.vector import metric_names, metrics_length
+
+    names = metric_names("segmentation", 4)
+    assert names == ("dice", "loss", "hd95", "dice_1", "dice_2", "dice_3")
+    assert metric_names() == ("auc", "accuracy", "loss")
+    # site a has no enhancing tumour (dice_3 NaN): its Dice of class 3 must not dilute site b's
+    a = {"n": 10, "dice": 0.6, "loss": 0.9, "hd95": 4.0, "dice_1": 0.5, "dice_2": 0.7, "dice_3": float("nan")}
+    b = {"n": 30, "dice": 0.8, "loss": 0.5, "hd95": 2.0, "dice_1": 0.9, "dice_2": 0.7, "dice_3": 0.8}
+    vecs = [pack_metrics(m, clip_norm=10.0, sample_cap=100, names=names) for m in (a, b)]
+    assert all(v.shape == (metrics_length(names),) and np.all(np.abs(v) <= 10.0) for v in vecs)
+    got = unpack_metrics(np.sum(vecs, axis=0), clip_norm=10.0, sample_cap=100, names=names)
+    assert got.n == 40 and got.auc is None and got.accuracy is None
+    assert got.loss == pytest.approx((10 * 0.9 + 30 * 0.5) / 40, abs=1e-6)
+    assert got.extra["dice"] == pytest.approx((10 * 0.6 + 30 * 0.8) / 40, abs=1e-6)
+    assert got.extra["hd95"] == pytest.approx((10 * 4.0 + 30 * 2.0) / 40, abs=1e-5)
+    assert got.extra["dice_3"] == pytest.approx(0.8, abs=1e-6)
+    assert got.extra["dice_1"] == pytest.approx((10 * 0.5 + 30 * 0.9) / 40, abs=1e-6)
+    with pytest.raises(ShareError, match="expected 13"):
+        unpack_metrics(np.zeros(7), clip_norm=10.0, sample_cap=100, names=names)
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        metric_names("segmentation", 1)
+    with pytest.raises(ValueError, match="no secure metrics"):
+        metric_names("detection")

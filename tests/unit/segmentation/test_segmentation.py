@@ -223,5 +223,28 @@ def test_jobspec_task_checks():
         job_from_dict({"job": {"name": "x", "model": "unet2d"}})
     with pytest.raises(ConfigError, match="did you mean 'segmentation'"):
         job_from_dict({"job": {"name": "x", "task": "segmentaton"}})
-    with pytest.raises(ConfigError, match="segmentation jobs cannot run in a federation yet"):
-        job_from_dict({"job": {"name": "x", "task": "segmentation", "model": "unet2d"}})
+    seg = job_from_dict({"job": {"name": "x", "task": "segmentation", "model": "unet3d", "image_size": 32}})
+    assert seg.num_classes == 4 and seg.patch == (32, 32, 32)  # the factory's default classes, a cube
+    assert "patch_depth" not in seg.to_dict()["job"]
+    liver = job_from_dict({"job": {"name": "x", "task": "segmentation", "model": "unet2d", "image_size": 64,
+                                   "patch_depth": 4, "model_args": {"num_classes": 3}}})
+    assert liver.num_classes == 3 and liver.patch == (4, 64, 64)
+    assert job_from_dict(liver.to_dict()) == liver
+    with pytest.raises(ConfigError, match="patch_depth"):
+        job_from_dict({"job": {"name": "x", "task": "segmentation", "model": "unet2d", "patch_depth": -1}})
+
+
+def test_per_sample_dice_ce_matches_monai_dice_ce():
+    from medfl.segmentation.losses import dice_ce_loss, dice_ce_losses
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((3, 4, 8, 8, 8), (2, 3, 16, 16), (1, 2, 5, 7)):
+        logits = torch.randn(*shape, generator=g)
+        labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+        per = dice_ce_losses(logits, labels)
+        assert per.shape == (shape[0],)
+        assert torch.allclose(per.mean(), dice_ce_loss(logits, labels), atol=1e-6)
+        # each sample's loss depends on that sample only (what per-sample clipping needs)
+        assert torch.allclose(dice_ce_losses(logits[:1], labels[:1]), per[:1], atol=1e-6)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        dice_ce_losses(torch.zeros(1, 2, 4, 4), torch.full((1, 4, 4), 2))

@@ -67,3 +67,15 @@ def test_privacy_report():
     for bad in ({"epsilon": "2"}, {"epsilon": -1.0}, {"epsilon": 1.0, "delta": math.nan}, "report"):
         with pytest.raises(MalformedMessage):
             parse_report(bad)
+
+
+def test_metrics_body_takes_segmentation_metrics_and_refuses_unknown_or_out_of_range_ones():
+    m = parse_metrics({"n": 4, "loss": 0.8, "dice": 0.7, "hd95": 3.5, "dice_1": 0.6, "dice_3": math.nan})
+    assert m.extra["dice"] == 0.7 and m.extra["hd95"] == 3.5 and math.isnan(m.extra["dice_3"])
+    assert m.as_dict()["dice_1"] == 0.6 and math.isnan(m.auc)
+    with pytest.raises(MalformedMessage, match="dice must be"):
+        parse_metrics({"n": 4, "dice": 1.5})
+    with pytest.raises(MalformedMessage, match="unknown metric 'secret'"):
+        parse_metrics({"n": 4, "secret": 1.0})
+    with pytest.raises(MalformedMessage, match="unknown metric 'dice_65'"):
+        parse_metrics({"n": 4, "dice_65": 0.5})
