@@ -78,7 +78,13 @@ def _check_client_dp(policy: PolicySection, job: JobSpec) -> None:
 def _check_privacy(policy: PolicySection, job: JobSpec) -> None:
     _check_client_dp(policy, job)
     dp, name = job.privacy, job.job.name
-    if not dp.enabled:
+    if dp.client_level and not dp.sample_level and policy.limits_privacy:
+        raise PolicyViolation(
+            f"job {name!r} has client-level DP only (privacy.level = \"client\"), but agent.toml sets "
+            f"policy.max_epsilon_per_job={policy.max_epsilon_per_job} / policy.max_total_epsilon="
+            f"{policy.max_total_epsilon}, which the privacy ledger checks against DP-SGD; submit the job with "
+            "level = \"both\" (DP-SGD as well) or cap it with policy.max_client_epsilon instead")
+    if not dp.sample_level:
         if policy.limits_privacy:
             raise PolicyViolation(
                 f"job {name!r} trains without differential privacy (epsilon = inf) but agent.toml sets "

@@ -219,7 +219,7 @@ class RoundWorker:
         train = self.job_data(spec)["train"]
         plan = None
         prior: tuple[SgdRun, ...] = ()
-        if spec.privacy.enabled:
+        if spec.privacy.sample_level:
             plan = self.budget.plan(spec, n_train=len(train))
             try:
                 job_eps, total_eps = self.budget.check(job_id, spec, plan, round=rnd)
@@ -254,6 +254,17 @@ class RoundWorker:
             body.update(report, dp=plan.to_dict())
         log.info("job %s round %s: trained on %d samples, loss %.4f%s", env.job, env.round, result.num_samples,
                  result.mean_loss, f", epsilon {body['epsilon']:.3f}" if plan is not None else "")
+        if secure is not None and secure.client_dp is not None:
+            from medfl.privacy.distributed_dp import encode_update
+            from medfl.secagg.vector import pack_delta
+
+            delta, norm = pack_delta(global_arrays, state_arrays(model))
+            # clipped, rounded and noised here: the coordinator never sees a noise-free value
+            ring = encode_update(delta, secure.client_dp, ring_bits=secure.spec.ring_bits)
+            log.info("job %s round %s: client-level DP: update norm %.3g (clip %g), discrete Gaussian sigma %.4g "
+                     "in a %d-bit ring", env.job, env.round, norm, secure.client_dp.clip, secure.client_dp.sigma,
+                     secure.spec.ring_bits)
+            return RoundResult(key, vector=ring, report=report)
         if secure is not None:
             from medfl.buffers import default_pool
             from medfl.secagg.vector import fit_length, pack_fit

@@ -45,6 +45,7 @@ from agent.config import PolicySection
 from medfl.buffers import VectorPool, default_pool
 from medfl.errors import MalformedMessage, OutOfOrder, PolicyViolation, Rejected
 from medfl.jobspec import JobSpec
+from medfl.privacy.distributed_dp import ClientDP
 from medfl.secagg import envelopes
 from medfl.secagg.client import SecAggClient
 from medfl.secagg.messages import KeyRoster, ShareDelivery, UnmaskRequest
@@ -139,6 +140,9 @@ class SecureRound:
         #: True once the masks are being built ahead of the local result (the delivery came first)
         self.masks_ahead = False
         self.masked_sent = False
+        #: client-level DP parameters of a fit sum (set by :func:`open_secure`): the vector is then a
+        #: ring vector the agent encoded and noised itself, masked as it is
+        self.client_dp: ClientDP | None = None
 
     def start(self) -> Envelope:
         """Round 0: the agent's public keys."""
@@ -250,4 +254,34 @@ def open_secure(*, spec: JobSpec, env: Envelope, policy: PolicySection) -> Secur
             raise MalformedMessage(f"{env.type} of round {env.round} says secure.{key}={sent!r}, but job {env.job} was "
                                    f"accepted with aggregation.{key.removeprefix('spec.')}={accepted!r}; "
                                    "this agent keeps the accepted job's bound and refuses the round")
+    if spec.privacy.client_level and run.session.phase == "fit":
+        run.client_dp = _client_dp(spec, env, run)
     return run
+
+
+def _client_dp(spec: JobSpec, env: Envelope, run: SecureRound) -> ClientDP:
+    """The client-level DP of a fit sum, from the accepted job and the round; the announced ring is checked.
+
+    The noise multiplier and the clip come from the job this agent accepted, the dimension from
+    the global model in the TRAIN message and the threshold from the round (each share is sized
+    so that a sum of ``t`` survivors carries the whole noise; SecAgg cannot unmask fewer). The
+    coordinator's ring must be the one that cannot wrap for the round's agents, with no
+    fractional bits (the vector is already integers).
+    """
+    from medfl.secagg.vector import client_fit_length
+
+    dp = spec.privacy
+    if dp.client_noise_multiplier is None:
+        raise MalformedMessage(f"job {env.job} asks client-level DP without client_noise_multiplier")
+    cdp = ClientDP(clip=spec.aggregation.clip_norm, noise_multiplier=dp.client_noise_multiplier,
+                   dim=client_fit_length(env.tensors), threshold=run.threshold)
+    try:
+        bits = cdp.ring_bits_for(run.spec.n_agents)
+    except ValueError as exc:
+        raise MalformedMessage(f"{env.type} of round {env.round}: {exc}") from exc
+    if run.length != cdp.dim or run.spec.frac_bits != 0 or run.spec.ring_bits != bits:
+        raise MalformedMessage(
+            f"{env.type} of round {env.round} announces a {run.spec.ring_bits}-bit ring with {run.spec.frac_bits} "
+            f"fractional bits and {run.length} values, but client-level DP of job {env.job} needs the {bits}-bit "
+            f"ring of {run.spec.n_agents} agents, 0 fractional bits and the model's {cdp.dim} values; refusing")
+    return cdp

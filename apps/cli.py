@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=pathlib.Path, default=pathlib.Path("demo-out"),
                    help="working folder (default ./demo-out; replaced if made by an earlier demo)")
     d.add_argument("--model", default="cnn", help="model from the registry (default cnn)")
+    d.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                   help="classification: chest X-rays and a CNN (default); segmentation: BraTS-like 4-sequence MR "
+                        "volumes and a 3-D U-Net, Dice in the secure sum, a picture of the predicted masks")
+    d.add_argument("--cases-per-agent", type=int, default=40,
+                   help="segmentation: MR cases per hospital (default 40; each agent holds out 15%%)")
     d.add_argument("--train-per-agent", type=int, default=None,
                    help="training images per hospital (default 1080 with DP, 360 with --no-dp)")
     d.add_argument("--val-per-agent", type=int, default=120)
@@ -34,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--neighbours", type=int, default=0,
                    help="SecAgg+ neighbourhood size (default 0: every agent masks with every other, SecAgg)")
     d.add_argument("--no-dp", action="store_true", help="train without differential privacy (default: DP-SGD on)")
+    d.add_argument("--dp-level", choices=("sample", "client", "both"), default="sample",
+                   help="sample: DP-SGD at every hospital (default); client: the distributed discrete Gaussian on "
+                   "each hospital's whole update inside secure aggregation; both")
+    d.add_argument("--client-noise-multiplier", type=float, default=1.0,
+                   help="client-level DP: noise multiplier z (default 1.0)")
     d.add_argument("--noise-multiplier", type=float, default=None,
                    help="DP-SGD noise multiplier of the demo job (default 1.0)")
     d.add_argument("--encrypted-images", type=int, default=2,
@@ -122,7 +132,9 @@ def _demo(args: argparse.Namespace) -> None:
                        train_per_agent=args.train_per_agent, val_per_agent=args.val_per_agent,
                        image_size=args.image_size, seed=args.seed, progress=not args.no_progress,
                        secure=not args.plain, neighbours=args.neighbours, dp=not args.no_dp,
-                       encrypted_images=args.encrypted_images,
+                       encrypted_images=args.encrypted_images, task=args.task,
+                       cases_per_agent=args.cases_per_agent, dp_level=args.dp_level,
+                       client_noise_multiplier=args.client_noise_multiplier,
                        **({"noise_multiplier": args.noise_multiplier} if args.noise_multiplier is not None else {}))
     try:
         summary = run_demo(opts)
@@ -133,17 +145,30 @@ def _demo(args: argparse.Namespace) -> None:
     print()
     print(format_table(summary))
     print()
-    auc = summary["final_val_auc"]
-    print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
-          f"{summary['transport']} with {summary['aggregation']} aggregation; final validation AUC {auc:.4f}"
-          if auc is not None else "no AUC")
-    if summary["privacy"]["enabled"]:
-        p = summary["privacy"]
+    if summary["task"] == "segmentation":
+        dice = summary["final_val_dice"]
+        print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
+              f"{summary['transport']} with {summary['aggregation']} aggregation; final validation Dice "
+              + (f"{dice:.4f} (mean of the tumour sub-regions)" if dice is not None else "n/a"))
+        if "masks" in summary:
+            print(f"predicted vs true masks: {summary['masks']['path']}")
+    else:
+        auc = summary["final_val_auc"]
+        print(f"job {summary['job_id']}: {summary['status']} in {summary['wall_seconds']:.0f} s over "
+              f"{summary['transport']} with {summary['aggregation']} aggregation; final validation AUC {auc:.4f}"
+              if auc is not None else "no AUC")
+    p = summary["privacy"]
+    if p["enabled"] and p["level"] != "client":
         print(f"differential privacy: DP-SGD at every hospital, noise multiplier {p['noise_multiplier']}, clip "
               f"{p['max_grad_norm']}; epsilon {summary['final_epsilon']:.3f} at delta {summary['delta']:g} "
               "after the last round (largest over the hospitals)" if summary["final_epsilon"] is not None else
               "differential privacy: on, but no epsilon was reported")
-    else:
+    if p["enabled"] and p["level"] != "sample":
+        ce = summary.get("final_client_epsilon")
+        print(f"client-level DP: distributed discrete Gaussian inside secure aggregation, noise multiplier "
+              f"{p['client_noise_multiplier']}; the federation's client-level epsilon "
+              + (f"{ce:.3f} at delta {summary['delta']:g} after the last round" if ce is not None else "n/a"))
+    if not p["enabled"]:
         print("differential privacy: OFF (--no-dp)")
     print(f"curves: {summary['plot']}")
     print(f"summary: {summary['json']}")

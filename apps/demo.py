@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from apps import demo_seg
 from apps.infer import local_parties
 from apps.processes import daemons, free_port
 from medfl.data.synthetic import hospital_shifts, write_image_folder
@@ -78,6 +79,13 @@ class DemoOptions:
     max_epsilon_per_job: float = 20.0
     max_total_epsilon: float = 100.0
     encrypted_images: int = 2
+    #: "classification" (chest X-rays, the CNN) or "segmentation" (BraTS-like MR volumes, the 3-D U-Net)
+    task: str = "classification"
+    #: segmentation: cases per hospital (15% held out for validation by each agent)
+    cases_per_agent: int = 40
+    #: "sample" (DP-SGD at every hospital), "client" (distributed discrete Gaussian inside SecAgg) or "both"
+    dp_level: str = "sample"
+    client_noise_multiplier: float = 1.0
 
 
 def _run(args: list[str], **kw: Any) -> str:
@@ -144,13 +152,40 @@ image_size = {opts.image_size}
 strategy = "fedavg"
 secure = {"true" if opts.secure and opts.agents >= 2 else "false"}   # the coordinator learns only the sum
 neighbours = {opts.neighbours}              # 0: SecAgg (complete graph); k >= 2: SecAgg+ with k neighbours
-""" + (f"""
+""" + privacy_toml(opts)
+
+
+def privacy_toml(opts: DemoOptions) -> str:
+    """The demo job's [privacy] table ("" without DP): DP-SGD, client-level DP or both."""
+    if not opts.dp:
+        return ""
+    sample = opts.dp_level in ("sample", "both")
+    return f"""
 [privacy]
-noise_multiplier = {opts.noise_multiplier}
-max_grad_norm = {opts.max_grad_norm}
+level = "{opts.dp_level}"
 delta = {opts.delta}
+""" + (f"""noise_multiplier = {opts.noise_multiplier}
+max_grad_norm = {opts.max_grad_norm}
 accountant = "rdp"
-""" if opts.dp else "")
+""" if sample else "") + (f"""client_noise_multiplier = {opts.client_noise_multiplier}
+""" if opts.dp_level != "sample" else "")
+
+
+def _privacy_summary(opts: DemoOptions) -> dict[str, Any]:
+    """The demo JSON's ``privacy``: what protects the data, with its parameters."""
+    if not opts.dp:
+        return {"enabled": False}
+    out: dict[str, Any] = {"enabled": True, "level": opts.dp_level}
+    if opts.dp_level in ("sample", "both"):
+        out.update(mechanism="DP-SGD (sample-level, at every hospital)", noise_multiplier=opts.noise_multiplier,
+                   max_grad_norm=opts.max_grad_norm, accountant="rdp", max_epsilon_per_job=opts.max_epsilon_per_job,
+                   max_total_epsilon=opts.max_total_epsilon)
+    if opts.dp_level in ("client", "both"):
+        out.update(client_mechanism="distributed discrete Gaussian (client-level, inside secure aggregation)",
+                   client_noise_multiplier=opts.client_noise_multiplier)
+    if opts.dp_level == "client":
+        out["mechanism"] = out["client_mechanism"]
+    return out
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -166,7 +201,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     opts = DemoOptions(**{**opts.__dict__, "out": out})
     _prepare_out(out)
     names = [f"hospital-{chr(ord('a') + i)}" if i < 26 else f"hospital-{i}" for i in range(opts.agents)]
-    _write_data(opts, names)
+    seg = opts.task == "segmentation"
+    if seg:
+        demo_seg.write_data(out, names, cases=opts.cases_per_agent, seed=opts.seed, progress=opts.progress)
+    else:
+        _write_data(opts, names)
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     coord = out / "coordinator"
@@ -178,12 +217,15 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
               "--coordinator-key", str(coord / "keys" / "coordinator.key"), "--data", str(out / name / "data"),
               "--min-parties", str(min(2, opts.agents)),
               "--require-secure-aggregation" if secure else "--no-require-secure-aggregation",
+              *(["--allowed-models", demo_seg.SEG_MODEL] if seg else []),
               *(["--max-epsilon-per-job", str(opts.max_epsilon_per_job), "--max-total-epsilon",
-                 str(opts.max_total_epsilon)] if opts.dp else [])])
+                 str(opts.max_total_epsilon)] if opts.dp and opts.dp_level != "client" else [])])
         _run(["coordinator.cli", "nodes", "approve", str(out / name / "keys" / "agent.key"), "--name", name,
               "--config", ccfg])
     job_file = out / "job.toml"
-    job_file.write_text(_job_toml(opts))
+    job_file.write_text(demo_seg.job_toml(rounds=opts.rounds, agents=opts.agents, seed=opts.seed, secure=secure,
+                                          neighbours=opts.neighbours, privacy=privacy_toml(opts))
+                        if seg else _job_toml(opts))
     logs = out / "logs"
     logs.mkdir()
     cmds = [("coordinator", ["coordinator.cli", "serve", "--config", ccfg])]
@@ -192,25 +234,33 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     with daemons(cmds, {name: logs / f"{name}.log" for name, _ in cmds}, env=env) as procs:
         job_id = _run(["coordinator.cli", "jobs", "submit", str(job_file), "--config", ccfg]).strip()
         job = _follow(opts, ccfg, job_id, procs, logs)
-    rounds = [{"round": r["round"], "agents": r["agents"], "agent_names": r["agent_names"],
+    rounds = [demo_seg.round_row(r) if seg else
+              {"round": r["round"], "agents": r["agents"], "agent_names": r["agent_names"],
                "val_auc": r["val_auc"], "val_accuracy": r["val_accuracy"], "val_loss": r["val_loss"],
                "train_loss": r["train_loss"], "seconds": round(r["seconds"], 2), "epsilon": r.get("epsilon"),
-               "epsilons": r.get("epsilons") or {}} for r in job["rounds_table"]]
+               "epsilons": r.get("epsilons") or {}, "client_epsilon": r.get("client_epsilon")}
+              for r in job["rounds_table"]]
     summary = {
-        "job_id": job_id, "status": job["status"], "message": job["message"], "agents": names,
-        "rounds": rounds, "final_val_auc": rounds[-1]["val_auc"] if rounds else None,
-        "privacy": ({"enabled": True, "mechanism": "DP-SGD (sample-level, at every hospital)",
-                     "noise_multiplier": opts.noise_multiplier, "max_grad_norm": opts.max_grad_norm,
-                     "accountant": "rdp", "max_epsilon_per_job": opts.max_epsilon_per_job,
-                     "max_total_epsilon": opts.max_total_epsilon} if opts.dp else {"enabled": False}),
+        "job_id": job_id, "task": opts.task, "status": job["status"], "message": job["message"], "agents": names,
+        "rounds": rounds, **({"final_val_dice": rounds[-1]["val_dice"] if rounds else None} if seg else
+                             {"final_val_auc": rounds[-1]["val_auc"] if rounds else None}),
+        "privacy": _privacy_summary(opts),
         "delta": opts.delta if opts.dp else None,
         "final_epsilon": rounds[-1]["epsilon"] if rounds else None,
+        "final_client_epsilon": rounds[-1].get("client_epsilon") if rounds else None,
         "transport": "zmq+curve", "aggregation": _aggregation_label(job_file),
         "checkpoint": job["rounds_table"][-1]["checkpoint"] if rounds else None,
         "wall_seconds": round(time.monotonic() - started, 1), "out": str(out),
     }
-    summary["plot"] = str(_plot(rounds, out / "training_curves.png"))
-    if opts.encrypted_images > 0 and summary["checkpoint"]:
+    if seg:
+        summary["plot"] = str(demo_seg.plot_dice(rounds, out / "dice_per_round.png"))
+        if summary["checkpoint"]:
+            ckpt = pathlib.Path(summary["checkpoint"])
+            summary["masks"] = demo_seg.masks_figure(out, names, ckpt if ckpt.is_absolute() else
+                                                     out / "coordinator" / ckpt, out / "masks.png")
+    else:
+        summary["plot"] = str(_plot(rounds, out / "training_curves.png"))
+    if opts.encrypted_images > 0 and summary["checkpoint"] and not seg:
         summary["encrypted_inference"] = _encrypted_inference(opts, pathlib.Path(summary["checkpoint"]), names[0])
     json_path = opts.json_path or out / "summary.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,8 +330,11 @@ def _follow(opts: DemoOptions, ccfg: str, job_id: str, procs: dict[str, subproce
             if done > bar.n:
                 bar.update(done - bar.n)
                 last = job["rounds_table"][-1]
+                dice = (last.get("val_metrics") or {}).get("dice")
                 if last["val_auc"] is not None:
                     bar.set_postfix(val_auc=f"{last['val_auc']:.3f}", agents=last["agents"])
+                elif dice is not None:
+                    bar.set_postfix(val_dice=f"{dice:.3f}", agents=last["agents"])
             elif st["daemon"] and st["daemon"].get("online") is not None:
                 bar.set_postfix_str(f"online: {len(st['daemon']['online'])}/{opts.agents}")
             if job["status"] in ("done", "failed", "cancelled"):
@@ -324,6 +377,8 @@ def _plot(rounds: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
 
 def format_table(summary: dict[str, Any]) -> str:
     """The per-round table printed at the end of the demo."""
+    if summary.get("task") == "segmentation":
+        return demo_seg.format_seg_table(summary)
     delta = summary.get("delta")
     eps_head = f"eps@{delta:g}" if delta else "epsilon"
     lines = [f"{'round':>5} {'agents':>6} {'val_auc':>8} {'val_acc':>8} {'val_loss':>8} {'train_loss':>10} "

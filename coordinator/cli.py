@@ -437,11 +437,16 @@ def _status(args: argparse.Namespace) -> None:
         for r in j["rounds_table"]:
             auc = f"{r['val_auc']:.4f}" if r["val_auc"] is not None else "n/a"
             dp = f"  epsilon {r['epsilon']:.3f} (delta {r['delta']:g})" if r.get("epsilon") is not None else ""
+            if r.get("client_epsilon") is not None:
+                dp += f"  client-level epsilon {r['client_epsilon']:.3f}"
             print(f"  round {r['round']:3d}  agents {r['agents']}  val_auc {auc}  {r['seconds']:.1f} s{dp}")
         if j["rounds_table"]:
             auc = f"{j['final_val_auc']:.4f}" if j["final_val_auc"] is not None else "n/a"
             dp = (f", epsilon {j['final_epsilon']:.3f} at delta {j['delta']:g} (largest over the hospitals)"
-                  if j["final_epsilon"] is not None else ", no differential privacy")
+                  if j["final_epsilon"] is not None else "")
+            if j.get("final_client_epsilon") is not None:
+                dp += f", client-level epsilon {j['final_client_epsilon']:.3f} at delta {j['delta']:g} (the federation)"
+            dp = dp or ", no differential privacy"
             print(f"  final (round {j['rounds_table'][-1]['round']}): val_auc {auc}{dp}")
     for sess in st["inference_sessions"][-10:]:
         online = f"{sess['online_seconds']:.1f} s online" if sess.get("online_seconds") is not None else ""

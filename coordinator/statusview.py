@@ -18,10 +18,13 @@ def status_dict(store: Any) -> dict[str, Any]:
     ``inference_sessions``. Each job has id, name, status, rounds_done, rounds, message,
     aggregation (``secagg``, ``secagg+`` or ``plain``), ``rounds_table`` (one row per completed
     round: round, attempts, agents, agent_names, num_samples, train_loss, val_auc, val_accuracy,
-    val_loss, val_samples, seconds, finished_at, checkpoint, epsilon, delta, epsilons per agent)
+    val_loss, val_samples, seconds, finished_at, checkpoint, epsilon, delta, epsilons per agent,
+    val_metrics, client_rho, client_epsilon)
     and, from the last completed round (so far, while the job runs; null before its first round):
     ``final_val_auc`` (the global model's validation AUC), ``final_epsilon`` (the largest epsilon
-    any participating hospital has spent on the job; null without DP) and ``delta`` (its delta).
+    any participating hospital has spent on the job; null without DP), ``delta`` (its delta) and
+    ``final_client_epsilon`` (the federation's client-level epsilon at ``delta`` over the completed
+    rounds; null without client-level DP).
     """
     daemon = json.loads(store.get_meta("daemon") or "null")
     if daemon and daemon.get("state") == "serving" and time.time() - daemon["t"] > 5:
@@ -36,6 +39,7 @@ def status_dict(store: Any) -> dict[str, Any]:
                      "final_val_auc": last.val_auc if last else None,
                      "final_epsilon": last.epsilon if last else None,
                      "delta": last.delta if last else None,
+                     "final_client_epsilon": last.client_epsilon if last else None,
                      "rounds_table": [r.__dict__ for r in rounds]})
     sessions = json.loads(store.get_meta("smpc_sessions") or "[]")
     return {"daemon": daemon, "nodes": [n.__dict__ for n in store.nodes()], "jobs": jobs,

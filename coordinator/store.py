@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     delta REAL,
     epsilons TEXT NOT NULL DEFAULT '{}',
     val_metrics TEXT NOT NULL DEFAULT '{}',
+    client_rho REAL,
+    client_epsilon REAL,
     PRIMARY KEY (job_id, round)
 );
 CREATE TABLE IF NOT EXISTS invitations (
@@ -99,7 +101,8 @@ _ADDED_COLUMNS = [("rounds", "epsilon", "REAL"), ("rounds", "delta", "REAL"),
                   ("rounds", "epsilons", "TEXT NOT NULL DEFAULT '{}'"),
                   ("nodes", "last_refused", "REAL"), ("nodes", "refusals", "INTEGER NOT NULL DEFAULT 0"),
                   ("nodes", "version", "TEXT NOT NULL DEFAULT ''"),
-                  ("rounds", "val_metrics", "TEXT NOT NULL DEFAULT '{}'")]
+                  ("rounds", "val_metrics", "TEXT NOT NULL DEFAULT '{}'"),
+                  ("rounds", "client_rho", "REAL"), ("rounds", "client_epsilon", "REAL")]
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,10 @@ class RoundRow:
     #: the task's other validation metrics, e.g. a segmentation job's ``dice`` (mean over the
     #: foreground classes), ``dice_1`` .. ``dice_{K-1}`` and ``hd95`` (None where not measured)
     val_metrics: dict[str, float | None] = field(default_factory=dict)
+    #: client-level DP (None without it): the round's zCDP, from its survivors' noise, and the
+    #: job's client-level epsilon at ``delta`` after it (every completed round composed)
+    client_rho: float | None = None
+    client_epsilon: float | None = None
 
 
 class Store:

@@ -243,6 +243,16 @@ class PrivacySpec:
     #: z of client-level DP: total noise std at the secure sum's threshold over the update's sensitivity
     client_noise_multiplier: float | None = None
 
+    @property
+    def sample_level(self) -> bool:
+        """DP-SGD at every agent (``level`` "sample" or "both")."""
+        return self.enabled and self.level in ("sample", "both")
+
+    @property
+    def client_level(self) -> bool:
+        """The distributed discrete Gaussian on each agent's whole update (``level`` "client" or "both")."""
+        return self.enabled and self.level in ("client", "both")
+
     def check(self) -> list[tuple[str, str]]:
         """Range checks, reported by TOML key."""
         from medfl.privacy.accountant import ACCOUNTANTS  # lazy: dp_accounting and torch load in seconds
@@ -304,10 +314,10 @@ class JobSpec:
         """Checks across tables (secure aggregation against the job's party counts)."""
         out: list[tuple[str, str]] = []
         agg, job = self.aggregation, self.job
-        if self.privacy.enabled and self.privacy.level != "sample":
-            out.append(("privacy.level", f"level = {self.privacy.level!r}: client-level DP (medfl.privacy."
-                                         "distributed_dp) is not yet wired into the round code; use level = "
-                                         "\"sample\" for now"))
+        if self.privacy.client_level and not agg.secure:
+            out.append(("privacy.level", f"level = {self.privacy.level!r}: client-level DP adds its noise inside "
+                                         "secure aggregation (each share alone is under-noised); set "
+                                         "aggregation.secure = true"))
         if not agg.secure:
             return out
         if job.min_agents < 2:

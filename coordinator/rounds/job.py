@@ -26,7 +26,6 @@ from coordinator.rounds.plain import PlainRounds
 from coordinator.rounds.secure import SecureRounds
 from coordinator.store import RoundRow
 from medfl.errors import StateError
-from medfl.secagg.vector import fit_length
 from medfl.wire import MessageType
 
 __all__ = ["JobRun"]
@@ -192,7 +191,7 @@ class JobRun(PlainRounds, SecureRounds):
                  s.attempt, len(ready), self.spec.aggregation.label)
         if self.spec.aggregation.secure:
             s.deadline = math.inf  # the secure sum's stages carry the deadlines
-            s.secure = self._secure_sum("fit", ready, fit_length(self.global_arrays), self.spec.job.round_deadline_s)
+            s.secure = self._secure_sum("fit", ready, self._fit_length(), self.spec.job.round_deadline_s)
             return self._secure_envelopes(MessageType.TRAIN, body, self.global_arrays)
         env = self._env(MessageType.TRAIN, body, self.global_arrays)
         return [(fp, env) for fp in ready]

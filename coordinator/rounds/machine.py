@@ -89,6 +89,7 @@ class RunState:
     fit_sum: FitSum | None = None                # what the unmasked fit sum revealed
     survivors: list[str] = field(default_factory=list)  # agents whose masked update is in the sum
     opt_pending: ServerOptState | None = None    # the server optimizer's state after the candidate's step
+    client_rho: float | None = None              # client-level DP: the zCDP of the round's fit sum
 
 
 class RoundMachine:
@@ -200,11 +201,17 @@ class RoundMachine:
         s.participants = {}
         return []
 
-    def _privacy_columns(self, agents: Iterable[str]) -> dict[str, Any]:
-        """Epsilon (the largest over the agents), delta and each agent's epsilon, from their reports."""
+    def _privacy_columns(self, agents: Iterable[str], client: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Epsilon (the largest over the agents), delta and each agent's epsilon, from their reports.
+
+        ``client`` holds the client-level DP columns (with the job's delta, used when no agent
+        reported a DP-SGD delta).
+        """
         s = self.state
         members = set(agents)
         eps = {s.participants.get(fp, fp[:16]): e for fp, (e, _) in s.epsilons.items() if fp in members}
         deltas = [d for fp, (_, d) in s.epsilons.items() if fp in members and math.isfinite(d)]
-        return {"epsilon": max(eps.values()) if eps else None, "delta": max(deltas) if deltas else None,
-                "epsilons": eps}
+        client = dict(client or {})
+        delta = max(deltas) if deltas else client.get("delta")
+        client.pop("delta", None)
+        return {"epsilon": max(eps.values()) if eps else None, "delta": delta, "epsilons": eps, **client}

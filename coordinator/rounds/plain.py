@@ -54,7 +54,7 @@ class PlainRounds(RoundMachine):
             s.updates[fingerprint] = (arrays, body.num_samples, body.train_loss)
             if body.epsilon is not None:
                 s.epsilons[fingerprint] = (body.epsilon, math.nan if body.delta is None else body.delta)
-            elif self.spec.privacy.enabled:
+            elif self.spec.privacy.sample_level:
                 log.warning("job %s round %d: agent %s sent no epsilon for a DP job", self.job_id, s.round,
                             fingerprint[:16])
         if set(s.updates) >= set(s.participants):

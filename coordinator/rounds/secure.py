@@ -7,6 +7,15 @@ sum of the deltas, the sample counts and the losses (fit) or of the validation m
 (evaluate), laid out as :mod:`medfl.secagg.vector` says. A secure sum that falls below its
 threshold aborts and the round is retried like a round short of ``min_agents``.
 
+Client-level DP (``[privacy] level = "client"`` or ``"both"``): the fit sum's vector is the
+delta alone, each agent encodes it into the ring itself (clip, conditional rounding, discrete
+Gaussian noise sized for the round's threshold; :mod:`medfl.privacy.distributed_dp`) before it
+masks it, so the coordinator only ever unmasks the noisy sum. The fit ring is the one
+:meth:`~medfl.privacy.distributed_dp.ClientDP.ring_bits_for` picks for the round's agents, sent
+with 0 fractional bits (the agents check both). The round's zCDP comes from its survivors
+(:meth:`~medfl.privacy.distributed_dp.ClientDP.round_rho`) and the job's client-level epsilon
+composes every completed round's (rounds.client_rho, rounds.client_epsilon).
+
 The ``secure`` parameters repeat the job's ``aggregation.clip_norm`` and ``sample_cap``, which
 the agents already hold from the job offer: agents released before the agent compared them
 require the copies, so they stay on the wire (fields are never removed), and an agent refuses
@@ -32,10 +41,20 @@ import numpy as np
 from coordinator.rounds.machine import Outgoing, RoundMachine, Stage
 from coordinator.rounds.secure_sum import SecureSum
 from coordinator.store import RoundRow
-from medfl.errors import NonFiniteError, OutOfOrder, ShareError, StateError
+from medfl.errors import NonFiniteError, OutOfOrder, SecAggAbort, ShareError, StateError
+from medfl.privacy.distributed_dp import ClientDP
 from medfl.secagg import envelopes
-from medfl.secagg.quantization import choose_spec
-from medfl.secagg.vector import MetricsSum, metric_names, metrics_length, unpack_fit, unpack_metrics
+from medfl.secagg.quantization import QuantSpec, choose_spec
+from medfl.secagg.vector import (
+    MetricsSum,
+    client_fit_length,
+    fit_length,
+    metric_names,
+    metrics_length,
+    unpack_client_fit,
+    unpack_fit,
+    unpack_metrics,
+)
 from medfl.wire import Envelope, MessageType
 
 __all__ = ["SecureRounds"]
@@ -46,9 +65,28 @@ log = logging.getLogger(__name__)
 class SecureRounds(RoundMachine):
     """The secure round's sums, messages and close (joined into :class:`~coordinator.rounds.job.JobRun`)."""
 
+    def client_dp(self, n_agents: int) -> ClientDP | None:
+        """The client-level DP parameters of a fit sum of ``n_agents`` (None when the job has none)."""
+        p, agg = self.spec.privacy, self.spec.aggregation
+        if not (p.enabled and p.level in ("client", "both")) or p.client_noise_multiplier is None:
+            return None
+        return ClientDP(clip=agg.clip_norm, noise_multiplier=p.client_noise_multiplier,
+                        dim=client_fit_length(self.global_arrays), threshold=agg.threshold_for(n_agents))
+
+    def _fit_length(self) -> int:
+        """Length of the fit vector: the delta alone under client-level DP, else with weight and loss."""
+        if self.client_dp(2) is not None:
+            return client_fit_length(self.global_arrays)
+        return fit_length(self.global_arrays)
+
     def _secure_sum(self, phase: str, agents: list[str], length: int, collect_deadline_s: float) -> SecureSum:
         agg = self.spec.aggregation
-        spec = choose_spec(n_agents=len(agents), clip_norm=agg.clip_norm, frac_bits=agg.frac_bits)
+        cdp = self.client_dp(len(agents)) if phase == "fit" else None
+        if cdp is not None:  # the agents encode into the ring themselves: integers, no fractional bits
+            spec = QuantSpec(ring_bits=cdp.ring_bits_for(len(agents)), frac_bits=0, clip_norm=agg.clip_norm,
+                             n_agents=len(agents))
+        else:
+            spec = choose_spec(n_agents=len(agents), clip_norm=agg.clip_norm, frac_bits=agg.frac_bits)
         session = envelopes.Session(job=self.job_id, round=self.state.round, attempt=self.state.attempt, phase=phase)
         return SecureSum(session=session, agents=agents, threshold=agg.threshold_for(len(agents)),
                          degree=agg.neighbours, spec=spec, length=length, stage_deadline_s=agg.stage_deadline_s,
@@ -99,9 +137,17 @@ class SecureRounds(RoundMachine):
         if len(run.survivors) < self.spec.job.min_agents:
             return self._retry(f"round {s.round} attempt {s.attempt}: {len(run.survivors)} masked update(s) in the "
                                f"sum, min_agents={self.spec.job.min_agents}")
+        cdp = self.client_dp(run.spec.n_agents)
         try:
-            fit = unpack_fit(run.result, self.global_arrays, clip_norm=agg.clip_norm, sample_cap=agg.sample_cap)
-        except (ShareError, NonFiniteError) as exc:
+            if cdp is not None:
+                fit = unpack_client_fit(run.result, self.global_arrays, gamma=cdp.gamma,
+                                        survivors=len(run.survivors))
+                s.client_rho = cdp.round_rho(len(run.survivors))
+            else:
+                fit = unpack_fit(run.result, self.global_arrays, clip_norm=agg.clip_norm,
+                                 sample_cap=agg.sample_cap)
+                s.client_rho = None
+        except (ShareError, NonFiniteError, SecAggAbort) as exc:
             return self._retry(f"round {s.round} attempt {s.attempt}: the unmasked sum is unusable: {exc}")
         try:
             s.candidate = self._aggregate_delta(fit.mean_delta)
@@ -111,7 +157,7 @@ class SecureRounds(RoundMachine):
             return []
         s.fit_sum, s.survivors = fit, list(run.survivors)
         s.epsilons = {fp: rep for fp, rep in run.reports.items() if fp in s.survivors}
-        if self.spec.privacy.enabled and set(s.survivors) - set(s.epsilons):
+        if self.spec.privacy.sample_level and set(s.survivors) - set(s.epsilons):
             log.warning("job %s round %d: %d agent(s) sent no epsilon for a DP job", self.job_id, s.round,
                         len(set(s.survivors) - set(s.epsilons)))
         self._goto(Stage.EVALUATE)
@@ -142,7 +188,19 @@ class SecureRounds(RoundMachine):
             num_samples=fit.num_samples, train_loss=fit.train_loss, val_auc=metrics.auc,
             val_accuracy=metrics.accuracy, val_loss=metrics.loss, val_samples=metrics.n,
             seconds=self.clock() - s.round_started, finished_at=time.time(), checkpoint=str(path),
-            val_metrics=metrics.extra, **self._privacy_columns(s.survivors))
+            val_metrics=metrics.extra, **self._privacy_columns(s.survivors, client=self._client_columns()))
+
+    def _client_columns(self) -> dict[str, Any]:
+        """The round's client-level zCDP and the job's client-level epsilon so far (composed over its rounds)."""
+        rho = self.state.client_rho
+        if rho is None:
+            return {}
+        from medfl.privacy.ddg_accountant import epsilon  # lazy: dp_accounting loads in seconds
+
+        earlier = [r.client_rho for r in self.store.rounds(self.job_id) if r.client_rho is not None
+                   and r.round < self.state.round]
+        return {"client_rho": rho, "client_epsilon": epsilon([*earlier, rho], self.spec.privacy.delta),
+                "delta": self.spec.privacy.delta}
 
     def _metric_names(self) -> tuple[str, ...]:
         """The validation metrics the job's task sums (:func:`medfl.secagg.vector.metric_names`)."""

@@ -196,6 +196,10 @@ class SecAggClient:
         ``rounding_seed`` (stochastic rounding) is drawn from :mod:`medfl.csprng` unless given.
         ``premask`` is :meth:`premask`'s result for the same delivery: the update is quantized
         and the premask added in the ring, which gives the same upload as masking in one pass.
+
+        An ``update`` that is already a ring vector (a NumPy array of the spec's unsigned dtype:
+        client-level DP encodes, rounds and noises the update itself,
+        :func:`medfl.privacy.distributed_dp.encode_update`) is masked as it is, not quantized.
         """
         st = self._st
         received, masks, nonce = self._open_delivery(delivery)
@@ -203,7 +207,20 @@ class SecAggClient:
         out = None
         if self.pool is not None and isinstance(update, np.ndarray):
             out = self.pool.empty(update.size, spec.dtype)
-        if premask is None:
+        if isinstance(update, np.ndarray) and np.issubdtype(update.dtype, np.unsignedinteger):
+            if update.dtype != np.dtype(spec.dtype) or update.ndim != 1:
+                raise Rejected(f"ring vector of dtype {update.dtype} shape {update.shape} does not fit the round's "
+                               f"{np.dtype(spec.dtype)} ring")
+            masked = np.empty(update.size, dtype=spec.dtype) if out is None else out
+            np.copyto(masked, update)
+            if premask is None:
+                apply_masks(masked, masks, nonce)
+            else:
+                if premask.dtype != np.dtype(spec.dtype) or premask.shape != (update.size,):
+                    raise Rejected(f"premask of dtype {premask.dtype} shape {premask.shape} does not fit the ring "
+                                   f"vector ({update.size} elements of {np.dtype(spec.dtype)})")
+                ring_add_(masked, premask)
+        elif premask is None:
             masked = quantize_and_mask(update, spec=spec, masks=masks, nonce=nonce, rounding_seed=seed, out=out)
         else:
             if (not isinstance(update, np.ndarray) or premask.dtype != np.dtype(spec.dtype)

@@ -17,6 +17,15 @@ the summed vector, weighted, and divided out at the coordinator:
   validation cases lack a class does not dilute that class's Dice) and ``m'`` the metric (loss
   and HD95 divided by ``LOSS_CAP``, clamped to ``[0, 1]``), then ``u * s``.
 
+- **fit under client-level DP** (``[privacy] level = "client"`` or ``"both"``): the delta alone
+  (:func:`pack_delta`, :func:`client_fit_length` values), encoded into the ring by
+  :func:`medfl.privacy.distributed_dp.encode_update` (clipped to ``clip_norm``, conditionally
+  rounded, discrete Gaussian noise added) before the masks go on. Every agent weighs the same
+  (the mean over the survivors, whose number the coordinator knows), and no sample count or
+  training loss enters the sum: an exact count or loss beside the noised delta would be a
+  release the client-level guarantee does not cover. :func:`unpack_client_fit` divides the
+  decoded sum by the survivors.
+
 Every coordinate is within ``clip_norm`` in absolute value, which is what
 :class:`~medfl.secagg.quantization.QuantSpec` needs so that the sum cannot wrap. The sum of
 the ``u_i * delta_i`` divided by the sum of the ``u_i`` is the FedAvg mean delta; sample counts
@@ -42,8 +51,9 @@ import numpy as np
 
 from medfl.errors import NonFiniteError, ShareError
 
-__all__ = ["LAYOUT", "LOSS_CAP", "FitSum", "MetricsSum", "fit_length", "float_names", "metric_names",
-           "metrics_length", "pack_fit", "pack_metrics", "unpack_fit", "unpack_metrics"]
+__all__ = ["LAYOUT", "LOSS_CAP", "FitSum", "MetricsSum", "client_fit_length", "fit_length", "float_names",
+           "metric_names", "metrics_length", "pack_delta", "pack_fit", "pack_metrics", "unpack_client_fit",
+           "unpack_fit", "unpack_metrics"]
 
 LAYOUT = "medfl-secagg-vector-v1"
 LOSS_CAP = 100.0
@@ -85,6 +95,39 @@ def float_names(arrays: Mapping[str, np.ndarray]) -> list[str]:
 def fit_length(arrays: Mapping[str, np.ndarray]) -> int:
     """Length of the fit vector for a model with these global arrays."""
     return sum(int(np.asarray(arrays[k]).size) for k in float_names(arrays)) + _FIT_EXTRA
+
+
+def client_fit_length(arrays: Mapping[str, np.ndarray]) -> int:
+    """Length of the client-level DP fit vector (the delta alone) for a model with these global arrays."""
+    return fit_length(arrays) - _FIT_EXTRA
+
+
+def pack_delta(global_arrays: Mapping[str, np.ndarray], trained: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """The flat float64 delta ``trained - global`` (float tensors, sorted by name) and its L2 norm.
+
+    Raises
+    ------
+    NonFiniteError
+        The trained weights hold NaN or infinity.
+    ValueError
+        The names or shapes differ from the global model's.
+    """
+    names = float_names(global_arrays)
+    if set(float_names(trained)) != set(names):
+        raise ValueError(f"trained tensors {sorted(float_names(trained))[:5]}... do not match the global model's "
+                         f"{names[:5]}...")
+    parts = []
+    for k in names:
+        g, t = np.asarray(global_arrays[k]), np.asarray(trained[k])
+        if g.shape != t.shape:
+            raise ValueError(f"tensor {k!r} has shape {t.shape}, the global model's is {g.shape}")
+        parts.append(t.reshape(-1).astype(np.float64) - g.reshape(-1).astype(np.float64))
+    delta = np.concatenate(parts) if parts else np.zeros(0)
+    norm = float(np.linalg.norm(delta))
+    if not math.isfinite(norm):
+        bad = int(np.flatnonzero(~np.isfinite(delta))[0])
+        raise NonFiniteError(f"update element {bad} is {delta[bad]}; a non-finite update cannot be aggregated")
+    return delta, norm
 
 
 def _weight(count: float, sample_cap: int) -> float:
@@ -208,6 +251,38 @@ def unpack_fit(total: np.ndarray, global_arrays: Mapping[str, np.ndarray], *, cl
         pos += size
     loss = loss_sum / loss_weight * LOSS_CAP if loss_weight > 0.5 / sample_cap else None
     return FitSum(mean_delta=out, num_samples=int(round(weight * sample_cap)), train_loss=loss)
+
+
+def unpack_client_fit(total: np.ndarray, global_arrays: Mapping[str, np.ndarray], *, gamma: float,
+                      survivors: int) -> FitSum:
+    """The mean delta of a client-level DP fit sum: the decoded ring sum times ``gamma`` over ``survivors``.
+
+    ``total`` is the unmasked sum decoded with 0 fractional bits (the signed integers as floats).
+    The sample count (0) and training loss (None) are not released under client-level DP.
+
+    Raises
+    ------
+    ShareError
+        The vector has the wrong length or there are no survivors.
+    NonFiniteError
+        The sum holds non-finite values.
+    """
+    n = client_fit_length(global_arrays)
+    flat = np.asarray(total).reshape(-1)
+    if flat.size != n:
+        raise ShareError(f"client-level fit sum has {flat.size} elements, the model needs {n}")
+    if survivors < 1:
+        raise ShareError(f"a client-level fit sum needs at least one survivor, got {survivors}")
+    mean = flat.astype(np.float64) * (gamma / survivors)
+    if not np.isfinite(mean).all():
+        raise NonFiniteError("the unmasked client-level fit sum holds non-finite values")
+    out, pos = {}, 0
+    for k in float_names(global_arrays):
+        shape = np.shape(global_arrays[k])
+        size = int(np.prod(shape, dtype=np.int64))
+        out[k] = mean[pos:pos + size].astype(np.float32).reshape(shape)
+        pos += size
+    return FitSum(mean_delta=out, num_samples=0, train_loss=None)
 
 
 def pack_metrics(metrics: Mapping[str, float], *, clip_norm: float, sample_cap: int,

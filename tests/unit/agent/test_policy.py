@@ -75,11 +75,24 @@ def test_policy_caps_the_planned_client_epsilon():
     check_job(PolicySection(max_client_epsilon=5.0), _client_job(level="client", z=3.0, rounds=5))
 
 
-def test_client_level_jobs_are_refused_until_rounds_carry_them():
+def test_a_sample_level_budget_refuses_a_client_only_job():
+    # the ledger counts DP-SGD: a client-only job under a per-job epsilon cap is refused with the way out
+    with pytest.raises(PolicyViolation, match="client-level DP only.*level = \"both\""):
+        check_job(PolicySection(max_epsilon_per_job=8.0), _client_job(level="client", z=1.0))
+    check_job(PolicySection(max_epsilon_per_job=8.0, max_client_epsilon=20.0), _client_job(level="both", z=1.0))
+
+
+def test_client_level_jobs_parse_and_need_secure_aggregation():
     from medfl.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="not yet wired"):
-        job_from_dict({"job": {"name": "c", "min_agents": 2},
+    job = job_from_dict({"job": {"name": "c", "min_agents": 2},
+                         "privacy": {"level": "client", "client_noise_multiplier": 1.0}})
+    assert job.privacy.client_level and not job.privacy.sample_level
+    both = job_from_dict({"job": {"name": "c", "min_agents": 2},
+                          "privacy": {"level": "both", "client_noise_multiplier": 1.0, "noise_multiplier": 1.0}})
+    assert both.privacy.client_level and both.privacy.sample_level
+    with pytest.raises(ConfigError, match="inside secure aggregation"):
+        job_from_dict({"job": {"name": "c", "min_agents": 2}, "aggregation": {"secure": False},
                        "privacy": {"level": "client", "client_noise_multiplier": 1.0}})
     with pytest.raises(ConfigError, match="client_noise_multiplier"):
         job_from_dict({"job": {"name": "c", "min_agents": 2}, "privacy": {"level": "client"}})
