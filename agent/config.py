@@ -202,6 +202,11 @@ class PacsSection:
     send_retries: int = 5
     scoring: Literal["plain", "encrypted"] = "plain"
     quarantine_max_mb: int = 1024
+    #: CT/MR series segmentation: the safetensors checkpoint of a medfl segmentation model (None: CT
+    #: and MR instances are refused as before), and how long a series must stay quiet to be complete
+    seg_model_file: pathlib.Path | None = None
+    series_quiet_s: float = 10.0
+    seg_overlap: float = 0.25
 
     def check(self) -> list[tuple[str, str]]:
         """Range checks."""
@@ -225,6 +230,10 @@ class PacsSection:
             out.append(("send_retries", f"must be >= 0, got {self.send_retries}"))
         if self.quarantine_max_mb < 1:
             out.append(("quarantine_max_mb", f"must be >= 1 (MiB), got {self.quarantine_max_mb}"))
+        if not 0.0 < self.series_quiet_s <= 3600.0:
+            out.append(("series_quiet_s", f"must be in (0, 3600] seconds, got {self.series_quiet_s}"))
+        if not 0.0 <= self.seg_overlap < 1.0:
+            out.append(("seg_overlap", f"must be in [0, 1), got {self.seg_overlap}"))
         return out
 
 

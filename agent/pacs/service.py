@@ -7,6 +7,10 @@ the SR to the PACS with retries. Killed at any point and restarted, the inbox an
 recovered and every acknowledged instance is scored exactly once (the audit row is the
 commit point; SR UIDs are deterministic, so a re-sent SR replaces itself).
 
+With ``[pacs] seg_model_file`` set, CT and MR instances take the series path instead
+(:mod:`agent.pacs.series`): stored per series, segmented once the series is quiet, answered
+with a DICOM SEG through the same outbox and senders.
+
 References
 ----------
 .. [1] DICOM PS3.4 Annex B (Storage Service Class), PS3.7 9.1.1 (C-STORE).
@@ -30,6 +34,8 @@ from agent.pacs.audit import AuditLog
 from agent.pacs.inbox import DurableQueue, Quarantine, uid_hash
 from agent.pacs.report import build_sr
 from agent.pacs.scoring import STATUS_CANNOT_UNDERSTAND, LoadedModel, Scorer, check_dataset, preprocess, read_instance
+from agent.pacs.seg import SEGMENTABLE_MODALITIES
+from agent.pacs.series import SeriesPipeline, SeriesStore
 from medfl.errors import DataError, PolicyViolation, SessionAborted, StateError
 
 __all__ = ["PacsService"]
@@ -88,6 +94,12 @@ class PacsService:
             self.scorer: Any = EncryptedScorer(cfg)
         else:
             self.scorer = Scorer(model_file=self.pcfg.model_file, models_dir=cfg.agent.state_dir / "models")
+        self.series: SeriesPipeline | None = None
+        if self.pcfg.seg_model_file is not None:
+            self.series = SeriesPipeline(
+                store=SeriesStore(root / "series", quiet_s=self.pcfg.series_quiet_s), audit=self.audit,
+                quarantine=self.quarantine, outbox=self.outbox, overlap=self.pcfg.seg_overlap,
+                scorer=Scorer(model_file=self.pcfg.seg_model_file, models_dir=cfg.agent.state_dir / "models"))
         self._stop = threading.Event()
         self._results_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -105,6 +117,8 @@ class PacsService:
             self.audit.failed(key, "quarantined", reason if kept else f"{reason} (not kept: quarantine full)")
             log.warning("quarantined %s from %s: %s%s", key[:16], source, reason, "" if kept else " (not kept)")
             return STATUS_CANNOT_UNDERSTAND, reason
+        if self.series is not None and str(ds.get("Modality", "")) in SEGMENTABLE_MODALITIES:
+            return self.series.accept(ds, data, source=source)
         key = uid_hash(uid)
         rejection = check_dataset(ds)
         if rejection is not None:
@@ -231,11 +245,13 @@ class PacsService:
     # ---- sender ------------------------------------------------------------------------
     def _sender(self) -> None:
         from pynetdicom import AE
-        from pynetdicom.sop_class import ComprehensiveSRStorage  # type: ignore[attr-defined]
+        from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage  # type: ignore[attr-defined]
 
         dest = self.pcfg.destination
         ae = AE(ae_title=self.pcfg.ae_title)
         ae.add_requested_context(ComprehensiveSRStorage)
+        if self.series is not None:
+            ae.add_requested_context(SegmentationStorage)
         assoc = None
         idle_since = time.monotonic()
         failures = 0
@@ -304,10 +320,12 @@ class PacsService:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-        back = self.inbox.recover() + self.outbox.recover()
+        back = self.inbox.recover() + self.outbox.recover() + (self.series.store.recover() if self.series else 0)
         if back:
             log.info("recovered %d unfinished item(s) after a restart", back)
         self._warm_up()
+        if self.series is not None:
+            self.series.scorer.current()  # an unusable [pacs] seg_model_file: the node does not start
         ae = AE(ae_title=self.pcfg.ae_title)
         ae.require_called_aet = True
         if self.pcfg.allowed_calling_aets:
@@ -322,6 +340,8 @@ class PacsService:
         log.info("DICOM node %s listening on %s:%d", self.pcfg.ae_title, self.pcfg.bind, self.pcfg.port)
         targets: list[tuple[str, Any, tuple]] = [(f"score-{i}", self._worker, ()) for i in range(self.pcfg.workers)]
         targets += [(f"sr-sender-{i}", self._sender, ()) for i in range(self.pcfg.senders)]
+        if self.series is not None:
+            targets.append(("seg-worker", self.series.run, (self._stop,)))
         if self.pcfg.watch_folder is not None:
             targets.append(("watch", self._watch, (self.pcfg.watch_folder,)))
         for name, fn, args in targets:
