@@ -16,7 +16,8 @@ segmenting   ``series/work/<series>/``    done: the SEG is in the outbox and the
 ``<series>`` is the SHA-256 of the SeriesInstanceUID, each file the SHA-256 of its SOP Instance
 UID (so a duplicate instance is stored once); no raw UID touches a path or a log line. An
 instance is acknowledged only after it is fsynced in ``open/``. On restart, ``work/`` goes back
-to ``ready/`` and every ``open/`` series starts a fresh quiet period, so a half-received series
+to ``ready/`` and every ``open/`` series starts a fresh quiet period when the worker starts
+(after the model is loaded and the SCP listens), so a half-received series
 is completed and segmented once; a series whose audit row is already ``scored`` is not
 segmented again (its SEG UIDs derive from the series UID, so a SEG re-sent after a crash
 replaces itself in the PACS). An instance arriving after its series was segmented is
@@ -127,6 +128,13 @@ class SeriesStore:
                 self._last.setdefault(folder.name, now)
                 n += 1
         return n
+
+    def restart_quiet(self) -> None:
+        """Start a fresh quiet period for every receiving series (when the node starts answering again)."""
+        now = self.clock()
+        with self._lock:
+            for folder in (self.root / SeriesStage.RECEIVING.value).iterdir():
+                self._last[folder.name] = now
 
     def complete_quiet(self) -> list[str]:
         """Move every series quiet for ``quiet_s`` to complete; their keys.
@@ -247,6 +255,7 @@ class SeriesPipeline:
 
     def run(self, stop: threading.Event) -> None:
         """Complete quiet series and segment them until ``stop`` is set."""
+        self.store.restart_quiet()  # a sender may have waited for us while we were down or starting
         while not stop.is_set():
             try:
                 busy = self.step()
