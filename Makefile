@@ -30,7 +30,7 @@ install:
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q pybind11 cmake ninja
-	$(PIP) install -q --no-build-isolation -e ".[test,bundle]"
+	$(PIP) install -q --no-build-isolation -e ".[test,bundle,sim]"
 	@$(BIN)/python -c "import medfl._native as n; print('medfl._native built:', n.build_info())"
 
 demo: install

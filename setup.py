@@ -123,6 +123,7 @@ setup(
                  "import-linter==2.17", "atheris>=2.3"],
         "bench": ["opacus>=1.5"],
         "bundle": ["pyinstaller>=6.0,<7", "pyinstaller-hooks-contrib>=2024.0"],
+        "sim": ["ray==2.60.0"],
     },
     entry_points={
         "console_scripts": [

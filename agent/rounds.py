@@ -244,7 +244,8 @@ class RoundWorker:
                 model, train, epochs=int(b["local_epochs"]), batch_size=int(b["batch_size"]), lr=float(b["lr"]),
                 momentum=float(b["momentum"]), weight_decay=float(b["weight_decay"]),
                 fedprox_mu=float(b.get("fedprox_mu", 0.0)), optimizer=str(b.get("optimizer", "sgd")),
-                global_arrays=global_arrays, seed=seed, dp=plan, dp_prior=prior, task=spec.job.task)
+                global_arrays=global_arrays, seed=seed, dp=plan, dp_prior=prior, task=spec.job.task,
+                device=self.cfg.training.device)
         body: dict[str, Any] = {"num_samples": result.num_samples, "train_loss": result.mean_loss,
                                 "seconds": time.monotonic() - started}
         report: dict[str, Any] = {}
@@ -300,11 +301,11 @@ class RoundWorker:
             model = self._model(spec, {k: v.copy() for k, v in env.tensors.items()})
             val = self.job_data(spec)["val"]
             if spec.job.task == "segmentation":
-                m = evaluate_segmentation(model, val, num_classes=spec.num_classes)
+                m = evaluate_segmentation(model, val, num_classes=spec.num_classes, device=self.cfg.training.device)
                 names = metric_names("segmentation", spec.num_classes)
                 shown = f"val dice {m['dice']:.4f} loss {m['loss']:.4f}"
             else:
-                m = evaluate(model, val)
+                m = evaluate(model, val, device=self.cfg.training.device)
                 names = metric_names()
                 shown = f"val auc {m['auc']:.4f} acc {m['accuracy']:.4f}"
             self._keep_model(spec, env)

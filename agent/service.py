@@ -6,36 +6,27 @@ coordinator restarted, or the link dropped: the coordinator's session is gone ei
 again until it is welcomed, and heart-beats only while connected and welcomed, so a restarted
 coordinator never sees a heartbeat before the hello. An ``unknown_peer`` error (a heartbeat
 that crossed a restart) gets one hello unless one is already on its way. ZeroMQ reconnects by
-itself with exponential backoff. Every job offer and every round passes
-the local policy first. Training and validation run in a worker thread so the socket loop
-keeps heart-beating (:mod:`agent.rounds`, which also holds the DP budget checks); results from
-a superseded round are dropped.
-
-In a secure round (TRAIN / EVALUATE carry ``secure``) the agent never sends its weights or
-metrics: :class:`~agent.secure.SecureRound` exchanges keys while the worker trains, then masks
-the weighted delta (or the weighted metrics) laid out as :mod:`medfl.secagg.vector` says. The
-round's ``secure`` parameters are checked against the job this agent accepted
-(:func:`agent.secure.open_secure`).
+itself with exponential backoff. The jobs themselves (offers, rounds, secure sums, each
+checked against the local policy) are :class:`agent.session.JobSession`, which this loop
+feeds and whose replies it sends. Training and validation run in a worker thread so the
+socket loop keeps heart-beating (:mod:`agent.rounds`, which also holds the DP budget checks);
+results from a superseded round are dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 
-from agent import policy
 from agent.config import AgentConfig
 from agent.rounds import RoundWorker
-from agent.secure import SecureRound, open_secure
+from agent.session import JOB_MESSAGES, JobSession
 from agent.status import StatusFile
 from medfl import __version__, envvars
-from medfl.errors import ConfigError, DataError, MedflError, PolicyViolation
-from medfl.jobspec import JobSpec, job_from_dict
+from medfl.errors import ConfigError, MedflError
 from medfl.safetext import escape
-from medfl.secagg.envelopes import SECAGG_TO_AGENT
 from medfl.versions import parse_version
 from medfl.wire import ClientChannel, Envelope, MessageType, SocketLimits, read_keypair, read_public_key
 from medfl.wire.messages import REFUSED_RETRY_MAX_S
@@ -82,14 +73,12 @@ class AgentService:
         limits = SocketLimits(max_message_bytes=cfg.transport.max_message_mb * 2**20)
         self.channel = ClientChannel(connect=cfg.coordinator.endpoint, keys=keys, server_public_key=server_key,
                                      limits=limits)
-        self.jobs: dict[str, JobSpec] = {}
+        self.session = JobSession(cfg, self.work)  # offers, rounds and secure sums (transport-free)
         self.welcomed = False
         self._told_version = False  # the version refusal is logged once
         self.status = StatusFile(cfg.agent.state_dir)  # what 'medfl-agent status' reads
         self._last_hello = -math.inf
         self._last_send = -math.inf
-        self._current: tuple[str, int, str] | None = None
-        self._secure: dict[str, SecureRound] = {}  # phase -> the open secure sum
         self._stop = threading.Event()
         self._backoff = 1.0
         self._retry_at = 0.0
@@ -113,7 +102,7 @@ class AgentService:
                         log.warning("could not handle %s: %s", env.type, exc)
                 self._flush_results()
                 self._keepalive()
-                cur = self._current
+                cur = self.session.current
                 self.status.update(connected=self.channel.connected, welcomed=self.welcomed,
                                    job=cur[0] if cur else None, round=cur[1] if cur else None,
                                    work=cur[2] if cur else "")
@@ -163,27 +152,8 @@ class AgentService:
         self._last_hello = time.monotonic()
 
     def _flush_results(self) -> None:
-        while True:
-            try:
-                res = self.work.results.get_nowait()
-            except queue.Empty:
-                return
-            if res.key != self._current:
-                log.info("dropping stale %s result for job %s round %d", res.key[2], res.key[0], res.key[1])
-                continue
-            self._current = None
-            if res.env is not None:
-                self._send(res.env)
-            if res.vector is not None:
-                run = self._secure.get("fit" if res.key[2].startswith("train") else "evaluate")
-                if run is None:
-                    log.warning("no secure sum open for the %s result of round %d; dropped", res.key[2], res.key[1])
-                    continue
-                try:
-                    for env in run.set_vector(res.vector, report=res.report):
-                        self._send(env)
-                except MedflError as exc:
-                    log.warning("secure %s of round %d failed: %s", run.session.phase, res.key[1], exc)
+        for env in self.session.flush():
+            self._send(env)
 
     # ---- messages ----------------------------------------------------------------------
     def _handle(self, env: Envelope) -> None:
@@ -223,86 +193,8 @@ class AgentService:
         elif mtype == MessageType.ERROR:
             log.warning("coordinator error %s: %s", escape(env.body.get("code"), limit=40),
                         escape(env.body.get("message"), limit=600))
-        elif mtype == MessageType.JOB_OFFER:
-            self._on_offer(env)
-        elif mtype == MessageType.TRAIN:
-            self._on_train(env)
-        elif mtype == MessageType.EVALUATE:
-            self._on_evaluate(env)
-        elif mtype in SECAGG_TO_AGENT:
-            self._on_secagg(env)
+        elif mtype in JOB_MESSAGES:
+            for reply in self.session.handle(env):
+                self._send(reply)
         else:
             log.warning("ignoring unexpected %s from the coordinator", mtype)
-
-    def _refuse(self, env: Envelope, reason: str) -> None:
-        log.warning("refusing job %s: %s", env.job, reason)
-        self._send(Envelope(type=MessageType.JOB_REFUSE, job=env.job, round=env.round, body={"reason": reason}))
-
-    def _on_offer(self, env: Envelope) -> None:
-        try:
-            spec = job_from_dict(dict(env.body), source="JOB_OFFER")
-            policy.check_job(self.cfg.policy, spec)
-            self.work.job_data(spec)  # the task, channels and classes must fit this hospital's data
-        except (ConfigError, PolicyViolation, DataError, ValueError) as exc:
-            self._refuse(env, str(exc))
-            return
-        self.jobs[str(env.job)] = spec
-        log.info("accepted job %s (%s, model %s, %d rounds)", env.job, spec.job.name, spec.job.model,
-                 spec.job.rounds)
-        self._send(Envelope(type=MessageType.JOB_ACCEPT, job=env.job))
-
-    def _on_train(self, env: Envelope) -> None:
-        spec = self.jobs.get(str(env.job))
-        if spec is None:
-            self._refuse(env, f"job {env.job} was never offered to or accepted by this agent")
-            return
-        try:
-            policy.check_round(self.cfg.policy, int(env.body.get("participants", 0)))
-            run = self._open_secure(spec, env)
-        except (PolicyViolation, MedflError) as exc:
-            self._refuse(env, str(exc))
-            return
-        key = (str(env.job), int(env.round or 0), f"train#{env.body.get('attempt', 1)}")
-        self._current = key
-        self.work.start_train(key, spec, env, run)
-
-    def _open_secure(self, spec: JobSpec, env: Envelope) -> SecureRound | None:
-        """Start the secure sum a TRAIN / EVALUATE asks for (keys go out now); None for a plain round."""
-        run = open_secure(spec=spec, env=env, policy=self.cfg.policy)
-        if run is None:
-            return None
-        if env.type == MessageType.TRAIN:
-            self._secure.clear()  # a new round (or attempt) supersedes every open secure sum
-        self._secure[run.session.phase] = run
-        self._send(run.start())
-        return run
-
-    def _on_secagg(self, env: Envelope) -> None:
-        phase = env.body.get("phase")
-        run = self._secure.get(phase) if isinstance(phase, str) else None
-        if run is None:
-            log.warning("ignoring %s for job %s round %s: no secure sum open for phase %r", env.type, env.job,
-                        env.round, phase)
-            return
-        try:
-            replies = run.on_message(env)
-        except PolicyViolation as exc:
-            log.warning("secure %s of round %s: %s", run.session.phase, env.round, exc)
-            self._refuse(env, str(exc))
-            return
-        for reply in replies:
-            self._send(reply)
-
-    def _on_evaluate(self, env: Envelope) -> None:
-        spec = self.jobs.get(str(env.job))
-        if spec is None:
-            log.warning("EVALUATE for unknown job %s ignored", env.job)
-            return
-        try:
-            run = self._open_secure(spec, env)
-        except (PolicyViolation, MedflError) as exc:
-            self._refuse(env, str(exc))
-            return
-        key = (str(env.job), int(env.round or 0), "evaluate")
-        self._current = key
-        self.work.start_evaluate(key, spec, env, run)

@@ -117,8 +117,8 @@ def masks_figure(out: pathlib.Path, names: list[str], checkpoint: pathlib.Path, 
                  ) -> dict[str, Any]:
     """Draw, per hospital, one validation case: FLAIR, true and predicted sub-regions; return their Dice.
 
-    The validation case is the one the hospital's agent held out (the same split), scored by the
-    final global model; the slice shown is the one with the most tumour in the truth.
+    The case is the one with the most tumour among those the hospital's agent held out (the same
+    split), scored by the final global model; the slice shown is the one with the most tumour.
     """
     import matplotlib
 
@@ -143,10 +143,12 @@ def masks_figure(out: pathlib.Path, names: list[str], checkpoint: pathlib.Path, 
     cases: dict[str, Any] = {}
     for row, name in zip(axes, names, strict=True):
         splits, _ = load_segmentation_splits("brats", out / name / "data", patch=(SEG_SIZE,) * 3)
-        x, y = splits["val"].tensors
+        xs, ys = splits["val"].tensors
+        i = int(np.argmax((ys > 0).flatten(1).sum(1).numpy()))  # the held-out case with the most tumour
+        x, y = xs[i:i + 1], ys[i:i + 1]
         with torch.no_grad():
-            pred = model(x[:1]).argmax(1)
-        m = segmentation_metrics(pred, y[:1], 4, hd95=False)
+            pred = model(x).argmax(1)
+        m = segmentation_metrics(pred, y, 4, hd95=False)
         cases[name] = {"mean_dice": m["mean_dice"], "dice": dict(zip(CLASS_NAMES, m["dice"], strict=True))}  # type: ignore[call-overload]
         z = int(np.argmax((y[0] > 0).sum(dim=(1, 2)).numpy()))
         flair = x[0, 3, z].numpy()

@@ -21,6 +21,7 @@ from typing import Any
 from coordinator.admission import Admission
 from coordinator.config import CoordinatorConfig
 from coordinator.rounds import JobRun, Outgoing
+from coordinator.rounds.job import JOB_FROM_AGENT
 from coordinator.store import Store
 from medfl import __version__
 from medfl.errors import (
@@ -38,7 +39,6 @@ from medfl.safetext import escape, fold_name
 from medfl.secagg.envelopes import SECAGG_FROM_AGENT
 from medfl.versions import agent_refusal
 from medfl.wire import Envelope, Incoming, MessageType, ServerChannel, SocketLimits, fingerprint, read_keypair
-from medfl.wire.bodies import MAX_REASON, parse_refuse
 from medfl.wire.hello import Hello, parse_hello
 
 __all__ = ["CoordinatorService"]
@@ -280,25 +280,11 @@ class CoordinatorService:
                         escape(env.body.get("code"), limit=40), escape(env.body.get("message"), limit=500))
             return
         run = self.run
-        if mtype in SECAGG_FROM_AGENT:
+        if mtype in JOB_FROM_AGENT:
             if run is None or env.job != run.job_id:
                 raise OutOfOrder(f"{mtype} for job {env.job!r} but the running job is "
                                  f"{run.job_id if run else 'none'}")
-            self._send(run.on_secagg(fp, env))
-            return
-        if mtype in (MessageType.JOB_ACCEPT, MessageType.JOB_REFUSE, MessageType.UPDATE, MessageType.METRICS):
-            if run is None or env.job != run.job_id:
-                raise OutOfOrder(f"{mtype} for job {env.job!r} but the running job is "
-                                 f"{run.job_id if run else 'none'}")
-            if mtype == MessageType.JOB_ACCEPT:
-                run.on_accept(fp, sess.name)
-            elif mtype == MessageType.JOB_REFUSE:
-                reason = escape(parse_refuse(env.body).reason, limit=MAX_REASON)
-                self._send(run.on_refuse(fp, reason, name=sess.name))
-            elif mtype == MessageType.UPDATE:
-                self._send(run.on_update(fp, env))
-            else:
-                self._send(run.on_metrics(fp, env))
+            self._send(run.on_agent_message(fp, sess.name, env))
             return
         raise OutOfOrder(f"agents do not send {mtype} to the coordinator")
 

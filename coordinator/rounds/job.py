@@ -25,12 +25,19 @@ from coordinator.rounds.machine import Outgoing, Stage
 from coordinator.rounds.plain import PlainRounds
 from coordinator.rounds.secure import SecureRounds
 from coordinator.store import RoundRow
-from medfl.errors import StateError
-from medfl.wire import MessageType
+from medfl.errors import OutOfOrder, StateError
+from medfl.safetext import escape
+from medfl.secagg.envelopes import SECAGG_FROM_AGENT
+from medfl.wire import Envelope, MessageType
+from medfl.wire.bodies import MAX_REASON, parse_refuse
 
-__all__ = ["JobRun"]
+__all__ = ["JOB_FROM_AGENT", "JobRun"]
 
 log = logging.getLogger(__name__)
+
+#: the agents' messages about a running job
+JOB_FROM_AGENT = frozenset({MessageType.JOB_ACCEPT, MessageType.JOB_REFUSE, MessageType.UPDATE,
+                            MessageType.METRICS, *SECAGG_FROM_AGENT})
 
 #: how long a waiting round waits for online agents that have not answered the job offer yet
 OFFER_GRACE_S = 5.0
@@ -135,6 +142,28 @@ class JobRun(PlainRounds, SecureRounds):
         """
         self.state.accepted.pop(fingerprint, None)
         return self._forget(fingerprint)
+
+    def on_agent_message(self, fingerprint: str, name: str, env: Envelope) -> list[Outgoing]:
+        """An agent's message about this job (:data:`JOB_FROM_AGENT`); the messages to send in reply.
+
+        The daemon (:mod:`coordinator.service`) calls this for what arrives over CurveZMQ and the
+        simulation (:mod:`apps.simulate`) for what its Ray actors return: both run this code.
+        """
+        mtype = env.type
+        if env.job != self.job_id:
+            raise OutOfOrder(f"{mtype} for job {env.job!r} but this run is job {self.job_id}")
+        if mtype in SECAGG_FROM_AGENT:
+            return self.on_secagg(fingerprint, env)
+        if mtype == MessageType.JOB_ACCEPT:
+            self.on_accept(fingerprint, name)
+            return []
+        if mtype == MessageType.JOB_REFUSE:
+            return self.on_refuse(fingerprint, escape(parse_refuse(env.body).reason, limit=MAX_REASON), name=name)
+        if mtype == MessageType.UPDATE:
+            return self.on_update(fingerprint, env)
+        if mtype == MessageType.METRICS:
+            return self.on_metrics(fingerprint, env)
+        raise OutOfOrder(f"agents do not send {mtype} about a job")
 
     # ---- the round ---------------------------------------------------------------------
     def tick(self, online: set[str]) -> list[Outgoing]:
