@@ -227,6 +227,34 @@ class SeriesPipeline:
         self.store, self.audit, self.quarantine, self.outbox = store, audit, quarantine, outbox
         self.scorer, self.overlap = scorer, overlap
 
+    def check_model(self) -> None:
+        """Load the model and run it once on an empty patch, so a wrong model stops the start, not a series.
+
+        Raises
+        ------
+        StateError
+            The checkpoint is not a 3-D segmentation model taking one channel at its patch.
+        """
+        import numpy as np
+
+        from agent.pacs.seg import predict_labels
+        from medfl.errors import StateError
+        from medfl.models import model_task
+
+        loaded = self.scorer.current()
+        name = loaded.model_id.split(":")[0]
+        side = loaded.image_size
+        try:
+            if model_task(name) != "segmentation":
+                raise ValueError(f"{name} is a {model_task(name)} model")
+            predict_labels(loaded.model, np.zeros((side, side, side), np.float32), patch=(side, side, side))
+        except Exception as exc:
+            raise StateError(f"[pacs] seg_model_file {loaded.source} cannot segment one-channel volumes at its "
+                             f"patch {side}^3 ({type(exc).__name__}: {str(exc)[:200]}); give a 3-D segmentation "
+                             "checkpoint such as unet3d with in_channels=1 and image_size divisible by "
+                             "2**depth") from None
+        log.info("segmenting CT/MR series with model %s (patch %d^3)", loaded.model_id, side)
+
     def accept(self, ds: Dataset, data: bytes, *, source: str) -> tuple[int, str]:
         """Durably store one CT/MR instance under its series; the C-STORE status and a comment."""
         sop_key = uid_hash(str(ds.SOPInstanceUID))

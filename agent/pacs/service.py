@@ -325,7 +325,7 @@ class PacsService:
             log.info("recovered %d unfinished item(s) after a restart", back)
         self._warm_up()
         if self.series is not None:
-            self.series.scorer.current()  # an unusable [pacs] seg_model_file: the node does not start
+            self.series.check_model()  # an unusable [pacs] seg_model_file: the node does not start
         ae = AE(ae_title=self.pcfg.ae_title)
         ae.require_called_aet = True
         if self.pcfg.allowed_calling_aets:

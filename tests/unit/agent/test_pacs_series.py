@@ -273,3 +273,18 @@ def test_volume_of_rejects_undecodable_pixels():
     ds.PixelData = bytes(10)
     with pytest.raises(DataError, match="cannot decode the pixel data"):
         volume_of([ds])
+
+
+def test_a_classifier_as_seg_model_is_refused_at_start(tmp_path):
+    import torch
+
+    from medfl.errors import StateError
+    from medfl.models import create_model
+    from medfl.models.weights import save_checkpoint, state_arrays
+
+    torch.manual_seed(0)
+    path = tmp_path / "cnn.safetensors"
+    save_checkpoint(path, state_arrays(create_model("cnn")), {"model": "cnn", "image_size": "64"})
+    node = Node(tmp_path, path)
+    with pytest.raises(StateError, match="cannot segment one-channel volumes.*classification model"):
+        node.pipe.check_model()
