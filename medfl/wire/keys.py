@@ -272,6 +272,13 @@ def read_public_key(source: str | bytes | pathlib.Path) -> bytes:
     .. [1] ZeroMQ RFC 32/Z85.
     """
     text = str(source)
+    # a file first: a path of exactly 40 Z85-alphabet characters (letters, digits, '/', '.', '-')
+    # is also a well-formed Z85 string, and must not be taken for a key
+    if not isinstance(source, bytes) and pathlib.Path(source).is_file():
+        keys = _parse(pathlib.Path(source))
+        if "public" not in keys:
+            raise AuthError(f"{source} has no valid 'public-key = \"...\"' line; was it made by medfl init?")
+        return keys["public"]
     if isinstance(source, (str, bytes)) and _valid_z85(source):
         return source.encode("ascii") if isinstance(source, str) else bytes(source)
     if isinstance(source, bytes):

@@ -127,3 +127,18 @@ def test_public_file_never_holds_the_secret(tmp_path):
     with pytest.raises(AuthError, match="secret-key"):
         os.chmod(pub, 0o600)
         read_keypair(pub)
+
+
+def test_a_key_file_whose_path_looks_like_z85_is_read_as_a_file(tmp_path, monkeypatch):
+    # "/tmp/segdemo12/hospital-a/keys/agent.key" is 40 Z85-alphabet characters: it once approved a
+    # "key" spelled by the path instead of the key in the file
+    import pathlib
+
+    pair = generate_keypair()
+    monkeypatch.chdir(tmp_path)
+    folder = pathlib.Path("abcdefghijklmnopqrstuvwxyz0123")
+    pub, _ = write_keypair(folder, "agent", pair)
+    short = folder / pub.name  # "abcdefghijklmnopqrstuvwxyz0123/agent.key"
+    assert len(str(short)) == 40
+    assert read_public_key(str(short)) == pair.public
+    assert read_public_key(short) == pair.public
