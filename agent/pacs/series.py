@@ -306,6 +306,10 @@ class SeriesPipeline:
             log.warning("%s; series %s waits", exc, key[:16])
             self.store.release(key)
             return False
+        except Exception:  # e.g. the outbox cannot be written: the series goes back, run() logs and retries
+            if self.store.files(key):
+                self.store.release(key)
+            raise
         return True
 
     def segment(self, key: str) -> None:

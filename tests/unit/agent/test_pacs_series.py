@@ -288,3 +288,21 @@ def test_a_classifier_as_seg_model_is_refused_at_start(tmp_path):
     node = Node(tmp_path, path)
     with pytest.raises(StateError, match="cannot segment one-channel volumes.*classification model"):
         node.pipe.check_model()
+
+
+def test_an_outbox_failure_gives_the_series_back(tmp_path, seg_model):
+    node = Node(tmp_path, seg_model)
+    for i in range(8):
+        node.send(ct_slice(i))
+    node.clock.t += 3
+
+    def full(key: str, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    real, node.outbox.put = node.outbox.put, full
+    with pytest.raises(OSError):
+        node.pipe.step()
+    assert node.segs() == [] and node.store.pending() == 1 and node.row()["score_count"] == 0
+    node.outbox.put = real
+    node.drain()
+    assert len(node.segs()) == 1 and node.row()["score_count"] == 1
