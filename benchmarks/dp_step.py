@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/dp_step.py --model cnn --batch 32 --image 128 --json benchmarks/results/dp_step_cnn.json
     python benchmarks/dp_step.py --model resnet18 --batch 16 --image 224
+    python benchmarks/dp_step.py --model unet3d --batch 4 --image 32
 
 Every mode runs in a fresh Python process (``--mode X`` re-invokes this file) on the same
 model (same initial weights), the same random batch and the same number of threads, and times
@@ -81,8 +82,12 @@ def _setup(args: argparse.Namespace):
     device = torch.device(args.device)
     model = _model(args.model, args.image).to(device)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch, 1, args.image, args.image, generator=g).to(device)
-    y = torch.randint(0, 2, (args.batch,), generator=g).to(device)
+    if args.model == "unet3d":  # four MR sequences in, four classes per voxel out, an image^3 patch
+        x = torch.randn(args.batch, 4, args.image, args.image, args.image, generator=g).to(device)
+        y = torch.randint(0, 4, (args.batch, args.image, args.image, args.image), generator=g).to(device)
+    else:
+        x = torch.randn(args.batch, 1, args.image, args.image, generator=g).to(device)
+        y = torch.randint(0, 2, (args.batch,), generator=g).to(device)
     return torch, model, x, y, device
 
 
@@ -206,7 +211,8 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["cnn", "resnet18"], default="cnn")
+    p.add_argument("--model", choices=["cnn", "resnet18", "unet3d"], default="cnn",
+                   help="unet3d: the 3-D U-Net on 4-channel image^3 patches, voxel cross-entropy")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)

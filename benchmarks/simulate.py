@@ -6,12 +6,17 @@ rounds per minute (setup excluded), the peak RSS of the driver and of each Ray a
 memory an idle site adds to its actor (actor RSS after the sites are built, minus a 1-site
 actor's, over the sites it hosts).
 
-Flower's simulation engine is not run beside it here: flwr 1.42 pins ray 2.55.1 (medfl's sim
-extra is ray 2.60.0), so it needs its own environment; that comparison is open.
+With ``--flower-python PY`` (a Python with ``flwr[simulation]``: flwr 1.42 pins ray 2.55.1 and
+medfl's sim extra is ray 2.60.0, so Flower lives in its own environment) each site count also
+runs Flower's simulation engine on the same sites' data files and the same CNN, FedAvg without DP
+or secure aggregation (``benchmarks/flower_sim.py``), in the same run. Both engines' rounds per
+minute are taken at the median round (round 1 includes each engine's warm-up).
 
 Usage::
 
-    python benchmarks/simulate.py --sites 10 100 --rounds 3 --json benchmarks/results/simulate.json
+    python3.11 -m venv /tmp/flwr && /tmp/flwr/bin/pip install torch==2.13.0 'flwr[simulation]==1.42.0'
+    python benchmarks/simulate.py --sites 10 100 --rounds 3 --flower-python /tmp/flwr/bin/python \
+        --json benchmarks/results/simulate.json
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +92,7 @@ def main() -> None:
     ap.add_argument("--sites", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=pathlib.Path, default=None)
+    ap.add_argument("--flower-python", default=None, help="a Python with flwr[simulation] for the peer arm")
     args = ap.parse_args()
     ray.init(include_dashboard=False, log_to_driver=False)
     rows = []
@@ -98,6 +106,18 @@ def main() -> None:
             s = run_simulation(SimOptions(job=job, sites=n, out=work / f"sim-{n}", train_per_site=32,
                                           val_per_site=16, progress=True))
             idle = _idle_site_mb(work, min(n, 50))
+            secs = [r["seconds"] for r in s["rounds"]]
+            flower = None
+            if args.flower_python:
+                ray.shutdown()  # the two engines never share the machine's cores
+                proc = subprocess.run([args.flower_python, str(REPO / "benchmarks" / "flower_sim.py"), "--sites-dir",
+                                       str(work / f"sim-{n}" / "sites"), "--rounds", str(args.rounds),
+                                       "--rss-dir", str(work / f"flower-rss-{n}")],
+                                      capture_output=True, text=True, timeout=7200)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                flower = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
+                    "error": (proc.stdout + proc.stderr)[-2000:]}
+                ray.init(include_dashboard=False, log_to_driver=False)
             rows.append({"sites": n, "status": s["status"], "rounds": len(s["rounds"]),
                          "rounds_per_minute": s["rounds_per_minute"], "setup_seconds": s["setup_seconds"],
                          "run_seconds": s["run_seconds"], "wall_seconds": round(time.monotonic() - t0, 1),
@@ -105,7 +125,11 @@ def main() -> None:
                          "final_val_auc": s["final_val_auc"], "final_epsilon": s["final_epsilon"],
                          "peak_rss_mb_driver": s["peak_rss_mb"]["driver"],
                          "peak_rss_mb_actor_max": max(s["peak_rss_mb"]["actors"]),
-                         "idle_site_mb": round(idle, 2)})
+                         "idle_site_mb": round(idle, 2),
+                         "round_seconds": secs,
+                         "rounds_per_minute_median_round": round(60.0 / statistics.median(secs[1:] or secs), 2)
+                         if secs else None,
+                         "flower": flower})
     ray.shutdown()
     print(f"{'sites':>6} {'rounds/min':>10} {'setup s':>8} {'run s':>7} {'actors':>6} {'actor MB':>8} "
           f"{'MB/idle site':>12} {'val_auc':>8} {'epsilon':>8}")
@@ -113,9 +137,17 @@ def main() -> None:
         print(f"{r['sites']:>6} {r['rounds_per_minute']:>10} {r['setup_seconds']:>8.1f} {r['run_seconds']:>7.1f} "
               f"{r['workers']:>6} {r['peak_rss_mb_actor_max']:>8.0f} {r['idle_site_mb']:>12.2f} "
               f"{(r['final_val_auc'] or float('nan')):>8.3f} {(r['final_epsilon'] or float('nan')):>8.2f}")
+    if args.flower_python:
+        print(f"\n{'sites':>6} {'medfl r/min*':>12} {'flower r/min*':>13} {'medfl actor MB':>14} "
+              f"{'flower worker MB':>16}   (* at the median round; medfl with DP-SGD and SecAgg+, Flower without)")
+        for r in rows:
+            fw = r["flower"] or {}
+            print(f"{r['sites']:>6} {r['rounds_per_minute_median_round']:>12} {fw.get('rounds_per_minute', '-'):>13} "
+                  f"{r['peak_rss_mb_actor_max']:>14.0f} {fw.get('peak_rss_mb_worker_max', '-'):>16}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": "2 shared CPU cores, no GPU", "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"machine": "2 shared CPU cores, no GPU", "command": " ".join(sys.argv),
+                                         "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+A_ROUNDS = 6
 PRIVACY = "[privacy]\nnoise_multiplier = 1.0\nmax_grad_norm = 1.0\ndelta = 1e-5\n"
 
 
@@ -66,7 +67,8 @@ def test_status_page_metrics_queue_and_backup_during_a_job(federation, tmp_path)
     fed.start_coordinator()
     for n in names:
         fed.start_agent(n)
-    job_a = fed.submit(rounds=3, min_agents=2, extra=PRIVACY)
+    # job A is long enough that the backup CLI (seconds to start on a loaded machine) lands inside it
+    job_a = fed.submit(rounds=A_ROUNDS, min_agents=2, extra=PRIVACY)
     job_b = fed.submit(rounds=1, min_agents=2)
 
     # a backup while job A runs (after its first round, before its last)
@@ -75,7 +77,7 @@ def test_status_page_metrics_queue_and_backup_during_a_job(federation, tmp_path)
     out = fed.coordinator("backup", str(tmp_path / "bk"))
     assert "backed up" in out
     backed_rounds = json.loads((tmp_path / "bk" / "manifest.json").read_text())["rounds"]
-    assert 1 <= backed_rounds < 3
+    assert 1 <= backed_rounds < A_ROUNDS
     # queued jobs run one after another: B starts only once A is finished
     assert fed.wait_job(job_a, timeout=60).status == "done"
     assert fed.wait_job(job_b, timeout=60).status == "done"
@@ -87,12 +89,13 @@ def test_status_page_metrics_queue_and_backup_during_a_job(federation, tmp_path)
     assert status == 200
     m = _metrics(body.decode())
     p = "medfl_coordinator_"
-    assert m[(p + "rounds_stored", ())] == len(store.rounds(job_a)) + len(store.rounds(job_b)) == 4
+    assert m[(p + "rounds_stored", ())] == len(store.rounds(job_a)) + len(store.rounds(job_b)) == A_ROUNDS + 1
     assert m[(p + "jobs", (("status", "done"),))] == len(store.jobs(status="done")) == 2
     assert m[(p + "queue_length", ())] == len(store.jobs(status="queued")) == 0
     assert m[(p + "nodes", (("status", "approved"),))] == store.count_nodes("approved") == 2
     assert m[(p + "agents_online", ())] == 2
-    assert m[(p + "rounds_total", ())] == 4 and m[(p + "round_duration_seconds_count", ())] == 4
+    assert m[(p + "rounds_total", ())] == A_ROUNDS + 1
+    assert m[(p + "round_duration_seconds_count", ())] == A_ROUNDS + 1
     assert m[(p + "round_duration_seconds_sum", ())] == pytest.approx(
         sum(r.seconds for j in (job_a, job_b) for r in store.rounds(j)), rel=1e-6)
     assert m[(p + "received_bytes_total", ())] > 0 and m[(p + "sent_bytes_total", ())] > 0
@@ -134,7 +137,7 @@ def test_status_page_metrics_queue_and_backup_during_a_job(federation, tmp_path)
         assert store.job(job_a).status == "running" and len(store.rounds(job_a)) == backed_rounds
         fed.start_coordinator()
         assert fed.wait_job(job_a, timeout=60).status == "done"
-        assert [r.round for r in store.rounds(job_a)] == [1, 2, 3]
+        assert [r.round for r in store.rounds(job_a)] == list(range(1, A_ROUNDS + 1))
         assert any(e["kind"] == "resumed" and f"after round {backed_rounds}" in e["detail"]
                    for e in store.events(job_a, limit=100))
     finally:
