@@ -16,6 +16,7 @@ carries the job's epsilon and delta at this agent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -73,8 +74,11 @@ class RoundWorker:
         Parsed agent.toml (data set, privacy policy, state folder).
     """
 
-    def __init__(self, cfg: AgentConfig):
+    def __init__(self, cfg: AgentConfig, *, gate: threading.Semaphore | None = None):
         self.cfg = cfg
+        #: taken around each training and validation: a simulation host shares one among its sites so
+        #: they train one (or a few) at a time, as its CPU share allows; a daemon has none
+        self._gate: Any = gate if gate is not None else contextlib.nullcontext()
         self._splits_cache: dict[int, dict[str, Any]] = {}
         self._seg_cache: dict[tuple[int, ...], dict[str, Any]] = {}
         # validate the data set at start-up: fail early and clearly
@@ -199,7 +203,7 @@ class RoundWorker:
     def _train_worker(self, key: RoundKey, spec: JobSpec, env: Envelope,
                       secure: SecureRound | None = None) -> None:
         try:
-            with self._budget_lock:
+            with self._gate, self._budget_lock:
                 res = self._train(key, spec, env, secure)
         except Exception as exc:  # a training failure is reported, never kills the daemon
             log.exception("training failed for job %s round %s", env.job, env.round)
@@ -297,33 +301,34 @@ class RoundWorker:
         from agent.trainer import evaluate, evaluate_segmentation
         from medfl.secagg.vector import metric_names
 
-        try:
-            model = self._model(spec, {k: v.copy() for k, v in env.tensors.items()})
-            val = self.job_data(spec)["val"]
-            if spec.job.task == "segmentation":
-                m = evaluate_segmentation(model, val, num_classes=spec.num_classes, device=self.cfg.training.device)
-                names = metric_names("segmentation", spec.num_classes)
-                shown = f"val dice {m['dice']:.4f} loss {m['loss']:.4f}"
-            else:
-                m = evaluate(model, val, device=self.cfg.training.device)
-                names = metric_names()
-                shown = f"val auc {m['auc']:.4f} acc {m['accuracy']:.4f}"
-            self._keep_model(spec, env)
-            if secure is not None:
-                from medfl.secagg.vector import pack_metrics
+        with self._gate:  # a simulation host's share of its CPUs (none in the daemon)
+            try:
+                model = self._model(spec, {k: v.copy() for k, v in env.tensors.items()})
+                val = self.job_data(spec)["val"]
+                if spec.job.task == "segmentation":
+                    m = evaluate_segmentation(model, val, num_classes=spec.num_classes, device=self.cfg.training.device)
+                    names = metric_names("segmentation", spec.num_classes)
+                    shown = f"val dice {m['dice']:.4f} loss {m['loss']:.4f}"
+                else:
+                    m = evaluate(model, val, device=self.cfg.training.device)
+                    names = metric_names()
+                    shown = f"val auc {m['auc']:.4f} acc {m['accuracy']:.4f}"
+                self._keep_model(spec, env)
+                if secure is not None:
+                    from medfl.secagg.vector import pack_metrics
 
-                log.info("job %s round %s: %s (sent masked)", env.job, env.round, shown)
-                self.results.put(RoundResult(key, vector=pack_metrics(m, clip_norm=secure.clip_norm,
-                                                                   sample_cap=secure.sample_cap, names=names)))
-                return
-            out = Envelope(type=MessageType.METRICS, job=env.job, round=env.round,
-                           body={k: float(m[k]) for k in ("n", *names)})
-            log.info("job %s round %s: %s", env.job, env.round, shown)
-        except Exception as exc:
-            log.exception("validation failed for job %s round %s", env.job, env.round)
-            out = Envelope(type=MessageType.ERROR, job=env.job, round=env.round,
-                           body={"code": "evaluation_failed", "message": str(exc)[:500], "in_reply_to": env.seq})
-        self.results.put(RoundResult(key, out))
+                    log.info("job %s round %s: %s (sent masked)", env.job, env.round, shown)
+                    self.results.put(RoundResult(key, vector=pack_metrics(m, clip_norm=secure.clip_norm,
+                                                                       sample_cap=secure.sample_cap, names=names)))
+                    return
+                out = Envelope(type=MessageType.METRICS, job=env.job, round=env.round,
+                               body={k: float(m[k]) for k in ("n", *names)})
+                log.info("job %s round %s: %s", env.job, env.round, shown)
+            except Exception as exc:
+                log.exception("validation failed for job %s round %s", env.job, env.round)
+                out = Envelope(type=MessageType.ERROR, job=env.job, round=env.round,
+                               body={"code": "evaluation_failed", "message": str(exc)[:500], "in_reply_to": env.seq})
+            self.results.put(RoundResult(key, out))
 
 
 def _slices(data: Any) -> Any:

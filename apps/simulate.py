@@ -158,9 +158,14 @@ class SiteHost:
     ----------
     configs : dict of str to str
         Site name to its agent.toml.
+    concurrent : int
+        Sites that train or validate at once (the actor's CPU share): the others wait their turn,
+        so an actor holds one site's activations at a time, not all of its sites'.
     """
 
-    def __init__(self, configs: dict[str, str]):
+    def __init__(self, configs: dict[str, str], concurrent: int = 1):
+        import threading
+
         import torch
 
         from agent.config import load_config
@@ -168,10 +173,11 @@ class SiteHost:
         from agent.session import JobSession
 
         torch.set_num_threads(1)
+        gate = threading.Semaphore(max(1, concurrent))
         self.sessions = {}
         for name, path in configs.items():
             cfg = load_config(path)
-            self.sessions[name] = JobSession(cfg, RoundWorker(cfg))
+            self.sessions[name] = JobSession(cfg, RoundWorker(cfg, gate=gate))
 
     def handle(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """Deliver coordinator messages to their sites; the immediate replies per site."""
@@ -262,7 +268,8 @@ def run_simulation(opts: SimOptions) -> dict[str, Any]:
     workers = min(workers, opts.sites)
     host_cls = ray.remote(num_cpus=opts.cpus_per_site, num_gpus=opts.gpus_per_site)(SiteHost)
     owner = {name: i % workers for i, name in enumerate(names)}
-    hosts: list[Any] = [host_cls.remote({n: configs[n] for n in names if owner[n] == w}) for w in range(workers)]
+    hosts: list[Any] = [host_cls.remote({n: configs[n] for n in names if owner[n] == w},
+                                        max(1, int(opts.cpus_per_site))) for w in range(workers)]
     ray.get([h.busy.remote() for h in hosts])  # every site built (data read, ledgers opened)
     setup_s = time.monotonic() - started
 
