@@ -161,7 +161,12 @@ class ReplayDealer:
         self.next = 0
         self._mask_index: dict[int, int] = {}
 
-    def _take(self, kind: str, shape: tuple[int, ...], key: str) -> dict[str, np.ndarray]:
+    def _take(self, kind: str, shape: tuple[int, ...], key: str, *same: str) -> dict[str, np.ndarray]:
+        """The next item, checked: its kind, and ``key`` and every name in ``same`` a uint64 ring array of ``shape``.
+
+        Material of the wrong size or type aborts the session before any of it is used (a
+        dealer's item is never trusted to fit the plan because its first array does).
+        """
         if self.next >= len(self.items):
             raise SessionAborted(f"protocol asks for {kind}{shape} after the dealer's {len(self.items)} items",
                                  code="plan")
@@ -171,6 +176,12 @@ class ReplayDealer:
             seen = tuple(next(iter(arrays.values())).shape) if arrays else ()
             raise SessionAborted(f"dealer item {self.next} is {got}{seen} but the protocol asks "
                                  f"for {kind}{shape}; the announced model and the plan disagree", code="plan")
+        for name in (key, *same):
+            a = arrays.get(name)
+            if a is None or tuple(a.shape) != shape or a.dtype != np.uint64:
+                what = "missing" if a is None else f"{a.dtype}{tuple(a.shape)}"
+                raise SessionAborted(f"dealer item {self.next} ({kind}) has {name!r} {what}; the protocol needs "
+                                     f"uint64{shape}: material of the wrong size is refused", code="plan")
         self.next += 1
         return arrays
 
@@ -186,19 +197,21 @@ class ReplayDealer:
             raise SessionAborted("matrix triple asked for a weight mask this dealer did not hand out", code="plan")
         k, n = b.s0.shape
         arr = self._take("matmul_triple", (m, k), "a")
-        if arr["c"].shape != (m, n):
-            raise SessionAborted(f"matrix triple C has shape {arr['c'].shape}, expected {(m, n)}", code="plan")
+        c = arr.get("c")
+        if c is None or c.shape != (m, n) or c.dtype != np.uint64:
+            raise SessionAborted(f"matrix triple C is {'missing' if c is None else f'{c.dtype}{c.shape}'}, expected "
+                                 f"uint64{(m, n)}", code="plan")
         return MatmulTriple(_slot(self.party, arr["a"]), b, _slot(self.party, arr["c"]))
 
     def trunc_pair(self, shape: tuple[int, ...], frac_bits: int) -> TruncPair:
         """See :class:`medfl.smpc.dealer.Dealer`."""
-        arr = self._take("trunc_pair", tuple(shape), "r")
+        arr = self._take("trunc_pair", tuple(shape), "r", "low", "msb")
         return TruncPair(_slot(self.party, arr["r"]), _slot(self.party, arr["low"]), _slot(self.party, arr["msb"]),
                          frac_bits)
 
     def relu_keys(self, n: int, *, bits: int = 64) -> ReluKeys:
         """See :class:`medfl.smpc.dealer.Dealer`; the absent party's DCF key has zero seeds."""
-        arr = self._take("relu_keys", (n,), "r")
+        arr = self._take("relu_keys", (n,), "r", "msb", "rmsb")
         own = dcf_of(arr)
         if own.seed.shape != (n, 2) or own.s_cw.shape[:2] != (n, bits - 1):
             raise SessionAborted(f"ReLU keys of {own.s_cw.shape[1]} levels for {own.seed.shape[0]} comparisons; the "
@@ -209,7 +222,7 @@ class ReplayDealer:
 
     def mul_triple(self, shape: tuple[int, ...]) -> tuple[Shared, Shared, Shared]:
         """See :class:`medfl.smpc.dealer.Dealer`."""
-        arr = self._take("mul_triple", tuple(shape), "a")
+        arr = self._take("mul_triple", tuple(shape), "a", "b", "c")
         return _slot(self.party, arr["a"]), _slot(self.party, arr["b"]), _slot(self.party, arr["c"])
 
     def check_used_up(self) -> None:

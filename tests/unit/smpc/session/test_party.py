@@ -224,3 +224,30 @@ def test_replayed_share_aborts() -> None:
                       tensors={"s": np.zeros(1, np.uint64)})
     _, _, errors = _run_pair(model, [np.zeros((1, 32, 32), np.float32)], inject=replay)
     assert isinstance(errors.get(1), SessionAborted) and errors[1].code == "replay"
+
+
+@pytest.mark.parametrize("kind", ["trunc_pair", "mul_triple", "relu_keys"])
+def test_replay_dealer_refuses_material_of_the_wrong_size_beyond_the_first_array(kind: str) -> None:
+    # a dealer item whose first array fits but whose others do not (or are missing, or not ring words)
+    # is refused before any of it is used, and the dealer does not advance
+    from medfl.smpc.dealer.material import PlanEntry
+
+    shape = (4, 3) if kind != "relu_keys" else (12,)
+    entry = PlanEntry(kind, shape, 16 if kind == "trunc_pair" else 64) if kind != "mul_triple" \
+        else PlanEntry(kind, shape)
+    mat = make_material([entry])
+    index, got, arrays = mat.halves[0][0]
+    take = {"trunc_pair": lambda d: d.trunc_pair(shape, 16), "mul_triple": lambda d: d.mul_triple(shape),
+            "relu_keys": lambda d: d.relu_keys(shape[0])}[kind]
+    take(ReplayDealer(0, [(index, got, dict(arrays))]))  # the honest item goes through
+    other = {"trunc_pair": "low", "mul_triple": "c", "relu_keys": "rmsb"}[kind]
+    for bad in (np.zeros((1,), np.uint64), arrays[other].astype(np.uint32), None):
+        tampered = dict(arrays)
+        if bad is None:
+            tampered.pop(other)
+        else:
+            tampered[other] = bad
+        d = ReplayDealer(0, [(index, got, tampered)])
+        with pytest.raises(SessionAborted, match=f"{other!r}.*wrong size") as exc:
+            take(d)
+        assert exc.value.code == "plan" and d.next == 0
