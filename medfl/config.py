@@ -276,7 +276,12 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Context) -> Any:
         if not isinstance(value, str):
             ctx.report(path, f"expected a path string, got {value!r}")
             return value
-        p = pathlib.Path(value).expanduser()
+        try:
+            p = pathlib.Path(value).expanduser()
+        except RuntimeError:  # "~name" of a user who does not exist (or no home at all)
+            ctx.report(path, f"cannot expand {value.split('/', 1)[0]!r} in {value!r}: no such user's home "
+                             "directory; write the path in full")
+            return value
         if ctx.base_dir is not None and not p.is_absolute():
             p = ctx.base_dir / p
         return p

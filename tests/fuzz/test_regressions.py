@@ -31,6 +31,20 @@ def test_config_that_is_not_utf8_is_a_config_error(tmp_path, loader):
         load(path)
 
 
+# ---- TOML configs: a path "~name" of a user who does not exist (pathlib raised RuntimeError) ---------------------
+@pytest.mark.parametrize("loader", ["agent", "coordinator"])
+def test_a_tilde_path_of_an_unknown_user_is_a_config_error(tmp_path, loader):
+    from agent.config import load_config as load_agent
+    from coordinator.config import load_config as load_coordinator
+
+    path = tmp_path / "x.toml"
+    table = "agent" if loader == "agent" else "coordinator"
+    path.write_text(f'[{table}]\nstate_dir = "~tate"\n')  # the fuzzer's input, cut down
+    load = {"agent": load_agent, "coordinator": load_coordinator}[loader]
+    with pytest.raises(ConfigError, match=rf"{table}\.state_dir: cannot expand '~tate'.*write the path in full"):
+        load(path)
+
+
 # ---- dealer material records whose array spec is not [name, dtype, shape] (raised ValueError/TypeError) ------------
 def _record(head: object) -> bytes:
     raw = msgpack.packb(head)

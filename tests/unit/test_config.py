@@ -215,3 +215,12 @@ def test_agent_and_coordinator_report_types_and_ranges_together(tmp_path):
     assert {path for path, _ in info.value.problems} == {"coordinator.bind", "coordinator.state_dir",
                                                          "liveness.agent_timeout_s", "liveness.eval_deadline_s",
                                                          "keys.secret_key_file"}
+
+
+def test_a_tilde_path_of_an_unknown_user_is_a_config_problem_not_a_crash(tmp_path):
+    # found by the fuzzer: pathlib's expanduser raises RuntimeError for "~name" of a user who does not exist
+    cfg = tmp_path / "coordinator.toml"
+    cfg.write_text('[coordinator]\nbind = "tcp://0.0.0.0:7777"\nstate_dir = "~no-such-user-medfl"\n'
+                   'name = "regional"\n')
+    with pytest.raises(ConfigError, match=r"coordinator\.state_dir.*cannot expand '~no-such-user-medfl'"):
+        load_coordinator(cfg)
