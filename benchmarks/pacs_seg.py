@@ -31,17 +31,6 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ROUTE_LUA = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  local modality = tags['Modality']
-  if origin['RequestOrigin'] ~= 'Lua' and (modality == 'CR' or modality == 'DX' or modality == 'CT'
-      or modality == 'MR') then
-    SendToModality(instanceId, 'medfl')
-  end
-end
-"""
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,9 +120,8 @@ def main() -> None:
     save_checkpoint(cnn, state_arrays(create_model("cnn")), {"model": "cnn", "image_size": "64"})
     agent_port, dicom_port, http_port = free_port(), free_port(), free_port()
     cfg = json.loads((REPO / "agent" / "pacs" / "orthanc" / "orthanc.json").read_text())
-    (root / "route.lua").write_text(ROUTE_LUA)
     cfg.update({"StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"), "DicomPort": dicom_port,
-                "HttpPort": http_port, "LuaScripts": [str(root / "route.lua")]})
+                "HttpPort": http_port, "LuaScripts": [str(REPO / "agent" / "pacs" / "orthanc" / "medfl-route.lua")]})
     cfg["DicomModalities"]["medfl"] = ["MEDFL", "127.0.0.1", agent_port]
     (root / "orthanc.json").write_text(json.dumps(cfg))
     (root / "agent.toml").write_text("\n".join([

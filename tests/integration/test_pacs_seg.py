@@ -23,7 +23,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tests.integration.test_pacs import ORTHANC_DIR, STORESCU, Orthanc, PacsAgent, wait_until
+from tests.integration.test_pacs import STORESCU, Orthanc, PacsAgent, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.orthanc, pytest.mark.slow]
 
@@ -35,37 +35,12 @@ if shutil.which("Orthanc") is None or STORESCU is None or ECHOSCU is None:
 DCIODVFY = shutil.which("dciodvfy")
 
 #: the shipped routing plus CT and MR: what a site that segments adds to its Orthanc
-ROUTE_LUA = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  local modality = tags['Modality']
-  if origin['RequestOrigin'] ~= 'Lua' and (modality == 'CR' or modality == 'DX' or modality == 'CT'
-      or modality == 'MR') then
-    SendToModality(instanceId, 'medfl')
-  end
-end
-"""
-
 STUDY = "1.2.826.0.1.3680043.8.498.9001"
 SIDE, SLICES = 32, 24
 
 
 class SegOrthanc(Orthanc):
-    """The test_pacs Orthanc with the CT/MR routing script."""
-
-    def __init__(self, root: pathlib.Path, agent_port: int):
-        lua = root / "route-seg.lua"
-        lua.write_text(ROUTE_LUA)
-        conf = root / "orthanc-conf"
-        conf.mkdir()
-        shutil.copy(ORTHANC_DIR / "orthanc.json", conf / "orthanc.json")
-        (conf / "medfl-route.lua").write_text(ROUTE_LUA)
-        import tests.integration.test_pacs as base
-
-        saved, base.ORTHANC_DIR = base.ORTHANC_DIR, conf
-        try:
-            super().__init__(root, agent_port)
-        finally:
-            base.ORTHANC_DIR = saved
+    """The test_pacs Orthanc (its shipped routing script forwards CT/MR too), with a SEG query."""
 
     def segs(self) -> list[Dataset]:
         out = []
